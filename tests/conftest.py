@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny transformers built from a config (no download) and a learnable toy task.
+
+``TinyBertClassifier`` is a :class:`lrvd.ClassifierModel` over a 2-layer BERT with a fresh
+classification head; ``toy_loader`` yields a task whose label is whether token 5 appears in the
+sequence, which a LoRA on query/value can learn in a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from lrvd.classifier import ClassifierModel  # noqa: E402
+
+
+class TinyBertClassifier(ClassifierModel):
+    """BERT sequence classifier: batch {input_ids, attention_mask, labels} -> logits [B, C]."""
+
+    def __init__(self, n_classes: int = 2, seed: int = 0, hidden: int = 32, layers: int = 2):
+        from transformers import BertConfig, BertForSequenceClassification
+
+        torch.manual_seed(seed)
+        config = BertConfig(
+            vocab_size=64, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+            intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=n_classes,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        )
+        backbone = BertForSequenceClassification(config)
+        super().__init__(backbone, n_classes, head_params=list(backbone.classifier.parameters()))
+
+    def forward(self, batch):
+        return self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def make_toy_dataset(n: int = 64, seq_len: int = 12, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(6, 64, (n, seq_len), generator=g)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    pos = torch.randint(1, seq_len, (n,), generator=g)
+    ids[labels == 1, pos[labels == 1]] = 5
+    ids[:, 0] = 1  # [CLS]-like
+    return TensorDataset(ids, torch.ones_like(ids), labels)
+
+
+def collate(rows):
+    ids, mask, labels = zip(*rows)
+    return {"input_ids": torch.stack(ids), "attention_mask": torch.stack(mask), "labels": torch.stack(labels)}
+
+
+def make_toy_loader(n: int = 64, batch_size: int = 8, seed: int = 0, shuffle: bool = True) -> DataLoader:
+    return DataLoader(
+        make_toy_dataset(n, seed=seed), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+@pytest.fixture
+def tiny_model() -> TinyBertClassifier:
+    return TinyBertClassifier()
+
+
+@pytest.fixture
+def toy_loader() -> DataLoader:
+    return make_toy_loader()
