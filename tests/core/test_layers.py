@@ -1,0 +1,198 @@
+"""LRVDLinear: parameter budget, gradients, mean mode == peft LoRA (Linear and GPT-2 Conv1D),
+sampling modes and the local-reparameterisation moments."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, sampling
+from lrvd.layers import LRVDLinear
+
+from conftest import TinyBertClassifier, make_toy_loader
+
+
+def tiny_gpt2(seed: int = 0):
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=4,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2Model(config).eval()
+
+
+def batch():
+    return next(iter(make_toy_loader(n=8, batch_size=8, shuffle=False)))
+
+
+def randomise_means(model: nn.Module, seed: int = 1) -> None:
+    """LoRA-like B starts near zero; give it real values so comparisons are not vacuous."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lrvd_modules(model).values():
+            layer.B_mu.copy_(0.1 * torch.randn(layer.B_mu.shape, generator=g))
+
+
+def copy_into_peft(lrvd_model: nn.Module, peft_model: nn.Module) -> None:
+    with torch.no_grad():
+        for name, layer in lrvd_modules(lrvd_model).items():
+            lora = peft_model.base_model.model.get_submodule(name)
+            lora.lora_A["default"].weight.copy_(layer.A_mu)
+            lora.lora_B["default"].weight.copy_(layer.B_mu)
+
+
+def test_extra_parameters_are_exactly_r_per_module():
+    base = nn.Linear(10, 6)
+    layer = LRVDLinear(base, r=4, scaling=2.0)
+    trainable = sum(p.numel() for p in layer.parameters() if p.requires_grad)
+    lora = 4 * (10 + 6)
+    assert trainable == lora + 4
+    assert layer.rank_log_sigma2.shape == (4,)
+    assert not base.weight.requires_grad and not base.bias.requires_grad
+
+
+def test_init_follows_lora_with_small_uniform_b():
+    layer = LRVDLinear(nn.Linear(64, 32), r=8, scaling=2.0, init_log_sigma2=-8.0)
+    assert layer.B_mu.abs().max() <= 1e-3 and layer.B_mu.abs().min() > 0
+    bound = 1.0 / 64**0.5  # kaiming_uniform(a=√5) on fan_in 64
+    assert layer.A_mu.abs().max() <= bound
+    assert torch.all(layer.rank_log_sigma2 == -8.0)
+
+
+def test_log_sigma2_is_clamped():
+    layer = LRVDLinear(nn.Linear(4, 4), r=2, scaling=1.0)
+    with torch.no_grad():
+        layer.rank_log_sigma2.copy_(torch.tensor([-50.0, 50.0]))
+    assert layer.log_sigma2().tolist() == [-20.0, 2.0]
+
+
+def test_gradients_reach_rank_log_sigma2():
+    torch.manual_seed(0)
+    layer = LRVDLinear(nn.Linear(8, 5), r=3, scaling=1.0, init_log_sigma2=-2.0).train()
+    x = torch.randn(16, 8)
+    loss = layer(x).square().mean()
+    loss.backward()
+    assert layer.rank_log_sigma2.grad is not None and layer.rank_log_sigma2.grad.abs().sum() > 0
+    layer.zero_grad()
+    layer.kl().backward()  # the KL alone also pulls on log σ²
+    assert layer.rank_log_sigma2.grad.abs().sum() > 0
+
+
+def test_eval_uses_means_unless_sampling_requested():
+    torch.manual_seed(0)
+    layer = LRVDLinear(nn.Linear(8, 5), r=3, scaling=1.0, init_log_sigma2=0.0)
+    x = torch.randn(4, 8)
+    layer.eval()
+    mean = layer.base_layer(x) + x @ layer.delta_weight().T
+    torch.testing.assert_close(layer(x), mean)
+    with sampling(layer, True):
+        assert not torch.allclose(layer(x), mean)
+    torch.testing.assert_close(layer(x), mean)  # state restored
+    layer.train()
+    assert not torch.allclose(layer(x), mean)
+    with sampling(layer, False):
+        torch.testing.assert_close(layer(x), mean)
+
+
+@pytest.mark.parametrize("variant", ["factor", "gate"])
+def test_mean_mode_equals_peft_lora_on_bert(variant):
+    from peft import LoraConfig, get_peft_model
+
+    model = TinyBertClassifier()
+    reference = copy.deepcopy(model.backbone)
+    inject_lrvd(model.backbone, ["query", "value"], r=4, scaling=16 / 4, variant=variant)
+    randomise_means(model)
+    peft_model = get_peft_model(reference, LoraConfig(r=4, lora_alpha=16, target_modules=["query", "value"]))
+    copy_into_peft(model.backbone, peft_model)
+    model.eval(), peft_model.eval()
+    b = batch()
+    expected = peft_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    torch.testing.assert_close(model(b), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mean_mode_equals_peft_lora_on_gpt2_conv1d():
+    from peft import LoraConfig, get_peft_model
+
+    lrvd_model = tiny_gpt2()
+    reference = copy.deepcopy(lrvd_model)
+    layers = inject_lrvd(lrvd_model, ["c_attn"], r=2, scaling=8 / 2)
+    assert all(layer.fan_in_fan_out for layer in layers.values())
+    randomise_means(lrvd_model)
+    cfg = LoraConfig(r=2, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
+    peft_model = get_peft_model(reference, cfg).eval()
+    copy_into_peft(lrvd_model, peft_model)
+    ids = torch.randint(0, 64, (2, 7))
+    expected = peft_model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(lrvd_model.eval()(input_ids=ids).last_hidden_state, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_adapter_follows_base_dtype_and_device():
+    layer = LRVDLinear(nn.Linear(4, 3).double(), r=2, scaling=1.0)
+    assert layer.A_mu.dtype == torch.float64
+    half = LRVDLinear(nn.Linear(4, 3).to(torch.bfloat16), r=2, scaling=1.0)
+    assert half.A_mu.dtype == torch.float32  # log σ² near −20 needs fp32 storage
+    assert half(torch.randn(2, 4, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_local_reparam_matches_factor_noise_moments():
+    """Local reparameterisation samples the exact output moments of the factor posterior:
+    Var y_o = Σ_k μ_B² v_s + s2 m_s² + s2 v_s (incl. the cross term)."""
+    torch.manual_seed(0)
+    layer = LRVDLinear(nn.Linear(6, 3, bias=False), r=2, scaling=1.0, init_log_sigma2=-1.0)
+    with torch.no_grad():
+        layer.B_mu.normal_()
+        layer.base_layer.weight.zero_()
+    x = torch.randn(1, 6)
+    n = 20000
+    layer.train()
+    with sampling(layer, True, n_weight_samples=n):  # factor samples, one per replica
+        factor = layer(x.expand(n, 6))
+    layer.local_reparam = True
+    local = layer(x.expand(n, 6))
+    s2 = torch.exp(layer.log_sigma2())
+    m_s, v_s = x @ layer.A_mu.T, x.square().sum() * s2
+    var = (v_s @ layer.B_mu.square().T + (m_s.square() * s2).sum() + (v_s * s2).sum()).reshape(1, -1)
+    mean = m_s @ layer.B_mu.T
+    for samples in (factor, local):
+        torch.testing.assert_close(samples.mean(0, keepdim=True), mean.detach(), atol=0.1, rtol=0.05)
+        torch.testing.assert_close(samples.var(0, keepdim=True), var.detach(), atol=0.02, rtol=0.08)
+
+
+def test_grouped_samples_use_one_weight_draw_per_group():
+    """Inside a replica group the layer is one affine map (a single draw); groups differ."""
+    torch.manual_seed(0)
+    layer = LRVDLinear(nn.Linear(5, 4), r=3, scaling=1.0, init_log_sigma2=0.0).eval()
+    x1, x2 = torch.randn(1, 5), torch.randn(1, 5)
+    group = torch.cat([x1, x2, x1 + x2])
+    with sampling(layer, True, n_weight_samples=3):
+        y = layer(torch.cat([group] * 3)).reshape(3, 3, 4)
+    bias = layer.base_layer.bias
+    for s in range(3):
+        torch.testing.assert_close(y[s, 0] + y[s, 1] - y[s, 2], bias, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(y[0], y[1]) and not torch.allclose(y[1], y[2])
+
+
+def test_mc_predictive_batched_and_looped_agree_when_noise_vanishes():
+    model = TinyBertClassifier()
+    inject_lrvd(model.backbone, ["query", "value"], r=2, scaling=1.0, init_log_sigma2=-20.0)
+    randomise_means(model)
+    model.eval()
+    b = batch()
+    mean = mc_predict_proba(model, b, 0)
+    for chunk in (0, 1, 2):
+        probs = mc_predict_proba(model, b, 4, chunk=chunk)
+        assert probs.shape == (8, 2)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(8))
+        torch.testing.assert_close(probs, mean, atol=1e-4, rtol=1e-4)
+
+
+def test_mc_predictive_samples_differ_from_mean_with_noise():
+    model = TinyBertClassifier()
+    inject_lrvd(model.backbone, ["query", "value"], r=2, scaling=4.0, init_log_sigma2=1.0)
+    randomise_means(model)
+    model.eval()
+    b = batch()
+    assert not torch.allclose(mc_predict_proba(model, b, 3), mc_predict_proba(model, b, 0))
