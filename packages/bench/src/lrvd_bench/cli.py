@@ -1,0 +1,194 @@
+"""``bench``: run a comparison sweep, rebuild its leaderboard, list methods and tasks.
+
+Thin on purpose: parse flags, build an :class:`~lrvd_bench.config.ExperimentConfig`, hand over to
+:mod:`lrvd_bench.runner`. Imports are lazy so ``bench --help`` and ``bench list-methods`` start in
+well under a second (no torch, peft or Ray). Every user error (:class:`lrvd.LRVDError`, of which
+:class:`~lrvd_bench.errors.BenchError` is one) prints one line on stderr and exits with code 2.
+
+Exit codes: 0 all trials ok; 1 some trials failed or did not run; 2 user error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+EXAMPLES = """examples:
+  bench run                                   # configs/quickstart.yaml: every method on ARC-Easy, 3 seeds, CPU
+  bench run --methods lora,bayeslora --task arc-c --seeds 0,1 --max-steps 300
+  bench run --config configs/paper_llama2_commonsense.yaml --gpus-per-trial 1 --address auto
+  bench run --set train.lr=5e-4 --set method_params.bayeslora.kl_scale=1e-5
+  bench run --resume runs/quickstart-20260101-120000   # re-runs only unfinished trials
+  bench leaderboard runs/quickstart-20260101-120000 --markdown
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lrvd_bench.config import add_flags
+
+    parser = argparse.ArgumentParser(
+        prog="bench", description="Compare Bayesian low-rank adapter methods: methods × tasks × seeds as Ray Tune "
+        "trials, with accuracy, calibration, rank and cost.", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a sweep (default config: configs/quickstart.yaml)",
+                         description="Run a sweep. Flags override the config file; --set key=value reaches any "
+                         "config key (dotted: train.lr, adapter.r, method_params.<method>.<name>).")
+    run.add_argument("--config", help="YAML config (default: configs/quickstart.yaml)")
+    add_flags(run)
+    run.add_argument("--set", dest="set_items", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="override any config key, e.g. train.lr=5e-4 adapter.target_modules=[query,value]")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep (only unfinished trials run)")
+    run.add_argument("--retry-failed", action="store_true", help="with --resume: also re-run failed trials")
+    run.add_argument("--dry-run", action="store_true", help="print the expanded trials and exit")
+
+    board = sub.add_parser("leaderboard", help="rebuild a run's leaderboard (CSV + Markdown) from its trials")
+    board.add_argument("run_dir", help="run directory, e.g. runs/quickstart-...")
+    board.add_argument("--out", help="leaderboard CSV path (default: RUN_DIR/leaderboard.csv; .md beside it)")
+    board.add_argument("--markdown", action="store_true", help="print the Markdown table")
+    board.add_argument("--figures", action="store_true", help="also redraw RUN_DIR/figures")
+
+    sub.add_parser("list-methods", help="registered adapter methods")
+    sub.add_parser("list-tasks", help="registered tasks")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lrvd.errors import LRVDError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except LRVDError as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"bench: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- commands ------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from lrvd_bench.config import default_config_path, flag_overrides, load_config, parse_set
+    from lrvd_bench.errors import BenchError
+
+    overrides = {**parse_set(args.set_items), **flag_overrides(args)}
+    if args.resume:
+        extra = set(overrides) - {"address"}
+        if extra or args.config:
+            raise BenchError("--resume continues a run with its saved config.yaml; drop "
+                             + ", ".join(sorted(extra | ({"--config"} if args.config else set()))))
+        from lrvd_bench.runner import resume_sweep
+
+        return resume_sweep(args.resume, retry_failed=args.retry_failed, address=overrides.get("address")).exit_code
+    if args.retry_failed:
+        raise BenchError("--retry-failed only makes sense with --resume RUN_DIR")
+    path = args.config or default_config_path()
+    config = load_config(path, overrides)
+    if args.dry_run:
+        for spec in config.expand():
+            point = f" {spec.search_point}" if spec.search_point else ""
+            print(f"{spec.trial_id}  {spec.method} {spec.task} seed {spec.seed} model {spec.model}{point}")
+        if config.random_space():
+            print(f"(× {config.num_samples} samples of {sorted(config.random_space())})")
+        return 0
+    from lrvd_bench.runner import run_sweep
+
+    return run_sweep(config, config_path=path).exit_code
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lrvd_bench.errors import BenchError
+    from lrvd_bench.leaderboard import gather_rows, to_markdown, write_leaderboard
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "trials").is_dir():
+        raise BenchError(f"{run_dir} is not a bench run directory (no trials/ folder)")
+    rows = gather_rows(run_dir)
+    board = write_leaderboard(rows, run_dir, csv_path=args.out)
+    if args.figures:
+        from lrvd_bench.plots import make_figures
+
+        make_figures(run_dir, rows)
+    if args.markdown:
+        print(to_markdown(board), end="")
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_columns", 12, "display.width", 160):
+            print(board.to_string(index=False))
+    return 0
+
+
+def cmd_list_methods(args: argparse.Namespace) -> int:
+    from lrvd.registry import METHODS
+
+    names = METHODS.names()
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {_describe_without_import(METHODS, name)}")
+    return 0
+
+
+def cmd_list_tasks(args: argparse.Namespace) -> int:
+    try:
+        from lrvd_bench.tasks import get_task, list_tasks
+    except ImportError:
+        from lrvd.registry import Registry
+
+        registry = Registry("task", "lrvd.tasks")
+        names, describe = registry.names(), (lambda n: _describe_without_import(registry, n))
+    else:
+        names, describe = list(list_tasks()), (lambda n: getattr(get_task(n), "description", ""))
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {describe(name)}")
+    return 0
+
+
+def _describe_without_import(registry, name: str) -> str:
+    """A registered object's one-line description read from its source (no import of peft & co)."""
+    import ast
+    import importlib.util
+
+    value = registry.entry_point_value(name)
+    if not value:
+        return registry.describe(name)
+    module, _, attr = value.partition(":")
+    try:
+        spec = importlib.util.find_spec(module)
+        tree = ast.parse(open(spec.origin).read()) if spec and spec.origin else None
+    except (ImportError, OSError, SyntaxError, ValueError):
+        tree = None
+    for node in tree.body if tree else []:
+        if isinstance(node, ast.ClassDef) and node.name == attr:
+            for item in node.body:
+                targets = item.targets if isinstance(item, ast.Assign) else (
+                    [item.target] if isinstance(item, ast.AnnAssign) else [])
+                if any(isinstance(t, ast.Name) and t.id == "description" for t in targets) and \
+                        isinstance(item.value, ast.Constant) and isinstance(item.value.value, str):
+                    return item.value.value
+            doc = ast.get_docstring(node)
+            return doc.strip().splitlines()[0] if doc else ""
+    return ""
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "leaderboard": cmd_leaderboard,
+    "list-methods": cmd_list_methods,
+    "list-tasks": cmd_list_tasks,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Trial rows → per-seed ``trials.csv`` → one leaderboard row per method × task (mean ± std).
+
+Reads only the trial folders of a run directory (``trials/<id>/result.json`` or ``error.json``), so it
+works on a finished, interrupted or copied run and never needs Ray. The column meanings are in
+:data:`COLUMNS` (the README's column table is generated from it: ``python -m lrvd_bench.leaderboard``).
+
+Policy: means and standard deviations are over the *successful* seeds (``status == ok``); failed
+seeds are counted in ``n_failed``; runs that did not learn (see :mod:`lrvd_bench.trial`) stay in the
+means but are counted in ``n_learned`` and marked ``†`` in the Markdown table, so a method's number
+never silently hides a run stuck at chance. Standard deviations use ddof=1 (empty with one seed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+#: Metrics aggregated as ``<name>_mean`` and ``<name>_std`` over seeds, with higher_is_better.
+METRICS: dict[str, bool | None] = {
+    "accuracy": True, "ece": False, "nll": False, "brier": False, "mcc": True,
+    "effective_rank": None, "trainable_params": None, "variational_params": None,
+    "train_time_s": False, "time_per_step_s": False, "posthoc_time_s": False, "eval_time_s": False,
+    "peak_memory_mb": False, "final_train_loss": False,
+}
+
+#: Every leaderboard column and what it means.
+COLUMNS: dict[str, str] = {
+    "task": "task name (bench list-tasks)",
+    "method": "adapter method (bench list-methods)",
+    "model": "backbone alias, hub id or local path",
+    "search_point": "search-space values of this row (JSON; empty without a search space)",
+    "n_seeds": "successful seeds aggregated in this row",
+    "n_failed": "seeds that crashed (see trials.csv for the error)",
+    "n_learned": "seeds whose final training loss fell below 0.985 × ln(#choices) and that beat the majority class",
+    "accuracy_mean": "top-1 accuracy on the evaluation split (mean over seeds)",
+    "accuracy_std": "standard deviation over seeds (ddof=1)",
+    "accuracy_se_eval": "binomial standard error of accuracy_mean from the evaluation-set size: √(p(1−p)/n_eval)",
+    "ece_mean": "expected calibration error, 15 equal-width top-label bins, L1 (0-1 scale; papers report ×100)",
+    "nll_mean": "mean negative log-likelihood (nats) of the (MC-averaged) predictive probabilities",
+    "brier_mean": "multi-class Brier score: mean over examples of Σ_c (p_c − 1[y=c])²",
+    "mcc_mean": "Matthews correlation of argmax predictions (CoLA's metric)",
+    "effective_rank_mean": "total rank over adapted modules at the end of training (the method's rank_report)",
+    "trainable_params_mean": "trainable parameters: adapter + task head (README rule)",
+    "variational_params_mean": "extra posterior parameters (e.g. BayesLoRA's per-rank log-variances)",
+    "train_time_s_mean": "wall-clock training time (fit only), seconds",
+    "time_per_step_s_mean": "train_time_s / optimizer steps",
+    "posthoc_time_s_mean": "after_training time (e.g. the Laplace fit), seconds",
+    "eval_time_s_mean": "prediction time on the evaluation split (× posterior samples), seconds",
+    "peak_memory_mb_mean": "peak CUDA memory allocated, or the trial process's peak RSS on CPU, MiB",
+    "final_train_loss_mean": "smoothed training loss at the last step",
+    "n_eval": "evaluation examples",
+    "n_train": "training examples",
+}
+
+TRIAL_COLUMNS = [
+    "trial_id", "method", "task", "model", "seed", "status", "error", "accuracy", "ece", "nll", "brier", "mcc",
+    "learned", "final_train_loss", "uniform_loss", "majority_accuracy", "effective_rank", "trainable_params",
+    "variational_params", "steps", "train_time_s", "time_per_step_s", "posthoc_time_s", "eval_time_s",
+    "peak_memory_mb", "n_train", "n_eval", "n_samples", "split_note", "device", "device_name", "node", "hostname",
+    "gpu_ids", "config_hash", "search_point", "rank_per_module", "versions", "wall_time_s",
+]
+"""Columns of ``trials.csv`` in order (one row per trial; dict-valued fields as JSON strings)."""
+
+
+# -- gathering -----------------------------------------------------------------------------------
+def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per trial: ``result.json`` (ok), ``error.json`` (failed), else ``incomplete`` / ``not run``."""
+    from lrvd_bench.config import TrialSpec, read_yaml
+
+    run_dir = Path(run_dir)
+    rows: list[dict[str, Any]] = []
+    seen = set()
+    trials = run_dir / "trials"
+    for folder in sorted(trials.iterdir()) if trials.is_dir() else []:
+        if not folder.is_dir():
+            continue
+        seen.add(folder.name)
+        if (folder / "result.json").is_file():
+            rows.append(json.loads((folder / "result.json").read_text()))
+        elif (folder / "error.json").is_file():
+            rows.append(json.loads((folder / "error.json").read_text()))
+        else:
+            spec_file = folder / "spec.json"
+            spec = TrialSpec.from_dict(json.loads(spec_file.read_text())) if spec_file.is_file() else None
+            rows.append({**_identity(folder.name, spec), "status": "incomplete",
+                         "error": "trial started but did not finish"})
+    specs_file, config_file = run_dir / "specs.json", run_dir / "config.yaml"
+    sampled = config_file.is_file() and any(
+        "grid_search" not in v for v in (read_yaml(config_file).get("search_space") or {}).values())
+    if specs_file.is_file() and not sampled:  # with random search the trial ids are only known once sampled
+        for data in json.loads(specs_file.read_text()):
+            spec = TrialSpec.from_dict(data)
+            if spec.trial_id not in seen:
+                rows.append({**_identity(spec.trial_id, spec), "status": "not run", "error": ""})
+    return rows
+
+
+def _identity(trial_id: str, spec: Any) -> dict[str, Any]:
+    if spec is None:
+        return {"trial_id": trial_id}
+    return {"trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": spec.model,
+            "seed": spec.seed, "config_hash": spec.config_hash}
+
+
+def rows_frame(rows: list[dict[str, Any]]):
+    """trials.csv as a DataFrame: :data:`TRIAL_COLUMNS` first, dict values as JSON strings."""
+    import pandas as pd
+
+    flat = [{k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in r.items()}
+            for r in rows]
+    frame = pd.DataFrame(flat)
+    for column in TRIAL_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+    extra = [c for c in frame.columns if c not in TRIAL_COLUMNS]
+    return frame[TRIAL_COLUMNS + extra]
+
+
+# -- aggregation ---------------------------------------------------------------------------------
+def build_leaderboard(rows: list[dict[str, Any]]):
+    """One row per task × method × model (× search point): mean ± std over successful seeds.
+
+    Sorted by task, then accuracy (descending), then method name.
+    """
+    import pandas as pd
+
+    frame = rows_frame(rows) if rows else rows_frame([])
+    frame["search_point"] = frame["search_point"].fillna("").astype(str)
+    frame["model"] = frame["model"].fillna("").astype(str)
+    keys = ["task", "method", "model", "search_point"]
+    out = []
+    for key, group in frame.dropna(subset=["task", "method"]).groupby(keys, sort=True, dropna=False):
+        ok = group[group["status"] == "ok"]
+        record: dict[str, Any] = dict(zip(keys, key))
+        record["n_seeds"] = len(ok)
+        record["n_failed"] = int((group["status"] == "failed").sum())
+        record["n_learned"] = int(ok["learned"].map(lambda v: v is True or v == "True" or v == 1).sum())
+        for metric in METRICS:
+            values = pd.to_numeric(ok[metric], errors="coerce").dropna()
+            record[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
+            record[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        n_eval = pd.to_numeric(ok["n_eval"], errors="coerce").dropna()
+        record["n_eval"] = int(n_eval.iloc[0]) if len(n_eval) else 0
+        n_train = pd.to_numeric(ok["n_train"], errors="coerce").dropna()
+        record["n_train"] = int(n_train.iloc[0]) if len(n_train) else 0
+        p = record["accuracy_mean"]
+        record["accuracy_se_eval"] = math.sqrt(p * (1 - p) / record["n_eval"]) if record["n_eval"] else math.nan
+        out.append(record)
+    columns = keys + ["n_seeds", "n_failed", "n_learned", "accuracy_mean", "accuracy_std", "accuracy_se_eval"]
+    columns += [c for m in METRICS for c in (f"{m}_mean", f"{m}_std") if c not in columns]
+    columns += ["n_eval", "n_train"]
+    board = pd.DataFrame(out, columns=columns)
+    if not board.empty:
+        board = board.sort_values(["task", "accuracy_mean", "method"], ascending=[True, False, True],
+                                  na_position="last").reset_index(drop=True)
+    if not (board["search_point"] != "").any():
+        board = board.drop(columns=["search_point"])
+    return board
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    text = f"{mean:.{digits}f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += f" ± {std:.{digits}f}"
+    return text
+
+
+MARKDOWN_COLUMNS = [
+    ("accuracy", "acc", 3), ("ece", "ECE", 3), ("nll", "NLL", 3), ("brier", "Brier", 3), ("mcc", "MCC", 3),
+    ("effective_rank", "eff. rank", 1), ("trainable_params", "trainable", 0), ("train_time_s", "train s", 1),
+    ("eval_time_s", "eval s", 1), ("peak_memory_mb", "peak MiB", 0),
+]
+
+
+def to_markdown(board) -> str:
+    """A GitHub-flavoured table: mean ± std per metric; ``†`` marks rows with seeds that did not learn."""
+    header = ["task", "method"] + (["search point"] if "search_point" in board.columns else []) + ["seeds"]
+    header += [label for _, label, _ in MARKDOWN_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in board.iterrows():
+        seeds = f"{row['n_seeds']}"
+        if row["n_learned"] < row["n_seeds"]:
+            seeds += f" ({row['n_seeds'] - row['n_learned']} †)"
+        if row["n_failed"]:
+            seeds += f" +{row['n_failed']} failed"
+        cells = [row["task"], row["method"]] + ([row["search_point"]] if "search_point" in board.columns else [])
+        cells.append(seeds)
+        cells += [_pm(row[f"{m}_mean"], row[f"{m}_std"], d) for m, _, d in MARKDOWN_COLUMNS]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    notes = ["", "Mean ± std over seeds (ddof=1). † = seeds whose training loss stayed near ln(#choices) "
+             "or that did not beat the majority class (not learned). ECE: 15 bins, 0-1 scale."]
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_leaderboard(rows: list[dict[str, Any]], run_dir: str | Path, csv_path: str | Path | None = None,
+                      md_path: str | Path | None = None):
+    """Write ``leaderboard.csv`` and ``leaderboard.md`` (atomically) and return the DataFrame."""
+    run_dir = Path(run_dir)
+    board = build_leaderboard(rows)
+    csv_path = Path(csv_path) if csv_path else run_dir / "leaderboard.csv"
+    md_path = Path(md_path) if md_path else csv_path.with_suffix(".md")
+    for path, write in ((csv_path, lambda p: board.to_csv(p, index=False)),
+                        (md_path, lambda p: Path(p).write_text(to_markdown(board)))):
+        tmp = path.with_name(path.name + ".tmp")
+        write(tmp)
+        os.replace(tmp, path)
+    return board
+
+
+def columns_markdown() -> str:
+    """The column table for the README."""
+    lines = ["| column | meaning |", "|---|---|"]
+    lines += [f"| `{name}` | {text} |" for name, text in COLUMNS.items()]
+    lines.append("| `<metric>_std` | standard deviation over seeds of the matching `_mean` column (ddof=1) |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(columns_markdown(), end="")

@@ -1,0 +1,156 @@
+"""Figures of a run, from its trial folders (matplotlib, Agg backend; saved under ``runs/NAME/figures``).
+
+- ``reliability_<task>.png``: one reliability diagram per method (predictions of all seeds pooled;
+  bins from :func:`lrvd.metrics.calibration_bins`, the same bins as the ECE column);
+- ``accuracy_vs_ece_<task>.png``: one point per seed, method means with ±1 std bars;
+- ``effective_rank_<task>.png``: total rank over training steps (sum over modules of ``ranks.csv``),
+  mean over seeds per method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+N_BINS = 15
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ok_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("status") == "ok"]
+
+
+def _by_task(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["task"], []).append(row)
+    return out
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def reliability_diagrams(run_dir: Path, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    import numpy as np
+    import torch
+    from lrvd.metrics import calibration_bins, expected_calibration_error
+
+    plt = _pyplot()
+    paths = []
+    for task, task_rows in _by_task(_ok_rows(rows)).items():
+        pooled: dict[str, tuple[list[Any], list[Any]]] = {}
+        for row in task_rows:
+            file = run_dir / "trials" / row["trial_id"] / "predictions.npz"
+            if file.is_file():
+                data = np.load(file)
+                probs, labels = pooled.setdefault(row["method"], ([], []))
+                probs.append(data["probs"])
+                labels.append(data["labels"])
+        if not pooled:
+            continue
+        methods = sorted(pooled)
+        fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.4), squeeze=False)
+        edges = np.linspace(0, 1, N_BINS + 1)
+        for ax, method in zip(axes[0], methods):
+            probs = torch.from_numpy(np.concatenate(pooled[method][0]))
+            labels = torch.from_numpy(np.concatenate(pooled[method][1]))
+            counts, conf, acc = calibration_bins(probs, labels, N_BINS)
+            filled = counts.numpy() > 0
+            ax.bar(edges[:-1][filled], acc.numpy()[filled], width=1 / N_BINS, align="edge",
+                   edgecolor="black", linewidth=0.5, label="accuracy")
+            ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+            ax.scatter(conf.numpy()[filled], acc.numpy()[filled], s=8, color="black", zorder=3)
+            ece = expected_calibration_error(probs, labels, N_BINS)
+            ax.set_title(f"{method}\nECE {ece:.3f}, n={len(labels)}", fontsize=9)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("confidence")
+        axes[0][0].set_ylabel("accuracy")
+        fig.suptitle(f"Reliability, {task} (seeds pooled)", fontsize=10)
+        fig.tight_layout()
+        path = out_dir / f"reliability_{_safe(task)}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def accuracy_vs_ece(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    import numpy as np
+
+    plt = _pyplot()
+    paths = []
+    for task, task_rows in _by_task(_ok_rows(rows)).items():
+        fig, ax = plt.subplots(figsize=(5, 4))
+        methods = sorted({r["method"] for r in task_rows})
+        for i, method in enumerate(methods):
+            pts = np.array([(r["ece"], r["accuracy"]) for r in task_rows if r["method"] == method], dtype=float)
+            color = f"C{i % 10}"
+            ax.scatter(pts[:, 0], pts[:, 1], color=color, alpha=0.4, s=18)
+            std = pts.std(0, ddof=1) if len(pts) > 1 else np.zeros(2)
+            ax.errorbar(pts[:, 0].mean(), pts[:, 1].mean(), xerr=std[0], yerr=std[1], fmt="o", color=color,
+                        capsize=3, label=method)
+        ax.set_xlabel("ECE (lower is better)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"Accuracy vs calibration, {task}", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"accuracy_vs_ece_{_safe(task)}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def effective_rank_curves(run_dir: Path, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    import pandas as pd
+
+    plt = _pyplot()
+    paths = []
+    for task, task_rows in _by_task(_ok_rows(rows)).items():
+        curves: dict[str, list[Any]] = {}
+        for row in task_rows:
+            file = run_dir / "trials" / row["trial_id"] / "ranks.csv"
+            if not file.is_file():
+                continue
+            ranks = pd.read_csv(file)
+            if ranks.empty:
+                continue
+            curves.setdefault(row["method"], []).append(ranks.groupby("step")["rank"].sum())
+        if not curves:
+            continue
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for method, series in sorted(curves.items()):
+            mean = pd.concat(series, axis=1).mean(axis=1)
+            ax.plot(mean.index, mean.values, marker=".", label=f"{method} ({len(series)} seeds)")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("effective rank (sum over modules)")
+        ax.set_title(f"Effective rank during training, {task}", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"effective_rank_{_safe(task)}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def make_figures(run_dir: str | Path, rows: list[dict[str, Any]] | None = None) -> list[Path]:
+    """Write all figures of ``run_dir`` into ``run_dir/figures``; returns the files written."""
+    from lrvd_bench.leaderboard import gather_rows
+
+    run_dir = Path(run_dir)
+    rows = gather_rows(run_dir) if rows is None else rows
+    out_dir = run_dir / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return (reliability_diagrams(run_dir, rows, out_dir) + accuracy_vs_ece(rows, out_dir)
+            + effective_rank_curves(run_dir, rows, out_dir))

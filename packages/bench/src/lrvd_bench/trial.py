@@ -1,0 +1,283 @@
+"""One trial: one method on one task with one seed, start to finish, as a plain function.
+
+``run_trial(spec, trial_dir)`` is the body of every Ray Tune trial (see :mod:`lrvd_bench.runner`)
+and can be called directly for debugging. It follows DESIGN.md::
+
+    seed → get_task → load_backbone → make_loaders → method.attach → fit → after_training
+         → predict → classification_metrics → result row + files
+
+Files written into ``trial_dir`` (``result.json`` last and atomically, so a folder without it is an
+unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` instead):
+
+    spec.json         the TrialSpec (re-run exactly with ``run_trial(json.load(...), dir)``)
+    train_log.csv     loss every ``log_every`` steps, joined with the method's step logs
+    ranks.csv         long format: step, module, rank (the method's rank_report over training)
+    predictions.npz   probs [N, C] and labels [N] on the evaluation split
+    adapter/          method.save_adapter (safetensors + adapter_config.json)
+    log.txt           phase timings
+    result.json       the row that goes into trials.csv and the leaderboard
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from lrvd_bench.config import TrialSpec
+
+#: A run "learned" when its final training loss is below this fraction of the uniform-prediction
+#: loss ln(#choices) *and* it beats the majority class on the evaluation split. libs.md: MiniLM
+#: runs sit at ln 4 ≈ 1.386 for ~100 steps and some never leave it (flag final loss ≥ 1.37).
+LEARNED_LOSS_FRACTION = 0.985
+
+PACKAGES = ("lrvd-core", "lrvd-baselines", "lrvd-bench", "torch", "transformers", "peft", "ray")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = ""
+    return out
+
+
+def node_info() -> dict[str, Any]:
+    """Where the trial ran: the Ray node IP (hostname outside Ray) and the GPU ids Ray assigned."""
+    info: dict[str, Any] = {"hostname": socket.gethostname(), "node": socket.gethostname(), "gpu_ids": ""}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            info["node"] = ray.util.get_node_ip_address()
+            info["gpu_ids"] = ",".join(str(g) for g in ray.get_gpu_ids())
+    except Exception:  # outside Ray, or Ray without a worker context
+        pass
+    if not info["gpu_ids"]:
+        info["gpu_ids"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return info
+
+
+def peak_memory_mb(device: Any) -> float:
+    """CUDA: ``max_memory_allocated``; CPU: the process's peak RSS (``ru_maxrss``, KiB on Linux)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: float(o) if hasattr(o, "__float__") else str(o)))
+
+
+def write_ranks_csv(rank_history: list[dict[str, Any]], path: Path) -> None:
+    """Long format, one line per (step, module): easy to plot and to read for any number of modules."""
+    import csv
+
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "module", "rank"])
+        for record in rank_history:
+            step = record.get("step", 0)
+            for module, rank in record.items():
+                if module != "step":
+                    writer.writerow([step, module, rank])
+
+
+def write_train_log_csv(loss_history: list[dict[str, Any]], step_logs: list[dict[str, Any]], path: Path) -> None:
+    """Loss records joined on ``step`` with the method's per-step logs (pruning, budget, …)."""
+    import pandas as pd
+
+    loss = pd.DataFrame(loss_history)
+    steps = pd.DataFrame(step_logs)
+    if not loss.empty and not steps.empty:
+        extra = [c for c in steps.columns if c == "step" or c not in loss.columns]
+        frame = loss.merge(steps[extra], on="step", how="outer").sort_values("step")
+    else:
+        frame = loss if not loss.empty else steps
+    if frame.empty:
+        frame = pd.DataFrame(columns=["step", "loss"])
+    frame.to_csv(path, index=False)
+
+
+def learned_flag(final_loss: float, probs: Any, labels: Any, accuracy: float) -> tuple[bool, float, float]:
+    """(learned, uniform-prediction loss, majority-class accuracy) — see LEARNED_LOSS_FRACTION.
+
+    The uniform loss uses each example's real number of choices (padded choices get probability 0),
+    so ARC questions with 4 of 5 slots used are measured against ln 4, not ln 5.
+    """
+    import torch
+
+    n_valid = (probs > 1e-12).sum(-1).clamp(min=2).double()
+    uniform_loss = float(torch.log(n_valid).mean())
+    majority = float(torch.bincount(labels).max()) / max(1, len(labels))
+    learned = bool(math.isfinite(final_loss) and final_loss < LEARNED_LOSS_FRACTION * uniform_loss
+                   and accuracy > majority)
+    return learned, uniform_loss, majority
+
+
+def run_trial(spec: TrialSpec | dict[str, Any], trial_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
+    """Run one trial and return its result row (also written to ``trial_dir/result.json``).
+
+    On failure writes ``error.json`` (one-line message) and ``error.txt`` (traceback), then re-raises,
+    so Ray records the trial as errored and the sweep goes on.
+    """
+    spec = spec if isinstance(spec, TrialSpec) else TrialSpec.from_dict(spec)
+    trial_dir = Path(trial_dir)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "error.json", "error.txt"):
+        (trial_dir / stale).unlink(missing_ok=True)
+    _atomic_write(trial_dir / "spec.json", json.dumps(spec.to_dict(), indent=2))
+    started = time.time()
+    try:
+        row = _run(spec, trial_dir, progress)
+    except BaseException as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        error = {
+            **_identity(spec), "status": "failed", "error": f"{type(err).__name__}: {message}"[:500],
+            "wall_time_s": time.time() - started, **node_info(),
+        }
+        (trial_dir / "error.txt").write_text(traceback.format_exc())
+        _atomic_write(trial_dir / "error.json", json.dumps(_jsonable(error), indent=2))
+        raise
+    _atomic_write(trial_dir / "result.json", json.dumps(_jsonable(row), indent=2))
+    return row
+
+
+def _identity(spec: TrialSpec) -> dict[str, Any]:
+    return {
+        "trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": spec.model,
+        "seed": spec.seed, "config_hash": spec.config_hash,
+        "search_point": json.dumps(spec.search_point, sort_keys=True) if spec.search_point else "",
+    }
+
+
+def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from lrvd.metrics import classification_metrics
+    from lrvd.protocol import TrainPlan
+    from lrvd.registry import get_method
+    from lrvd.training import fit, predict, resolve_device, seed_everything
+
+    from lrvd_bench.backbones import load_backbone
+    from lrvd_bench.loaders import make_loaders
+    from lrvd_bench.tasks import get_task
+
+    log = (trial_dir / "log.txt").open("w")
+    clock = time.perf_counter()
+
+    def phase(name: str) -> None:
+        log.write(f"{time.strftime('%H:%M:%S')} +{time.perf_counter() - clock:7.1f}s {name}\n")
+        log.flush()
+
+    device = resolve_device(spec.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    adapter_spec, train_cfg = spec.build_adapter(), spec.build_train()
+    method = get_method(spec.method)(**spec.method_params)
+    seed_everything(spec.seed)
+    phase("load task")
+    task = get_task(spec.task)
+    phase("load backbone")
+    backbone = load_backbone(spec.model, task)
+    data = make_loaders(
+        task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
+        eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
+        limit_eval=spec.limit_eval, seed=spec.seed,
+    )
+    plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
+    model = None
+    try:
+        phase(f"attach {spec.method} ({data.n_train} train / {data.n_eval} eval examples, {plan.total_steps} steps)")
+        seed_everything(spec.seed)
+        model = method.attach(backbone.model, adapter_spec, plan)
+        counts = method.parameter_counts(model)
+        phase("fit")
+        fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress)
+        phase("after_training")
+        posthoc_start = time.perf_counter()
+        method.after_training(model, data.train_loader)
+        posthoc_time = time.perf_counter() - posthoc_start
+        phase("predict")
+        eval_start = time.perf_counter()
+        probs, labels = predict(method, model, data.eval_loader, n_samples=spec.n_samples, device=device,
+                                progress=progress)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        eval_time = time.perf_counter() - eval_start
+        metrics = classification_metrics(probs, labels)
+        ranks = {k: int(v) for k, v in method.rank_report(model).items()}
+        learned, uniform_loss, majority = learned_flag(fitted.final_loss, probs, labels, metrics["accuracy"])
+        phase("write files")
+        write_ranks_csv(fitted.rank_history, trial_dir / "ranks.csv")
+        write_train_log_csv(fitted.loss_history, fitted.step_logs, trial_dir / "train_log.csv")
+        if spec.save_predictions:
+            np.savez_compressed(trial_dir / "predictions.npz", probs=probs.numpy(), labels=labels.numpy())
+        if spec.save_adapter:
+            method.save_adapter(model, trial_dir / "adapter")
+        row = {
+            **_identity(spec),
+            "status": "ok",
+            "error": "",
+            **metrics,
+            "learned": learned,
+            "final_train_loss": fitted.final_loss,
+            "uniform_loss": uniform_loss,
+            "majority_accuracy": majority,
+            "effective_rank": sum(ranks.values()) if ranks else None,
+            "rank_per_module": ranks,
+            "trainable_params": int(counts.get("trainable", 0)),
+            "variational_params": int(counts.get("variational", 0)),
+            "steps": fitted.steps,
+            "train_time_s": fitted.wall_time_s,
+            "time_per_step_s": fitted.time_per_step_s,
+            "posthoc_time_s": posthoc_time,
+            "eval_time_s": eval_time,
+            "peak_memory_mb": peak_memory_mb(device),
+            "n_train": data.n_train,
+            "n_eval": data.n_eval,
+            "split_note": data.split_note,
+            "n_samples": spec.n_samples,
+            "device": str(device),
+            "device_name": device_name(device),
+            **node_info(),
+            "versions": package_versions(),
+        }
+        phase("done")
+        return row
+    finally:
+        log.close()
+        del model, method, backbone, data
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
