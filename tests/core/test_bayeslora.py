@@ -1,0 +1,163 @@
+"""BayesLoRA through the AdapterMethod protocol: attach, train with the shared loop, prune while
+training, predict, save/load pruned adapters and export to plain peft LoRA."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import TinyBertClassifier, make_toy_loader
+from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method
+from lrvd.inject import lrvd_modules
+from lrvd.methods.bayeslora import BayesLoRA
+from lrvd.training import fit
+
+SPEC = AdapterSpec(target_modules=["query", "value"], r=4, alpha=8.0)
+
+
+def attached(seed: int = 0, total_steps: int = 20, **params) -> tuple[BayesLoRA, TinyBertClassifier]:
+    method = BayesLoRA(**params)
+    model = method.attach(TinyBertClassifier(seed=seed), SPEC, TrainPlan(total_steps, 64, TrainConfig()))
+    return method, model
+
+
+def perturb(model, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lrvd_modules(model).values():
+            layer.B_mu.copy_(0.1 * torch.randn(layer.B_mu.shape, generator=g))
+
+
+def batch():
+    return next(iter(make_toy_loader(n=8, batch_size=8, shuffle=False)))
+
+
+def test_registered_under_its_name():
+    assert get_method("bayeslora") is BayesLoRA
+
+
+def test_params_are_validated():
+    with pytest.raises(LRVDError, match="variant"):
+        BayesLoRA(variant="nope")
+    with pytest.raises(LRVDError, match="kl_warmup"):
+        BayesLoRA(kl_warmup=1.5)
+    with pytest.raises(LRVDError, match="valid choices"):
+        BayesLoRA(not_a_param=1)
+
+
+def test_attach_trains_only_adapters_and_head():
+    method, model = attached()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(n.endswith(("A_mu", "B_mu", "rank_log_sigma2")) or ".classifier." in n for n in trainable)
+    layers = lrvd_modules(model.backbone)
+    assert len(layers) == 4  # 2 layers × {query, value}
+    counts = method.parameter_counts(model)
+    head = sum(p.numel() for p in model.head_parameters())
+    assert counts["variational"] == 4 * SPEC.r
+    assert counts["trainable"] == 4 * SPEC.r * (32 + 32) + 4 * SPEC.r + head
+
+
+def test_kl_schedule():
+    method, _ = attached(total_steps=100, kl_warmup=0.2, kl_ramp=0.5)
+    assert [method.kl_beta(s) for s in (0, 19, 20, 45, 70, 99)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    assert BayesLoRA().kl_beta(0) == 1.0  # authors' GLUE bench: no anneal
+
+
+def test_training_loss_adds_scaled_kl():
+    method, model = attached(kl_scale=1e-2)
+    b = batch()
+    loss, logs = method.training_loss(model, b, model(b), step=0)
+    assert logs["kl"] > 0 and logs["beta"] == 1.0
+    assert float(loss.detach()) == pytest.approx(logs["nll"] + 1e-2 * logs["kl"], rel=1e-5)
+    assert logs["nll"] > 0
+
+
+def test_fit_lowers_loss_and_moves_log_alpha():
+    method, model = attached(total_steps=40, kl_scale=1e-4)
+    before = method.rank_statistics(model)
+    sigma_before = [l.rank_log_sigma2.detach().clone() for l in lrvd_modules(model).values()]
+    cfg = TrainConfig(lr=1e-2, max_steps=40, log_every=5, rank_log_interval=10, warmup_ratio=0.0)
+    plan = TrainPlan(40, 64, cfg)
+    method.plan = plan
+    result = fit(method, model, make_toy_loader(), plan, device="cpu", progress=False)
+    losses = [r["loss"] for r in result.loss_history]
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+    after = method.rank_statistics(model)
+    assert any(abs(a - b) > 1e-3 for n in after for a, b in zip(after[n], before[n]))
+    moved = [l.rank_log_sigma2.detach() for l in lrvd_modules(model).values()]
+    assert any(not torch.allclose(a, b) for a, b in zip(moved, sigma_before))
+    assert {"beta", "kl", "effective_rank"} <= set(result.step_logs[-1])
+    assert len(result.rank_history) == 5 and len(method.log_alpha_history) == 5
+
+
+def test_pruning_during_fit_keeps_training():
+    cfg = TrainConfig(lr=1e-2, max_steps=12, log_every=4, warmup_ratio=0.0)
+    plan = TrainPlan(12, 64, cfg)
+    method = BayesLoRA(prune_every=4, tau=-1e9, min_ranks=1, gauge_fix=True)  # prune all but 1 rank
+    model = method.attach(TinyBertClassifier(), SPEC, plan)
+    result = fit(method, model, make_toy_loader(), plan, device="cpu", progress=False)
+    assert all(l.r == 1 for l in lrvd_modules(model).values())
+    assert method.parameter_counts(model)["variational"] == 4
+    assert result.step_logs[3]["pruned_ranks"] == 4 * (SPEC.r - 1)
+    assert result.rank_history[-1]["bert.encoder.layer.0.attention.self.query"] == 0  # τ = −1e9
+
+
+def test_predict_proba_mean_and_mc():
+    method, model = attached(n_samples=5, init_log_sigma2=0.0)
+    perturb(model)
+    model.eval()
+    b = batch()
+    mean = method.predict_proba(model, b, n_samples=0)
+    torch.testing.assert_close(mean, torch.softmax(model(b), -1))
+    mc = method.predict_proba(model, b)
+    torch.testing.assert_close(mc.sum(-1), torch.ones(8))
+    assert not torch.allclose(mc, mean)
+    looped = BayesLoRA(mc_chunk=1).predict_proba(model, b, n_samples=3)
+    assert looped.shape == (8, 2)
+
+
+def test_save_and_load_pruned_adapter(tmp_path):
+    method, model = attached()
+    perturb(model)
+    from lrvd.pruning import prune_layer
+
+    for i, layer in enumerate(lrvd_modules(model).values()):
+        prune_layer(layer, torch.arange(1 + i % SPEC.r))
+    method.save_adapter(model, tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert sorted(config["ranks"].values()) == [1, 2, 3, 4]
+    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
+    fresh_method, fresh = attached(seed=0)
+    fresh_method.load_adapter(fresh, tmp_path)
+    assert fresh_method.module_ranks(fresh) == method.module_ranks(model)
+    b = batch()
+    torch.testing.assert_close(fresh.eval()(b), model.eval()(b))
+
+
+def test_peft_export_equals_mean_mode(tmp_path):
+    from peft import PeftModel
+
+    from lrvd.pruning import prune_layer
+
+    method, model = attached()
+    perturb(model)
+    with torch.no_grad():
+        for p in model.head_parameters():
+            p.add_(0.5)  # a trained head must travel with the adapter
+    layers = list(lrvd_modules(model).values())
+    prune_layer(layers[0], torch.tensor([0, 2]))
+    prune_layer(layers[1], torch.tensor([], dtype=torch.long))  # rank 0: left out of the export
+    model.eval()
+    b = batch()
+    expected = model(b)
+    exported = method.export_peft(model, tmp_path)
+    torch.testing.assert_close(exported.eval()(b), expected, rtol=1e-5, atol=1e-6)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and len(config["target_modules"]) == 3
+    assert sorted(config["rank_pattern"].values()) == [2, 4, 4]
+    reloaded = PeftModel.from_pretrained(TinyBertClassifier(seed=0).backbone, str(tmp_path)).eval()
+    logits = reloaded(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
+    assert lrvd_modules(model)  # the original is untouched
