@@ -161,3 +161,26 @@ def test_peft_export_equals_mean_mode(tmp_path):
     logits = reloaded(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
     assert lrvd_modules(model)  # the original is untouched
+
+
+@pytest.mark.parametrize("params", [{"variant": "gate"}, {"local_reparam": True}, {"mc_chunk": 2}])
+def test_every_variant_trains_and_predicts(params):
+    cfg = TrainConfig(lr=1e-2, max_steps=4, warmup_ratio=0.0)
+    plan = TrainPlan(4, 64, cfg)
+    method = BayesLoRA(n_samples=4, **params)
+    model = method.attach(TinyBertClassifier(), SPEC, plan)
+    result = fit(method, model, make_toy_loader(), plan, device="cpu", progress=False)
+    assert result.steps == 4
+    probs = method.predict_proba(model.eval(), batch())
+    torch.testing.assert_close(probs.sum(-1), torch.ones(8))
+
+
+def test_sample_warmup_trains_at_the_mean_first():
+    method, model = attached(total_steps=10, sample_warmup=0.5, init_log_sigma2=0.0)
+    perturb(model)
+    model.train()
+    b = batch()
+    torch.testing.assert_close(model(b), model(b))  # deterministic during the warm-up
+    for step in range(1, 6):
+        method.on_step_end(model, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), step)
+    assert not torch.allclose(model(b), model(b))  # sampling from step 5 on

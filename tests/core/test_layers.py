@@ -196,3 +196,28 @@ def test_mc_predictive_samples_differ_from_mean_with_noise():
     model.eval()
     b = batch()
     assert not torch.allclose(mc_predict_proba(model, b, 3), mc_predict_proba(model, b, 0))
+
+
+def test_gate_variant_samples_rank_gates_with_gradients():
+    torch.manual_seed(0)
+    layer = LRVDLinear(nn.Linear(8, 5), r=3, scaling=1.0, init_log_sigma2=-3.0, variant="gate").train()
+    with torch.no_grad():
+        layer.B_mu.normal_(std=0.1)
+    x = torch.randn(16, 8)
+    mean = layer.base_layer(x) + x @ layer.delta_weight().T
+    y = layer(x)
+    assert not torch.allclose(y, mean)
+    y.square().mean().backward()
+    assert layer.rank_log_sigma2.grad.abs().sum() > 0
+    gates = layer.sample_gates(20000)
+    alpha = torch.exp(layer.rank_log_alpha().clamp(max=8.0))
+    torch.testing.assert_close(gates.mean(0), torch.ones(3), atol=0.1 * alpha.sqrt().max().item(), rtol=0)
+    torch.testing.assert_close(gates.var(0), alpha.detach(), rtol=0.05, atol=0)
+
+
+def test_inject_reports_candidates_when_nothing_matches():
+    from lrvd import LRVDError
+
+    model = TinyBertClassifier()
+    with pytest.raises(LRVDError, match=r"no linear module matches target_modules=\['q_proj'\]; e.g. .*query"):
+        inject_lrvd(model.backbone, ["q_proj"], r=2, scaling=1.0)
