@@ -290,6 +290,9 @@ def resume_sweep(
 def _run_config(run_dir: Path, n_total: int, callbacks: list[Any] | None, stream: Any) -> Any:
     from ray import tune
 
+    # The legacy output engine honours verbose=0 (the new one still prints its banner): our
+    # ProgressLines callback is the progress display.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return tune.RunConfig(
         name=TUNE_DIR,
         storage_path=str(run_dir),
@@ -301,17 +304,12 @@ def _run_config(run_dir: Path, n_total: int, callbacks: list[Any] | None, stream
 
 
 def _finish(run_dir: Path, results: Any, stream: Any) -> SweepOutcome:
-    n_ok = n_failed = 0
-    for result in results:
-        if result.error is not None:
-            n_failed += 1
-        elif result.metrics and result.metrics.get("status") == "ok":
-            n_ok += 1
-    interrupted = n_ok + n_failed < len(results)
     rows = finalize(run_dir)
+    n_unfinished = sum(r.get("status") not in ("ok", "failed") for r in rows)
+    # Tuner.fit only returns with trials left over when the sweep was stopped (Ctrl+C, SIGUSR1).
+    interrupted = n_unfinished > 0 or any(r.error is None and not r.metrics for r in results)
     outcome = SweepOutcome(run_dir, len(rows), sum(r.get("status") == "ok" for r in rows),
-                           sum(r.get("status") == "failed" for r in rows),
-                           sum(r.get("status") not in ("ok", "failed") for r in rows), interrupted)
+                           sum(r.get("status") == "failed" for r in rows), n_unfinished, interrupted)
     out = stream or sys.stderr
     for row in rows:
         if row.get("status") == "failed":

@@ -29,6 +29,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -145,11 +146,18 @@ def learned_flag(final_loss: float, probs: Any, labels: Any, accuracy: float) ->
     return learned, uniform_loss, majority
 
 
-def run_trial(spec: TrialSpec | dict[str, Any], trial_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
+def run_trial(
+    spec: TrialSpec | dict[str, Any],
+    trial_dir: str | Path,
+    *,
+    progress: bool = False,
+    body: Callable[[TrialSpec, Path, bool], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Run one trial and return its result row (also written to ``trial_dir/result.json``).
 
     On failure writes ``error.json`` (one-line message) and ``error.txt`` (traceback), then re-raises,
-    so Ray records the trial as errored and the sweep goes on.
+    so Ray records the trial as errored and the sweep goes on. ``body`` replaces the training flow
+    (tests use a cheap one to exercise the runner and the file protocol).
     """
     spec = spec if isinstance(spec, TrialSpec) else TrialSpec.from_dict(spec)
     trial_dir = Path(trial_dir)
@@ -159,7 +167,7 @@ def run_trial(spec: TrialSpec | dict[str, Any], trial_dir: str | Path, *, progre
     _atomic_write(trial_dir / "spec.json", json.dumps(spec.to_dict(), indent=2))
     started = time.time()
     try:
-        row = _run(spec, trial_dir, progress)
+        row = (body or _run)(spec, trial_dir, progress)
     except BaseException as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         error = {
@@ -267,6 +275,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
             "n_train": data.n_train,
             "n_eval": data.n_eval,
             "split_note": data.split_note,
+            "data_source": getattr(data, "source", ""),
             "n_samples": spec.n_samples,
             "device": str(device),
             "device_name": device_name(device),

@@ -1,0 +1,210 @@
+"""The sweep through Ray Tune on local CPU: failures are recorded, resume re-runs only unfinished
+trials, the CLI end to end on a tiny model, and a run against a separate Ray cluster.
+
+Ray starts once for the module (``ray_session``); trials use a cheap ``body`` except in the slow
+end-to-end tests, which train a tiny BERT saved to disk with the MiniLM tokenizer.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+ray = pytest.importorskip("ray")
+
+from lrvd_bench import cli  # noqa: E402
+from lrvd_bench.config import load_config  # noqa: E402
+from lrvd_bench.runner import resume_sweep, run_sweep  # noqa: E402
+from lrvd_bench.trial import run_trial  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (≈7 s to start on 2 cores)."""
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        started = True
+    # Trials defined in this test module must travel to Ray workers by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    if started:
+        ray.shutdown()
+
+
+def fake_body(spec, trial_dir, progress, *, calls: str, fail: tuple[str, int] | None = None):
+    """A trial without training: logs the call, fails on demand, returns a plausible row."""
+    with open(calls, "a") as fh:
+        fh.write(spec.trial_id + "\n")
+    if fail and (spec.method, spec.seed) == fail:
+        raise RuntimeError("boom: deliberate failure")
+    accuracy = 0.5 + 0.1 * spec.seed + (0.05 if spec.method == "lora" else 0.0)
+    return {
+        "trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": spec.model, "seed": spec.seed,
+        "config_hash": spec.config_hash, "status": "ok", "error": "", "accuracy": accuracy, "ece": 0.1, "nll": 1.0,
+        "brier": 0.5, "mcc": 0.2, "learned": True, "effective_rank": 8, "trainable_params": 100, "n_eval": 100,
+        "train_time_s": 1.0, "node": ray.util.get_node_ip_address(),
+    }
+
+
+def fake_trial(calls: Path, fail=None):
+    body = functools.partial(fake_body, calls=str(calls), fail=fail)
+    return functools.partial(run_trial, body=body)
+
+
+def _config(tmp_path: Path, **overrides):
+    base = {"methods": "lora,bayeslora", "tasks": "arc-e", "seeds": [0, 1], "cpus_per_trial": 1,
+            "gpus_per_trial": 0, "device": "cpu", "output": str(tmp_path / "run")}
+    base.update(overrides)
+    return load_config(None, base)
+
+
+def _calls(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.mark.slow
+def test_failing_trial_is_recorded_and_the_others_finish(ray_session, tmp_path):
+    calls = tmp_path / "calls.txt"
+    outcome = run_sweep(_config(tmp_path), trial_fn=fake_trial(calls, fail=("bayeslora", 1)), check=False)
+    assert (outcome.n_ok, outcome.n_failed, outcome.n_unfinished) == (3, 1, 0)
+    assert outcome.exit_code == 1 and not outcome.interrupted
+    trials = pd.read_csv(outcome.run_dir / "trials.csv")
+    assert len(trials) == 4
+    failed = trials[trials["status"] == "failed"]
+    assert list(failed["method"]) == ["bayeslora"] and list(failed["seed"]) == [1]
+    assert failed["error"].iloc[0] == "RuntimeError: boom: deliberate failure"
+    board = pd.read_csv(outcome.run_dir / "leaderboard.csv")
+    by_method = board.set_index("method")
+    assert by_method.loc["bayeslora", "n_seeds"] == 1 and by_method.loc["bayeslora", "n_failed"] == 1
+    assert by_method.loc["lora", "accuracy_mean"] == pytest.approx((0.55 + 0.65) / 2)
+    assert (outcome.run_dir / "config.yaml").is_file() and (outcome.run_dir / "leaderboard.md").is_file()
+
+
+class InterruptAfter(ray.tune.Callback):
+    """Sends the driver SIGUSR1 (Ray Tune's graceful stop, like Ctrl+C) after ``n`` finished trials."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.done = 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        if self.done == self.n:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.mark.slow
+def test_resume_reruns_only_unfinished_trials(ray_session, tmp_path):
+    calls = tmp_path / "calls.txt"
+    config = _config(tmp_path, max_concurrent_trials=1)
+    first = run_sweep(config, trial_fn=fake_trial(calls), callbacks=[InterruptAfter(2)], check=False)
+    assert first.interrupted and first.exit_code == 130
+    finished = {json.loads(p.read_text())["trial_id"] for p in (first.run_dir / "trials").glob("*/result.json")}
+    assert len(finished) >= 2 and len(finished) < 4
+    before = _calls(calls)
+
+    second = resume_sweep(first.run_dir, trial_fn=fake_trial(calls))
+    assert (second.n_ok, second.n_failed, second.n_unfinished) == (4, 0, 0) and second.exit_code == 0
+    rerun = _calls(calls)[len(before):]
+    assert not set(rerun) & finished, "finished trials must not run again"
+    assert set(rerun) | finished == {r for r in pd.read_csv(second.run_dir / "trials.csv")["trial_id"]}
+
+
+def test_resume_of_a_folder_without_a_sweep_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("methods: lora\n")
+    assert cli.main(["run", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to resume" in err[0]
+
+
+# -- end to end on a tiny model --------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_mc_model(tmp_path_factory) -> Path:
+    """A 2-layer BertForMultipleChoice (random weights) + the MiniLM tokenizer, saved like a checkpoint."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMultipleChoice
+
+    from lrvd_bench.backbones import resolve_model_path
+
+    out = tmp_path_factory.mktemp("tiny-bert-mc")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertForMultipleChoice(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _tiny_args(model: Path, output: Path, *extra: str) -> list[str]:
+    return ["run", "--methods", "lora,mc-dropout-lora", "--task", "arc-c", "--seeds", "0,1", "--model", str(model),
+            "--limit-train", "32", "--limit-eval", "32", "--max-steps", "3", "--max-length", "32", "--device", "cpu",
+            "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--output", str(output),
+            "--set", "train.batch_size=4", "n_samples=2", *extra]
+
+
+@pytest.mark.slow
+def test_bench_run_end_to_end_writes_leaderboard_with_documented_columns(ray_session, tiny_mc_model, tmp_path):
+    from lrvd_bench.leaderboard import COLUMNS
+
+    run_dir = tmp_path / "e2e"
+    assert cli.main(_tiny_args(tiny_mc_model, run_dir)) == 0
+    board = pd.read_csv(run_dir / "leaderboard.csv")
+    assert sorted(board["method"]) == ["lora", "mc-dropout-lora"]
+    assert set(COLUMNS) - {"search_point"} <= set(board.columns)
+    assert (board["n_seeds"] == 2).all() and (board["task"] == "arc-c").all()
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "ok").all() and (trials["n_eval"] == 32).all()
+    folder = run_dir / "trials" / trials["trial_id"].iloc[0]
+    for name in ("result.json", "spec.json", "ranks.csv", "train_log.csv", "predictions.npz", "log.txt"):
+        assert (folder / name).is_file(), name
+    assert (folder / "adapter" / "adapter.safetensors").is_file()
+    assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == [
+        "accuracy_vs_ece_arc-c.png", "effective_rank_arc-c.png", "reliability_arc-c.png"]
+
+
+@pytest.mark.slow
+def test_bench_run_on_a_separate_ray_cluster_records_the_node(tiny_mc_model, tmp_path):
+    """``ray start --head --block`` on loopback (our own process, stopped by its pid, never ``ray stop``,
+    which would stop every Ray on the machine), then ``bench run --address`` from another process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        run_dir = tmp_path / "cluster"
+        args = _tiny_args(tiny_mc_model, run_dir, "--address", f"127.0.0.1:{port}")
+        args[args.index("lora,mc-dropout-lora")] = "lora"
+        args[args.index("0,1")] = "0"
+        done = subprocess.run([str(BIN / "bench"), *args], env=env, capture_output=True, text=True, timeout=600,
+                              cwd=REPO)
+        assert done.returncode == 0, done.stderr[-3000:]
+        trials = pd.read_csv(run_dir / "trials.csv")
+        assert list(trials["status"]) == ["ok"] and list(trials["node"]) == ["127.0.0.1"]
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
