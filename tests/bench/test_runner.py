@@ -181,8 +181,9 @@ def test_bench_run_end_to_end_writes_leaderboard_with_documented_columns(ray_ses
 
 @pytest.mark.slow
 def test_bench_run_on_a_separate_ray_cluster_records_the_node(tiny_mc_model, tmp_path):
-    """``ray start --head --block`` on loopback (our own process, stopped by its pid, never ``ray stop``,
-    which would stop every Ray on the machine), then ``bench run --address`` from another process."""
+    """``ray start --head --block`` (our own process, stopped by its pid, never ``ray stop``, which
+    would stop every Ray on the machine), then ``bench run --address`` from another process; the
+    trial must have run on that cluster's node."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -193,6 +194,13 @@ def test_bench_run_on_a_separate_ray_cluster_records_the_node(tiny_mc_model, tmp
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
+        # Ray registers the node under the machine's IP whatever --node-ip-address says here, so ask
+        # the cluster which node it has (this also waits until the head is up).
+        probe = ("import json, ray; ray.init(address='127.0.0.1:%d', log_to_driver=False); "
+                 "print(json.dumps([[n['NodeID'], n['NodeManagerAddress']] for n in ray.nodes()]))" % port)
+        listed = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180)
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        [(node_id, node_ip)] = json.loads(listed.stdout.strip().splitlines()[-1])
         run_dir = tmp_path / "cluster"
         args = _tiny_args(tiny_mc_model, run_dir, "--address", f"127.0.0.1:{port}")
         args[args.index("lora,mc-dropout-lora")] = "lora"
@@ -201,7 +209,8 @@ def test_bench_run_on_a_separate_ray_cluster_records_the_node(tiny_mc_model, tmp
                               cwd=REPO)
         assert done.returncode == 0, done.stderr[-3000:]
         trials = pd.read_csv(run_dir / "trials.csv")
-        assert list(trials["status"]) == ["ok"] and list(trials["node"]) == ["127.0.0.1"]
+        assert list(trials["status"]) == ["ok"]
+        assert list(trials["node_id"]) == [node_id] and list(trials["node"]) == [node_ip]
     finally:
         head.send_signal(signal.SIGTERM)
         try:

@@ -60,7 +60,7 @@ TRIAL_COLUMNS = [
     "learned", "final_train_loss", "uniform_loss", "majority_accuracy", "effective_rank", "trainable_params",
     "variational_params", "steps", "train_time_s", "time_per_step_s", "posthoc_time_s", "eval_time_s",
     "peak_memory_mb", "n_train", "n_eval", "n_samples", "split_note", "data_source", "device", "device_name", "node", "hostname",
-    "gpu_ids", "config_hash", "search_point", "rank_per_module", "versions", "wall_time_s",
+    "gpu_ids", "node_id", "config_hash", "search_point", "rank_per_module", "versions", "wall_time_s",
 ]
 """Columns of ``trials.csv`` in order (one row per trial; dict-valued fields as JSON strings)."""
 

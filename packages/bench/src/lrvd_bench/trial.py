@@ -61,7 +61,12 @@ def node_info() -> dict[str, Any]:
         import ray
 
         if ray.is_initialized():
-            info["node"] = ray.util.get_node_ip_address()
+            # The address the node registered with the cluster (``ray start --node-ip-address``),
+            # which is what ``ray status`` shows; get_node_ip_address() guesses a routable one.
+            node_id = ray.get_runtime_context().get_node_id()
+            info["node"] = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id),
+                                ray.util.get_node_ip_address())
+            info["node_id"] = node_id
             info["gpu_ids"] = ",".join(str(g) for g in ray.get_gpu_ids())
     except Exception:  # outside Ray, or Ray without a worker context
         pass
