@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +40,8 @@ def ray_session():
     """One local Ray for the whole test session (≈7 s to start on 2 cores)."""
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
         started = True
     # Trials defined in this test module must travel to Ray workers by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -188,9 +191,12 @@ def test_bench_run_on_a_separate_ray_cluster_records_the_node(tiny_mc_model, tmp
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    # Own temp dir (short: Ray's socket paths are length-limited), so the cluster's address file
+    # does not land in /tmp/ray/ray_current_cluster where every plain ray.init() would find it.
+    temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+         "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
@@ -217,3 +223,4 @@ def test_bench_run_on_a_separate_ray_cluster_records_the_node(tiny_mc_model, tmp
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             head.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -142,7 +142,9 @@ def init_ray(config: ExperimentConfig) -> bool:
         if config.address:
             ray.init(address=config.address, log_to_driver=True)
         else:
-            ray.init(num_cpus=config.num_cpus or os.cpu_count() or 1, **kwargs)
+            # address="local": always a fresh instance, even when a `ray start` cluster (or
+            # RAY_ADDRESS) exists on this machine; joining one is what --address is for.
+            ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count() or 1, **kwargs)
     except (ConnectionError, RuntimeError, TimeoutError) as err:
         where = config.address or "a local Ray instance"
         raise BenchError(f"cannot start or reach {where}: {str(err).strip().splitlines()[0]}") from None
@@ -172,7 +174,12 @@ def check_methods(config: ExperimentConfig) -> None:
     from lrvd.registry import get_method
 
     for name in config.methods:
-        get_method(name)(**config.method_params.get(name, {}))
+        try:
+            cls = get_method(name)
+        except ImportError as err:  # a registered entry point whose module is missing or broken
+            raise BenchError(f"method {name!r} is registered but cannot be imported: "
+                             f"{type(err).__name__}: {err}") from None
+        cls(**config.method_params.get(name, {}))
 
 
 def default_run_dir(config_path: str | Path | None) -> Path:
