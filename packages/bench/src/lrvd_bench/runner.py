@@ -19,6 +19,7 @@ restores with ``Tuner.restore(resume_unfinished=True)``, so only unfinished tria
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -76,7 +77,13 @@ def make_trainable(run_dir: Path, trial_fn: TrialFn | None, threads: int) -> Cal
         fn = trial_fn
         if fn is None:
             from lrvd_bench.trial import run_trial as fn
-        row = fn(spec, run_dir / "trials" / spec.trial_id)
+        trial_dir = run_dir / "trials" / spec.trial_id
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        # The trial's Python-level output (warnings, loading reports) goes to its own log file
+        # rather than interleaving on the driver's console.
+        with open(trial_dir / "output.log", "a", buffering=1) as log, \
+                contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            row = fn(spec, trial_dir)
         tune.report({k: v for k, v in row.items() if _scalar(v)})
 
     return trainable
@@ -102,8 +109,9 @@ def _tune_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
 class ProgressLines(Callback):
     """Prints one line per finished trial: ``[3/12  95s] ok  lora arc-e seed 0  accuracy 0.43 ...``."""
 
-    def __init__(self, total: int, stream: Any = None) -> None:
+    def __init__(self, total: int, stream: Any = None, run_dir: Path | None = None) -> None:
         self.total = total
+        self.run_dir = run_dir
         self.stream = stream
         self.done = 0
         self.start = time.time()
@@ -125,7 +133,15 @@ class ProgressLines(Callback):
         self._line(trial, "ok", extra)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trial, "FAILED", f"log: {trial.local_path or ''}")
+        where = trial.local_path or ""
+        try:
+            spec = TrialSpec.from_dict(trial.config["spec"])
+            spec = spec.with_overrides(trial.config["space"]) if trial.config.get("space") else spec
+            if self.run_dir is not None:
+                where = str(self.run_dir / "trials" / spec.trial_id / "error.txt")
+        except Exception:  # the progress line must never break the sweep
+            pass
+        self._line(trial, "FAILED", f"see {where}")
 
 
 # -- Ray -----------------------------------------------------------------------------------------
@@ -304,8 +320,7 @@ def _run_config(run_dir: Path, n_total: int, callbacks: list[Any] | None, stream
         name=TUNE_DIR,
         storage_path=str(run_dir),
         failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-        callbacks=[ProgressLines(n_total, stream), *(callbacks or [])],
-        log_to_file=True,
+        callbacks=[ProgressLines(n_total, stream, run_dir), *(callbacks or [])],
         verbose=0,
     )
 

@@ -123,15 +123,11 @@ def write_train_log_csv(loss_history: list[dict[str, Any]], step_logs: list[dict
     """Loss records joined on ``step`` with the method's per-step logs (pruning, budget, …)."""
     import pandas as pd
 
-    loss = pd.DataFrame(loss_history)
-    steps = pd.DataFrame(step_logs)
-    if not loss.empty and not steps.empty:
-        extra = [c for c in steps.columns if c == "step" or c not in loss.columns]
-        frame = loss.merge(steps[extra], on="step", how="outer").sort_values("step")
-    else:
-        frame = loss if not loss.empty else steps
+    frame = pd.concat([pd.DataFrame(loss_history), pd.DataFrame(step_logs)], ignore_index=True)
     if frame.empty:
         frame = pd.DataFrame(columns=["step", "loss"])
+    else:  # one line per step: the loss record's values, completed by that step's method logs
+        frame = frame.groupby("step", as_index=False, sort=True).first()
     frame.to_csv(path, index=False)
 
 
