@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bench leaderboard RUN | head`
+        sys.stderr.close()
+        return 0
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -123,10 +126,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.markdown:
         print(to_markdown(board), end="")
     else:
-        import pandas as pd
-
-        with pd.option_context("display.max_columns", 12, "display.width", 160):
-            print(board.to_string(index=False))
+        keys = [c for c in ("task", "method", "search_point", "n_seeds", "n_failed", "n_learned", "accuracy_mean",
+                            "accuracy_std", "ece_mean", "nll_mean", "brier_mean", "effective_rank_mean",
+                            "train_time_s_mean") if c in board.columns]
+        print(board[keys].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"\nall columns: {args.out or run_dir / 'leaderboard.csv'}")
     return 0
 
 

@@ -66,8 +66,14 @@ def make_trainable(run_dir: Path, trial_fn: TrialFn | None, threads: int) -> Cal
     run_dir = Path(run_dir).resolve()
 
     def trainable(config: dict[str, Any]) -> None:
+        import ray
         from ray import tune
 
+        if not ray.get_gpu_ids():
+            # Ray leaves CUDA_VISIBLE_DEVICES alone for a trial with 0 GPUs; hide the node's GPUs so
+            # device=auto means CPU there instead of sharing a GPU nobody reserved. (CUDA reads the
+            # variable at its first use, which comes later, inside the trial.)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
