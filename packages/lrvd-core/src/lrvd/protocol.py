@@ -13,13 +13,18 @@ The bench and third parties only ever talk to a method through these hooks; the 
             loss.backward()
         opt.step(); sched.step()
         method.on_step_end(model, opt, step)          # pruning, budget allocation, annealing
-    method.after_training(model, train_loader)        # e.g. Laplace fit, final pruning
+    method.after_training(model, train_loader, val_loader)  # e.g. Laplace fit, temperature fit
     probs = method.predict_proba(model, batch, n_samples)   # [batch, n_classes], rows sum to 1
 
 :class:`MethodBase` implements the protocol with maximum-likelihood defaults, so a method overrides
 only what its algorithm changes. To add a method: subclass it, give it a ``Params`` dataclass with
 the paper's defaults (each field with ``metadata={"help": ...}``), implement ``attach``, and
 register it (entry point ``lrvd.methods`` or ``@METHODS.register``).
+
+A method that fits something on held-out data (temperature scaling) sets the class attribute
+``validation_fraction`` > 0; the bench then carves that fraction of the training set off with
+:func:`lrvd.data_split.holdout_indices` (fixed seed, never touching the evaluation set), trains on
+the rest and passes the held-out loader to ``after_training`` as ``val_loader``.
 """
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ class AdapterMethod(Protocol):
 
     def on_step_end(self, model: ClassifierModel, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]: ...
 
-    def after_training(self, model: ClassifierModel, train_loader: Any) -> None: ...
+    def after_training(self, model: ClassifierModel, train_loader: Any, val_loader: Any = None) -> None: ...
 
     def predict_proba(
         self, model: ClassifierModel, batch: dict[str, torch.Tensor], n_samples: int | None = None
@@ -184,6 +189,8 @@ class MethodBase:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    #: fraction of the training set held out for ``after_training(..., val_loader)`` (0: none)
+    validation_fraction: ClassVar[float] = 0.0
 
     def __init__(self, **hyper_params: Any) -> None:
         self.params = build_params(self.Params, self.name, hyper_params)
@@ -223,7 +230,7 @@ class MethodBase:
     def on_step_end(self, model, optimizer, step) -> dict[str, float]:
         return {}
 
-    def after_training(self, model, train_loader) -> None:
+    def after_training(self, model, train_loader, val_loader=None) -> None:
         return None
 
     @torch.no_grad()
