@@ -129,6 +129,24 @@ def test_resume_reruns_only_unfinished_trials(ray_session, tmp_path):
     assert set(rerun) | finished == {r for r in pd.read_csv(second.run_dir / "trials.csv")["trial_id"]}
 
 
+@pytest.mark.slow
+def test_random_search_space_is_sampled_by_ray_and_recorded(ray_session, tmp_path):
+    calls = tmp_path / "calls.txt"
+    config = _config(tmp_path, methods="lora", seeds=[0], num_samples=2,
+                     search_space={"train.lr": {"loguniform": [1e-4, 1e-2]}, "adapter.r": {"grid_search": [4, 8]}})
+    outcome = run_sweep(config, trial_fn=fake_trial(calls), check=False)
+    assert (outcome.n_ok, outcome.n_failed) == (4, 0)
+    trials = pd.read_csv(outcome.run_dir / "trials.csv")
+    points = [json.loads(p) for p in trials["search_point"]]
+    assert sorted(p["adapter.r"] for p in points) == [4, 4, 8, 8]
+    assert all(1e-4 <= p["train.lr"] <= 1e-2 for p in points)
+    specs = [json.loads((outcome.run_dir / "trials" / t / "spec.json").read_text()) for t in trials["trial_id"]]
+    assert all(s["train"]["lr"] == p["train.lr"] and s["adapter"]["r"] == p["adapter.r"]
+               for s, p in zip(specs, points))
+    board = pd.read_csv(outcome.run_dir / "leaderboard.csv")
+    assert len(board) == 4 and "search_point" in board.columns
+
+
 def test_resume_of_a_folder_without_a_sweep_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("methods: lora\n")
     assert cli.main(["run", "--resume", str(tmp_path)]) == 2

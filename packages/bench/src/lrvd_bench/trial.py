@@ -168,7 +168,7 @@ def run_trial(
     _atomic_write(trial_dir / "spec.json", json.dumps(spec.to_dict(), indent=2))
     started = time.time()
     try:
-        row = (body or _run)(spec, trial_dir, progress)
+        row = {**_identity(spec), **(body or _run)(spec, trial_dir, progress)}
     except BaseException as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         error = {
