@@ -1,0 +1,164 @@
+"""peft glue shared by every baseline: attach a peft config, apply the trainable rule, persist extras.
+
+One rule for all methods (README): the trainable parameters are exactly the adapter parameters peft
+creates plus the newly initialised task head (``model.head_parameters()``); the pretrained backbone
+stays frozen. :class:`PeftMethod` implements ``attach`` with that rule, a fixed-rank
+``rank_report``, seeded Monte-Carlo prediction and adapter persistence (safetensors + JSON, no
+pickle) with a hook for method state beyond the trainable tensors (AdaLoRA's rank pattern, IVON's
+posterior scales, Laplace's Kronecker factors).
+
+A baseline subclasses :class:`PeftMethod` and implements :meth:`PeftMethod.peft_config`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrvd.classifier import ClassifierModel, freeze_all_but
+from lrvd.errors import LRVDError
+from lrvd.protocol import AdapterSpec, MethodBase, TrainPlan
+
+ADAPTER_NAME = "default"
+EXTRA_TENSORS = "method_state.safetensors"
+EXTRA_CONFIG = "method_state.json"
+
+
+def attach_peft(model: ClassifierModel, config: Any) -> ClassifierModel:
+    """Wrap ``model.backbone`` with ``get_peft_model`` and apply the trainable rule.
+
+    peft leaves only its adapter tensors trainable (and would freeze the task head, because we pass
+    no ``task_type``: a ``SEQ_CLS`` task type would instead make the *whole* pretrained classifier
+    module trainable). We then re-enable exactly the head parameters, found by identity.
+    """
+    from peft import get_peft_model
+
+    head = list(model.head_parameters())
+    try:
+        model.backbone = get_peft_model(model.backbone, config)
+    except ValueError as err:  # e.g. target_modules that match nothing
+        raise LRVDError(f"cannot attach {type(config).__name__}: {str(err).splitlines()[0]}") from None
+    adapters = {id(p) for p in model.backbone.parameters() if p.requires_grad}
+    freeze_all_but(model, adapters | {id(p) for p in head})
+    return model
+
+
+def peft_root(model: ClassifierModel) -> nn.Module:
+    """The tuner model (``LoraModel`` / ``AdaLoraModel``) under the ``PeftModel`` wrapper."""
+    backbone = model.backbone
+    if not hasattr(backbone, "base_model") or not hasattr(backbone, "peft_config"):
+        raise LRVDError("the model has no peft adapters; call method.attach(model, spec, plan) first")
+    return backbone.base_model
+
+
+def adapter_layers(model: ClassifierModel) -> dict[str, nn.Module]:
+    """Adapted modules by their name in the wrapped transformers model (e.g. ``bert...query``)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    hf_model = peft_root(model).model
+    return {name: m for name, m in hf_model.named_modules() if isinstance(m, BaseTunerLayer)}
+
+
+def adapter_module_name(param_name: str) -> str:
+    """``bert.x.query.lora_E.default`` -> ``bert.x.query`` (the key ``rank_report`` uses)."""
+    parts = param_name.split(".")
+    if parts[-1] == ADAPTER_NAME:
+        parts = parts[:-1]
+    return ".".join(parts[:-1])
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Fork the global RNG (CPU and ``device``) and seed it, so MC predictions are reproducible."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def mean_softmax(sample_logits: Callable[[], torch.Tensor], n_samples: int) -> torch.Tensor:
+    """Probability averaging (BLoB protocol): ``(1/M) Σ_m softmax(f(x; θ_m))``, ``[batch, classes]``."""
+    total = None
+    for _ in range(n_samples):
+        p = torch.softmax(sample_logits().float(), dim=-1)
+        total = p if total is None else total + p
+    return total / n_samples
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class PeftMethod(MethodBase):
+    """Base of the peft baselines: attach by the trainable rule, fixed-rank report, persistence."""
+
+    #: how many samples ``predict_proba(n_samples=None)`` draws (0: deterministic)
+    default_n_samples: int = 0
+
+    def __init__(self, **hyper_params: Any) -> None:
+        super().__init__(**hyper_params)
+        self._predict_calls = 0
+
+    def peft_config(self, spec: AdapterSpec, plan: TrainPlan) -> Any:
+        raise NotImplementedError
+
+    def attach(self, model: ClassifierModel, spec: AdapterSpec, plan: TrainPlan) -> ClassifierModel:
+        self.spec, self.plan = spec, plan
+        return attach_peft(model, self.peft_config(spec, plan))
+
+    def rank_report(self, model: ClassifierModel) -> dict[str, int]:
+        return {name: int(layer.r[ADAPTER_NAME]) for name, layer in adapter_layers(model).items()}
+
+    # -- Monte-Carlo prediction ----------------------------------------------------------------
+    def resolve_n_samples(self, n_samples: int | None) -> int:
+        n = self.default_n_samples if n_samples is None else int(n_samples)
+        if n < 0:
+            raise LRVDError(f"n_samples must be >= 0, got {n}")
+        return n
+
+    def next_sample_seed(self) -> int:
+        """Seed for the next MC prediction call: the run's seed plus a call counter.
+
+        Reproducible across processes (a reloaded adapter predicts exactly as the trained one) while
+        successive batches still get independent noise.
+        """
+        base = self.plan.train.seed if self.plan is not None else 0
+        self._predict_calls += 1
+        return 1_000_003 * base + self._predict_calls
+
+    # -- persistence ---------------------------------------------------------------------------
+    def extra_state(self, model: ClassifierModel) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Method state beyond the trainable tensors: (tensors, JSON-able config)."""
+        return {}, {}
+
+    def load_extra_state(self, model: ClassifierModel, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+        return None
+
+    def save_adapter(self, model: ClassifierModel, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        super().save_adapter(model, path)
+        tensors, config = self.extra_state(model)
+        path = Path(path)
+        if tensors:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path / EXTRA_TENSORS))
+        if config:
+            (path / EXTRA_CONFIG).write_text(json.dumps(config, indent=2))
+
+    def load_adapter(self, model: ClassifierModel, path: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        super().load_adapter(model, path)
+        path = Path(path)
+        device = model_device(model)
+        tensors = {}
+        if (path / EXTRA_TENSORS).exists():
+            tensors = {k: v.to(device) for k, v in load_file(str(path / EXTRA_TENSORS)).items()}
+        config = json.loads((path / EXTRA_CONFIG).read_text()) if (path / EXTRA_CONFIG).exists() else {}
+        self.load_extra_state(model, tensors, config)
