@@ -1,6 +1,7 @@
 """Model surgery and sampling control for LRVD layers.
 
-- :func:`inject_lrvd` replaces target modules (peft suffix semantics) by :class:`LRVDLinear`.
+- :func:`replace_modules` swaps target modules (peft suffix semantics) for wrapper layers;
+  :func:`inject_lrvd` uses it to install :class:`LRVDLinear`.
 - :func:`sampling` switches posterior sampling on/off for every layer (adapter path only: the frozen
   backbone and its dropouts are untouched, so MC sampling is over the adapter posterior alone).
 - :func:`mc_predict_proba` is the BayesLoRA posterior predictive p(y|x) ≈ (1/S) Σ_s softmax(f(x; θ_s)),
@@ -38,11 +39,14 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def inject_lrvd(model: nn.Module, target_modules: list[str], r: int, scaling: float, **layer_kwargs: Any) -> dict[str, LRVDLinear]:
-    """Wrap every ``nn.Linear``/``Conv1D`` whose name matches ``target_modules`` in an LRVD layer.
+def replace_modules(
+    model: nn.Module, target_modules: list[str], factory: Callable[[nn.Module], nn.Module]
+) -> dict[str, nn.Module]:
+    """Replace every ``nn.Linear``/``Conv1D`` whose name matches ``target_modules`` by ``factory(module)``.
 
-    Raises :class:`LRVDError` (listing a few candidate names) when nothing matches, the usual
-    symptom of a target list written for another architecture.
+    The generic surgery behind every wrapper layer (LRVD, BLoB): returns name → new module. Raises
+    :class:`LRVDError` (listing a few candidate names) when nothing matches, the usual symptom of a
+    target list written for another architecture.
     """
     names = [
         name
@@ -56,8 +60,16 @@ def inject_lrvd(model: nn.Module, target_modules: list[str], r: int, scaling: fl
         raise LRVDError(
             f"no linear module matches target_modules={target_modules}; e.g. {', '.join(linear[:6]) or 'none'}"
         )
+    replaced = {}
     for name in names:
-        _set_submodule(model, name, LRVDLinear(model.get_submodule(name), r, scaling, **layer_kwargs))
+        replaced[name] = factory(model.get_submodule(name))
+        _set_submodule(model, name, replaced[name])
+    return replaced
+
+
+def inject_lrvd(model: nn.Module, target_modules: list[str], r: int, scaling: float, **layer_kwargs: Any) -> dict[str, LRVDLinear]:
+    """Wrap every ``nn.Linear``/``Conv1D`` whose name matches ``target_modules`` in an LRVD layer."""
+    replace_modules(model, target_modules, lambda base: LRVDLinear(base, r, scaling, **layer_kwargs))
     return lrvd_modules(model)
 
 
