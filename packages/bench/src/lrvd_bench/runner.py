@@ -15,6 +15,9 @@ Ray: a local instance (``ray.init(num_cpus=..., include_dashboard=False)``) unle
 a cluster; results are persisted as each trial finishes; a failing trial is recorded and the others
 go on (``max_failures=0``); Ctrl+C stops the sweep with its state saved. ``--resume runs/NAME``
 restores with ``Tuner.restore(resume_unfinished=True)``, so only unfinished trials run again.
+
+On a multi-node cluster the run directory must be on a filesystem every node mounts (NFS, …):
+trials write their folders directly, and Ray Tune keeps its state there too.
 """
 
 from __future__ import annotations
@@ -261,6 +264,8 @@ def run_sweep(
             tune_config=tune.TuneConfig(
                 num_samples=config.num_samples, max_concurrent_trials=config.max_concurrent_trials,
                 scheduler=scheduler, trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                # a fresh process per trial: peak memory is per trial and GPU memory is returned
+                reuse_actors=False,
             ),
             run_config=_run_config(run_dir, n_total, callbacks, stream),
         )
