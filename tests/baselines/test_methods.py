@@ -1,0 +1,215 @@
+"""One parametrised matrix over the baselines (peft test_custom_models style): add a method, add a row."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import TinyBertClassifier, make_toy_loader
+
+from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method
+from lrvd.training import fit, seed_everything
+
+# name -> (hyper-parameters, learning rate on the loop's scale)
+CASES = {
+    "lora": ({}, 3e-2),
+    "mc-dropout-lora": ({}, 3e-2),
+    "adalora": ({}, 3e-2),
+    "adalora-ivon": ({"lr": 1.0, "hess_init": 100.0}, 3e-2),
+    "laplace-lora": ({"n_samples": 3}, 3e-2),
+}
+STEPS = 20
+SPEC = AdapterSpec(r=4, alpha=8)
+
+
+def train(name, steps=STEPS, seed=0):
+    kwargs, lr = CASES[name]
+    seed_everything(seed)
+    loader = make_toy_loader(32, batch_size=8, seed=seed)
+    plan = TrainPlan.from_loader_length(len(loader), 32, TrainConfig(lr=lr, max_steps=steps, seed=seed, log_every=1))
+    method = get_method(name)(**kwargs)
+    model = method.attach(TinyBertClassifier(seed=seed), SPEC, plan)
+    return method, model, loader, plan
+
+
+def mean_nll(model, loader):
+    model.eval()
+    with torch.no_grad():
+        losses = [torch.nn.functional.cross_entropy(model(b), b["labels"]) for b in loader]
+    model.train()
+    return float(torch.stack(losses).mean())
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def trained(request):
+    method, model, loader, plan = train(request.param)
+    before = mean_nll(model, loader)
+    fit(method, model, loader, plan, device="cpu", progress=False)
+    method.after_training(model, loader)
+    model.eval()
+    return request.param, method, model, loader, before
+
+
+def test_training_lowers_the_loss(trained):
+    name, method, model, loader, before = trained
+    assert mean_nll(model, loader) < before
+
+
+def test_predict_proba_is_a_distribution(trained):
+    name, method, model, loader, _ = trained
+    batch = next(iter(loader))
+    probs = method.predict_proba(model, batch)
+    assert probs.shape == (8, 2)
+    assert torch.all(probs >= 0) and torch.allclose(probs.sum(-1), torch.ones(8), atol=1e-5)
+
+
+def test_parameter_counts_follow_the_trainable_rule(trained):
+    name, method, model, _, _ = trained
+    counts = method.parameter_counts(model)
+    assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    head = {id(p) for p in model.head_parameters()}
+    assert all(p.requires_grad for p in model.head_parameters())
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad and id(p) not in head)
+    assert (counts["variational"] == 0) == (name in {"lora", "mc-dropout-lora", "adalora"})
+
+
+def test_save_load_round_trips_predictions(trained, tmp_path):
+    name, method, model, loader, _ = trained
+    batch = next(iter(loader))
+    method.save_adapter(model, tmp_path)
+    fresh_method, fresh_model, _, _ = train(name, seed=0)
+    with torch.no_grad():  # scramble, so the load must restore everything
+        for p in fresh_model.parameters():
+            if p.requires_grad:
+                p.add_(0.5)
+    fresh_method.load_adapter(fresh_model, tmp_path)
+    fresh_model.eval()
+    method._predict_calls = fresh_method._predict_calls = 0
+    torch.testing.assert_close(fresh_method.predict_proba(fresh_model, batch), method.predict_proba(model, batch))
+    assert fresh_method.rank_report(fresh_model) == method.rank_report(model)
+
+
+@pytest.mark.parametrize("name", ["lora", "mc-dropout-lora"])
+def test_training_is_deterministic_with_a_fixed_seed(name):
+    results = []
+    for _ in range(2):
+        method, model, loader, plan = train(name, steps=3)
+        fit(method, model, loader, plan, device="cpu", progress=False)
+        results.append([p.detach().clone() for p in model.parameters() if p.requires_grad])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_mc_dropout_predictive_differs_from_deterministic_pass():
+    method, model, loader, plan = train("mc-dropout-lora", steps=3)
+    fit(method, model, loader, plan, device="cpu", progress=False)
+    model.eval()
+    batch = next(iter(loader))
+    mc, det = method.predict_proba(model, batch), method.predict_proba(model, batch, n_samples=0)
+    assert not torch.allclose(mc, det)
+    assert not any(m.training for m in model.modules())  # modes restored
+
+
+@pytest.mark.parametrize("name", ["adalora", "adalora-ivon"])
+def test_adalora_ends_at_target_budget(name):
+    method, model, loader, plan = train(name, steps=12)
+    fit(method, model, loader, plan, device="cpu", progress=False)
+    ranks = method.rank_report(model)
+    target = round(2 * SPEC.r / 3) * len(ranks)
+    assert sum(ranks.values()) == target
+    kept = sum(int((layer.lora_E["default"] != 0).sum()) for layer in __import__(
+        "lrvd_baselines.peft_adapters", fromlist=["x"]).adapter_layers(model).values())
+    assert kept <= target
+
+
+def test_adalora_budget_matching_sets_total_rank():
+    method = get_method("adalora")(budget_total_rank=5)
+    seed_everything(0)
+    loader = make_toy_loader(32)
+    plan = TrainPlan.from_loader_length(len(loader), 32, TrainConfig(lr=3e-2, max_steps=12))
+    model = method.attach(TinyBertClassifier(), SPEC, plan)
+    fit(method, model, loader, plan, device="cpu", progress=False)
+    assert sum(method.rank_report(model).values()) == 5
+
+
+def test_adalora_rejects_schedule_without_budgeting_phase():
+    method = get_method("adalora")(tinit=8, tfinal=4)
+    plan = TrainPlan(total_steps=10, n_train=32)
+    with pytest.raises(LRVDError, match="budgeting phase"):
+        method.attach(TinyBertClassifier(), SPEC, plan)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_unknown_hyper_parameter_is_rejected(name):
+    with pytest.raises(LRVDError, match="unknown hyper-parameter"):
+        get_method(name)(not_a_param=1)
+
+
+def _folded_snr(mu, sigma):
+    cdf = 0.5 * math.erfc((mu / sigma) / math.sqrt(2))
+    mean = sigma * math.sqrt(2 / math.pi) * math.exp(-mu * mu / (2 * sigma * sigma)) + mu * (1 - 2 * cdf)
+    return mean / math.sqrt(mu * mu + sigma * sigma - mean * mean)
+
+
+@pytest.mark.parametrize("criterion", ["snr-abs", "snr", "mean", "inv-sigma"])
+def test_ivon_criteria_match_hand_formula(criterion):
+    import ivon
+    from peft import AdaLoraConfig, get_peft_model
+
+    from lrvd_baselines.adalora_ivon import PosteriorRankAllocator
+
+    torch.manual_seed(0)
+    net = get_peft_model(torch.nn.Sequential(torch.nn.Linear(6, 5)), AdaLoraConfig(
+        init_r=3, target_r=1, target_modules=["0"], total_step=10, tinit=1, tfinal=1))
+    named = dict(net.base_model.model.named_parameters())
+    group_a = [p for n, p in named.items() if "lora_A" in n or "lora_E" in n]
+    group_b = [p for n, p in named.items() if "lora_B" in n]
+    opt = ivon.IVON([{"params": group_a, "ess": 100.0, "weight_decay": 1e-3},
+                     {"params": group_b, "ess": 50.0, "weight_decay": 1e-2}], lr=0.1, ess=10.0)
+    x = torch.randn(4, 6)
+    with opt.sampled_params(train=True):
+        net(x).pow(2).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        for p in group_a + group_b:
+            p.add_(torch.randn_like(p) * 0.05)
+    alloc = PosteriorRankAllocator(net.base_model.model, net.peft_config["default"], "default", criterion)
+    alloc.optimizer = opt
+    alloc._params = named
+    from lrvd_baselines.adalora_ivon import posterior_std
+
+    alloc._stds = posterior_std(opt)
+    for group in opt.param_groups:
+        offset = 0
+        for p in group["params"]:
+            name = next(n for n, q in named.items() if q is p)
+            score = alloc._element_score(name).flatten()
+            for i in range(p.numel()):
+                mu = float(p.flatten()[i])
+                sigma = 1 / math.sqrt(group["ess"] * (float(group["hess"][offset + i]) + group["weight_decay"]))
+                expected = {"snr-abs": lambda: _folded_snr(mu, sigma), "snr": lambda: abs(mu) / sigma,
+                            "mean": lambda: abs(mu), "inv-sigma": lambda: 1 / sigma}[criterion]()
+                assert float(score[i]) == pytest.approx(expected, rel=1e-4)
+            offset += p.numel()
+
+
+def test_laplace_predictive_equals_laplace_torch():
+    from laplace import Laplace
+
+    from lrvd_baselines.laplace_lora import DictLogits, head_frozen
+
+    method, model, loader, plan = train("laplace-lora", steps=5)
+    method.params.predictive = "glm"
+    fit(method, model, loader, plan, device="cpu", progress=False)
+    method.after_training(model, loader)
+    model.eval()
+    batch = {k: v[:2] for k, v in next(iter(loader)).items()}
+    ours = method.predict_proba(model, batch)
+    with head_frozen(model):
+        la = Laplace(DictLogits(model), "classification", subset_of_weights="all", hessian_structure="kron")
+        la.fit(loader)
+        la.prior_precision = method.laplace.prior_precision
+        theirs = la(batch, pred_type="glm", link_approx="probit")
+    torch.testing.assert_close(ours, theirs.float(), rtol=1e-4, atol=1e-5)
+    assert la.n_params == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
