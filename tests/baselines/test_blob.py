@@ -25,8 +25,8 @@ def plan(steps: int = 1, n_train: int = 32) -> TrainPlan:
 def test_kl_equals_closed_form_by_hand():
     layer = BLoBLinear(nn.Linear(2, 3), r=1, scaling=1.0)
     with torch.no_grad():
-        layer.A_mu.copy_(torch.tensor([[0.3, -0.5]]))
-        layer.A_std_sqrt.copy_(torch.tensor([[0.2, 0.4]]))  # std = 0.04, 0.16
+        layer.lora_A.copy_(torch.tensor([[0.3, -0.5]]))
+        layer.lora_A_std_sqrt.copy_(torch.tensor([[0.2, 0.4]]))  # std = 0.04, 0.16
     sp = 0.2
     expected = sum(
         math.log(sp / s) + (s**2 + m**2) / (2 * sp**2) - 0.5 for m, s in [(0.3, 0.04), (-0.5, 0.16)]
@@ -38,7 +38,7 @@ def test_flipout_noise_differs_across_examples():
     torch.manual_seed(0)
     layer = BLoBLinear(nn.Linear(8, 4), r=2, scaling=1.0, init_eps=0.5)
     with torch.no_grad():
-        layer.B.normal_()
+        layer.lora_B.normal_()
     x = torch.randn(1, 8).repeat(6, 1)  # six identical examples
     layer.sampling = False
     mean = layer(x)
@@ -66,8 +66,8 @@ def test_extra_parameters_equal_size_of_A_and_predictive_differs_from_mean():
     with torch.no_grad():
         for layer in model.modules():
             if isinstance(layer, BLoBLinear):
-                layer.B.normal_()
-                layer.A_std_sqrt.fill_(0.5)
+                layer.lora_B.normal_()
+                layer.lora_A_std_sqrt.fill_(0.5)
     batch = next(iter(make_toy_loader(8, shuffle=False)))
     model.eval()
     mean = method.predict_proba(model, batch, n_samples=0)
@@ -81,10 +81,10 @@ def test_few_steps_lower_the_loss_and_update_the_stds():
     method = BLoB(kl_lr=0.01)
     p = plan(steps=30, n_train=64)
     model = method.attach(TinyBertClassifier(), SPEC, p)
-    stds = [m.A_std_sqrt.detach().clone() for m in model.modules() if isinstance(m, BLoBLinear)]
+    stds = [m.lora_A_std_sqrt.detach().clone() for m in model.modules() if isinstance(m, BLoBLinear)]
     result = fit(method, model, make_toy_loader(64), p, device="cpu", progress=False)
     first, last = result.loss_history[0]["loss"], result.loss_history[-1]["loss"]
     assert last < first
-    after = [m.A_std_sqrt for m in model.modules() if isinstance(m, BLoBLinear)]
+    after = [m.lora_A_std_sqrt for m in model.modules() if isinstance(m, BLoBLinear)]
     assert any(not torch.equal(a, b) for a, b in zip(stds, after))
     assert result.loss_history[-1]["kl"] > 0

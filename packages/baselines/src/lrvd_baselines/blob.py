@@ -2,7 +2,7 @@
 
 Posterior (asymmetric Bayesianisation): only LoRA's A is random, B stays deterministic::
 
-    q(A) = N(M, Ω²) elementwise,   Ω = G ∘ G   (``A_std_sqrt`` holds G; std = G²)
+    q(A) = N(M, Ω²) elementwise,   Ω = G ∘ G   (``lora_A_std_sqrt`` holds G; std = G²)
     p(A) = N(0, σ_p²),             ΔW = s · B A,  s = alpha / r
 
 Facts taken from the authors' code (github.com/Wang-ML-Lab/bayesian-peft, ``modelwrappers/blob.py``
@@ -79,47 +79,47 @@ class BLoBLinear(nn.Module):
         else:
             raise TypeError(f"BLoBLinear wraps nn.Linear or Conv1D, got {type(base_layer).__name__}")
         kw = {"device": weight.device, "dtype": adapter_dtype(weight.dtype)}
-        self.A_mu = nn.Parameter(torch.empty(r, self.in_features, **kw))  # [r, d_in]  posterior mean M
-        self.A_std_sqrt = nn.Parameter(torch.empty(r, self.in_features, **kw))  # [r, d_in]  G, std = G²
-        self.B = nn.Parameter(torch.zeros(self.out_features, r, **kw))  # [d_out, r]
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **kw))  # [r, d_in]  posterior mean M
+        self.lora_A_std_sqrt = nn.Parameter(torch.empty(r, self.in_features, **kw))  # [r, d_in]  G, std = G²
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **kw))  # [d_out, r]
         self.scaling = float(scaling)
         self.sampling: bool | None = None  # None: sample iff training
         with torch.no_grad():
-            nn.init.kaiming_uniform_(self.A_mu, a=math.sqrt(5))
-            nn.init.uniform_(self.A_std_sqrt, init_eps / math.sqrt(2), init_eps)
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            nn.init.uniform_(self.lora_A_std_sqrt, init_eps / math.sqrt(2), init_eps)
 
     @property
     def r(self) -> int:
-        return self.A_mu.shape[0]
+        return self.lora_A.shape[0]
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.r}, scaling={self.scaling:g}"
 
     def A_std(self) -> torch.Tensor:  # [r, d_in]
-        return self.A_std_sqrt.square()
+        return self.lora_A_std_sqrt.square()
 
     def kl(self, prior_std: float) -> torch.Tensor:
         """Σ_{A entries} KL(N(μ, σ²) ‖ N(0, σ_p²)) = log(σ_p/σ) + (σ² + μ²)/(2σ_p²) − ½."""
         std = self.A_std().clamp(min=1e-12)
-        return (math.log(prior_std) - torch.log(std) + (std.square() + self.A_mu.square()) / (2 * prior_std**2) - 0.5).sum()
+        return (math.log(prior_std) - torch.log(std) + (std.square() + self.lora_A.square()) / (2 * prior_std**2) - 0.5).sum()
 
     def is_sampling(self) -> bool:
         return self.training if self.sampling is None else bool(self.sampling)
 
     def flipout_noise(self, x: torch.Tensor) -> torch.Tensor:
         """((x ∘ r) Eᵀ) ∘ t with E = G² ∘ ε shared by the pass and sign vectors r, t drawn per row."""
-        noise = self.A_std() * torch.randn_like(self.A_std_sqrt)  # E [r, d_in]
+        noise = self.A_std() * torch.randn_like(self.lora_A_std_sqrt)  # E [r, d_in]
         sign_in = torch.empty_like(x).bernoulli_(0.5).mul_(2).sub_(1)  # [..., d_in]
         sign_out = torch.empty((*x.shape[:-1], self.r), device=x.device, dtype=x.dtype).bernoulli_(0.5).mul_(2).sub_(1)
         return ((x * sign_in) @ noise.T) * sign_out  # [..., r]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
-        h = x.to(self.A_mu.dtype)
-        z = h @ self.A_mu.T  # [..., r]
+        h = x.to(self.lora_A.dtype)
+        z = h @ self.lora_A.T  # [..., r]
         if self.is_sampling():
             z = z + self.flipout_noise(h)
-        return out + (self.scaling * (z @ self.B.T)).to(out.dtype)
+        return out + (self.scaling * (z @ self.lora_B.T)).to(out.dtype)
 
 
 def blob_layers(model: nn.Module) -> dict[str, BLoBLinear]:
@@ -153,7 +153,7 @@ class BLoB(MethodBase):
         layers = replace_modules(
             model.backbone, spec.target_modules, lambda base: BLoBLinear(base, spec.r, spec.scaling, self.params.init_eps)
         )
-        keep = {id(t) for layer in layers.values() for t in (layer.A_mu, layer.A_std_sqrt, layer.B)}
+        keep = {id(t) for layer in layers.values() for t in (layer.lora_A, layer.lora_A_std_sqrt, layer.lora_B)}
         freeze_all_but(model, keep | {id(t) for t in model.head_parameters()})
         batch = plan.train.batch_size * plan.train.grad_accum
         self.steps_per_epoch = max(1, math.ceil(plan.n_train / batch))
@@ -162,7 +162,7 @@ class BLoB(MethodBase):
 
     def param_groups(self, model, plan):
         """AdamW gets M, B and the head; the stds G are updated by the SGD step of ``on_step_end``."""
-        stds = {id(layer.A_std_sqrt) for layer in blob_layers(model).values()}
+        stds = {id(layer.lora_A_std_sqrt) for layer in blob_layers(model).values()}
         groups = super().param_groups(model, plan)
         for g in groups:
             g["params"] = [p for p in g["params"] if id(p) not in stds]
@@ -185,8 +185,8 @@ class BLoB(MethodBase):
     def on_step_end(self, model, optimizer, step) -> dict[str, float]:
         """SGD on G (its NLL gradient + π ∂KL/∂G) and on M (π ∂KL/∂M), as BLoB's second optimizer."""
         layers = list(blob_layers(model).values())
-        means = [layer.A_mu for layer in layers]
-        stds = [layer.A_std_sqrt for layer in layers]
+        means = [layer.lora_A for layer in layers]
+        stds = [layer.lora_A_std_sqrt for layer in layers]
         pi = self.kl_weight(step)
         kl = self.kl(model)
         kl_grads = torch.autograd.grad(pi * kl, means + stds)
@@ -230,5 +230,5 @@ class BLoB(MethodBase):
         """``variational`` = the stds G, one per entry of A."""
         return {
             "trainable": count_parameters(model),
-            "variational": sum(layer.A_std_sqrt.numel() for layer in blob_layers(model).values()),
+            "variational": sum(layer.lora_A_std_sqrt.numel() for layer in blob_layers(model).values()),
         }
