@@ -134,7 +134,7 @@ def fit(
                 loss, logs = method.training_loss(model, batch, logits, step)
                 if not torch.isfinite(loss):
                     raise LRVDError(
-                        f"non-finite loss ({float(loss)}) at step {step} for method {method.name!r}; "
+                        f"non-finite loss ({float(loss.detach())}) at step {step} for method {method.name!r}; "
                         "lower the learning rate or the KL scale"
                     )
                 loss = loss / cfg.grad_accum
