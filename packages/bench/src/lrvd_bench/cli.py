@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   bench run --set train.lr=5e-4 --set method_params.bayeslora.kl_scale=1e-5
   bench run --resume runs/quickstart-20260101-120000   # re-runs only unfinished trials
   bench leaderboard runs/quickstart-20260101-120000 --markdown
+  bench analyze runs/quickstart-20260101-120000          # CSV + PNG under RUN_DIR/analysis
 """
 
 
@@ -50,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", help="leaderboard CSV path (default: RUN_DIR/leaderboard.csv; .md beside it)")
     board.add_argument("--markdown", action="store_true", help="print the Markdown table")
     board.add_argument("--figures", action="store_true", help="also redraw RUN_DIR/figures")
+
+    analyze = sub.add_parser("analyze", help="post-hoc analyses of a run (rank dynamics, tau sweep, gauge, "
+                             "calibration, SNR): CSV + PNG under RUN_DIR/analysis")
+    analyze.add_argument("run_dir", help="run directory, e.g. runs/quickstart-...")
+    analyze.add_argument("--out", help="output folder (default: RUN_DIR/analysis)")
+    analyze.add_argument("--only", help="comma-separated subset: rank_dynamics,tau_sweep,gauge,calibration,snr")
+    analyze.add_argument("--taus", help="comma-separated tau grid of the tau sweep (inf allowed)")
+
+    from lrvd_bench.cost import add_arguments as add_cost_arguments  # stdlib-only import: --help stays fast
+
+    add_cost_arguments(sub.add_parser(
+        "cost", help="step time, peak memory, prediction cost of every registered method (interleaved)",
+        description="Measure every registered method on one backbone and batch shape in one process, "
+        "round-robin; or, with --ray-overhead RUN_DIR, a finished sweep's Ray Tune overhead."))
 
     sub.add_parser("list-methods", help="registered adapter methods")
     sub.add_parser("list-tasks", help="registered tasks")
@@ -134,6 +149,30 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lrvd_bench.errors import BenchError
+
+    if not (Path(args.run_dir) / "trials").is_dir():
+        raise BenchError(f"{args.run_dir} is not a bench run directory (no trials/ folder)")
+    try:
+        taus = [float(x) for x in args.taus.split(",")] if args.taus else None
+    except ValueError:
+        raise BenchError(f"--taus takes comma-separated numbers, got {args.taus!r}") from None
+    from lrvd_bench.analyze import analyze_run
+
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    analyze_run(args.run_dir, args.out, only=only, taus=taus)
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from lrvd_bench.cost import main as cost_main
+
+    return cost_main(args)
+
+
 def cmd_list_methods(args: argparse.Namespace) -> int:
     from lrvd.registry import METHODS
 
@@ -190,6 +229,8 @@ def _describe_without_import(registry, name: str) -> str:
 COMMANDS = {
     "run": cmd_run,
     "leaderboard": cmd_leaderboard,
+    "analyze": cmd_analyze,
+    "cost": cmd_cost,
     "list-methods": cmd_list_methods,
     "list-tasks": cmd_list_tasks,
 }

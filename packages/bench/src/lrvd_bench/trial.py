@@ -12,6 +12,7 @@ unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` inst
     spec.json         the TrialSpec (re-run exactly with ``run_trial(json.load(...), dir)``)
     train_log.csv     loss every ``log_every`` steps, joined with the method's step logs
     ranks.csv         long format: step, module, rank (the method's rank_report over training)
+    log_alpha.csv     methods with ``log_alpha_history`` (BayesLoRA): step, module, rank_index, log_alpha
     predictions.npz   probs [N, C] and labels [N] on the evaluation split
     adapter/          method.save_adapter (safetensors + adapter_config.json)
     log.txt           phase timings
@@ -117,6 +118,21 @@ def write_ranks_csv(rank_history: list[dict[str, Any]], path: Path) -> None:
             for module, rank in record.items():
                 if module != "step":
                     writer.writerow([step, module, rank])
+
+
+def write_log_alpha_csv(history: list[dict[str, Any]], path: Path) -> None:
+    """Long format, one line per (step, module, rank index): per-rank log α snapshots (``bench analyze``)."""
+    import csv
+
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "module", "rank_index", "log_alpha"])
+        for record in history:
+            step = record.get("step", 0)
+            for module, values in record.items():
+                if module != "step":
+                    for k, value in enumerate(values):
+                        writer.writerow([step, module, k, value])
 
 
 def write_train_log_csv(loss_history: list[dict[str, Any]], step_logs: list[dict[str, Any]], path: Path) -> None:
@@ -250,6 +266,8 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
         phase("write files")
         write_ranks_csv(fitted.rank_history, trial_dir / "ranks.csv")
         write_train_log_csv(fitted.loss_history, fitted.step_logs, trial_dir / "train_log.csv")
+        if getattr(method, "log_alpha_history", None):  # BayesLoRA: per-rank log α at every rank_report
+            write_log_alpha_csv(method.log_alpha_history, trial_dir / "log_alpha.csv")
         if spec.save_predictions:
             np.savez_compressed(trial_dir / "predictions.npz", probs=probs.numpy(), labels=labels.numpy())
         if spec.save_adapter:

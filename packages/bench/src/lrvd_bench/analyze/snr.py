@@ -1,0 +1,164 @@
+"""SNR vs sensitivity (AdaLoRA-IVON / AdaLoRA): do posterior SNR importances rank triplets like |μ| and
+AdaLoRA's sensitivity?
+
+Triplet score as peft's RankAllocator combines element scores:
+``S_k = s(λ_k) + mean_j s(Q_kj) + mean_i s(P_ik)`` (``lora_E``, ``lora_A``, ``lora_B``).
+
+- SNR importance: s = :func:`lrvd_baselines.adalora_ivon.importance` with the run's criterion
+  (default ``snr-abs``) on the saved posterior (μ from ``adapter/adapter.safetensors``, σ from
+  ``adapter/method_state.safetensors`` keys ``ivon_std.*``);
+- magnitude: s = |μ| (criterion ``mean``);
+- sensitivity: s = AdaLoRA's EMA of |w·∂L/∂w| is *not* saved by trials (peft keeps it in the
+  allocator's ``ipt``/``exp_avg_ipt`` dicts, dropped at the end of training). It is read from
+  ``adapter/sensitivity.safetensors`` (parameter name → element score) when a trial has one;
+  otherwise that correlation is reported as missing (one note, no crash).
+
+Per module (≥ 3 triplets) the Spearman rank correlation (ties averaged) of SNR vs |μ| (and SNR vs
+sensitivity when available). Outputs (``out/snr``): ``snr_scores.csv`` (per triplet),
+``snr_spearman.csv`` (per module and seed), ``snr_spearman.png`` (histogram of ρ per method).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lrvd_bench.analyze.common import SkipAnalysis, Trial, pyplot, write_csv
+
+METHODS = ("adalora-ivon", "adalora")
+STD_PREFIX = "ivon_std."
+SENSITIVITY_FILE = "sensitivity.safetensors"
+
+
+def rankdata(x) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (scipy.stats.rankdata's ``average``)."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    sorted_x = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(x, y) -> float:
+    """Spearman ρ = Pearson correlation of the tie-averaged ranks; NaN if fewer than 2 points or a constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) != len(y):
+        raise ValueError(f"spearman needs equal lengths, got {len(x)} and {len(y)}")
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx**2).sum() * (ry**2).sum())
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+
+
+def triplet_scores(E, A, B) -> np.ndarray:
+    """peft's combination: s(E)[r] + mean over d_in of s(A)[r, d_in] + mean over d_out of s(B)[d_out, r]."""
+    return np.asarray(E).reshape(-1) + np.asarray(A).mean(1) + np.asarray(B).mean(0)
+
+
+def _modules(state: dict) -> dict[str, dict[str, str]]:
+    """Module prefix → {E, A, B: parameter name} for peft AdaLoRA parameters ``….lora_X.default``."""
+    out: dict[str, dict[str, str]] = {}
+    for key in state:
+        for factor in ("E", "A", "B"):
+            tag = f".lora_{factor}."
+            if tag in key:
+                prefix = key[: key.index(tag)]
+                out.setdefault(prefix, {})[factor] = key
+    return {k: v for k, v in out.items() if len(v) == 3}
+
+
+def module_correlations(mu: dict, sigma: dict | None, sensitivity: dict | None, criterion: str) -> list[dict]:
+    """Per module: triplet scores and Spearman correlations (see the module docstring)."""
+    import torch
+
+    from lrvd_baselines.adalora_ivon import importance
+
+    rows = []
+    for prefix, names in sorted(_modules(mu).items()):
+        def score(fn) -> np.ndarray:
+            return triplet_scores(*(fn(names[f]) for f in ("E", "A", "B")))
+
+        magnitude = score(lambda n: np.abs(np.asarray(mu[n], dtype=np.float64)))
+        row: dict = {"module": prefix.removeprefix("backbone.").removeprefix("base_model.model."),
+                     "r": len(magnitude), "magnitude": magnitude}
+        if sigma is not None and all(names[f] in sigma for f in "EAB"):
+            row["snr"] = score(lambda n: importance(criterion, torch.as_tensor(np.asarray(mu[n], np.float64)),
+                                                    torch.as_tensor(np.asarray(sigma[n], np.float64))).numpy())
+        if sensitivity is not None and all(names[f] in sensitivity for f in "EAB"):
+            row["sensitivity"] = score(lambda n: np.asarray(sensitivity[n], dtype=np.float64))
+        for a, b in (("snr", "magnitude"), ("snr", "sensitivity"), ("magnitude", "sensitivity")):
+            if a in row and b in row:
+                row[f"rho_{a}_{b}"] = spearman(row[a], row[b])
+        rows.append(row)
+    return rows
+
+
+def _load(file: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v.double().numpy() for k, v in load_file(str(file)).items()}
+
+
+def run(trials: list[Trial], out: Path) -> tuple[list[Path], list[str]]:
+    import json
+
+    import pandas as pd
+
+    notes: list[str] = []
+    score_rows, rho_rows = [], []
+    candidates = [t for t in trials if t.method in METHODS and (t.path / "adapter" / "adapter.safetensors").exists()]
+    if not candidates:
+        raise SkipAnalysis("no adalora / adalora-ivon trial with a saved adapter")
+    missing_sigma = missing_sens = 0
+    for t in candidates:
+        adapter = t.path / "adapter"
+        mu = _load(adapter / "adapter.safetensors")
+        extra = _load(adapter / "method_state.safetensors") if (adapter / "method_state.safetensors").exists() else {}
+        sigma = {k[len(STD_PREFIX):]: v for k, v in extra.items() if k.startswith(STD_PREFIX)} or None
+        sens = _load(adapter / SENSITIVITY_FILE) if (adapter / SENSITIVITY_FILE).exists() else None
+        missing_sigma += sigma is None
+        missing_sens += sens is None
+        try:
+            criterion = json.loads((adapter / "adapter_config.json").read_text())["params"].get("criterion", "snr-abs")
+        except (OSError, ValueError, KeyError):
+            criterion = "snr-abs"
+        for row in module_correlations(mu, sigma, sens, criterion):
+            ident = {"method": t.method, "task": t.task, "seed": t.seed, "module": row["module"]}
+            for k in range(row["r"]):
+                score_rows.append({**ident, "triplet": k, **{c: row[c][k] for c in ("snr", "magnitude", "sensitivity")
+                                                               if c in row}})
+            rho_rows.append({**ident, "r": row["r"], "criterion": criterion,
+                             **{c: v for c, v in row.items() if c.startswith("rho_")}})
+    if missing_sigma:
+        notes.append(f"snr: {missing_sigma} trial(s) without IVON posterior std (adalora has none): SNR not computed")
+    if missing_sens:
+        notes.append(f"snr: {missing_sens} trial(s) without {SENSITIVITY_FILE}: AdaLoRA's sensitivity EMAs are not "
+                     "saved by trials, so SNR-vs-sensitivity is missing")
+    out.mkdir(parents=True, exist_ok=True)
+    rho = pd.DataFrame(rho_rows)
+    files = [write_csv(pd.DataFrame(score_rows), out / "snr_scores.csv"), write_csv(rho, out / "snr_spearman.csv")]
+    cols = [c for c in rho.columns if c.startswith("rho_") and rho[c].notna().any()]
+    if cols:
+        plt = pyplot()
+        fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.2), squeeze=False)
+        for ax, col in zip(axes[0], cols):
+            for method, g in rho.groupby("method"):
+                ax.hist(g[col].dropna(), bins=np.linspace(-1, 1, 21), alpha=0.6, label=method)
+            ax.set_xlabel(f"Spearman ρ ({col[4:].replace('_', ' vs ')}) per module")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / "snr_spearman.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        files.append(path)
+    return files, notes
