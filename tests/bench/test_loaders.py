@@ -153,3 +153,14 @@ def test_loaders_drive_the_shared_training_and_prediction_loop(bert_mc):
     assert probs.shape == (9, 5) and labels.shape == (9,)
     torch.testing.assert_close(probs.sum(1), torch.ones(9))
     assert probs[:, 4].max() < 1e-6 or (labels == 4).any()
+
+
+def test_validation_fraction_holds_out_part_of_train_not_eval(bert_mc):
+    full = make_loaders(get_task("arc-c"), bert_mc, batch_size=4, limit_train=20, limit_eval=10)
+    data = make_loaders(get_task("arc-c"), bert_mc, batch_size=4, limit_train=20, limit_eval=10,
+                        validation_fraction=0.25)
+    assert (data.n_train, data.n_val, data.n_eval) == (15, 5, 10)
+    train, val, evl = _rows(data.train_loader), _rows(data.val_loader), _rows(data.eval_loader)
+    assert not set(val) & set(train) and not set(val) & set(evl)
+    assert sorted(train + val) == sorted(_rows(full.train_loader))
+    assert full.val_loader is None and full.n_val == 0

@@ -109,8 +109,15 @@ class LaplaceLoRA(LoRA):
                 prior_precision=self.params.prior_precision, dict_key_x="input_ids", dict_key_y="labels",
             )
 
-    def after_training(self, model, train_loader) -> None:
+    @property
+    def validation_fraction(self) -> float:  # type: ignore[override]
+        """Grid-search prior tuning asks the bench for a held-out split; marglik needs none."""
+        return 0.1 if self.params.prior_tuning == "gridsearch" else 0.0
+
+    def after_training(self, model, train_loader, val_loader=None) -> None:
         """Fit KFAC at the trained weights, then tune the prior precision."""
+        if val_loader is not None:
+            self.val_loader = val_loader
         if self.params.prior_tuning == "gridsearch" and self.val_loader is None:
             raise LRVDError("prior_tuning='gridsearch' needs set_validation_loader(loader) before after_training")
         la = self.build_laplace(model)

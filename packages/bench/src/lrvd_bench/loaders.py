@@ -52,6 +52,10 @@ class TaskData:
     source: str = ""
     n_classes: int = 0
     tokenize_seconds: float = 0.0
+    #: held out of the training split for methods with ``validation_fraction > 0`` (temperature
+    #: scaling, Laplace grid search); never overlaps the evaluation split
+    val_loader: DataLoader | None = None
+    n_val: int = 0
 
 
 class EncodedDataset(Dataset):
@@ -207,6 +211,7 @@ def make_loaders(
     source: str = "auto",
     split_seed: int = 0,
     num_workers: int = 0,
+    validation_fraction: float = 0.0,
 ) -> TaskData:
     """Train and eval loaders for ``task`` tokenised for ``backbone`` (see the module docstring)."""
     if batch_size < 1 or eval_batch_size < 1:
@@ -216,8 +221,15 @@ def make_loaders(
     eval_ = subsample(task.load("eval", data_dir, split_seed, source), limit_eval, split_seed)
     if not train or not eval_:
         raise LRVDError(f"task {task.name!r}: empty {'train' if not train else 'eval'} split from {src.describe()}")
+    val: list = []
+    if validation_fraction > 0:
+        from lrvd.data_split import holdout_indices
+
+        train_idx, val_idx = holdout_indices(len(train), validation_fraction, split_seed)
+        train, val = [train[i] for i in train_idx], [train[i] for i in val_idx]
     start = time.perf_counter()
     train_items = encode_examples(task, backbone.kind, backbone.tokenizer, train, max_length)
+    val_items = encode_examples(task, backbone.kind, backbone.tokenizer, val, max_length) if val else []
     eval_items = encode_examples(task, backbone.kind, backbone.tokenizer, eval_, max_length)
     seconds = time.perf_counter() - start
     pad_id = backbone.tokenizer.pad_token_id
@@ -230,8 +242,14 @@ def make_loaders(
         EncodedDataset(eval_items), batch_size=eval_batch_size, shuffle=False, collate_fn=collate,
         num_workers=num_workers,
     )
+    val_loader = None
+    if val_items:
+        val_loader = DataLoader(
+            EncodedDataset(val_items), batch_size=eval_batch_size, shuffle=False, collate_fn=collate,
+            num_workers=num_workers,
+        )
     return TaskData(
         train_loader=train_loader, eval_loader=eval_loader, n_train=len(train_items), n_eval=len(eval_items),
         split_note=task.split_note(data_dir, source, split_seed), source=src.describe(),
-        n_classes=task.n_classes, tokenize_seconds=seconds,
+        n_classes=task.n_classes, tokenize_seconds=seconds, val_loader=val_loader, n_val=len(val_items),
     )

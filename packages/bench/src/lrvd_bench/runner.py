@@ -156,12 +156,17 @@ class ProgressLines(Callback):
 # -- Ray -----------------------------------------------------------------------------------------
 def init_ray(config: ExperimentConfig) -> bool:
     """Start local Ray or connect to ``config.address``; True when this call started/connected Ray."""
+    # Under `uv run`, Ray by default rebuilds the driver's uv environment in a fresh venv for every
+    # worker (minutes, and it needs the package index). Trials here run in the driver's own venv;
+    # on a multi-node cluster install the same locked environment on every node (README), or set
+    # RAY_ENABLE_UV_RUN_RUNTIME_ENV=1 to let Ray replicate it. Read by Ray at import time.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     try:
         if config.address:

@@ -239,6 +239,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
         task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
         eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
         limit_eval=spec.limit_eval, seed=spec.seed,
+        validation_fraction=getattr(method, "validation_fraction", 0.0),
     )
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = None
@@ -251,7 +252,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
         fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress)
         phase("after_training")
         posthoc_start = time.perf_counter()
-        method.after_training(model, data.train_loader)
+        method.after_training(model, data.train_loader, val_loader=data.val_loader)
         posthoc_time = time.perf_counter() - posthoc_start
         phase("predict")
         eval_start = time.perf_counter()
