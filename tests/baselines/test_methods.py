@@ -18,6 +18,9 @@ CASES = {
     "adalora": ({}, 3e-2),
     "adalora-ivon": ({"lr": 1.0, "hess_init": 100.0}, 3e-2),
     "laplace-lora": ({"n_samples": 3}, 3e-2),
+    "lora-temp-scaling": ({}, 3e-2),
+    "lora-ensemble": ({"n_members": 2}, 3e-2),
+    "blob": ({"n_samples": 3}, 3e-2),
 }
 STEPS = 20
 SPEC = AdapterSpec(r=4, alpha=8)
@@ -71,7 +74,7 @@ def test_parameter_counts_follow_the_trainable_rule(trained):
     head = {id(p) for p in model.head_parameters()}
     assert all(p.requires_grad for p in model.head_parameters())
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad and id(p) not in head)
-    assert (counts["variational"] == 0) == (name in {"lora", "mc-dropout-lora", "adalora"})
+    assert (counts["variational"] == 0) == (name in {"lora", "mc-dropout-lora", "adalora", "lora-temp-scaling", "lora-ensemble"})
 
 
 def test_save_load_round_trips_predictions(trained, tmp_path):
