@@ -145,8 +145,8 @@ def test_ece_matches_lrvd_metrics_and_is_zero_when_calibrated():
     conf = np.repeat([0.6, 0.8, 1.0], 100)
     labels = np.concatenate([np.r_[np.zeros(c, int), np.ones(100 - c, int)] for c in (60, 80, 100)])
     assert calibration.ece(binary_probs(conf), labels) == pytest.approx(0.0, abs=1e-12)
-    point, lo, hi = calibration.ece_bootstrap(binary_probs(conf), labels, n_boot=200)
-    assert point == pytest.approx(0.0, abs=1e-12) and lo <= point <= hi
+    point, lo, hi, mean = calibration.ece_bootstrap(binary_probs(conf), labels, n_boot=200, return_mean=True)
+    assert point == pytest.approx(0.0, abs=1e-12) and 0 <= lo <= hi and mean > point  # binned ECE's upward bias
 
 
 def test_ece_bootstrap_ci_contains_point_shrinks_and_is_seeded():
@@ -176,7 +176,7 @@ def test_calibration_run_writes_tables_and_figures(tmp_path):
 
     table = pd.read_csv(tmp_path / "c" / "ece_bootstrap.csv")
     assert len(table) == 2 * 3 and set(table[table.seed == "pooled"]["n"]) == {80}
-    assert ((table.ci_low <= table.ece) & (table.ece <= table.ci_high)).all()
+    assert (table.ci_low <= table.ci_high).all() and {"boot_mean"} <= set(table.columns)
 
 
 # -- 5. SNR vs magnitude / sensitivity -------------------------------------------------------------
@@ -189,6 +189,11 @@ def test_spearman_by_hand():
     scipy_stats = pytest.importorskip("scipy.stats")
     x, y = np.random.default_rng(0).integers(0, 5, (2, 30))
     assert snr.spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x, y).statistic)
+
+
+def test_ema_sensitivity_by_hand():
+    # β = 0.5: Ī = 0.5, Ū = 0.25 after |wg| = 1; then Ī = 1.75, Ū = 0.125 + 0.5·|3 − 1.75| = 0.75
+    assert snr.ema_sensitivity([np.array(1.0), np.array(3.0)], 0.5, 0.5) == pytest.approx(1.75 * 0.75)
 
 
 def test_triplet_scores_follow_peft():

@@ -8,10 +8,14 @@ Triplet score as peft's RankAllocator combines element scores:
   (default ``snr-abs``) on the saved posterior (μ from ``adapter/adapter.safetensors``, σ from
   ``adapter/method_state.safetensors`` keys ``ivon_std.*``);
 - magnitude: s = |μ| (criterion ``mean``);
-- sensitivity: s = AdaLoRA's EMA of |w·∂L/∂w| is *not* saved by trials (peft keeps it in the
-  allocator's ``ipt``/``exp_avg_ipt`` dicts, dropped at the end of training). It is read from
-  ``adapter/sensitivity.safetensors`` (parameter name → element score) when a trial has one;
-  otherwise that correlation is reported as missing (one note, no crash).
+- sensitivity: AdaLoRA's s = Ī·Ū (EMAs of |w·∂L/∂w| and of its deviation, β1, β2 of the run) is
+  *not* saved by trials (peft keeps it in the allocator, dropped after training; AdaLoRA-IVON never
+  computes it). It is read from ``adapter/sensitivity.safetensors`` (parameter name → element
+  score) when present; otherwise it is **recomputed**: the trial is rebuilt (spec.json + adapter,
+  as the τ sweep does), and peft's update is emulated at the *final posterior mean* over
+  ``max_batches`` training batches (cross-entropy only, model in eval mode, so deterministic). This
+  is the sensitivity AdaLoRA would see at the end of training, not the EMA along the trajectory
+  that drove its masking. If the rebuild fails the correlation is reported as missing (one note).
 
 Per module (≥ 3 triplets) the Spearman rank correlation (ties averaged) of SNR vs |μ| (and SNR vs
 sensitivity when available). Outputs (``out/snr``): ``snr_scores.csv`` (per triplet),
@@ -65,6 +69,41 @@ def triplet_scores(E, A, B) -> np.ndarray:
     return np.asarray(E).reshape(-1) + np.asarray(A).mean(1) + np.asarray(B).mean(0)
 
 
+def ema_sensitivity(ipts, beta1: float = 0.85, beta2: float = 0.85) -> np.ndarray:
+    """peft RankAllocator.update_ipt over a sequence of |w·g| arrays, then _element_score = Ī·Ū."""
+    avg_ipt = avg_unc = 0.0
+    for ipt in ipts:
+        ipt = np.asarray(ipt, dtype=np.float64)
+        avg_ipt = beta1 * avg_ipt + (1 - beta1) * ipt
+        avg_unc = beta2 * avg_unc + (1 - beta2) * np.abs(ipt - avg_ipt)
+    return np.asarray(avg_ipt * avg_unc)
+
+
+def recompute_sensitivity(trial_dir: Path, max_batches: int = 16) -> dict[str, np.ndarray]:
+    """Rebuild the trial and emulate AdaLoRA's sensitivity at the trained weights (see module doc)."""
+    import torch
+
+    from lrvd_bench.analyze.tau_sweep import rebuild
+
+    method, model, data = rebuild(trial_dir, with_data=True)
+    beta1, beta2 = getattr(method.params, "beta1", 0.85), getattr(method.params, "beta2", 0.85)
+    params = {n: p for n, p in model.named_parameters() if ".lora_" in n}
+    for p in params.values():
+        p.requires_grad_(True)
+    model.eval()
+    ipts: dict[str, list[np.ndarray]] = {n: [] for n in params}
+    for i, batch in enumerate(data.train_loader):
+        if i >= max_batches:
+            break
+        model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(batch).float(), batch["labels"])
+        loss.backward()
+        for n, p in params.items():
+            ipts[n].append((p.detach() * p.grad).abs().double().numpy() if p.grad is not None
+                           else np.zeros(tuple(p.shape)))
+    return {n: ema_sensitivity(v, beta1, beta2) for n, v in ipts.items() if v}
+
+
 def _modules(state: dict) -> dict[str, dict[str, str]]:
     """Module prefix → {E, A, B: parameter name} for peft AdaLoRA parameters ``….lora_X.default``."""
     out: dict[str, dict[str, str]] = {}
@@ -109,7 +148,7 @@ def _load(file: Path) -> dict:
     return {k: v.double().numpy() for k, v in load_file(str(file)).items()}
 
 
-def run(trials: list[Trial], out: Path) -> tuple[list[Path], list[str]]:
+def run(trials: list[Trial], out: Path, recompute: bool = True, max_batches: int = 16) -> tuple[list[Path], list[str]]:
     import json
 
     import pandas as pd
@@ -126,12 +165,20 @@ def run(trials: list[Trial], out: Path) -> tuple[list[Path], list[str]]:
         extra = _load(adapter / "method_state.safetensors") if (adapter / "method_state.safetensors").exists() else {}
         sigma = {k[len(STD_PREFIX):]: v for k, v in extra.items() if k.startswith(STD_PREFIX)} or None
         sens = _load(adapter / SENSITIVITY_FILE) if (adapter / SENSITIVITY_FILE).exists() else None
+        if sens is None and recompute and (t.path / "spec.json").exists():
+            try:
+                sens = recompute_sensitivity(t.path, max_batches)
+                notes.append(f"snr: {t.label}: sensitivity recomputed at the trained weights "
+                             f"({max_batches} batches max)")
+            except Exception as err:
+                notes.append(f"snr: {t.label}: sensitivity not recomputed ({type(err).__name__}: "
+                             f"{str(err).strip()[:100]})")
         missing_sigma += sigma is None
-        missing_sens += sens is None
         try:
             criterion = json.loads((adapter / "adapter_config.json").read_text())["params"].get("criterion", "snr-abs")
         except (OSError, ValueError, KeyError):
             criterion = "snr-abs"
+        missing_sens += sens is None
         for row in module_correlations(mu, sigma, sens, criterion):
             ident = {"method": t.method, "task": t.task, "seed": t.seed, "module": row["module"]}
             for k in range(row["r"]):
@@ -142,8 +189,8 @@ def run(trials: list[Trial], out: Path) -> tuple[list[Path], list[str]]:
     if missing_sigma:
         notes.append(f"snr: {missing_sigma} trial(s) without IVON posterior std (adalora has none): SNR not computed")
     if missing_sens:
-        notes.append(f"snr: {missing_sens} trial(s) without {SENSITIVITY_FILE}: AdaLoRA's sensitivity EMAs are not "
-                     "saved by trials, so SNR-vs-sensitivity is missing")
+        notes.append(f"snr: {missing_sens} trial(s) without AdaLoRA sensitivity (not saved by trials and not "
+                     "recomputed): SNR-vs-sensitivity missing there")
     out.mkdir(parents=True, exist_ok=True)
     rho = pd.DataFrame(rho_rows)
     files = [write_csv(pd.DataFrame(score_rows), out / "snr_scores.csv"), write_csv(rho, out / "snr_spearman.csv")]

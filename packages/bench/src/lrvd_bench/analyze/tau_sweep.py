@@ -61,8 +61,9 @@ def sweep_model(method, model, loader, taus=TAU_GRID, device: Any = "cpu") -> li
     return rows
 
 
-def rebuild(trial_dir: Path):
-    """(method, model, eval_loader) of a finished trial, with its saved adapter loaded (CPU)."""
+def rebuild(trial_dir: Path, *, with_data: bool = False):
+    """(method, model, eval_loader) of a finished trial, with its saved adapter loaded (CPU);
+    ``with_data``: (method, model, loaders) with both ``train_loader`` and ``eval_loader``."""
     from lrvd.protocol import TrainPlan
     from lrvd.registry import get_method
     from lrvd.training import seed_everything
@@ -86,7 +87,7 @@ def rebuild(trial_dir: Path):
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = method.attach(backbone.model, adapter_spec, plan)
     method.load_adapter(model, trial_dir / "adapter")
-    return method, model, data.eval_loader
+    return (method, model, data) if with_data else (method, model, data.eval_loader)
 
 
 def _is_lrvd_adapter(trial: Trial) -> bool:
