@@ -96,6 +96,10 @@ def ensemble_from_trials(
 class LoRAEnsembleParams(LoRAParams):
     n_members: int = field(default=3, metadata={"help": "ensemble size M (cost: M x training and prediction)"})
     average: str = field(default="probs", metadata={"help": "probs: mean softmax | logits: softmax of mean logits (bayesian-peft)"})
+    reuse_trials: bool = field(
+        default=True,
+        metadata={"help": "bench: build the ensemble from the sweep's own lora trials (>= M seeds) instead of retraining"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

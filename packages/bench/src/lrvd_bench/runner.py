@@ -217,6 +217,10 @@ def default_run_dir(config_path: str | Path | None) -> Path:
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+#: ensemble trials built from the sweep's own LoRA trials (lrvd_bench.ensembles)
+ENSEMBLES_FILE = "ensembles.json"
+
+
 # -- run / resume --------------------------------------------------------------------------------
 def run_sweep(
     config: ExperimentConfig,
@@ -236,7 +240,12 @@ def run_sweep(
     _absolute_paths(config)
     if check:
         check_methods(config)
-    specs = config.expand()
+    from lrvd_bench.ensembles import plan_reuse
+
+    specs, reused = config.expand(), {}
+    if not config.random_space():  # sampled points differ per trial: no two trials share a config
+        specs, reused = plan_reuse(specs)
+    ray_specs = [s for s in specs if s.trial_id not in reused]
     config.output = str(run_dir)
 
     from ray import tune
@@ -247,11 +256,12 @@ def run_sweep(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config.to_yaml())
         (run_dir / "specs.json").write_text(json.dumps([s.to_dict() for s in specs], indent=1))
+        (run_dir / ENSEMBLES_FILE).write_text(json.dumps(reused, indent=1))
         trainable = tune.with_resources(
             make_trainable(run_dir, trial_fn, max(1, int(config.cpus_per_trial))),
             {"cpu": config.cpus_per_trial, "gpu": gpus},
         )
-        param_space: dict[str, Any] = {"spec": tune.grid_search([s.to_dict() for s in specs])}
+        param_space: dict[str, Any] = {"spec": tune.grid_search([s.to_dict() for s in ray_specs])}
         if config.random_space():
             param_space["space"] = _tune_space(config.random_space())
         scheduler = None
@@ -259,9 +269,10 @@ def run_sweep(
             from ray.tune.schedulers import ASHAScheduler
 
             scheduler = ASHAScheduler(metric="accuracy", mode="max")
-        n_total = len(specs) * config.num_samples
+        n_total = len(ray_specs) * config.num_samples
         print(f"bench: {n_total} trials ({len(config.methods)} methods × {len(config.tasks)} tasks × "
-              f"{len(config.seeds)} seeds{' × search space' if config.search_space else ''}) → {run_dir}",
+              f"{len(config.seeds)} seeds{' × search space' if config.search_space else ''})"
+              f"{f', {len(reused)} ensembles from lora trials' if reused else ''} → {run_dir}",
               file=stream or sys.stderr, flush=True)
         tuner = tune.Tuner(
             trainable,
@@ -302,7 +313,9 @@ def resume_sweep(
     tune_path = run_dir / TUNE_DIR
     if not tune.Tuner.can_restore(str(tune_path)):
         raise BenchError(f"nothing to resume in {run_dir}: no Ray Tune state under {tune_path}")
-    n_total = len(json.loads((run_dir / "specs.json").read_text())) * config.num_samples
+    reused_file = run_dir / ENSEMBLES_FILE
+    n_reused = len(json.loads(reused_file.read_text())) if reused_file.is_file() else 0
+    n_total = (len(json.loads((run_dir / "specs.json").read_text())) - n_reused) * config.num_samples
     started = init_ray(config)
     try:
         gpus = resolve_gpus(config)
@@ -370,6 +383,13 @@ def load_run_config(run_dir: Path) -> ExperimentConfig:
 def finalize(run_dir: str | Path) -> list[dict[str, Any]]:
     """Write trials.csv, the leaderboard (CSV + Markdown) and the figures from the trial folders."""
     run_dir = Path(run_dir)
+    reused_file = run_dir / ENSEMBLES_FILE
+    if reused_file.is_file() and (run_dir / "specs.json").is_file():
+        from lrvd_bench.config import TrialSpec
+        from lrvd_bench.ensembles import materialize
+
+        specs = [TrialSpec.from_dict(d) for d in json.loads((run_dir / "specs.json").read_text())]
+        materialize(run_dir, specs, json.loads(reused_file.read_text()))
     rows = gather_rows(run_dir)
     tmp = run_dir / "trials.csv.tmp"
     rows_frame(rows).to_csv(tmp, index=False)
