@@ -61,11 +61,14 @@ def test_rank_dynamics_sums_and_seed_statistics(tmp_path):
                 (10, MLP.format(1), 4)]  # a duplicated final record is counted once
         make_trial(tmp_path, "bayeslora", seed, ranks=rows)
     make_trial(tmp_path, "lora", 0, ranks=[(0, Q.format(0), 4), (10, Q.format(0), 4)])
+    la = "step,module,rank_index,log_alpha\n" + "".join(f"10,{Q.format(0)},{k},{v}\n" for k, v in enumerate([1, 2, 3, 4, 5]))
+    (tmp_path / "trials" / "bayeslora-toy-s0-00000000" / "log_alpha.csv").write_text(la)
     out = tmp_path / "out"
     files = rank_dynamics.run(load_trials(tmp_path), out)
     names = {f.name for f in files}
     assert {"heatmap_layer_bayeslora_toy.png", "heatmap_type_bayeslora_toy.png", "effective_rank_toy.png"} <= names
     assert "heatmap_layer_lora_toy.png" not in names  # fixed-rank method: curve only
+    assert "log_alpha_bayeslora_toy.png" in names
     import pandas as pd
 
     layer = pd.read_csv(out / "rank_by_layer.csv")
@@ -74,6 +77,8 @@ def test_rank_dynamics_sums_and_seed_statistics(tmp_path):
     types = pd.read_csv(out / "rank_by_type.csv")
     got = types[(types.method == "bayeslora") & (types.seed == 1) & (types.step == 10)].set_index("type")["rank"]
     assert got.to_dict() == {"q": 3 + 0, "v": 2, "mlp": 4}
+    q = pd.read_csv(out / "log_alpha_quantiles.csv")
+    assert len(q) == 1 and q.loc[0, "q50"] == 3.0 and q.loc[0, "q10"] == pytest.approx(1.4)
     eff = pd.read_csv(out / "effective_rank.csv").set_index(["method", "step"])
     assert eff.loc[("bayeslora", 0), "mean"] == 16 and eff.loc[("bayeslora", 0), "std"] == 0
     assert eff.loc[("bayeslora", 10), "mean"] == pytest.approx(8.0)  # totals 7 and 9

@@ -8,7 +8,9 @@ curve (sum over modules) is drawn for every method, mean ± std across seeds.
 Outputs (``out/rank_dynamics``): ``rank_by_layer.csv``, ``rank_by_type.csv`` (method, task, seed,
 step, layer|type, rank), ``effective_rank.csv`` (method, task, step, mean, std, n_seeds),
 ``heatmap_layer_<method>_<task>.png``, ``heatmap_type_<method>_<task>.png``,
-``effective_rank_<task>.png``.
+``effective_rank_<task>.png``; from BayesLoRA's ``log_alpha.csv`` (when trials have it):
+``log_alpha_quantiles.csv`` (method, task, seed, step, q10, q50, q90 of per-rank log α over all
+modules) and ``log_alpha_<method>_<task>.png`` (median and 10–90% band per seed).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def run(trials: list[Trial], out: Path) -> list[Path]:
         table = table.reindex([t for t in TYPE_ORDER if t in table.index])
         files.append(_heatmap(table, f"{method} on {task}: active rank per module type", "module type",
                               out / f"heatmap_type_{safe(method)}_{safe(task)}.png"))
+    files += _log_alpha(trials, out)
     plt = pyplot()
     for task, group in effective.groupby("task"):
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -105,6 +108,42 @@ def run(trials: list[Trial], out: Path) -> list[Path]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = out / f"effective_rank_{safe(task)}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def _log_alpha(trials: list[Trial], out: Path) -> list[Path]:
+    import pandas as pd
+
+    rows = []
+    for t in trials:
+        file = t.path / "log_alpha.csv"
+        if not file.exists():
+            continue
+        frame = pd.read_csv(file).drop_duplicates(["step", "module", "rank_index"], keep="last")
+        for step, g in frame.groupby("step"):
+            q = g["log_alpha"].quantile([0.1, 0.5, 0.9]).to_numpy()
+            rows.append({"method": t.method, "task": t.task, "seed": t.seed, "step": step,
+                         "q10": q[0], "q50": q[1], "q90": q[2]})
+    if not rows:
+        return []
+    table = pd.DataFrame(rows)
+    files = [write_csv(table, out / "log_alpha_quantiles.csv")]
+    plt = pyplot()
+    for (method, task), g in table.groupby(["method", "task"]):
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for seed, h in g.groupby("seed"):
+            h = h.sort_values("step")
+            ax.plot(h["step"], h["q50"], label=f"seed {seed}")
+            ax.fill_between(h["step"], h["q10"], h["q90"], alpha=0.2)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("per-rank log α (median, 10–90%)")
+        ax.set_title(f"{method} on {task}", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"log_alpha_{safe(method)}_{safe(task)}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         files.append(path)
