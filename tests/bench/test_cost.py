@@ -1,0 +1,115 @@
+"""``bench cost``: the arithmetic against hand-computed numbers, and that every registered method
+(including one registered in-process) gets a row on a tiny config-built model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import TinyBertClassifier, make_toy_loader
+
+from lrvd_bench import cost
+from lrvd_bench.cli import main
+
+
+# -- pure arithmetic -------------------------------------------------------------------------------
+def test_median_iqr_hand_computed():
+    # sorted 1 2 3 4 5 6 7 8: median 4.5; Q1 at pos 1.75 -> 2.75, Q3 at pos 5.25 -> 6.25; IQR 3.5
+    assert cost.median_iqr([8, 1, 7, 2, 6, 3, 5, 4]) == (4.5, 3.5)
+    # odd count 10 20 30 40 50: median 30, Q1 20, Q3 40
+    assert cost.median_iqr([50, 10, 40, 20, 30]) == (30.0, 20.0)
+    assert cost.median_iqr([7.0]) == (7.0, 0.0)
+    assert all(math.isnan(v) for v in cost.median_iqr([]))
+
+
+def test_ratios_to_the_lora_row():
+    rows = [{"method": "lora", "step_ms": 40.0, "peak_mib": 100.0},
+            {"method": "bayeslora", "step_ms": 42.0, "peak_mib": 101.0},
+            {"method": "broken"}]
+    cost.add_ratios(rows, ["step_ms", "peak_mib"])
+    assert rows[0]["step_ms_ratio"] == 1.0
+    assert rows[1]["step_ms_ratio"] == pytest.approx(1.05)
+    assert rows[1]["peak_mib_ratio"] == pytest.approx(1.01)
+    assert math.isnan(rows[2]["step_ms_ratio"])
+    no_ref = cost.add_ratios([{"method": "x", "step_ms": 1.0}], ["step_ms"])
+    assert math.isnan(no_ref[0]["step_ms_ratio"])
+    assert math.isnan(cost.ratio(1.0, 0.0))
+
+
+def test_epoch_units():
+    # 2 251 examples at batch 16 -> 141 steps; 0.2 s/step -> 28.2 s/epoch; 56.4 s = 2 epochs
+    assert cost.steps_per_epoch(2251, 16) == 141
+    assert cost.steps_per_epoch(64, 8) == 8
+    assert cost.steps_per_epoch(64, 8, grad_accum=2) == 4
+    assert cost.epoch_units(56.4, 0.2, 141) == pytest.approx(2.0)
+
+
+def test_ray_overhead_hand_computed():
+    rows = [
+        {"train_time_s": "10", "posthoc_time_s": "0", "eval_time_s": "2", "wall_time_s": "15"},
+        {"train_time_s": "20", "posthoc_time_s": "", "eval_time_s": "3"},  # no wall: 23 counts
+    ]
+    out = cost.ray_overhead(rows, sweep_wall_s=50.0)
+    assert out["trial_s"] == 38.0 and out["compute_s"] == 35.0
+    assert out["overhead_s"] == 12.0 and out["overhead_fraction"] == pytest.approx(0.24)
+    assert cost.ray_overhead(rows, 50.0, concurrency=2)["overhead_s"] == 31.0
+
+
+def test_ray_overhead_cli(tmp_path, capsys):
+    (tmp_path / "trials.csv").write_text("method,train_time_s,posthoc_time_s,eval_time_s\nlora,10,0,2\n")
+    assert main(["cost", "--ray-overhead", str(tmp_path), "--sweep-seconds", "20", "--out",
+                 str(tmp_path / "ray.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "overhead_s" in out and "| 8 |" in out.replace("8.0", "8")
+    assert (tmp_path / "ray.csv").exists() and (tmp_path / "ray.md").exists()
+    assert main(["cost", "--ray-overhead", str(tmp_path / "nope")]) == 2
+
+
+def test_targets_and_markdown():
+    rows = [{"method": "lora", "step_ms": 10.0, "peak_mib": 100.0},
+            {"method": "bayeslora", "step_ms": 10.4, "peak_mib": 103.0, "pred_s_ratio": 3.0},
+            {"method": "adalora", "step_ms": 20.0}, {"method": "adalora-ivon", "step_ms": 17.0}]
+    cost.add_ratios(rows, ["step_ms", "peak_mib"])
+    met = [c["met"] for c in cost.targets(rows)]
+    assert met == [True, False, True, True]
+    md = cost.to_markdown(rows)
+    assert md.splitlines()[0].startswith("| method | step ms")
+    assert "| bayeslora | 10.4 |" in md
+
+
+# -- the measurement on a tiny model ---------------------------------------------------------------
+def _tiny_rows(methods=None):
+    cfg = cost.CostConfig(steps=2, warmup=1, pred_repeats=1, n_samples=2, r=4, alpha=8.0, lr=1e-2,
+                          batch_size=8, device="cpu", methods=methods)
+    loader = make_toy_loader(16, batch_size=8)
+    return cost.measure(cfg, backbone=TinyBertClassifier(), train_loader=loader, n_train=16, log=lambda m: None)
+
+
+def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path):
+    from lrvd.registry import METHODS, list_methods
+
+    from lrvd_baselines.lora import LoRA
+
+    class FakeCostMethod(LoRA):
+        name = "fake-cost-method"
+        description = "LoRA under another name (test only)"
+
+    monkeypatch.setitem(METHODS._local, "fake-cost-method", FakeCostMethod)
+    rows, info = _tiny_rows()
+    names = [r["method"] for r in rows]
+    assert names == list_methods() and "fake-cost-method" in names
+    for row in rows:
+        assert "error" not in row, row
+        assert row["n_steps"] == 2 and row["step_ms"] > 0 and row["trainable"] > 0
+        assert row["pred_det_ms"] > 0
+    by = {r["method"]: r for r in rows}
+    assert by["lora"]["step_ms_ratio"] == 1.0
+    assert by["bayeslora"]["variational"] > 0
+    assert {"pred_s_ms", "pred_seq_ms", "pred_seq_ratio"} <= set(by["bayeslora"])  # batched and sequential MC
+    assert "pred_s_ms" in by["mc-dropout-lora"] and "pred_s_ms" not in by["lora"]
+    assert by["laplace-lora"]["after_training_epochs"] > 0
+    assert "after_training_s" not in by["lora"]
+    assert info["steps_per_epoch"] == 2
+    paths = cost.write_rows(rows, tmp_path / "cost.csv")
+    assert [p.name for p in paths] == ["cost.csv", "cost.md"]
+    assert "fake-cost-method" in (tmp_path / "cost.md").read_text()
