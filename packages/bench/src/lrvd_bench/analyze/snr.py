@@ -184,7 +184,7 @@ def run(trials: list[Trial], out: Path, recompute: bool = True, max_batches: int
             for k in range(row["r"]):
                 score_rows.append({**ident, "triplet": k, **{c: row[c][k] for c in ("snr", "magnitude", "sensitivity")
                                                                if c in row}})
-            rho_rows.append({**ident, "r": row["r"], "criterion": criterion,
+            rho_rows.append({**ident, "r": row["r"], "criterion": criterion if sigma is not None else "",
                              **{c: v for c, v in row.items() if c.startswith("rho_")}})
     if missing_sigma:
         notes.append(f"snr: {missing_sigma} trial(s) without IVON posterior std (adalora has none): SNR not computed")
