@@ -102,6 +102,7 @@ def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path)
         assert "error" not in row, row
         assert row["n_steps"] == 2 and row["step_ms"] > 0 and row["trainable"] > 0
         assert row["pred_det_ms"] > 0
+        assert row["peak_mib"] > 0  # resident tensors (IVON keeps its state in param groups) + step peak
     by = {r["method"]: r for r in rows}
     assert by["lora"]["step_ms_ratio"] == 1.0
     assert by["bayeslora"]["variational"] > 0
