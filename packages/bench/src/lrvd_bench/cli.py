@@ -66,13 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure every registered method on one backbone and batch shape in one process, "
         "round-robin; or, with --ray-overhead RUN_DIR, a finished sweep's Ray Tune overhead."))
 
-    from lrvd_bench.cost import add_arguments as add_cost_arguments  # stdlib-only import: --help stays fast
-
-    add_cost_arguments(sub.add_parser(
-        "cost", help="step time, peak memory, prediction cost of every registered method (interleaved)",
-        description="Measure every registered method on one backbone and batch shape in one process, "
-        "round-robin; or, with --ray-overhead RUN_DIR, a finished sweep's Ray Tune overhead."))
-
     sub.add_parser("list-methods", help="registered adapter methods")
     sub.add_parser("list-tasks", help="registered tasks")
     return parser
@@ -180,12 +173,6 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return cost_main(args)
 
 
-def cmd_cost(args: argparse.Namespace) -> int:
-    from lrvd_bench.cost import main as cost_main
-
-    return cost_main(args)
-
-
 def cmd_list_methods(args: argparse.Namespace) -> int:
     from lrvd.registry import METHODS
 
@@ -243,7 +230,6 @@ COMMANDS = {
     "run": cmd_run,
     "leaderboard": cmd_leaderboard,
     "analyze": cmd_analyze,
-    "cost": cmd_cost,
     "cost": cmd_cost,
     "list-methods": cmd_list_methods,
     "list-tasks": cmd_list_tasks,
