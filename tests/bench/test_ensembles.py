@@ -14,7 +14,9 @@ from lrvd_bench.ensembles import materialize, plan_reuse
 
 def spec(method, seed, **kw):
     base = dict(method=method, task="arc-e", model="minilm", seed=seed, adapter={"r": 8}, train={"lr": 1e-3})
-    return TrialSpec(**{**base, **kw})
+    base = {**base, **kw}
+    base["train"] = {**base["train"], "seed": seed}  # ExperimentConfig.expand copies the seed in
+    return TrialSpec(**base)
 
 
 def test_plan_reuse_takes_ensembles_out_of_ray_when_enough_lora_seeds_exist():

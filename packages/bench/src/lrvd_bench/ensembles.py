@@ -30,6 +30,7 @@ def _match_key(spec: TrialSpec) -> str:
     data = spec.to_dict()
     for key in ("method", "method_params", "seed", *TrialSpec.UNHASHED):
         data.pop(key, None)
+    data.get("train", {}).pop("seed", None)  # the trial seed is copied into the train config
     return json.dumps(data, sort_keys=True)
 
 
