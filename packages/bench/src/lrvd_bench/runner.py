@@ -32,6 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Under `uv run`, Ray by default copies the working directory and rebuilds the driver's uv
+# environment for its workers (slow, and it needs the package index). Trials here run in the
+# driver's own venv; on a multi-node cluster install the same locked environment on every node
+# (README), or set RAY_ENABLE_UV_RUN_RUNTIME_ENV=1 to let Ray replicate it. Ray reads this when it
+# is first imported, so it is set here, before any `import ray` of this package.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 from ray.tune import Callback
 
 from lrvd_bench.config import ExperimentConfig, TrialSpec, config_from_dict, read_yaml
@@ -156,11 +163,6 @@ class ProgressLines(Callback):
 # -- Ray -----------------------------------------------------------------------------------------
 def init_ray(config: ExperimentConfig) -> bool:
     """Start local Ray or connect to ``config.address``; True when this call started/connected Ray."""
-    # Under `uv run`, Ray by default rebuilds the driver's uv environment in a fresh venv for every
-    # worker (minutes, and it needs the package index). Trials here run in the driver's own venv;
-    # on a multi-node cluster install the same locked environment on every node (README), or set
-    # RAY_ENABLE_UV_RUN_RUNTIME_ENV=1 to let Ray replicate it. Read by Ray at import time.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
