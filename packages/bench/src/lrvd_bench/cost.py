@@ -593,9 +593,12 @@ def targets_markdown(checks: Sequence[dict[str, Any]]) -> str:
 
 
 # -- Ray overhead from a run dir -------------------------------------------------------------------
-def ray_overhead_from_run(run_dir: str | Path, sweep_wall_s: float | None = None, concurrency: int = 1) -> dict[str, float]:
+def ray_overhead_from_run(
+    run_dir: str | Path, sweep_wall_s: float | None = None, concurrency: int | None = None
+) -> dict[str, float]:
     """Read ``RUN_DIR/trials.csv``; the sweep wall time is ``sweep_wall_s`` or, by default, the time
-    from ``config.yaml`` (written when the sweep starts) to ``trials.csv`` (written when it ends)."""
+    from ``config.yaml`` (written when the sweep starts) to ``trials.csv`` (written when it ends).
+    ``concurrency`` defaults to the run's ``max_concurrent_trials``."""
     from lrvd_bench.errors import BenchError
 
     run_dir = Path(run_dir)
@@ -609,6 +612,11 @@ def ray_overhead_from_run(run_dir: str | Path, sweep_wall_s: float | None = None
         if not start_file.exists():
             raise BenchError(f"{run_dir} has no config.yaml to date the sweep start; pass --sweep-seconds")
         sweep_wall_s = trials.stat().st_mtime - start_file.stat().st_mtime
+    if concurrency is None:
+        from lrvd_bench.config import read_yaml
+
+        config_file = run_dir / "config.yaml"
+        concurrency = int((read_yaml(config_file) if config_file.exists() else {}).get("max_concurrent_trials") or 1)
     return ray_overhead(rows, float(sweep_wall_s), concurrency)
 
 
@@ -631,7 +639,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="CSV path (Markdown written beside it as .md); a .md path writes only Markdown")
     parser.add_argument("--ray-overhead", metavar="RUN_DIR", help="instead: Ray Tune overhead of a finished sweep")
     parser.add_argument("--sweep-seconds", type=float, help="with --ray-overhead: the sweep's wall time")
-    parser.add_argument("--concurrency", type=int, default=1, help="with --ray-overhead: trials run at once")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="with --ray-overhead: trials run at once (default: the run's max_concurrent_trials)")
 
 
 def main(args) -> int:
