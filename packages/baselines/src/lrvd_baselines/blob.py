@@ -40,7 +40,7 @@ from torch import nn
 from lrvd.classifier import ClassifierModel, count_parameters, freeze_all_but
 from lrvd.errors import LRVDError
 from lrvd.inject import replace_modules
-from lrvd.layers import adapter_dtype, is_conv1d
+from lrvd.layers import adapter_dtype, frozen_linear_shape
 from lrvd.protocol import AdapterSpec, MethodBase, TrainPlan
 from lrvd_baselines.peft_adapters import mean_softmax, model_device, seeded
 
@@ -69,15 +69,8 @@ class BLoBLinear(nn.Module):
     def __init__(self, base_layer: nn.Module, r: int, scaling: float, init_eps: float = 0.05) -> None:
         super().__init__()
         self.base_layer = base_layer
-        base_layer.requires_grad_(False)
-        self.fan_in_fan_out = is_conv1d(base_layer)
+        self.fan_in_fan_out, self.in_features, self.out_features = frozen_linear_shape(base_layer, "BLoBLinear")
         weight = base_layer.weight
-        if self.fan_in_fan_out:
-            self.in_features, self.out_features = weight.shape
-        elif isinstance(base_layer, nn.Linear):
-            self.out_features, self.in_features = weight.shape
-        else:
-            raise TypeError(f"BLoBLinear wraps nn.Linear or Conv1D, got {type(base_layer).__name__}")
         kw = {"device": weight.device, "dtype": adapter_dtype(weight.dtype)}
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **kw))  # [r, d_in]  posterior mean M
         self.lora_A_std_sqrt = nn.Parameter(torch.empty(r, self.in_features, **kw))  # [r, d_in]  G, std = G²

@@ -54,6 +54,20 @@ def is_conv1d(module: nn.Module) -> bool:
     return isinstance(module, Conv1D)
 
 
+def frozen_linear_shape(base_layer: nn.Module, wrapper: str) -> tuple[bool, int, int]:
+    """Freeze ``base_layer`` and return ``(fan_in_fan_out, in_features, out_features)``.
+
+    Shared by every adapter wrapper (LRVD, BLoB): nn.Linear stores weight [out, in], Conv1D [in, out].
+    """
+    base_layer.requires_grad_(False)
+    weight = base_layer.weight
+    if is_conv1d(base_layer):
+        return True, weight.shape[0], weight.shape[1]
+    if isinstance(base_layer, nn.Linear):
+        return False, weight.shape[1], weight.shape[0]
+    raise TypeError(f"{wrapper} wraps nn.Linear or Conv1D, got {type(base_layer).__name__}")
+
+
 def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
     """Adapter parameters live in fp32 unless the base is fp64 (as peft's autocast_adapter_dtype):
     log-variances near −20 and tiny B entries do not survive bf16/fp16/int8 storage."""
@@ -84,15 +98,8 @@ class LRVDLinear(nn.Module):
         if r < 1:
             raise ValueError(f"rank must be >= 1, got {r}")
         self.base_layer = base_layer
-        base_layer.requires_grad_(False)
-        self.fan_in_fan_out = is_conv1d(base_layer)
+        self.fan_in_fan_out, self.in_features, self.out_features = frozen_linear_shape(base_layer, "LRVDLinear")
         weight = base_layer.weight
-        if self.fan_in_fan_out:
-            self.in_features, self.out_features = weight.shape
-        elif isinstance(base_layer, nn.Linear):
-            self.out_features, self.in_features = weight.shape
-        else:
-            raise TypeError(f"LRVDLinear wraps nn.Linear or Conv1D, got {type(base_layer).__name__}")
         kw = {"device": weight.device, "dtype": adapter_dtype(weight.dtype)}
         self.A_mu = nn.Parameter(torch.empty(r, self.in_features, **kw))  # [r, d_in]
         self.B_mu = nn.Parameter(torch.empty(self.out_features, r, **kw))  # [d_out, r]
