@@ -54,6 +54,8 @@ def fake_body(spec, trial_dir, progress, *, calls: str, fail: tuple[str, int] | 
     """A trial without training: logs the call, fails on demand, returns a plausible row."""
     with open(calls, "a") as fh:
         fh.write(spec.trial_id + "\n")
+    with open(calls + ".pids", "a") as fh:
+        fh.write(f"{os.getpid()}\n")
     if fail and (spec.method, spec.seed) == fail:
         raise RuntimeError("boom: deliberate failure")
     accuracy = 0.5 + 0.1 * spec.seed + (0.05 if spec.method == "lora" else 0.0)
@@ -97,6 +99,21 @@ def test_failing_trial_is_recorded_and_the_others_finish(ray_session, tmp_path):
     assert by_method.loc["bayeslora", "n_seeds"] == 1 and by_method.loc["bayeslora", "n_failed"] == 1
     assert by_method.loc["lora", "accuracy_mean"] == pytest.approx((0.55 + 0.65) / 2)
     assert (outcome.run_dir / "config.yaml").is_file() and (outcome.run_dir / "leaderboard.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reuse", [True, False])
+def test_reuse_actors_keeps_one_worker_process(ray_session, tmp_path, reuse):
+    """reuse_actors: 4 sequential trials in one worker process; off: a fresh process each. A failure
+    in a reused worker does not lose the other trials."""
+    calls = tmp_path / "calls.txt"
+    config = _config(tmp_path, max_concurrent_trials=1, reuse_actors=reuse)
+    outcome = run_sweep(config, trial_fn=fake_trial(calls, fail=("lora", 0)), check=False)
+    assert (outcome.n_ok, outcome.n_failed) == (3, 1)
+    pids = Path(str(calls) + ".pids").read_text().split()
+    assert len(pids) == 4
+    # A failed trial ends its actor; the reused one serves the rest.
+    assert len(set(pids)) <= 2 if reuse else len(set(pids)) == 4
 
 
 class InterruptAfter(ray.tune.Callback):

@@ -35,7 +35,6 @@ its trials' own times (``trials.csv``).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import ctypes
@@ -50,6 +49,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lrvd_bench.memory import malloc_trim, proc_status_kib, reset_peak_rss
 
 REFERENCE = "lora"
 
@@ -192,29 +193,6 @@ def _pin_malloc_mmap_threshold(nbytes: int = 64 * 1024) -> bool:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(-3, int(nbytes)))  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
-        return False
-
-
-def _malloc_trim() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _proc_status_kib(field_name: str) -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return float(line.split()[1])
-    except OSError:
-        pass
-    return math.nan
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
         return False
 
 
@@ -528,12 +506,12 @@ def _step_memory(e: _Entry, batch, step: int, device, plan) -> tuple[float, floa
         _train_step(e, batch, step, device, plan)
         transient = torch.cuda.max_memory_allocated(device) - before
     else:
-        _malloc_trim()
-        before_kib = _proc_status_kib("VmRSS")
-        if not _reset_peak_rss():
+        malloc_trim()
+        before_kib = proc_status_kib("VmRSS")
+        if not reset_peak_rss():
             return math.nan, math.nan
         _train_step(e, batch, step, device, plan)
-        transient = (_proc_status_kib("VmHWM") - before_kib) * 1024
+        transient = (proc_status_kib("VmHWM") - before_kib) * 1024
     e.optimizer.zero_grad(set_to_none=True)
     resident = resident_bytes(e.model, e.optimizer)
     return (resident + transient) / 2**20, transient / 2**20

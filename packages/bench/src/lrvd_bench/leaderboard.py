@@ -49,7 +49,7 @@ COLUMNS: dict[str, str] = {
     "time_per_step_s_mean": "train_time_s / optimizer steps",
     "posthoc_time_s_mean": "after_training time (e.g. the Laplace fit), seconds",
     "eval_time_s_mean": "prediction time on the evaluation split (× posterior samples), seconds",
-    "peak_memory_mb_mean": "peak CUDA memory allocated, or the trial process's peak RSS on CPU, MiB",
+    "peak_memory_mb_mean": "peak CUDA memory allocated, or on CPU the peak RSS above the trial start (after imports), MiB",
     "final_train_loss_mean": "smoothed training loss at the last step",
     "n_eval": "evaluation examples",
     "n_train": "training examples",

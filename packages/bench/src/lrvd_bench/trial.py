@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -74,18 +73,6 @@ def node_info() -> dict[str, Any]:
     if not info["gpu_ids"]:
         info["gpu_ids"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     return info
-
-
-def peak_memory_mb(device: Any) -> float:
-    """CUDA: ``max_memory_allocated``; CPU: the process's peak RSS (``ru_maxrss``, KiB on Linux)."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
 def device_name(device: Any) -> str:
@@ -216,6 +203,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
 
     from lrvd_bench.backbones import load_backbone
     from lrvd_bench.loaders import make_loaders
+    from lrvd_bench.memory import peak_memory_mb, reset_peak_memory
     from lrvd_bench.tasks import get_task
 
     log = (trial_dir / "log.txt").open("w")
@@ -226,10 +214,15 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
         log.flush()
 
     device = resolve_device(spec.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     adapter_spec, train_cfg = spec.build_adapter(), spec.build_train()
     method = get_method(spec.method)(**spec.method_params)
+    # Imported before the memory window opens: module code is not trial memory, and a reused worker
+    # process (reuse_actors) would otherwise charge it to its first trial only.
+    import pandas  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+    reset_peak_memory(device)  # CPU: RSS above this point (lrvd_bench.memory)
     seed_everything(spec.seed)
     phase("load task")
     task = get_task(spec.task)
