@@ -114,3 +114,54 @@ def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path)
     paths = cost.write_rows(rows, tmp_path / "cost.csv")
     assert [p.name for p in paths] == ["cost.csv", "cost.md"]
     assert "fake-cost-method" in (tmp_path / "cost.md").read_text()
+
+
+# -- whole runs (--whole-run) ----------------------------------------------------------------------
+def test_whole_run_summary_hand_computed():
+    from lrvd_bench.whole_run import quarter_medians, summarize
+
+    # 8 steps: first quarter (2 steps) 0.10, 0.12 -> median 0.11; last quarter 0.06, 0.08 -> 0.07
+    steps = [0.10, 0.12, 0.1, 0.1, 0.09, 0.09, 0.06, 0.08]
+    assert quarter_medians(steps) == pytest.approx((0.11, 0.07))
+    row = summarize("bayeslora", [steps, [s * 2 for s in steps]], params_start=16, params_end=9)
+    # run totals 0.74 and 1.48 -> median 1.11; early medians 0.11, 0.22 -> 0.165 s; late 0.07, 0.14 -> 0.105
+    assert row["run_s"] == pytest.approx(1.11)
+    assert row["early_step_ms"] == pytest.approx(165.0) and row["late_step_ms"] == pytest.approx(105.0)
+    assert row["late_over_early"] == pytest.approx(105 / 165)
+    assert (row["params_start"], row["params_end"], row["repeats"]) == (16, 9, 2)
+
+
+def test_whole_run_prunes_bayeslora_and_reports_ratios_to_lora():
+    from lrvd_bench.whole_run import measure_whole_run
+
+    # tau = -100: every rank's log α is above it, so the prune at step 4 removes all but min_ranks.
+    cfg = cost.CostConfig(batch_size=4, r=4, alpha=8, device="cpu", methods=["lora", "bayeslora"],
+                          method_params={"bayeslora": {"tau": -100.0, "prune_every": 4, "prune_start": 0.5,
+                                                       "min_ranks": 1}})
+    rows = measure_whole_run(cfg, steps=8, repeats=1, backbone=TinyBertClassifier(),
+                             train_loader=make_toy_loader(16, batch_size=4), log=lambda m: None)
+    by = {r["method"]: r for r in rows}
+    assert by["lora"]["params_start"] == by["lora"]["params_end"]
+    # LoRA's adapter is r (d_in + d_out) per module; BayesLoRA adds one log σ² per rank: (d_in + d_out + 1) r.
+    n_modules = (by["bayeslora"]["params_start"] - by["lora"]["params_start"]) // 4
+    assert n_modules >= 2
+    # Pruning to one rank per module quarters every module's (d_in + d_out + 1) r; the head H stays:
+    # end = H + (start - H) / 4. H = LoRA's trainable count minus its lora_ factor entries.
+    from lrvd import AdapterSpec, TrainConfig, TrainPlan, get_method
+
+    lora_model = get_method("lora")().attach(TinyBertClassifier(), AdapterSpec(r=4, alpha=8),
+                                            TrainPlan(total_steps=8, n_train=16, train=TrainConfig(max_steps=8)))
+    head = by["lora"]["params_start"] - sum(p.numel() for n, p in lora_model.named_parameters() if "lora_" in n)
+    start, end = by["bayeslora"]["params_start"], by["bayeslora"]["params_end"]
+    assert 4 * (end - head) == start - head
+    assert by["lora"]["run_s_ratio"] == 1.0
+    assert by["bayeslora"]["run_s_ratio"] == pytest.approx(by["bayeslora"]["run_s"] / by["lora"]["run_s"])
+
+
+def test_cost_param_flag_parses_and_rejects_bad_keys():
+    from lrvd_bench.errors import BenchError
+
+    assert cost.method_params(["bayeslora.prune_every=25", "bayeslora.tau=2.5", "blob.n_samples=3"]) == {
+        "bayeslora": {"prune_every": 25, "tau": 2.5}, "blob": {"n_samples": 3}}
+    with pytest.raises(BenchError, match="METHOD.NAME=VALUE"):
+        cost.method_params(["prune_every=25"])

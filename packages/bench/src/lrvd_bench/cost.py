@@ -615,10 +615,50 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N]")
     parser.add_argument("--data-dir", help="task data directory (default: bundled/auto)")
     parser.add_argument("--out", help="CSV path (Markdown written beside it as .md); a .md path writes only Markdown")
+    parser.add_argument("--whole-run", type=int, metavar="STEPS",
+                        help="instead: whole training runs of STEPS steps (default methods: lora,bayeslora)")
+    parser.add_argument("--run-repeats", type=int, default=2, help="with --whole-run: alternating repeats")
+    parser.add_argument("--r", type=int, default=d.r, help="adapter rank (default 8)")
+    parser.add_argument("--target-modules", help="comma-separated adapter targets (default: the backbone's)")
+    parser.add_argument("--param", nargs="+", metavar="METHOD.NAME=VALUE", default=[],
+                        help="method hyper-parameters, e.g. bayeslora.prune_every=25")
     parser.add_argument("--ray-overhead", metavar="RUN_DIR", help="instead: Ray Tune overhead of a finished sweep")
     parser.add_argument("--sweep-seconds", type=float, help="with --ray-overhead: the sweep's wall time")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="with --ray-overhead: trials run at once (default: the run's max_concurrent_trials)")
+
+
+def method_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["bayeslora.prune_every=25"]`` -> ``{"bayeslora": {"prune_every": 25}}`` (values parsed as YAML)."""
+    from lrvd_bench.config import parse_set
+    from lrvd_bench.errors import BenchError
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_set(list(items)).items():
+        method, sep, name = key.partition(".")
+        if not sep or not name:
+            raise BenchError(f"--param expects METHOD.NAME=VALUE, got {key!r}")
+        out.setdefault(method, {})[name] = value
+    return out
+
+
+def _main_whole_run(cfg: CostConfig, args) -> int:
+    from lrvd_bench.whole_run import WHOLE_RUN_COLUMNS, measure_whole_run
+
+    rows = measure_whole_run(cfg, args.whole_run, args.run_repeats)
+    header = (f"<!-- bench cost --whole-run {args.whole_run}: batch {cfg.batch_size} x {cfg.max_length} tokens, "
+              f"r={cfg.r}, {cfg.limit_train} training examples, {args.run_repeats} repeats -->\n")
+    print(header + to_markdown(rows, WHOLE_RUN_COLUMNS), end="")
+    if args.out:
+        out = Path(args.out)
+        with out.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[k for k, _ in WHOLE_RUN_COLUMNS],
+                                    extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        out.with_suffix(".md").write_text(header + to_markdown(rows, WHOLE_RUN_COLUMNS))
+        print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+    return 0
 
 
 def main(args) -> int:
@@ -634,8 +674,11 @@ def main(args) -> int:
         model=args.model, task=args.task, batch_size=args.batch_size, max_length=args.max_length, steps=args.steps,
         warmup=args.warmup, n_samples=args.n_samples, pred_repeats=args.pred_repeats, limit_train=args.limit_train,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
-        device=args.device, data_dir=args.data_dir,
+        device=args.device, data_dir=args.data_dir, r=args.r, method_params=method_params(args.param),
+        target_modules=[m.strip() for m in args.target_modules.split(",")] if args.target_modules else None,
     )
+    if args.whole_run:
+        return _main_whole_run(cfg, args)
     rows, info = measure(cfg)
     header = (f"<!-- bench cost: {info['device']}, torch {info.get('torch')}, transformers {info.get('transformers')}, "
               f"peft {info.get('peft')}, {info['torch_threads']} torch threads, batch {info.get('batch_shape')} -->\n")
