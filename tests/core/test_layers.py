@@ -221,3 +221,24 @@ def test_inject_reports_candidates_when_nothing_matches():
     model = TinyBertClassifier()
     with pytest.raises(LRVDError, match=r"no linear module matches target_modules=\['q_proj'\]; e.g. .*query"):
         inject_lrvd(model.backbone, ["q_proj"], r=2, scaling=1.0)
+
+
+def test_a_module_pruned_to_rank_zero_leaves_the_autograd_graph():
+    """Backward must stop at the lowest module that still has ranks: a rank-0 module adds nothing to
+    the output and builds no graph, so the frozen layer below it is never backpropagated through."""
+    from lrvd.pruning import prune_ranks
+
+    torch.manual_seed(0)
+    lower, upper = LRVDLinear(nn.Linear(6, 6), r=3, scaling=1.0), LRVDLinear(nn.Linear(6, 2), r=3, scaling=1.0)
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        lower.rank_log_sigma2.fill_(5.0)  # huge noise relative to the means: log α ≫ τ, pruned
+    lower.eval()
+    removed = prune_ranks(lower, tau=3.0, min_ranks=0)
+    assert removed and lower.r == 0
+    hidden = lower(x)
+    torch.testing.assert_close(hidden, lower.base_layer(x))
+    assert hidden.grad_fn is None  # nothing below `upper` will be differentiated
+    y = upper(hidden)
+    y.sum().backward()
+    assert upper.A_mu.grad is not None and lower.A_mu.grad is None

@@ -200,4 +200,8 @@ class LRVDLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
+        if self.r == 0:
+            # Pruned away: contribute nothing *and* stay out of the autograd graph. An empty x @ A^T
+            # would still make autograd backpropagate into x, i.e. through every frozen layer below.
+            return out
         return out + self.adapter_delta(x).to(out.dtype)
