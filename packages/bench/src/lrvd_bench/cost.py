@@ -246,6 +246,8 @@ class CostConfig:
     device: str = "auto"
     data_dir: str | None = None
     lr: float = 1e-3
+    head_lr: float | None = None
+    warmup_ratio: float = 0.06
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -351,7 +353,8 @@ def measure(
     rounds = cfg.warmup + cfg.steps
     total_steps = 5 * rounds
     offset = total_steps // 5
-    train_cfg = TrainConfig(lr=cfg.lr, max_steps=total_steps, batch_size=cfg.batch_size)
+    train_cfg = TrainConfig(lr=cfg.lr, head_lr=cfg.head_lr, warmup_ratio=cfg.warmup_ratio, max_steps=total_steps,
+                            batch_size=cfg.batch_size)
     plan = TrainPlan(total_steps=total_steps, n_train=n_train, train=train_cfg)
     spec_kwargs = {"r": cfg.r, "alpha": cfg.alpha}
     if cfg.target_modules:
@@ -619,6 +622,9 @@ def add_arguments(parser) -> None:
                         help="instead: whole training runs of STEPS steps (default methods: lora,bayeslora)")
     parser.add_argument("--run-repeats", type=int, default=2, help="with --whole-run: alternating repeats")
     parser.add_argument("--r", type=int, default=d.r, help="adapter rank (default 8)")
+    parser.add_argument("--lr", type=float, default=d.lr, help="adapter learning rate (default 1e-3)")
+    parser.add_argument("--head-lr", type=float, default=None, help="task-head learning rate (default: --lr)")
+    parser.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="LR warm-up fraction")
     parser.add_argument("--target-modules", help="comma-separated adapter targets (default: the backbone's)")
     parser.add_argument("--param", nargs="+", metavar="METHOD.NAME=VALUE", default=[],
                         help="method hyper-parameters, e.g. bayeslora.prune_every=25")
@@ -674,7 +680,8 @@ def main(args) -> int:
         model=args.model, task=args.task, batch_size=args.batch_size, max_length=args.max_length, steps=args.steps,
         warmup=args.warmup, n_samples=args.n_samples, pred_repeats=args.pred_repeats, limit_train=args.limit_train,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
-        device=args.device, data_dir=args.data_dir, r=args.r, method_params=method_params(args.param),
+        device=args.device, data_dir=args.data_dir, r=args.r, lr=args.lr, head_lr=args.head_lr,
+        warmup_ratio=args.warmup_ratio, method_params=method_params(args.param),
         target_modules=[m.strip() for m in args.target_modules.split(",")] if args.target_modules else None,
     )
     if args.whole_run:

@@ -80,7 +80,8 @@ def measure_whole_run(
     base = backbone.model if isinstance(backbone, Backbone) else backbone
     names = list(cfg.methods or [REFERENCE, "bayeslora"])
     plan = TrainPlan(total_steps=steps, n_train=len(train_loader.dataset),
-                     train=TrainConfig(lr=cfg.lr, max_steps=steps, batch_size=cfg.batch_size))
+                     train=TrainConfig(lr=cfg.lr, head_lr=cfg.head_lr, warmup_ratio=cfg.warmup_ratio,
+                                       max_steps=steps, batch_size=cfg.batch_size))
     spec_kwargs: dict[str, Any] = {"r": cfg.r, "alpha": cfg.alpha}
     if cfg.target_modules:
         spec_kwargs["target_modules"] = list(cfg.target_modules)

@@ -11,7 +11,9 @@ Trainable-parameter rule (the same for every method, see README): adapter parame
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,6 +34,18 @@ class ClassifierModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # [batch, n_classes]
         raise NotImplementedError
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "ClassifierModel":
+        """A copy whose head is the *copy's* head parameters (the ids are remapped through ``memo``).
+
+        Without this the copy's head set names the original's objects, so ``head_parameters()`` of the
+        copy is empty and its head is silently frozen (``bench cost`` builds every model this way).
+        """
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        new._head_param_ids = {id(memo[i]) for i in self._head_param_ids if i in memo}
+        return new
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the newly initialised task head (trained by every method)."""
