@@ -53,6 +53,10 @@ def test_ray_overhead_hand_computed():
     assert out["trial_s"] == 38.0 and out["compute_s"] == 35.0
     assert out["overhead_s"] == 12.0 and out["overhead_fraction"] == pytest.approx(0.24)
     assert cost.ray_overhead(rows, 50.0, concurrency=2)["overhead_s"] == 31.0
+    # An ensemble assembled from those trials after the sweep did not run under Ray: left out.
+    ensemble = {"train_time_s": "30", "eval_time_s": "5", "wall_time_s": "40", "reused_members": "a;b"}
+    with_ensemble = cost.ray_overhead([*rows, ensemble], sweep_wall_s=50.0)
+    assert with_ensemble["trial_s"] == 38.0 and with_ensemble["n_trials"] == 2.0
 
 
 def test_ray_overhead_cli(tmp_path, capsys):

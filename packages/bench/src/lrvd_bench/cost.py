@@ -109,6 +109,8 @@ def ray_overhead(rows: Sequence[dict[str, Any]], sweep_wall_s: float, concurrenc
     or, where missing, ``train_time_s + posthoc_time_s + eval_time_s``; ``compute_s`` sums only the
     latter. ``overhead_s = sweep_wall_s − trial_s / concurrency`` is the time Ray Tune (start-up,
     scheduling, actor start, checkpoints) adds on top; ``overhead_fraction`` divides it by the wall time.
+    Rows with ``reused_members`` (ensembles assembled after the sweep from other trials' adapters) did
+    not run under Ray and are left out: their times are their members' sums.
     """
 
     def num(row: dict[str, Any], key: str) -> float:
@@ -118,6 +120,7 @@ def ray_overhead(rows: Sequence[dict[str, Any]], sweep_wall_s: float, concurrenc
             return math.nan
         return v if math.isfinite(v) else math.nan
 
+    rows = [r for r in rows if not str(r.get("reused_members") or "").strip()]
     trial_s = compute_s = 0.0
     for row in rows:
         parts = [num(row, k) for k in ("train_time_s", "posthoc_time_s", "eval_time_s")]
