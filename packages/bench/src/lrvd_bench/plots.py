@@ -12,16 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lrvd_bench.figures import pyplot, safe, save_figure
+
 N_BINS = 15
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _ok_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -35,16 +28,12 @@ def _by_task(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def reliability_diagrams(run_dir: Path, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import numpy as np
     import torch
     from lrvd.metrics import calibration_bins, expected_calibration_error
 
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     for task, task_rows in _by_task(_ok_rows(rows)).items():
         pooled: dict[str, tuple[list[Any], list[Any]]] = {}
@@ -76,18 +65,14 @@ def reliability_diagrams(run_dir: Path, rows: list[dict[str, Any]], out_dir: Pat
             ax.set_xlabel("confidence")
         axes[0][0].set_ylabel("accuracy")
         fig.suptitle(f"Reliability, {task} (seeds pooled)", fontsize=10)
-        fig.tight_layout()
-        path = out_dir / f"reliability_{_safe(task)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out_dir / f"reliability_{safe(task)}.png"))
     return paths
 
 
 def accuracy_vs_ece(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     for task, task_rows in _by_task(_ok_rows(rows)).items():
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -103,18 +88,14 @@ def accuracy_vs_ece(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         ax.set_ylabel("accuracy")
         ax.set_title(f"Accuracy vs calibration, {task}", fontsize=10)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"accuracy_vs_ece_{_safe(task)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out_dir / f"accuracy_vs_ece_{safe(task)}.png"))
     return paths
 
 
 def effective_rank_curves(run_dir: Path, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import pandas as pd
 
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     for task, task_rows in _by_task(_ok_rows(rows)).items():
         curves: dict[str, list[Any]] = {}
@@ -136,11 +117,7 @@ def effective_rank_curves(run_dir: Path, rows: list[dict[str, Any]], out_dir: Pa
         ax.set_ylabel("effective rank (sum over modules)")
         ax.set_title(f"Effective rank during training, {task}", fontsize=10)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"effective_rank_{_safe(task)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out_dir / f"effective_rank_{safe(task)}.png"))
     return paths
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lrvd_bench.analyze.common import SkipAnalysis, Trial, pyplot, safe, write_csv
+from lrvd_bench.analyze.common import SkipAnalysis, Trial, write_csv
+from lrvd_bench.figures import pyplot, safe, save_figure
 
 N_BINS = 15
 N_BOOT = 1000
@@ -140,9 +141,5 @@ def run(trials: list[Trial], out: Path, n_boot: int = N_BOOT, seed: int = 0) -> 
             if j == 0:
                 axes[1, j].set_ylabel("count")
         fig.suptitle(f"{task}: reliability (all seeds pooled, 95% bootstrap CI)", fontsize=9)
-        fig.tight_layout()
-        path = out / f"reliability_{safe(task)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, out / f"reliability_{safe(task)}.png"))
     return files

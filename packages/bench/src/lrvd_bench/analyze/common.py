@@ -47,19 +47,6 @@ def load_trials(run_dir: str | Path) -> list[Trial]:
     return trials
 
 
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 _TYPES = (  # (type, patterns) checked in order on the lower-cased module name's last components
     ("q", ("query", "q_proj", "q_lin", ".q")),
     ("k", ("key", "k_proj", "k_lin", ".k")),

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lrvd_bench.analyze.common import SkipAnalysis, Trial, pyplot, safe, write_csv
+from lrvd_bench.analyze.common import SkipAnalysis, Trial, write_csv
+from lrvd_bench.figures import pyplot, safe, save_figure
 
 N_PERM = 200
 
@@ -132,20 +133,12 @@ def run(trials: list[Trial], out: Path, n_perm: int = N_PERM) -> list[Path]:
         ax.set_ylabel("energy fraction ‖ΔW_k‖² / ‖ΔW‖²")
         ax.set_title(f"{task}: mean over modules and seeds", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"gauge_curves_{safe(task)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, out / f"gauge_curves_{safe(task)}.png"))
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.hist(auc_df["auc_improvement"], bins=min(30, max(5, len(auc_df) // 2)))
     ax.axvline(0.0, color="k", lw=0.8)
     ax.set_xlabel("AUC(log α order) − mean AUC(random order)")
     ax.set_ylabel("modules × seeds")
     ax.set_title(f"median {auc_df['auc_improvement'].median():.3g} over {len(auc_df)} modules × seeds", fontsize=9)
-    fig.tight_layout()
-    path = out / "gauge_auc_hist.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    files.append(path)
+    files.append(save_figure(fig, out / "gauge_auc_hist.png"))
     return files

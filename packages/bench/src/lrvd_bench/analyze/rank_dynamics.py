@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lrvd_bench.analyze.common import SkipAnalysis, Trial, layer_index, module_type, pyplot, safe, write_csv
+from lrvd_bench.analyze.common import SkipAnalysis, Trial, layer_index, module_type, write_csv
+from lrvd_bench.figures import pyplot, safe, save_figure
 
 ADAPTIVE = ("bayeslora", "adalora", "adalora-ivon")
 TYPE_ORDER = ("q", "k", "v", "o", "mlp", "other")
@@ -69,10 +70,7 @@ def _heatmap(table, title: str, ylabel: str, path: Path) -> Path:
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="active rank (mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(trials: list[Trial], out: Path) -> list[Path]:
@@ -106,11 +104,7 @@ def run(trials: list[Trial], out: Path) -> list[Path]:
         ax.set_ylabel("effective rank (sum over modules)")
         ax.set_title(f"{task}: effective rank, mean ± std over seeds", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"effective_rank_{safe(task)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, out / f"effective_rank_{safe(task)}.png"))
     return files
 
 
@@ -142,9 +136,5 @@ def _log_alpha(trials: list[Trial], out: Path) -> list[Path]:
         ax.set_ylabel("per-rank log α (median, 10–90%)")
         ax.set_title(f"{method} on {task}", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"log_alpha_{safe(method)}_{safe(task)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, out / f"log_alpha_{safe(method)}_{safe(task)}.png"))
     return files

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lrvd_bench.analyze.common import SkipAnalysis, Trial, pyplot, write_csv
+from lrvd_bench.analyze.common import SkipAnalysis, Trial, write_csv
+from lrvd_bench.figures import pyplot, save_figure
 
 METHODS = ("adalora-ivon", "adalora")
 STD_PREFIX = "ivon_std."
@@ -203,9 +204,5 @@ def run(trials: list[Trial], out: Path, recompute: bool = True, max_batches: int
                 ax.hist(g[col].dropna(), bins=np.linspace(-1, 1, 21), alpha=0.6, label=method)
             ax.set_xlabel(f"Spearman ρ ({col[4:].replace('_', ' vs ')}) per module")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / "snr_spearman.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, out / "snr_spearman.png"))
     return files, notes

@@ -22,7 +22,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lrvd_bench.analyze.common import SkipAnalysis, Trial, pyplot, safe, write_csv
+from lrvd_bench.analyze.common import SkipAnalysis, Trial, write_csv
+from lrvd_bench.figures import pyplot, safe, save_figure
 
 TAU_GRID = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, math.inf)
 
@@ -132,9 +133,5 @@ def run(trials: list[Trial], out: Path, taus=TAU_GRID, device: str = "cpu") -> t
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{task}: prune at τ ∈ {{{', '.join(f'{x:g}' for x in sorted(g['tau'].unique()))}}}, "
                      "no retraining", fontsize=8)
-        fig.tight_layout()
-        path = out / f"tau_sweep_{safe(task)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, out / f"tau_sweep_{safe(task)}.png"))
     return files, notes
