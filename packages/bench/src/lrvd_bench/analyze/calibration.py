@@ -53,7 +53,6 @@ def _ece_from(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
     conf, correct = np.atleast_2d(conf), np.atleast_2d(correct)
     b, n = conf.shape
     idx = _bin_index(conf, n_bins) + n_bins * np.arange(b)[:, None]
-    count = np.bincount(idx.ravel(), minlength=b * n_bins).reshape(b, n_bins)
     gap = (np.bincount(idx.ravel(), (correct - conf).ravel(), b * n_bins)).reshape(b, n_bins)
     return np.abs(gap).sum(1) / n  # Σ_b |S_b|/N · |acc_b − conf_b| = Σ_b |Σ_{i∈b}(correct_i − conf_i)| / N
 
