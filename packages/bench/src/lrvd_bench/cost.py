@@ -167,7 +167,7 @@ def to_markdown(rows: Sequence[dict[str, Any]], columns=COLUMNS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_rows(rows: Sequence[dict[str, Any]], out: str | Path, header: str = "") -> list[Path]:
+def write_rows(rows: Sequence[dict[str, Any]], out: str | Path, header: str = "", columns=COLUMNS) -> list[Path]:
     """``out`` ending in .md: Markdown only; otherwise CSV at ``out`` and Markdown beside it (.md)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +182,7 @@ def write_rows(rows: Sequence[dict[str, Any]], out: str | Path, header: str = ""
             writer.writerows(rows)
         written.append(out)
     md = out if out.suffix == ".md" else out.with_suffix(".md")
-    md.write_text(header + to_markdown(rows))
+    md.write_text(header + to_markdown(rows, columns))
     written.append(md)
     return written
 
@@ -317,6 +317,49 @@ def _overrides(cls: type, hook: str) -> bool:
     return own is not None and own is not getattr(MethodBase, hook, None)
 
 
+def load_inputs(cfg: CostConfig, backbone: Any = None, train_loader: Any = None,
+                n_train: int | None = None) -> tuple[Any, Any, int]:
+    """(base model, train loader, N): the given ones (tests), else ``cfg.model`` on ``cfg.task``."""
+    if backbone is None:
+        from lrvd_bench.backbones import load_backbone
+        from lrvd_bench.loaders import make_loaders
+        from lrvd_bench.tasks import get_task
+
+        task = get_task(cfg.task)
+        backbone = load_backbone(cfg.model, task)
+        data = make_loaders(task, backbone, data_dir=cfg.data_dir, batch_size=cfg.batch_size,
+                            max_length=cfg.max_length, limit_train=cfg.limit_train, limit_eval=cfg.batch_size)
+        train_loader, n_train = data.train_loader, data.n_train
+    from lrvd_bench.backbones import Backbone
+
+    base = backbone.model if isinstance(backbone, Backbone) else backbone
+    return base, train_loader, int(n_train if n_train is not None else len(train_loader.dataset))
+
+
+def plan_and_spec(cfg: CostConfig, total_steps: int, n_train: int) -> tuple[Any, Any]:
+    """The TrainPlan and AdapterSpec every method of one measurement shares."""
+    from lrvd.protocol import AdapterSpec, TrainConfig, TrainPlan
+
+    train_cfg = TrainConfig(lr=cfg.lr, head_lr=cfg.head_lr, warmup_ratio=cfg.warmup_ratio, max_steps=total_steps,
+                            batch_size=cfg.batch_size)
+    spec_kwargs: dict[str, Any] = {"r": cfg.r, "alpha": cfg.alpha}
+    if cfg.target_modules:
+        spec_kwargs["target_modules"] = list(cfg.target_modules)
+    return TrainPlan(total_steps=total_steps, n_train=n_train, train=train_cfg), AdapterSpec(**spec_kwargs)
+
+
+def build_entry(name: str, cfg: CostConfig, base: Any, spec: Any, plan: Any, device: Any) -> _Entry:
+    """Method ``name`` attached to its own copy of ``base``, in train mode, with its optimizer."""
+    from lrvd.registry import get_method
+
+    method = get_method(name)(**cfg.method_params.get(name, {}))
+    model = method.attach(copy.deepcopy(base), spec, plan)
+    model.to(device)
+    model.train()
+    opt, sched = method.configure_optimizers(model, plan)
+    return _Entry(name, method, model, opt, sched)
+
+
 def measure(
     cfg: CostConfig,
     *,
@@ -331,38 +374,18 @@ def measure(
     toy loader); otherwise they come from ``cfg.model`` / ``cfg.task``.
     """
     import torch
-    from lrvd.protocol import AdapterSpec, TrainConfig, TrainPlan
-    from lrvd.registry import get_method, list_methods
+    from lrvd.registry import list_methods
     from lrvd.training import move_batch, resolve_device, seed_everything
 
     device = resolve_device(cfg.device)
     seed_everything(0)
-    if backbone is None:
-        from lrvd_bench.backbones import load_backbone
-        from lrvd_bench.loaders import make_loaders
-        from lrvd_bench.tasks import get_task
-
-        task = get_task(cfg.task)
-        backbone = load_backbone(cfg.model, task)
-        data = make_loaders(task, backbone, data_dir=cfg.data_dir, batch_size=cfg.batch_size,
-                            max_length=cfg.max_length, limit_train=cfg.limit_train, limit_eval=cfg.batch_size)
-        train_loader, n_train = data.train_loader, data.n_train
-    from lrvd_bench.backbones import Backbone
-
-    base = backbone.model if isinstance(backbone, Backbone) else backbone
-    n_train = int(n_train if n_train is not None else len(train_loader.dataset))
+    base, train_loader, n_train = load_inputs(cfg, backbone, train_loader, n_train)
     batch = move_batch(next(iter(train_loader)), device)
     names = list(cfg.methods or list_methods())
     rounds = cfg.warmup + cfg.steps
     total_steps = 5 * rounds
     offset = total_steps // 5
-    train_cfg = TrainConfig(lr=cfg.lr, head_lr=cfg.head_lr, warmup_ratio=cfg.warmup_ratio, max_steps=total_steps,
-                            batch_size=cfg.batch_size)
-    plan = TrainPlan(total_steps=total_steps, n_train=n_train, train=train_cfg)
-    spec_kwargs = {"r": cfg.r, "alpha": cfg.alpha}
-    if cfg.target_modules:
-        spec_kwargs["target_modules"] = list(cfg.target_modules)
-    spec = AdapterSpec(**spec_kwargs)
+    plan, spec = plan_and_spec(cfg, total_steps, n_train)
     on_cpu = device.type != "cuda"
     if on_cpu:
         _pin_malloc_mmap_threshold()
@@ -371,12 +394,7 @@ def measure(
     for name in names:
         seed_everything(0)
         try:
-            method = get_method(name)(**cfg.method_params.get(name, {}))
-            model = method.attach(copy.deepcopy(base), spec, plan)
-            model.to(device)
-            model.train()
-            opt, sched = method.configure_optimizers(model, plan)
-            entries.append(_Entry(name, method, model, opt, sched))
+            entries.append(build_entry(name, cfg, base, spec, plan, device))
         except Exception as err:  # a broken method must not hide the others' numbers
             log(f"bench cost: {name}: attach failed: {type(err).__name__}: {err}")
             entries.append(_Entry(name, None, None, None, None, error=f"attach: {type(err).__name__}: {err}"[:200]))
@@ -659,14 +677,8 @@ def _main_whole_run(cfg: CostConfig, args) -> int:
               f"r={cfg.r}, {cfg.limit_train} training examples, {args.run_repeats} repeats -->\n")
     print(header + to_markdown(rows, WHOLE_RUN_COLUMNS), end="")
     if args.out:
-        out = Path(args.out)
-        with out.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=[k for k, _ in WHOLE_RUN_COLUMNS],
-                                    extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        out.with_suffix(".md").write_text(header + to_markdown(rows, WHOLE_RUN_COLUMNS))
-        print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+        for path in write_rows(rows, args.out, header=header, columns=WHOLE_RUN_COLUMNS):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -674,10 +686,10 @@ def main(args) -> int:
     if args.ray_overhead:
         result = ray_overhead_from_run(args.ray_overhead, args.sweep_seconds, args.concurrency)
         rows = [{"quantity": k, "value": v} for k, v in result.items()]
-        text = to_markdown(rows, [("quantity", "quantity"), ("value", "value")])
-        print(text, end="")
+        columns = [("quantity", "quantity"), ("value", "value")]
+        print(to_markdown(rows, columns), end="")
         if args.out:
-            write_rows(rows, args.out)
+            write_rows(rows, args.out, columns=columns)
         return 0
     cfg = CostConfig(
         model=args.model, task=args.task, batch_size=args.batch_size, max_length=args.max_length, steps=args.steps,

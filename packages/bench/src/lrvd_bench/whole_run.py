@@ -14,13 +14,14 @@ this is the physical size the steps pay for, where ``rank_report`` is BayesLoRA'
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lrvd_bench.cost import REFERENCE, CostConfig, _Entry, _train_step, add_ratios, median_iqr, ratio
+from lrvd_bench.cost import (
+    REFERENCE, CostConfig, _train_step, add_ratios, build_entry, load_inputs, median_iqr, plan_and_spec, ratio,
+)
 
 
 def quarter_medians(step_seconds: Sequence[float]) -> tuple[float, float]:
@@ -60,43 +61,19 @@ def measure_whole_run(
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
 ) -> list[dict[str, Any]]:
     """Train each of ``cfg.methods`` (default: LoRA and BayesLoRA) for ``steps`` steps, ``repeats`` times."""
-    from lrvd.protocol import AdapterSpec, TrainConfig, TrainPlan
-    from lrvd.registry import get_method
     from lrvd.training import move_batch, resolve_device, seed_everything
 
     device = resolve_device(cfg.device)
-    if backbone is None:
-        from lrvd_bench.backbones import load_backbone
-        from lrvd_bench.loaders import make_loaders
-        from lrvd_bench.tasks import get_task
-
-        task = get_task(cfg.task)
-        backbone = load_backbone(cfg.model, task)
-        train_loader = make_loaders(task, backbone, data_dir=cfg.data_dir, batch_size=cfg.batch_size,
-                                    max_length=cfg.max_length, limit_train=cfg.limit_train,
-                                    limit_eval=cfg.batch_size).train_loader
-    from lrvd_bench.backbones import Backbone
-
-    base = backbone.model if isinstance(backbone, Backbone) else backbone
+    base, train_loader, n_train = load_inputs(cfg, backbone, train_loader)
     names = list(cfg.methods or [REFERENCE, "bayeslora"])
-    plan = TrainPlan(total_steps=steps, n_train=len(train_loader.dataset),
-                     train=TrainConfig(lr=cfg.lr, head_lr=cfg.head_lr, warmup_ratio=cfg.warmup_ratio,
-                                       max_steps=steps, batch_size=cfg.batch_size))
-    spec_kwargs: dict[str, Any] = {"r": cfg.r, "alpha": cfg.alpha}
-    if cfg.target_modules:
-        spec_kwargs["target_modules"] = list(cfg.target_modules)
-    spec = AdapterSpec(**spec_kwargs)
+    plan, spec = plan_and_spec(cfg, steps, n_train)
     runs: dict[str, list[list[float]]] = {n: [] for n in names}
     sizes: dict[str, tuple[int, int]] = {}
     for rep in range(repeats):
         for name in names:
             seed_everything(rep)
-            method = get_method(name)(**cfg.method_params.get(name, {}))
-            model = method.attach(copy.deepcopy(base), spec, plan).to(device)
-            model.train()
-            opt, sched = method.configure_optimizers(model, plan)
-            entry = _Entry(name, method, model, opt, sched)
-            params_start = int(method.parameter_counts(model)["trainable"])
+            entry = build_entry(name, cfg, base, spec, plan, device)
+            params_start = int(entry.method.parameter_counts(entry.model)["trainable"])
             batches, times = _cycle(train_loader), []
             for step in range(steps):
                 batch = move_batch(next(batches), device)
@@ -104,10 +81,10 @@ def measure_whole_run(
                 _train_step(entry, batch, step, device, plan)
                 times.append(time.perf_counter() - t0)
             runs[name].append(times)
-            sizes[name] = (params_start, int(method.parameter_counts(model)["trainable"]))
+            sizes[name] = (params_start, int(entry.method.parameter_counts(entry.model)["trainable"]))
             log(f"bench cost --whole-run: {name} repeat {rep + 1}/{repeats}: {sum(times):.1f} s, "
                 f"trainable {sizes[name][0]} → {sizes[name][1]}")
-            del entry, model, opt, sched, method
+            del entry
     rows = [summarize(n, runs[n], *sizes[n]) for n in names]
     add_ratios(rows, ["run_s"])
     return rows
