@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lrvd_bench.memory import malloc_trim, proc_status_kib, reset_peak_rss
+from lrvd_bench.memory import peak_memory_mb, reset_peak_memory
 
 REFERENCE = "lora"
 
@@ -530,12 +530,10 @@ def _step_memory(e: _Entry, batch, step: int, device, plan) -> tuple[float, floa
         _train_step(e, batch, step, device, plan)
         transient = torch.cuda.max_memory_allocated(device) - before
     else:
-        malloc_trim()
-        before_kib = proc_status_kib("VmRSS")
-        if not reset_peak_rss():
+        if not reset_peak_memory(device):
             return math.nan, math.nan
         _train_step(e, batch, step, device, plan)
-        transient = (proc_status_kib("VmHWM") - before_kib) * 1024
+        transient = peak_memory_mb(device) * 2**20
     e.optimizer.zero_grad(set_to_none=True)
     resident = resident_bytes(e.model, e.optimizer)
     return (resident + transient) / 2**20, transient / 2**20

@@ -58,19 +58,24 @@ def _max_rss_mib() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def reset_peak_memory(device: Any) -> None:
-    """Start a new peak-memory window for ``device`` (a ``torch.device``); call after the imports."""
+def reset_peak_memory(device: Any) -> bool:
+    """Start a new peak-memory window for ``device`` (a ``torch.device``); call after the imports.
+
+    Returns False on CPU where the peak cannot be reset (no ``clear_refs``): :func:`peak_memory_mb`
+    then falls back to the process's lifetime peak above the baseline.
+    """
     global _baseline_mib
     if device.type == "cuda":
         import torch
 
         torch.cuda.reset_peak_memory_stats(device)
-        return
+        return True
     gc.collect()
     malloc_trim()
-    reset_peak_rss()
+    windowed = reset_peak_rss()
     rss = proc_status_kib("VmRSS")
     _baseline_mib = rss / 1024 if not math.isnan(rss) else _max_rss_mib()
+    return windowed
 
 
 def peak_memory_mb(device: Any) -> float:
