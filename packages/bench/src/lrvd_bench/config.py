@@ -505,16 +505,48 @@ SHORTCUT_FLAGS = {
 }
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's built-in default (``default_factory`` called), for help texts."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "[]"
+    return str(value)
+
+
 def add_flags(parser: Any) -> None:
-    """Add one ``--flag`` per ExperimentConfig field marked with a ``flag`` parser, plus shortcuts."""
+    """Add one ``--flag`` per ExperimentConfig field marked with a ``flag`` parser, plus shortcuts.
+
+    Flags default to None ("keep the config file's value"); the help shows the built-in default
+    that applies when the config file leaves the key out too."""
     for f in dataclasses.fields(ExperimentConfig):
         parse = f.metadata.get("flag")
         if parse is None:
             continue
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=parse, default=None,
-                            help=f.metadata["help"])
+                            help=f.metadata["help"] + ("" if field_default(f) is None
+                                                       else f" (built-in default: {_shown(field_default(f))})"))
     for dest, (_, parse, help_text) in SHORTCUT_FLAGS.items():
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, type=parse, default=None, help=help_text)
+
+
+def nested_keys_help() -> str:
+    """The ``train.*`` and ``adapter.*`` keys with type, built-in default and help (``bench run --help``)."""
+    lines = ["config keys shared by all methods (YAML, or --set KEY=VALUE; built-in defaults):"]
+    rows = [(f"{prefix}.{f.name}", str(f.type).replace("typing.", ""), _shown(field_default(f)),
+             f.metadata.get("help", "")) for prefix, cls in NESTED.items() for f in dataclasses.fields(cls)]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for key, kind, default, help_text in rows:
+        lines.append(f"  {key:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {help_text}")
+    lines.append("method hyper-parameters: `bench list-methods --params [METHOD]`; set them with "
+                 "--param METHOD.KEY=VALUE or --set method_params.METHOD.KEY=VALUE")
+    return "\n".join(lines)
 
 
 def flag_overrides(args: Any) -> dict[str, Any]:
