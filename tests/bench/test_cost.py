@@ -179,16 +179,6 @@ def test_whole_run_prunes_bayeslora_and_reports_ratios_to_lora():
     assert by["bayeslora"]["run_s_ratio"] == pytest.approx(by["bayeslora"]["run_s"] / by["lora"]["run_s"])
 
 
-def test_cost_param_flag_parses_and_rejects_bad_keys():
-    from lrvd_bench.cost.cli import method_params
-    from lrvd_bench.errors import BenchError
-
-    assert method_params(["bayeslora.prune_every=25", "bayeslora.tau=2.5", "blob.n_samples=3"]) == {
-        "bayeslora": {"prune_every": 25, "tau": 2.5}, "blob": {"n_samples": 3}}
-    with pytest.raises(BenchError, match="METHOD.KEY=VALUE"):
-        method_params(["prune_every=25"])
-
-
 def test_cost_flags_share_bench_runs_names():
     """--rank (old --r), --lr, --batch-size, --target-modules, repeatable --param reach the CostConfig."""
     from lrvd_bench.cli import build_parser

@@ -21,10 +21,10 @@ only what its algorithm changes. To add a method: subclass it, give it a ``Param
 the paper's defaults (each field with ``metadata={"help": ...}``), implement ``attach``, and
 register it (entry point ``lrvd.methods`` or ``@METHODS.register``).
 
-A method that fits something on held-out data (temperature scaling) sets the class attribute
-``validation_fraction`` > 0; the bench then carves that fraction of the training set off with
-:func:`lrvd.data_split.holdout_indices` (fixed seed, never touching the evaluation set), trains on
-the rest and passes the held-out loader to ``after_training`` as ``val_loader``.
+Every method of a comparison trains on the same rows: the caller carves one validation split off the
+training set with :func:`lrvd.data_split.holdout_indices` (its own seed, never touching the evaluation
+set), trains every method on the rest and passes the held-out loader to ``after_training`` as
+``val_loader``. A method that cannot do without it (temperature scaling) sets ``needs_validation``.
 """
 
 from __future__ import annotations
@@ -189,8 +189,8 @@ class MethodBase:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
-    #: fraction of the training set held out for ``after_training(..., val_loader)`` (0: none)
-    validation_fraction: ClassVar[float] = 0.0
+    #: True when ``after_training`` fits on ``val_loader`` and cannot run without one
+    needs_validation: ClassVar[bool] = False
 
     def __init__(self, **hyper_params: Any) -> None:
         self.params = build_params(self.Params, self.name, hyper_params)

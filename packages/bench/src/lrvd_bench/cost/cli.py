@@ -1,13 +1,13 @@
 """``bench cost`` flags and entry point (imports only the standard library until a command runs,
-so ``bench --help`` stays fast). The knobs shared with ``bench run`` carry its names: ``--lr``,
-``--batch-size``, ``--rank``, ``--target-modules``, ``--param METHOD.KEY=VALUE``."""
+so ``bench --help`` stays fast). The knobs shared with ``bench run`` (``--lr``, ``--batch-size``,
+``--rank``, ``--target-modules``, ``--param METHOD.KEY=VALUE``) come from :mod:`lrvd_bench.cli_knobs`."""
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Sequence
-from typing import Any
 
+from lrvd_bench.cli_knobs import add_knob_flags, parse_params
 from lrvd_bench.cost.harness import CostConfig
 
 
@@ -15,7 +15,6 @@ def add_arguments(parser) -> None:
     d = CostConfig()
     parser.add_argument("--model", default=d.model, help="backbone alias, hub id or local dir (default: minilm)")
     parser.add_argument("--task", default=d.task, help="task whose batch shape is used (default: arc-e)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--max-length", type=int, default=d.max_length)
     parser.add_argument("--steps", type=int, default=d.steps, help="timed training rounds (default 20)")
     parser.add_argument("--warmup", type=int, default=d.warmup, help="discarded warm-up rounds (default 3)")
@@ -32,31 +31,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--whole-run", type=int, metavar="STEPS",
                         help="instead: whole training runs of STEPS steps (default methods: lora,bayeslora)")
     parser.add_argument("--run-repeats", type=int, default=2, help="with --whole-run: alternating repeats")
-    parser.add_argument("--rank", "--r", dest="rank", type=int, default=d.r, help="adapter rank (default 8)")
-    parser.add_argument("--lr", type=float, default=d.lr, help="adapter learning rate (default 1e-3)")
+    parser.add_argument("--r", dest="rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old --rank
     parser.add_argument("--head-lr", type=float, default=None, help="task-head learning rate (default: --lr)")
     parser.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="LR warm-up fraction")
-    parser.add_argument("--target-modules", help="comma-separated adapter targets (default: the backbone's)")
-    parser.add_argument("--param", action="extend", nargs="+", metavar="METHOD.KEY=VALUE", default=[],
-                        help="method hyper-parameters, e.g. bayeslora.prune_every=25 (repeatable)")
+    add_knob_flags(parser, {"lr": d.lr, "batch_size": d.batch_size, "rank": d.r},
+                   default_note="default: the backbone's")
     parser.add_argument("--ray-overhead", metavar="RUN_DIR", help="instead: Ray Tune overhead of a finished sweep")
     parser.add_argument("--sweep-seconds", type=float, help="with --ray-overhead: the sweep's wall time")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="with --ray-overhead: trials run at once (default: the run's max_concurrent_trials)")
-
-
-def method_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["bayeslora.prune_every=25"]`` -> ``{"bayeslora": {"prune_every": 25}}`` (values parsed as YAML)."""
-    from lrvd_bench.config import parse_set
-    from lrvd_bench.errors import BenchError
-
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in parse_set(list(items)).items():
-        method, sep, name = key.partition(".")
-        if not sep or not name:
-            raise BenchError(f"--param expects METHOD.KEY=VALUE, got {key!r}")
-        out.setdefault(method, {})[name] = value
-    return out
 
 
 def config_from_args(args) -> CostConfig:
@@ -67,8 +50,7 @@ def config_from_args(args) -> CostConfig:
         limit_eval=args.limit_eval,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
         device=args.device, data_dir=args.data_dir, r=args.rank, lr=args.lr, head_lr=args.head_lr,
-        warmup_ratio=args.warmup_ratio, method_params=method_params(args.param),
-        target_modules=[m.strip() for m in args.target_modules.split(",")] if args.target_modules else None,
+        warmup_ratio=args.warmup_ratio, method_params=parse_params(args.param), target_modules=args.target_modules,
     )
 
 
