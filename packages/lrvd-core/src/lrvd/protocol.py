@@ -77,6 +77,7 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "adapter learning rate (AdamW scale)"})
     head_lr: float | None = field(default=None, metadata={"help": "task-head learning rate (default: lr)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon (torch's default; BLoB's scripts: 1e-6)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training set (ignored if max_steps)"})
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides epochs"})
     batch_size: int = field(default=8, metadata={"help": "examples per micro-batch"})
@@ -183,6 +184,21 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warm
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def head_groups(model: ClassifierModel, train: TrainConfig) -> list[dict[str, Any]]:
+    """The task head at ``head_lr``: weight decay on its matrices, none on biases or LayerNorm.
+
+    Every reference implementation exempts 1-D head tensors from decay (the BayesLoRA GLUE bench's
+    ``build_param_groups``, BLoB's ``no_decay = ["bias", "LayerNorm.weight"]``); see docs/methods.md.
+    """
+    head = [p for p in model.head_parameters() if p.requires_grad]
+    lr = train.head_lr or train.lr
+    groups = [
+        {"params": [p for p in head if p.ndim > 1], "lr": lr, "weight_decay": train.weight_decay},
+        {"params": [p for p in head if p.ndim <= 1], "lr": lr, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 class MethodBase:
     """Maximum-likelihood defaults for every hook; subclasses override what their algorithm changes."""
 
@@ -208,16 +224,14 @@ class MethodBase:
                 yield p
 
     def param_groups(self, model: ClassifierModel, plan: TrainPlan) -> list[dict[str, Any]]:
-        """Optimizer groups: adapters at ``lr``, the task head at ``head_lr``."""
+        """Optimizer groups: adapters at ``lr``, the task head at ``head_lr`` (:func:`head_groups`)."""
         train = plan.train
         groups = [{"params": list(self.adapter_parameters(model)), "lr": train.lr, "weight_decay": train.weight_decay}]
-        head = [p for p in model.head_parameters() if p.requires_grad]
-        if head:
-            groups.append({"params": head, "lr": train.head_lr or train.lr, "weight_decay": train.weight_decay})
+        groups += head_groups(model, train)
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self, model: ClassifierModel, plan: TrainPlan):
-        optimizer = torch.optim.AdamW(self.param_groups(model, plan))
+        optimizer = torch.optim.AdamW(self.param_groups(model, plan), eps=plan.train.adam_eps)
         return optimizer, linear_warmup_decay(optimizer, plan.total_steps, plan.train.warmup_ratio)
 
     def step_context(self, optimizer: torch.optim.Optimizer) -> AbstractContextManager[Any]:
