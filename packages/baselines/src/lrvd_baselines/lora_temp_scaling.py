@@ -79,6 +79,7 @@ class LoRATempScaling(LoRA):
     name = "lora-temp-scaling"
     description = "LoRA + temperature scaling (one T fitted by NLL on a held-out training split)"
     Params = LoRATempScalingParams
+    posthoc_fit = True
     validation_fraction = 0.1
 
     def __init__(self, **hyper_params) -> None:
