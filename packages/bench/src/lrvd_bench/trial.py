@@ -1,10 +1,14 @@
 """One trial: one method on one task with one seed, start to finish, as a plain function.
 
 ``run_trial(spec, trial_dir)`` is the body of every Ray Tune trial (see :mod:`lrvd_bench.runner`)
-and can be called directly for debugging. It follows DESIGN.md::
+and can be called directly for debugging. Its steps::
 
     seed → get_task → load_backbone → make_loaders → method.attach → fit → after_training
          → predict → classification_metrics → result row + files
+
+``make_loaders`` carves the sweep's one validation split (``validation_fraction`` of the training
+rows, fixed by ``split_seed``, never the trial seed): every method of a sweep trains on the same
+remaining rows and gets the same validation rows in ``after_training(..., val_loader)``.
 
 Files written into ``trial_dir`` (``result.json`` last and atomically, so a folder without it is an
 unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` instead):
@@ -232,13 +236,14 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
     data = make_loaders(
         task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
         eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
-        limit_eval=spec.limit_eval, seed=spec.seed,
-        validation_fraction=method.validation_fraction,
+        limit_eval=spec.limit_eval, seed=spec.seed, split_seed=spec.split_seed,
+        validation_fraction=spec.validation_fraction,
     )
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = None
     try:
-        phase(f"attach {spec.method} ({data.n_train} train / {data.n_eval} eval examples, {plan.total_steps} steps)")
+        phase(f"attach {spec.method} ({data.n_train} train / {data.n_val} validation / {data.n_eval} eval examples, "
+              f"{plan.total_steps} steps)")
         seed_everything(spec.seed)
         model = method.attach(backbone.model, adapter_spec, plan)
         counts = method.parameter_counts(model)
@@ -287,6 +292,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
             "eval_time_s": eval_time,
             "peak_memory_mb": peak_memory_mb(device),
             "n_train": data.n_train,
+            "n_val": data.n_val,
             "n_eval": data.n_eval,
             "split_note": data.split_note,
             "data_source": getattr(data, "source", ""),

@@ -21,10 +21,10 @@ only what its algorithm changes. To add a method: subclass it, give it a ``Param
 the paper's defaults (each field with ``metadata={"help": ...}``), implement ``attach``, and
 register it (entry point ``lrvd.methods`` or ``@METHODS.register``).
 
-A method that fits something on held-out data (temperature scaling) sets the class attribute
-``validation_fraction`` > 0; the bench then carves that fraction of the training set off with
-:func:`lrvd.data_split.holdout_indices` (fixed seed, never touching the evaluation set), trains on
-the rest and passes the held-out loader to ``after_training`` as ``val_loader``.
+Every method of a comparison trains on the same rows: the caller carves one validation split off the
+training set with :func:`lrvd.data_split.holdout_indices` (its own seed, never touching the evaluation
+set), trains every method on the rest and passes the held-out loader to ``after_training`` as
+``val_loader``. A method that cannot do without it (temperature scaling) sets ``needs_validation``.
 
 Capabilities (:data:`CAPABILITIES`) are boolean class attributes a method sets to say what it does;
 the bench, the analyses and the tests read them instead of lists of method names, so a new method is
@@ -141,7 +141,7 @@ class AdapterMethod(Protocol):
     description: ClassVar[str]
     Params: ClassVar[type]
     params: Any
-    validation_fraction: ClassVar[float]
+    needs_validation: ClassVar[bool]
     # capabilities (CAPABILITIES)
     adaptive_rank: ClassVar[bool]
     sampled_predictive: ClassVar[bool]
@@ -233,8 +233,8 @@ class MethodBase:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
-    #: fraction of the training set held out for ``after_training(..., val_loader)`` (0: none)
-    validation_fraction: ClassVar[float] = 0.0
+    #: True when ``after_training`` fits on ``val_loader`` and cannot run without one
+    needs_validation: ClassVar[bool] = False
     # capabilities (see CAPABILITIES); a subclass sets the ones its algorithm has
     adaptive_rank: ClassVar[bool] = False
     sampled_predictive: ClassVar[bool] = False
