@@ -275,31 +275,12 @@ def _sync(device) -> None:
 
 
 def _train_step(entry: _Entry, batch, step: int, device, plan) -> float:
-    """One optimizer step exactly as :func:`lrvd.training.fit` runs it; returns on_step_end seconds."""
-    import torch
-    from lrvd.errors import LRVDError
-    from lrvd.training import autocast_context
+    """One optimizer step through :func:`lrvd.training.train_step` (``fit``'s step); returns on_step_end seconds."""
+    from lrvd.training import train_step
 
-    method, model, opt = entry.method, entry.model, entry.optimizer
-    opt.zero_grad(set_to_none=True)
-    with method.step_context(opt):
-        with autocast_context(device, plan.train.mixed_precision):
-            logits = model(batch)
-        loss, _ = method.training_loss(model, batch, logits, step)
-        if not torch.isfinite(loss):
-            raise LRVDError(f"non-finite loss at step {step} for method {entry.name!r}")
-        loss.backward()
-    if plan.train.max_grad_norm:
-        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, plan.train.max_grad_norm)
-    opt.step()
-    if entry.scheduler is not None:
-        entry.scheduler.step()
-    _sync(device)
-    t0 = time.perf_counter()
-    method.on_step_end(model, opt, step + 1)
-    _sync(device)
-    return time.perf_counter() - t0
+    out = train_step(entry.method, entry.model, entry.optimizer, [batch] * plan.train.grad_accum, step,
+                     device=device, train=plan.train, scheduler=entry.scheduler, time_hook=True)
+    return out.hook_s
 
 
 def _timed(fn: Callable[[], Any], device) -> float:
@@ -433,7 +414,7 @@ def measure(
         e.model.eval()
         try:
             args = (e.model, train_loader)
-            if getattr(e.method, "validation_fraction", 0.0) > 0:
+            if getattr(e.method, "needs_validation", False):
                 args = (e.model, train_loader, train_loader)  # cost only: the train loader stands in
             e.row["after_training_s"] = _timed(lambda a=args, m=e.method: m.after_training(*a), device)
             log(f"bench cost: {e.name} after_training {e.row['after_training_s']:.1f} s")

@@ -12,7 +12,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from lrvd.classifier import ClassifierModel
 from lrvd.errors import LRVDError
-from lrvd.protocol import AdapterMethod, TrainPlan
+from lrvd.protocol import AdapterMethod, TrainConfig, TrainPlan
 
 
 def seed_everything(seed: int) -> None:
@@ -91,6 +91,81 @@ class TrainResult:
     step_logs: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass
+class StepResult:
+    """What one optimizer step leaves for the loop's logs (and ``bench cost``'s hook timing)."""
+
+    loss: float
+    logs: dict[str, float]
+    step_logs: dict[str, float]
+    hook_s: float = math.nan
+
+
+def train_step(
+    method: AdapterMethod,
+    model: ClassifierModel,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Sequence[dict[str, Any]],
+    step: int,
+    *,
+    device: torch.device,
+    train: TrainConfig,
+    scheduler: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
+    time_hook: bool = False,
+) -> StepResult:
+    """One optimizer step: every method's step in :func:`fit` and in ``bench cost`` is this function.
+
+    zero_grad; inside ``method.step_context`` each micro-batch (``len(micro_batches)`` = gradient
+    accumulation) runs forward under autocast, ``training_loss``, a NaN/inf check and backward of
+    loss / n_micro (scaled when an fp16 ``scaler`` is given); then unscale, clip to
+    ``train.max_grad_norm``, optimizer and scheduler step, and ``method.on_step_end(model, optimizer,
+    step + 1)``. ``time_hook`` times ``on_step_end`` alone (synchronising CUDA around it).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    logs: dict[str, float] = {}
+    loss_value = 0.0
+    n_micro = len(micro_batches)
+    with method.step_context(optimizer):
+        for batch in micro_batches:
+            batch = move_batch(batch, device)
+            with autocast_context(device, train.mixed_precision):
+                logits = model(batch)
+            loss, logs = method.training_loss(model, batch, logits, step)
+            if not torch.isfinite(loss):
+                raise LRVDError(
+                    f"non-finite loss ({float(loss.detach())}) at step {step} for method {method.name!r}; "
+                    "lower the learning rate or the KL scale"
+                )
+            loss = loss / n_micro
+            (scaler.scale(loss) if scaler else loss).backward()
+            loss_value += float(loss.detach())
+    if scaler:
+        scaler.unscale_(optimizer)
+    if train.max_grad_norm:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if time_hook:
+        _synchronize(device)
+    t0 = time.perf_counter()
+    step_logs = method.on_step_end(model, optimizer, step + 1) or {}
+    if time_hook:
+        _synchronize(device)
+    return StepResult(loss_value, logs, step_logs, time.perf_counter() - t0 if time_hook else math.nan)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def fit(
     method: AdapterMethod,
     model: ClassifierModel,
@@ -117,42 +192,15 @@ def fit(
     rank_every = max(1, cfg.rank_log_interval)
     result.rank_history.append({"step": 0, **method.rank_report(model)})
     bar = _progress(range(plan.total_steps), plan.total_steps, f"train {method.name}", progress)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _synchronize(device)
     start = time.perf_counter()
     running = 0.0
     for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
-        loss_value = 0.0
-        with method.step_context(optimizer):
-            for _ in range(cfg.grad_accum):
-                epoch, batch = next(batches)
-                batch = move_batch(batch, device)
-                with autocast_context(device, cfg.mixed_precision):
-                    logits = model(batch)
-                loss, logs = method.training_loss(model, batch, logits, step)
-                if not torch.isfinite(loss):
-                    raise LRVDError(
-                        f"non-finite loss ({float(loss.detach())}) at step {step} for method {method.name!r}; "
-                        "lower the learning rate or the KL scale"
-                    )
-                loss = loss / cfg.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
-                loss_value += float(loss.detach())
-        if scaler:
-            scaler.unscale_(optimizer)
-        if cfg.max_grad_norm:
-            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        step_logs = method.on_step_end(model, optimizer, step + 1) or {}
+        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        epoch = micro[-1][0]
+        out = train_step(method, model, optimizer, [b for _, b in micro], step, device=device, train=cfg,
+                         scheduler=scheduler, scaler=scaler)
+        loss_value, logs, step_logs = out.loss, out.logs, out.step_logs
         running = loss_value if step == 0 else 0.9 * running + 0.1 * loss_value
         if (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == plan.total_steps:
             record = {"step": step + 1, "epoch": epoch, "loss": loss_value, **logs, **step_logs}
@@ -165,8 +213,7 @@ def fit(
             result.rank_history.append({"step": step + 1, **method.rank_report(model)})
         if progress and hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{running:.4f}")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _synchronize(device)
     result.steps = plan.total_steps
     result.wall_time_s = time.perf_counter() - start
     result.time_per_step_s = result.wall_time_s / max(1, plan.total_steps)

@@ -104,6 +104,7 @@ class BayesLoRA(MethodBase):
     name = "bayeslora"
     description = "BayesLoRA / Low-Rank Variational Dropout: rank-wise Gaussian LoRA posterior, ARD rank pruning, MC predictive"
     Params = BayesLoRAParams
+    adaptive_rank = sampled_predictive = posterior_params = per_rank_log_alpha = True
 
     def __init__(self, **hyper_params) -> None:
         super().__init__(**hyper_params)
