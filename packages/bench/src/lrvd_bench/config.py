@@ -306,12 +306,8 @@ def available_methods() -> list[str]:
 
 
 def available_tasks() -> list[str]:
-    try:
-        from lrvd_bench.tasks import list_tasks
-    except ImportError:
-        from lrvd.registry import Registry
+    from lrvd_bench.tasks import list_tasks
 
-        return Registry("task", "lrvd.tasks").names()
     return list(list_tasks())
 
 

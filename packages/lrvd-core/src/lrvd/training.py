@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from lrvd.classifier import ClassifierModel
 from lrvd.errors import LRVDError
@@ -245,7 +244,3 @@ def predict(
     if not probs:
         raise LRVDError("the evaluation loader yielded no batches (empty evaluation set?)")
     return torch.cat(probs), torch.cat(labels)
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
