@@ -150,7 +150,6 @@ def _load(file: Path) -> dict:
 
 
 def run(trials: list[Trial], out: Path, recompute: bool = True, max_batches: int = 16) -> tuple[list[Path], list[str]]:
-
     import pandas as pd
 
     notes: list[str] = []
