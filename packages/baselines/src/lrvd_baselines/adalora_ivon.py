@@ -139,6 +139,7 @@ class AdaLoRAIVON(AdaLoRA):
     name = "adalora-ivon"
     description = "AdaLoRA with IVON: rank allocation by posterior SNR (Chen & Garner 2024)"
     Params = AdaLoRAIVONParams
+    sampled_predictive = posterior_params = True  # adaptive_rank, svd_triplets: from AdaLoRA
 
     def __init__(self, **hyper_params: Any) -> None:
         super().__init__(**hyper_params)

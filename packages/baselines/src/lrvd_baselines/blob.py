@@ -131,6 +131,7 @@ class BLoB(MethodBase):
     name = "blob"
     description = "BLoB: Gaussian posterior on LoRA's A (flipout, closed-form KL, cyclic KL weights), MC predictive"
     Params = BLoBParams
+    sampled_predictive = posterior_params = True
 
     def __init__(self, **hyper_params) -> None:
         super().__init__(**hyper_params)

@@ -29,6 +29,11 @@ from lrvd.protocol import AdapterSpec, TrainConfig
 
 from lrvd_bench.errors import BenchError, LRVDError, unknown_choice
 
+#: Fraction of the training set held out as the shared validation split unless a config says otherwise:
+#: the 10 % the temperature-scaling baseline held out before the split became sweep-wide (40 of the
+#: quickstart's 400 training questions, 225 of ARC-Easy's 2251).
+DEFAULT_VALIDATION_FRACTION = 0.1
+
 #: Search-space samplers accepted in YAML (``{"train.lr": {"loguniform": [1e-4, 1e-2]}}``).
 SAMPLERS = ("grid_search", "choice", "uniform", "loguniform", "quniform", "qloguniform", "randint", "lograndint")
 
@@ -73,6 +78,15 @@ class ExperimentConfig:
         default=None, metadata={"help": "use at most N training examples", "flag": int})
     limit_eval: int | None = field(
         default=None, metadata={"help": "evaluate on at most N examples", "flag": int})
+    validation_fraction: float = field(
+        default=DEFAULT_VALIDATION_FRACTION,
+        metadata={"help": "fraction of the training examples held out once as the validation split every method "
+                          "shares (temperature scaling, Laplace grid search, checkpoint and hyper-parameter "
+                          "selection); every method trains on the rest; 0: none", "flag": float})
+    split_seed: int = field(
+        default=0, metadata={"help": "seed of the data split (limit_train / limit_eval subsamples and the validation "
+                                     "split); not the trial seed, so every method and seed sees the same rows",
+                             "flag": int})
     max_length: int = field(default=64, metadata={"help": "max tokens per (question, choice) sequence", "flag": int})
     eval_batch_size: int = field(default=16, metadata={"help": "examples per evaluation batch", "flag": int})
     n_samples: int | None = field(
@@ -147,6 +161,10 @@ class ExperimentConfig:
             raise BenchError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
             raise BenchError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise BenchError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.validation_fraction == 0.0:
+            self._check_no_method_needs_validation()
         if self.num_samples < 1:
             raise BenchError(f"num_samples must be >= 1, got {self.num_samples}")
         for key, sampler in self.search_space.items():
@@ -155,6 +173,16 @@ class ExperimentConfig:
                 raise BenchError(
                     f"search_space.{key} must be one mapping {{sampler: args}}; valid samplers: {', '.join(SAMPLERS)}"
                 )
+
+    def _check_no_method_needs_validation(self) -> None:
+        """Without a validation split, methods that fit on one (``needs_validation``) cannot run."""
+        from lrvd.registry import get_method
+
+        for name in self.methods:
+            method = get_method(name)(**self.method_params.get(name, {}))
+            if getattr(method, "needs_validation", False):
+                raise BenchError(f"method {name!r} fits on the validation split; set validation_fraction > 0 "
+                                 "(got 0) or drop the method")
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -187,7 +215,7 @@ class ExperimentConfig:
                 adapter=dataclasses.asdict(self.adapter), train=train,
                 method_params=dict(self.method_params.get(method, {})),
                 data_dir=self.data_dir, limit_train=self.limit_train, limit_eval=self.limit_eval,
-                max_length=self.max_length, eval_batch_size=self.eval_batch_size, n_samples=self.n_samples,
+                validation_fraction=self.validation_fraction, split_seed=self.split_seed, max_length=self.max_length, eval_batch_size=self.eval_batch_size, n_samples=self.n_samples,
                 device=self.device, save_adapter=self.save_adapter, save_predictions=self.save_predictions,
             )
             specs.append(spec.with_overrides(point) if point else spec)
@@ -209,6 +237,8 @@ class TrialSpec:
     data_dir: str | None = None
     limit_train: int | None = None
     limit_eval: int | None = None
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    split_seed: int = 0
     max_length: int = 64
     eval_batch_size: int = 16
     n_samples: int | None = None
@@ -330,6 +360,11 @@ def _coerce(value: Any, annotation: str, key: str) -> Any:
     return value
 
 
+#: Top-level keys a search space may not vary: they fix which rows every method trains, validates and is
+#: evaluated on, so the comparison (and the paired differences) stay on the same data.
+SWEEP_WIDE = ("validation_fraction", "split_seed", "data_dir", "limit_eval")
+
+
 def _check_search_key(key: str) -> None:
     head, _, rest = key.partition(".")
     if head in NESTED:
@@ -339,10 +374,11 @@ def _check_search_key(key: str) -> None:
     elif head == "method_params":
         if rest.count(".") != 1:
             raise BenchError(f"search_space key {key!r} must be method_params.<method>.<name>")
-    elif head not in TrialSpec.__dataclass_fields__ or rest or head in ("method", "task", "seed"):
+    elif head not in TrialSpec.__dataclass_fields__ or rest or head in ("method", "task", "seed", *SWEEP_WIDE):
         raise BenchError(
             f"unknown search_space key {key!r}; use train.<field>, adapter.<field>, method_params.<method>.<name>, "
-            "or max_length / limit_train / eval_batch_size / n_samples"
+            "or max_length / limit_train / eval_batch_size / n_samples (the data split keys "
+            + ", ".join(SWEEP_WIDE) + " are fixed for the whole sweep)"
         )
 
 

@@ -414,7 +414,7 @@ def measure(
         e.model.eval()
         try:
             args = (e.model, train_loader)
-            if getattr(e.method, "validation_fraction", 0.0) > 0:
+            if getattr(e.method, "needs_validation", False):
                 args = (e.model, train_loader, train_loader)  # cost only: the train loader stands in
             e.row["after_training_s"] = _timed(lambda a=args, m=e.method: m.after_training(*a), device)
             log(f"bench cost: {e.name} after_training {e.row['after_training_s']:.1f} s")

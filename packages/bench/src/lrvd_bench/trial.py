@@ -1,10 +1,14 @@
 """One trial: one method on one task with one seed, start to finish, as a plain function.
 
 ``run_trial(spec, trial_dir)`` is the body of every Ray Tune trial (see :mod:`lrvd_bench.runner`)
-and can be called directly for debugging. It follows DESIGN.md::
+and can be called directly for debugging. Its steps::
 
     seed → get_task → load_backbone → make_loaders → method.attach → fit → after_training
          → predict → classification_metrics → result row + files
+
+``make_loaders`` carves the sweep's one validation split (``validation_fraction`` of the training
+rows, fixed by ``split_seed``, never the trial seed): every method of a sweep trains on the same
+remaining rows and gets the same validation rows in ``after_training(..., val_loader)``.
 
 Files written into ``trial_dir`` (``result.json`` last and atomically, so a folder without it is an
 unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` instead):
@@ -12,9 +16,10 @@ unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` inst
     spec.json         the TrialSpec (re-run exactly with ``run_trial(json.load(...), dir)``)
     train_log.csv     loss every ``log_every`` steps, joined with the method's step logs
     ranks.csv         long format: step, module, rank (the method's rank_report over training)
-    log_alpha.csv     methods with ``log_alpha_history`` (BayesLoRA): step, module, rank_index, log_alpha
+    log_alpha.csv     methods with the ``per_rank_log_alpha`` capability (BayesLoRA): step, module,
+                      rank_index, log_alpha
     predictions.npz   probs [N, C] and labels [N] on the evaluation split
-    adapter/          method.save_adapter (safetensors + adapter_config.json)
+    adapter/          method.save_adapter: a peft adapter + the lrvd sidecar (lrvd.adapter_io)
     log.txt           phase timings
     result.json       the row that goes into trials.csv and the leaderboard
 """
@@ -231,13 +236,14 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
     data = make_loaders(
         task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
         eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
-        limit_eval=spec.limit_eval, seed=spec.seed,
-        validation_fraction=getattr(method, "validation_fraction", 0.0),
+        limit_eval=spec.limit_eval, seed=spec.seed, split_seed=spec.split_seed,
+        validation_fraction=spec.validation_fraction,
     )
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = None
     try:
-        phase(f"attach {spec.method} ({data.n_train} train / {data.n_eval} eval examples, {plan.total_steps} steps)")
+        phase(f"attach {spec.method} ({data.n_train} train / {data.n_val} validation / {data.n_eval} eval examples, "
+              f"{plan.total_steps} steps)")
         seed_everything(spec.seed)
         model = method.attach(backbone.model, adapter_spec, plan)
         counts = method.parameter_counts(model)
@@ -260,7 +266,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
         phase("write files")
         write_ranks_csv(fitted.rank_history, trial_dir / "ranks.csv")
         write_train_log_csv(fitted.loss_history, fitted.step_logs, trial_dir / "train_log.csv")
-        if getattr(method, "log_alpha_history", None):  # BayesLoRA: per-rank log α at every rank_report
+        if method.per_rank_log_alpha:  # BayesLoRA: per-rank log α at every rank_report
             write_log_alpha_csv(method.log_alpha_history, trial_dir / "log_alpha.csv")
         if spec.save_predictions:
             np.savez_compressed(trial_dir / "predictions.npz", probs=probs.numpy(), labels=labels.numpy())
@@ -286,6 +292,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
             "eval_time_s": eval_time,
             "peak_memory_mb": peak_memory_mb(device),
             "n_train": data.n_train,
+            "n_val": data.n_val,
             "n_eval": data.n_eval,
             "split_note": data.split_note,
             "data_source": getattr(data, "source", ""),

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lrvd.registry import method_capability
+
 from lrvd_bench.analyze.common import SkipAnalysis, Trial, write_csv
 from lrvd_bench.figures import pyplot, save_figure
 
-METHODS = ("adalora-ivon", "adalora")
 STD_PREFIX = "ivon_std."
 SENSITIVITY_FILE = "sensitivity.safetensors"
 
@@ -156,9 +157,9 @@ def run(trials: list[Trial], out: Path, recompute: bool = True, max_batches: int
     score_rows, rho_rows = [], []
     from lrvd.adapter_io import has_adapter, read_adapter
 
-    candidates = [t for t in trials if t.method in METHODS and has_adapter(t.path / "adapter")]
+    candidates = [t for t in trials if method_capability(t.method, "svd_triplets") and has_adapter(t.path / "adapter")]
     if not candidates:
-        raise SkipAnalysis("no adalora / adalora-ivon trial with a saved adapter")
+        raise SkipAnalysis("no trial of a method with svd_triplets (adalora, adalora-ivon) with a saved adapter")
     missing_sigma = missing_sens = 0
     for t in candidates:
         adapter = t.path / "adapter"
