@@ -19,7 +19,7 @@ unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` inst
     log_alpha.csv     methods with the ``per_rank_log_alpha`` capability (BayesLoRA): step, module,
                       rank_index, log_alpha
     predictions.npz   probs [N, C] and labels [N] on the evaluation split
-    adapter/          method.save_adapter (safetensors + adapter_config.json)
+    adapter/          method.save_adapter: a peft adapter + the lrvd sidecar (lrvd.adapter_io)
     log.txt           phase timings
     result.json       the row that goes into trials.csv and the leaderboard
 """
