@@ -61,6 +61,7 @@ def test_rank_dynamics_sums_and_seed_statistics(tmp_path):
                 (10, MLP.format(1), 4)]  # a duplicated final record is counted once
         make_trial(tmp_path, "bayeslora", seed, ranks=rows)
     make_trial(tmp_path, "lora", 0, ranks=[(0, Q.format(0), 4), (10, Q.format(0), 4)])
+    make_trial(tmp_path, "adalora", 0, ranks=[(0, Q.format(0), 4), (10, Q.format(0), 4)])
     la = "step,module,rank_index,log_alpha\n" + "".join(f"10,{Q.format(0)},{k},{v}\n" for k, v in enumerate([1, 2, 3, 4, 5]))
     (tmp_path / "trials" / "bayeslora-toy-s0-00000000" / "log_alpha.csv").write_text(la)
     out = tmp_path / "out"
@@ -68,6 +69,7 @@ def test_rank_dynamics_sums_and_seed_statistics(tmp_path):
     names = {f.name for f in files}
     assert {"heatmap_layer_bayeslora_toy.png", "heatmap_type_bayeslora_toy.png", "effective_rank_toy.png"} <= names
     assert "heatmap_layer_lora_toy.png" not in names  # fixed-rank method: curve only
+    assert "heatmap_layer_adalora_toy.png" in names  # adaptive_rank capability, even where the rank stayed put
     assert "log_alpha_bayeslora_toy.png" in names
     import pandas as pd
 

@@ -119,6 +119,7 @@ class LaplaceLoRA(LoRA):
     name = "laplace-lora"
     description = "Laplace-LoRA (post-hoc KFAC Laplace over LoRA weights, laplace-torch)"
     Params = LaplaceLoRAParams
+    posthoc_fit = posterior_params = sampled_predictive = True
 
     def __init__(self, **hyper_params: Any) -> None:
         super().__init__(**hyper_params)

@@ -80,6 +80,7 @@ class LoRATempScaling(LoRA):
     name = "lora-temp-scaling"
     description = "LoRA + temperature scaling (one T fitted by NLL on a held-out training split)"
     Params = LoRATempScalingParams
+    posthoc_fit = True
     needs_validation = True
 
     def __init__(self, **hyper_params) -> None:

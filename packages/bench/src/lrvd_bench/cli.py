@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--only", help="comma-separated subset: rank_dynamics,tau_sweep,gauge,calibration,snr")
     analyze.add_argument("--taus", help="comma-separated tau grid of the tau sweep (inf allowed)")
 
-    from lrvd_bench.cost import add_arguments as add_cost_arguments  # stdlib-only import: --help stays fast
+    from lrvd_bench.cost.cli import add_arguments as add_cost_arguments  # stdlib-only import: --help stays fast
 
     add_cost_arguments(sub.add_parser(
         "cost", help="step time, peak memory, prediction cost of every registered method (interleaved)",
@@ -199,7 +199,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from lrvd_bench.cost import main as cost_main
+    from lrvd_bench.cost.cli import main as cost_main
 
     return cost_main(args)
 

@@ -17,9 +17,10 @@ unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` inst
     train_log.csv     loss every ``log_every`` steps, joined with the method's step logs (and, with
                       ``train.eval_every``, the validation scores of checkpoint selection)
     ranks.csv         long format: step, module, rank (the method's rank_report over training)
-    log_alpha.csv     methods with ``log_alpha_history`` (BayesLoRA): step, module, rank_index, log_alpha
+    log_alpha.csv     methods with the ``per_rank_log_alpha`` capability (BayesLoRA): step, module,
+                      rank_index, log_alpha
     predictions.npz   probs [N, C] and labels [N] on the evaluation split
-    adapter/          method.save_adapter (safetensors + adapter_config.json)
+    adapter/          method.save_adapter: a peft adapter + the lrvd sidecar (lrvd.adapter_io)
     log.txt           phase timings
     result.json       the row that goes into trials.csv and the leaderboard
 """
@@ -267,7 +268,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
         phase("write files")
         write_ranks_csv(fitted.rank_history, trial_dir / "ranks.csv")
         write_train_log_csv(fitted.loss_history, fitted.step_logs, trial_dir / "train_log.csv")
-        if getattr(method, "log_alpha_history", None):  # BayesLoRA: per-rank log α at every rank_report
+        if method.per_rank_log_alpha:  # BayesLoRA: per-rank log α at every rank_report
             write_log_alpha_csv(method.log_alpha_history, trial_dir / "log_alpha.csv")
         if spec.save_predictions:
             np.savez_compressed(trial_dir / "predictions.npz", probs=probs.numpy(), labels=labels.numpy())

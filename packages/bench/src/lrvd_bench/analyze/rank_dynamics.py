@@ -1,8 +1,8 @@
 """Rank dynamics: active rank per layer × step and per module type × step; effective rank over training.
 
 Input: every trial's ``ranks.csv`` (step, module, rank — BayesLoRA: #{k : log α_k < τ}; AdaLoRA and
-AdaLoRA-IVON: the allocated rank). Heatmaps are drawn for methods whose rank is adaptive (the names in
-``ADAPTIVE`` or any method whose rank changes in some trial), averaged over seeds; the effective-rank
+AdaLoRA-IVON: the allocated rank). Heatmaps are drawn for methods whose rank is adaptive (those that
+declare the ``adaptive_rank`` capability, or any method whose rank changes in some trial), averaged over seeds; the effective-rank
 curve (sum over modules) is drawn for every method, mean ± std across seeds.
 
 Outputs (``out/rank_dynamics``): ``rank_by_layer.csv``, ``rank_by_type.csv`` (method, task, seed,
@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lrvd.registry import method_capability
+
 from lrvd_bench.analyze.common import SkipAnalysis, Trial, layer_index, module_type, write_csv
 from lrvd_bench.figures import pyplot, safe, save_figure
 
-ADAPTIVE = ("bayeslora", "adalora", "adalora-ivon")
 TYPE_ORDER = ("q", "k", "v", "o", "mlp", "other")
 
 
@@ -82,7 +83,7 @@ def run(trials: list[Trial], out: Path) -> list[Path]:
     changing = set(ranks.groupby(["method", "task", "seed", "module"])["rank"].nunique().loc[lambda s: s > 1]
                    .index.get_level_values("method"))
     for (method, task), group in by_layer.groupby(["method", "task"]):
-        if method not in ADAPTIVE and method not in changing:
+        if method not in changing and not method_capability(method, "adaptive_rank"):
             continue
         table = group.groupby(["layer", "step"])["rank"].mean().unstack("step").sort_index()
         files.append(_heatmap(table, f"{method} on {task}: active rank per layer", "layer",
