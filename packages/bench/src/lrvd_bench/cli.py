@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--only", help="comma-separated subset: rank_dynamics,tau_sweep,gauge,calibration,snr")
     analyze.add_argument("--taus", help="comma-separated tau grid of the tau sweep (inf allowed)")
 
-    from lrvd_bench.cost import add_arguments as add_cost_arguments  # stdlib-only import: --help stays fast
+    from lrvd_bench.cost.cli import add_arguments as add_cost_arguments  # stdlib-only import: --help stays fast
 
     add_cost_arguments(sub.add_parser(
         "cost", help="step time, peak memory, prediction cost of every registered method (interleaved)",
@@ -199,7 +199,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from lrvd_bench.cost import main as cost_main
+    from lrvd_bench.cost.cli import main as cost_main
 
     return cost_main(args)
 
@@ -219,15 +219,9 @@ def cmd_list_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_list_tasks(args: argparse.Namespace) -> int:
-    try:
-        from lrvd_bench.tasks import get_task, list_tasks
-    except ImportError:
-        from lrvd.registry import Registry
+    from lrvd_bench.tasks import get_task, list_tasks
 
-        registry = Registry("task", "lrvd.tasks")
-        names, describe = registry.names(), (lambda n: _describe_without_import(registry, n))
-    else:
-        names, describe = list(list_tasks()), (lambda n: getattr(get_task(n), "description", ""))
+    names, describe = list(list_tasks()), (lambda n: getattr(get_task(n), "description", ""))
     width = max((len(n) for n in names), default=0)
     for name in names:
         print(f"{name:<{width}}  {describe(name)}")

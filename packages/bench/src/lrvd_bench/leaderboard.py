@@ -60,8 +60,9 @@ COLUMNS: dict[str, str] = {
 
 TRIAL_COLUMNS = [
     "trial_id", "method", "task", "model", "seed", "status", "error", "accuracy", "ece", "nll", "brier", "mcc",
-    "learned", "final_train_loss", "final_train_nll", "uniform_loss", "majority_accuracy", "effective_rank", "trainable_params",
-    "variational_params", "steps", "train_time_s", "time_per_step_s", "posthoc_time_s", "eval_time_s",
+    "learned", "final_train_loss", "final_train_nll", "uniform_loss", "majority_accuracy", "effective_rank",
+    "trainable_params", "variational_params", "steps", "best_step", "train_time_s", "time_per_step_s",
+    "posthoc_time_s", "eval_time_s",
     "peak_memory_mb", "n_train", "n_val", "n_eval", "n_samples", "split_note", "data_source", "device", "device_name", "node", "hostname",
     "gpu_ids", "node_id", "config_hash", "search_point", "rank_per_module", "versions", "wall_time_s",
 ]

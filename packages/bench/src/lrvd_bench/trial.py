@@ -14,12 +14,13 @@ Files written into ``trial_dir`` (``result.json`` last and atomically, so a fold
 unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` instead):
 
     spec.json         the TrialSpec (re-run exactly with ``run_trial(json.load(...), dir)``)
-    train_log.csv     loss every ``log_every`` steps, joined with the method's step logs
+    train_log.csv     loss every ``log_every`` steps, joined with the method's step logs (and, with
+                      ``train.eval_every``, the validation scores of checkpoint selection)
     ranks.csv         long format: step, module, rank (the method's rank_report over training)
     log_alpha.csv     methods with the ``per_rank_log_alpha`` capability (BayesLoRA): step, module,
                       rank_index, log_alpha
     predictions.npz   probs [N, C] and labels [N] on the evaluation split
-    adapter/          method.save_adapter (safetensors + adapter_config.json)
+    adapter/          method.save_adapter: a peft adapter + the lrvd sidecar (lrvd.adapter_io)
     log.txt           phase timings
     result.json       the row that goes into trials.csv and the leaderboard
 """
@@ -252,7 +253,8 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
         model = method.attach(backbone.model, adapter_spec, plan)
         counts = method.parameter_counts(model)
         phase("fit")
-        fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress)
+        fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress,
+                     val_loader=data.val_loader)
         phase("after_training")
         posthoc_start = time.perf_counter()
         method.after_training(model, data.train_loader, val_loader=data.val_loader)
@@ -291,6 +293,8 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
             "trainable_params": int(counts.get("trainable", 0)),
             "variational_params": int(counts.get("variational", 0)),
             "steps": fitted.steps,
+            "best_step": fitted.best_step,  # checkpoint selection (train.eval_every > 0); else empty
+            **{f"checkpoint_{k}": v for k, v in fitted.best_scores.items()},
             "train_time_s": fitted.wall_time_s,
             "time_per_step_s": fitted.time_per_step_s,
             "posthoc_time_s": posthoc_time,

@@ -7,10 +7,10 @@ rank_dynamics  trials/*/ranks.csv                     rank per layer / module ty
                                                       effective rank mean ± std over seeds
 tau_sweep      spec.json + adapter/ (BayesLoRA),      accuracy / ECE / effective rank per τ of the
                rebuilds backbone and eval loader      pruned mean model (no retraining)
-gauge          adapter/adapter.safetensors (LRVD)     energy curves SVD vs log-α vs random order, AUC
+gauge          adapter/ (LRVD A_mu, B_mu, log σ²)     energy curves SVD vs log-α vs random order, AUC
 calibration    trials/*/predictions.npz               reliability diagrams, confidence histograms,
                                                       ECE with bootstrap CI
-snr            adapter/ (+ method_state) of adalora,  Spearman ρ of SNR vs |μ| (vs sensitivity when
+snr            adapter/ (μ, IVON σ) of adalora,       Spearman ρ of SNR vs |μ| (vs sensitivity when
                adalora-ivon                           saved) per module
 ============== ====================================== ==============================================
 

@@ -93,12 +93,13 @@ def rebuild(trial_dir: Path, *, with_data: bool = False):
 
 
 def _is_lrvd_adapter(trial: Trial) -> bool:
-    config = trial.path / "adapter" / "adapter_config.json"
-    if not (config.exists() and (trial.path / "spec.json").exists()):
+    from lrvd.adapter_io import has_adapter, read_meta
+
+    if not (has_adapter(trial.path / "adapter") and (trial.path / "spec.json").exists()):
         return False
     try:
-        return "ranks" in json.loads(config.read_text()) and trial.ok
-    except ValueError:
+        return "ranks" in read_meta(trial.path / "adapter").get("extra", {}) and trial.ok
+    except ValueError:  # LRVDError is a ValueError; so is bad JSON
         return False
 
 
@@ -107,7 +108,7 @@ def run(trials: list[Trial], out: Path, taus=TAU_GRID, device: str = "cpu") -> t
 
     candidates = [t for t in trials if _is_lrvd_adapter(t)]
     if not candidates:
-        raise SkipAnalysis("no finished BayesLoRA trial with spec.json and adapter/ (ranks in adapter_config.json)")
+        raise SkipAnalysis("no finished BayesLoRA trial with spec.json and adapter/ (ranks in its sidecar)")
     rows, notes = [], []
     for t in candidates:
         try:
