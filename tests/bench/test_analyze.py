@@ -304,3 +304,9 @@ def test_cli_analyze(tmp_path, capsys):
     assert (tmp_path / "a" / "calibration" / "reliability_toy.png").exists()
     assert main(["analyze", str(tmp_path / "nope")]) == 2
     assert main(["analyze", str(tmp_path), "--taus", "x"]) == 2
+    capsys.readouterr()
+    assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "b"), "--only", "calibration,gauges"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("bench: error: unknown analysis 'gauges'; valid choices: calibration, gauge, rank_dynamics, "
+                   "snr, tau_sweep\n")
+    assert not (tmp_path / "b").exists()  # refused before any analysis ran

@@ -87,6 +87,7 @@ class TrainResult:
     wall_time_s: float = 0.0
     time_per_step_s: float = 0.0
     final_loss: float = math.nan
+    final_nll: float = math.nan  # the NLL part of the loss (without KL terms), smoothed like final_loss
     loss_history: list[dict[str, float]] = field(default_factory=list)
     rank_history: list[dict[str, Any]] = field(default_factory=list)
     step_logs: list[dict[str, float]] = field(default_factory=list)
@@ -208,7 +209,7 @@ def fit(
     bar = _progress(range(plan.total_steps), plan.total_steps, f"train {method.name}", progress)
     _synchronize(device)
     start = time.perf_counter()
-    running = 0.0
+    running = running_nll = 0.0
     best = BestCheckpoint(cfg.checkpoint_metric) if cfg.eval_every else None
     for step in bar:
         micro = [next(batches) for _ in range(cfg.grad_accum)]
@@ -217,6 +218,8 @@ def fit(
                          scheduler=scheduler, scaler=scaler)
         loss_value, logs, step_logs = out.loss, out.logs, out.step_logs
         running = loss_value if step == 0 else 0.9 * running + 0.1 * loss_value
+        nll = float(logs.get("nll", loss_value))
+        running_nll = nll if step == 0 else 0.9 * running_nll + 0.1 * nll
         scores = {}
         if best is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == plan.total_steps):
             scores = _score_checkpoint(method, model, val_loader, device, step + 1, result)
@@ -240,6 +243,7 @@ def fit(
         result.best_step, result.best_scores = best.step, best.scores
     result.time_per_step_s = result.wall_time_s / max(1, plan.total_steps)
     result.final_loss = running
+    result.final_nll = running_nll
     return result
 
 

@@ -11,7 +11,7 @@ contain the point), with the bootstrap mean beside it (``boot_mean`` − ``ece``
 Outputs (``out/calibration``): ``ece_bootstrap.csv`` (method, task, seed, n, ece, ci_low, ci_high,
 rows with seed "pooled" pool all seeds of a method), ``reliability_bins.csv`` (pooled per method and
 task: bin, lo, hi, count, confidence, accuracy), ``reliability_<task>.png`` (a reliability diagram
-and a confidence histogram per method).
+over a strip of per-bin counts per method, at most 3 per row).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lrvd_bench.analyze.common import SkipAnalysis, Trial, write_csv
-from lrvd_bench.figures import pyplot, safe, save_figure
+from lrvd_bench.figures import reliability_grid, safe, save_figure
 
 N_BINS = 15
 N_BOOT = 1000
@@ -97,31 +97,13 @@ def run(trials: list[Trial], out: Path, n_boot: int = N_BOOT, seed: int = 0) -> 
                               "accuracy": b["accuracy"][i]})
     files = [write_csv(pd.DataFrame(rows), out / "ece_bootstrap.csv"),
              write_csv(pd.DataFrame(bins_rows), out / "reliability_bins.csv")]
-    plt = pyplot()
     ece_rows = {(r["task"], r["method"]): r for r in rows if r["seed"] == "pooled"}
     for task in sorted({t for t, _ in pooled}):
         methods = sorted(m for t, m in pooled if t == task)
-        fig, axes = plt.subplots(2, len(methods), figsize=(2.8 * len(methods), 5.2), squeeze=False,
-                                 gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-        for j, method in enumerate(methods):
-            probs, labels = pooled[(task, method)]
-            b = reliability_bins(probs, labels)
-            centers = (np.arange(N_BINS) + 0.5) / N_BINS
-            nonempty = b["count"] > 0
-            ax = axes[0, j]
-            ax.bar(centers[nonempty], b["accuracy"][nonempty], width=1 / N_BINS, edgecolor="k", alpha=0.7,
-                   label="accuracy")
-            ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-            r = ece_rows[(task, method)]
-            ax.set_title(f"{method}\nECE {r['ece']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", fontsize=8)
-            ax.set_ylim(0, 1)
-            if j == 0:
-                ax.set_ylabel("accuracy")
-            conf = np.asarray(probs).max(-1)
-            axes[1, j].hist(conf, bins=np.linspace(0, 1, N_BINS + 1), color="gray")
-            axes[1, j].set_xlabel("confidence")
-            if j == 0:
-                axes[1, j].set_ylabel("count")
-        fig.suptitle(f"{task}: reliability (all seeds pooled, 95% bootstrap CI)", fontsize=9)
+        titles = {m: f"{m}\nECE {r['ece']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}], n={r['n']}"
+                  for m in methods for r in [ece_rows[(task, m)]]}
+        fig = reliability_grid({m: pooled[(task, m)] for m in methods}, titles,
+                               f"{task}: reliability (all seeds pooled, 95% bootstrap CI; strip: examples per bin)",
+                               N_BINS)
         files.append(save_figure(fig, out / f"reliability_{safe(task)}.png"))
     return files
