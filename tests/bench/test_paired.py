@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from lrvd.metrics import expected_calibration_error
 
+from lrvd.errors import LRVDError
+from lrvd.metrics import expected_calibration_error
 from lrvd_bench import cli
 from lrvd_bench.config import load_config
-from lrvd.errors import LRVDError
 from lrvd_bench.leaderboard import gather_rows, to_markdown, write_leaderboard
 from lrvd_bench.paired import paired_deltas, resample_questions, score_trial
 from lrvd_bench.plots import make_figures
@@ -35,7 +35,8 @@ def test_paired_bootstrap_matches_a_hand_computed_case():
     assert ref.point["ece"] == pytest.approx(0.4125) and own.point["ece"] == pytest.approx(0.3)
     assert (ref.resampled["ece"][1], own.resampled["ece"][1]) == pytest.approx((0.65, 0.25))
     for probs, scores in ((REF, ref), (METHOD, own)):  # every resample as the leaderboard's ECE would score it
-        expected = [expected_calibration_error(torch.tensor(probs[row]), torch.tensor(LABELS[row])) for row in RESAMPLES]
+        expected = [expected_calibration_error(torch.tensor(probs[row]), torch.tensor(LABELS[row]))
+                    for row in RESAMPLES]
         np.testing.assert_allclose(scores.resampled["ece"], expected, rtol=0, atol=1e-12)
     nll_ref = -np.log([0.9, 0.35, 0.75, 0.35])
     nll_own = -np.log([0.85, 0.75, 0.85, 0.35])

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from lrvd.protocol import AdapterSpec, TrainConfig
-
 from lrvd_bench.errors import BenchError, LRVDError, unknown_choice
 from lrvd_bench.leaderboard import DEFAULT_REFERENCE
 
@@ -120,8 +119,9 @@ class ExperimentConfig:
                           "peak memory stays per trial, but on CPU a worker's first trial also carries one-time "
                           "lazy initialisation (~25 MiB on MiniLM)"})
     reference: str = field(
-        default=DEFAULT_REFERENCE, metadata={"help": "method the leaderboard's paired differences (delta_* columns with "
-                                          "paired-bootstrap intervals) compare every other method with", "flag": str})
+        default=DEFAULT_REFERENCE,
+        metadata={"help": "method the leaderboard's paired differences (delta_* columns with paired-bootstrap "
+                          "intervals) compare every other method with", "flag": str})
     save_adapter: bool = field(default=True, metadata={"help": "save each trial's adapter (safetensors)"})
     save_predictions: bool = field(default=True, metadata={"help": "save each trial's eval probabilities (npz)"})
 

@@ -75,9 +75,9 @@ TRIAL_COLUMNS = [
     "trial_id", "method", "task", "model", "seed", "status", "error", "accuracy", "ece", "nll", "brier", "mcc",
     "learned", "final_train_loss", "final_train_nll", "uniform_loss", "majority_accuracy", "effective_rank",
     "trainable_params", "variational_params", "steps", "best_step", "train_time_s", "time_per_step_s",
-    "posthoc_time_s", "eval_time_s",
-    "peak_memory_mb", "n_train", "n_val", "n_eval", "n_samples", "split_note", "data_source", "device", "device_name", "node", "hostname",
-    "gpu_ids", "node_id", "config_hash", "search_point", "rank_per_module", "versions", "wall_time_s",
+    "posthoc_time_s", "eval_time_s", "peak_memory_mb", "n_train", "n_val", "n_eval", "n_samples", "split_note",
+    "data_source", "device", "device_name", "node", "hostname", "gpu_ids", "node_id", "config_hash", "search_point",
+    "rank_per_module", "versions", "wall_time_s",
 ]
 """Columns of ``trials.csv`` in order (one row per trial; dict-valued fields as JSON strings)."""
 
@@ -191,7 +191,7 @@ def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
     """
     import numpy as np
 
-    from lrvd_bench.paired import PAIRED_METRICS, N_RESAMPLES, paired_deltas, resample_questions, score_trial
+    from lrvd_bench.paired import N_RESAMPLES, PAIRED_METRICS, paired_deltas, resample_questions, score_trial
 
     board["reference"] = reference
     for metric in PAIRED_METRICS:

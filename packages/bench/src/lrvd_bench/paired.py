@@ -59,8 +59,8 @@ class TrialScores:
 def score_trial(probs: Any, labels: Any, resamples: np.ndarray, n_bins: int = N_BINS) -> TrialScores:
     """Every paired metric of one trial on all questions and on each row of ``resamples``."""
     import torch
-    from lrvd.metrics import (calibration_gaps, ece_from_gaps, per_example_brier, per_example_correct,
-                              per_example_nll)
+
+    from lrvd.metrics import calibration_gaps, ece_from_gaps, per_example_brier, per_example_correct, per_example_nll
 
     probs_t = torch.as_tensor(np.asarray(probs, dtype=np.float64))
     labels_t = torch.as_tensor(np.asarray(labels).astype(np.int64))
