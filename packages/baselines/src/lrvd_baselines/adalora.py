@@ -157,6 +157,7 @@ class AdaLoRA(PeftMethod):
     name = "adalora"
     description = "AdaLoRA (SVD adapters, sensitivity-based rank budget allocation)"
     Params = AdaLoRAParams
+    adaptive_rank = svd_triplets = True
 
     def schedule(self, spec: AdapterSpec, plan: TrainPlan) -> dict[str, int]:
         """Steps ``tinit``, ``tfinal``, ``deltaT`` of ``plan.total_steps``; an LRVDError if no budgeting phase."""
