@@ -14,8 +14,8 @@ import math
 
 import pytest
 import torch
-from conftest import TinyBertClassifier, make_toy_loader
 
+from conftest import TinyBertClassifier, make_toy_loader
 from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method
 from lrvd.training import fit, seed_everything
 from lrvd_baselines.adalora import keep_top_budget

@@ -186,10 +186,12 @@ class AdaLoRAIVON(AdaLoRA):
     name = "adalora-ivon"
     description = "AdaLoRA with IVON: rank allocation by posterior SNR (Chen & Garner 2024)"
     Params = AdaLoRAIVONParams
-    sampled_predictive = posterior_params = True  # adaptive_rank, svd_triplets: from AdaLoRA
+    posterior_params = True  # adaptive_rank, svd_triplets: from AdaLoRA
+    sampled_predictive = False  # the default predictive (``mean``); an instance with mc-logits / bma sets True
 
     def __init__(self, **hyper_params: Any) -> None:
         super().__init__(**hyper_params)
+        self.sampled_predictive = self.params.predictive != "mean"
         self.optimizer: torch.optim.Optimizer | None = None
         self._loaded_std: dict[str, torch.Tensor] = {}
 
