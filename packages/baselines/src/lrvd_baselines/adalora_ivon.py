@@ -25,6 +25,10 @@ Prediction (``predictive``):
   posterior draws, noise on every IVON-trained weight including masked triplets, then softmax;
 - ``bma``: Bayesian model average of ``n_samples`` softmaxes with masked triplets noise-free,
   so pruned ranks stay pruned in every sample (the BLoB/IVON papers' probability averaging).
+
+The shared loop draws one posterior sample per optimizer step (IVON's ``mc_samples = 1``, as
+vilora); its gradient clipping does not reach IVON, which reads the gradients when
+``sampled_params`` exits (vilora clips none either).
 """
 
 from __future__ import annotations
