@@ -221,8 +221,8 @@ def test_ivon_criteria_match_hand_formula(criterion):
             for i in range(p.numel()):
                 mu = float(p.flatten()[i])
                 sigma = 1 / math.sqrt(group["ess"] * (float(group["hess"][offset + i]) + group["weight_decay"]))
-                expected = {"snr-abs": lambda: _folded_snr(mu, sigma), "snr": lambda: abs(mu) / sigma,
-                            "mean": lambda: abs(mu), "inv-sigma": lambda: 1 / sigma}[criterion]()
+                expected = {"snr-abs": _folded_snr(mu, sigma), "snr": abs(mu) / sigma, "mean": abs(mu),
+                            "inv-sigma": 1 / sigma}[criterion]
                 assert float(score[i]) == pytest.approx(expected, rel=1e-4)
             offset += p.numel()
 

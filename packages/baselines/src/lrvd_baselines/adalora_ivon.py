@@ -19,7 +19,7 @@ averages their softmaxes (the BLoB/IVON protocol, M = 10). Masked triplets get n
 so pruned ranks stay pruned in every sample. The posterior scales are saved with the adapter.
 
 Defaults: IVON's own (β1 = 0.9, β2 = 0.99999, δ = 1e-4, hess_init as below), ``ess = n_train``
-(libs.md: ``ess`` must be the real training-set size). The shared loop draws one posterior sample
+(``ess`` must be the real training-set size, or σ dwarfs the LoRA weights and the SNR is ≈ constant). The shared loop draws one posterior sample
 per optimizer step (IVON's ``mc_samples = 1``); gradient clipping does not reach IVON, which reads
 the gradients when ``sampled_params`` exits.
 """

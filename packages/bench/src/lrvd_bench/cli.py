@@ -219,15 +219,9 @@ def cmd_list_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_list_tasks(args: argparse.Namespace) -> int:
-    try:
-        from lrvd_bench.tasks import get_task, list_tasks
-    except ImportError:
-        from lrvd.registry import Registry
+    from lrvd_bench.tasks import get_task, list_tasks
 
-        registry = Registry("task", "lrvd.tasks")
-        names, describe = registry.names(), (lambda n: _describe_without_import(registry, n))
-    else:
-        names, describe = list(list_tasks()), (lambda n: getattr(get_task(n), "description", ""))
+    names, describe = list(list_tasks()), (lambda n: getattr(get_task(n), "description", ""))
     width = max((len(n) for n in names), default=0)
     for name in names:
         print(f"{name:<{width}}  {describe(name)}")

@@ -164,6 +164,9 @@ class ExperimentConfig:
         if not 0.0 <= self.validation_fraction < 1.0:
             raise BenchError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.validation_fraction == 0.0:
+            if self.train.eval_every:
+                raise BenchError(f"train.eval_every={self.train.eval_every} selects checkpoints on the validation "
+                                 "split; set validation_fraction > 0 (got 0) or eval_every to 0")
             self._check_no_method_needs_validation()
         if self.num_samples < 1:
             raise BenchError(f"num_samples must be >= 1, got {self.num_samples}")
@@ -306,12 +309,8 @@ def available_methods() -> list[str]:
 
 
 def available_tasks() -> list[str]:
-    try:
-        from lrvd_bench.tasks import list_tasks
-    except ImportError:
-        from lrvd.registry import Registry
+    from lrvd_bench.tasks import list_tasks
 
-        return Registry("task", "lrvd.tasks").names()
     return list(list_tasks())
 
 

@@ -34,7 +34,7 @@ COLUMNS: dict[str, str] = {
     "search_point": "search-space values of this row (JSON; empty without a search space)",
     "n_seeds": "successful seeds aggregated in this row",
     "n_failed": "seeds that crashed (see trials.csv for the error)",
-    "n_learned": "seeds whose final training loss fell below 0.985 × ln(#choices) and that beat the majority class",
+    "n_learned": "seeds whose final training NLL (without KL terms) fell below 0.985 × ln(#choices) and whose accuracy beat the majority class by 2 binomial standard errors",
     "accuracy_mean": "top-1 accuracy on the evaluation split (mean over seeds)",
     "accuracy_std": "standard deviation over seeds (ddof=1)",
     "accuracy_se_eval": "binomial standard error of accuracy_mean from the evaluation-set size: √(p(1−p)/n_eval)",
@@ -60,8 +60,9 @@ COLUMNS: dict[str, str] = {
 
 TRIAL_COLUMNS = [
     "trial_id", "method", "task", "model", "seed", "status", "error", "accuracy", "ece", "nll", "brier", "mcc",
-    "learned", "final_train_loss", "uniform_loss", "majority_accuracy", "effective_rank", "trainable_params",
-    "variational_params", "steps", "train_time_s", "time_per_step_s", "posthoc_time_s", "eval_time_s",
+    "learned", "final_train_loss", "final_train_nll", "uniform_loss", "majority_accuracy", "effective_rank",
+    "trainable_params", "variational_params", "steps", "best_step", "train_time_s", "time_per_step_s",
+    "posthoc_time_s", "eval_time_s",
     "peak_memory_mb", "n_train", "n_val", "n_eval", "n_samples", "split_note", "data_source", "device", "device_name", "node", "hostname",
     "gpu_ids", "node_id", "config_hash", "search_point", "rank_per_module", "versions", "wall_time_s",
 ]
@@ -196,8 +197,9 @@ def to_markdown(board) -> str:
         cells.append(seeds)
         cells += [_pm(row[f"{m}_mean"], row[f"{m}_std"], d) for m, _, d in MARKDOWN_COLUMNS]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    notes = ["", "Mean ± std over seeds (ddof=1). † = seeds whose training loss stayed near ln(#choices) "
-             "or that did not beat the majority class (not learned). ECE: 15 bins, 0-1 scale."]
+    notes = ["", "Mean ± std over seeds (ddof=1). † = seeds that did not learn: final training NLL (the KL "
+             "terms of BayesLoRA and BLoB left out) ≥ 0.985 × ln(#choices), or accuracy not above the majority "
+             "class m by 2 standard errors, m + 2·√(m(1−m)/n_eval). ECE: 15 bins, 0-1 scale."]
     notes += [f"Rows per stage, {task}: {n_train} training / {n_val} validation / {n_eval} evaluation."
               for task, n_train, n_val, n_eval in _stage_sizes(board)]
     return "\n".join(lines + notes) + "\n"

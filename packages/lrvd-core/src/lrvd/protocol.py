@@ -92,10 +92,20 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed for init, data order and sampling"})
     log_every: int = field(default=10, metadata={"help": "steps between loss log records"})
     rank_log_interval: int = field(default=20, metadata={"help": "steps between rank snapshots"})
+    eval_every: int = field(
+        default=0, metadata={"help": "checkpoint selection: steps between scorings on the validation split; the "
+                                     "best checkpoint is restored after training (0: off, keep the last state)"})
+    checkpoint_metric: str = field(
+        default="val_accuracy", metadata={"help": "val_accuracy | val_nll: what picks the checkpoint (ties: the "
+                                                  "other one, then the earlier step)"})
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in {"auto", "bf16", "fp16", "no"}:
             raise unknown_choice("mixed_precision", self.mixed_precision, ["auto", "bf16", "fp16", "no"])
+        if self.checkpoint_metric not in ("val_accuracy", "val_nll"):
+            raise unknown_choice("checkpoint_metric", self.checkpoint_metric, ["val_accuracy", "val_nll"])
+        if self.eval_every < 0:
+            raise LRVDError(f"eval_every must be >= 0 (0: no checkpoint selection), got {self.eval_every}")
         if self.grad_accum < 1 or self.batch_size < 1:
             raise LRVDError("batch_size and grad_accum must be >= 1")
 

@@ -17,8 +17,8 @@ Triplet score as peft's RankAllocator combines element scores:
   is the sensitivity AdaLoRA would see at the end of training, not the EMA along the trajectory
   that drove its masking. If the rebuild fails the correlation is reported as missing (one note).
 
-Per module (≥ 3 triplets) the Spearman rank correlation (ties averaged) of SNR vs |μ| (and SNR vs
-sensitivity when available). Outputs (``out/snr``): ``snr_scores.csv`` (per triplet),
+Per module (≥ 3 triplets) the Spearman rank correlation (:func:`scipy.stats.spearmanr`, ties
+averaged) of SNR vs |μ| (and SNR vs sensitivity when available). Outputs (``out/snr``): ``snr_scores.csv`` (per triplet),
 ``snr_spearman.csv`` (per module and seed), ``snr_spearman.png`` (histogram of ρ per method).
 """
 
@@ -37,33 +37,20 @@ STD_PREFIX = "ivon_std."
 SENSITIVITY_FILE = "sensitivity.safetensors"
 
 
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (scipy.stats.rankdata's ``average``)."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x), dtype=np.float64)
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return ranks
-
-
 def spearman(x, y) -> float:
-    """Spearman ρ = Pearson correlation of the tie-averaged ranks; NaN if fewer than 2 points or a constant."""
+    """Spearman ρ (ties averaged), :func:`scipy.stats.spearmanr`; NaN if fewer than 2 points or a constant."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) != len(y):
         raise ValueError(f"spearman needs equal lengths, got {len(x)} and {len(y)}")
     if len(x) < 2:
         return float("nan")
-    rx, ry = rankdata(x), rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx**2).sum() * (ry**2).sum())
-    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+    with warnings.catch_warnings():  # a constant input gives NaN (and scipy's ConstantInputWarning)
+        warnings.simplefilter("ignore")
+        return float(spearmanr(x, y).statistic)
 
 
 def triplet_scores(E, A, B) -> np.ndarray:
@@ -126,7 +113,7 @@ def module_correlations(mu: dict, sigma: dict | None, sensitivity: dict | None, 
 
     rows = []
     for prefix, names in sorted(_modules(mu).items()):
-        def score(fn) -> np.ndarray:
+        def score(fn, names=names) -> np.ndarray:
             return triplet_scores(*(fn(names[f]) for f in ("E", "A", "B")))
 
         magnitude = score(lambda n: np.abs(np.asarray(mu[n], dtype=np.float64)))
