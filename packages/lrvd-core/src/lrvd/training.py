@@ -270,9 +270,20 @@ def predict(
     n_samples: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior-predictive probabilities ``[N, n_classes]`` and labels ``[N]`` over ``loader``."""
+    """Posterior-predictive probabilities ``[N, n_classes]`` and labels ``[N]`` over ``loader``.
+
+    ``seed``: torch's RNG (CPU and ``device``) is seeded with it for this pass and restored after, so
+    every sampled predictive (BayesLoRA, BLoB, MC dropout, IVON, Laplace nn) draws the same samples
+    whenever the same model predicts the same data: a reloaded adapter reproduces the trial's
+    predictions exactly on CPU. The bench passes the trial seed.
+    """
     device = resolve_device(device) if not isinstance(device, torch.device) else device
+    if seed is not None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return predict(method, model, loader, n_samples=n_samples, device=device, progress=progress)
     model.to(device)
     model.eval()
     probs, labels = [], []
