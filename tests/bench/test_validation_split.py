@@ -1,4 +1,5 @@
-"""The sweep's one validation split: the same rows for every method and seed, disjoint from evaluation.
+"""The sweep's one validation split: the same rows for every method and seed, disjoint from evaluation,
+also the split checkpoint selection scores on.
 
 Real trials (``run_trial``) of two methods × two seeds on a tiny BERT saved to disk: the loaders each
 trial built are captured, and ``after_training`` records the validation loader it was handed.
@@ -9,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lrvd.protocol import MethodBase
-from lrvd_baselines.lora_temp_scaling import LoRATempScaling
 
 import lrvd_bench.loaders as loaders
+from lrvd.protocol import MethodBase
+from lrvd_baselines.lora_temp_scaling import LoRATempScaling
 from lrvd_bench.backbones import load_backbone
 from lrvd_bench.config import load_config
 from lrvd_bench.errors import BenchError
@@ -64,13 +65,15 @@ def test_every_method_and_seed_trains_and_validates_on_the_same_rows(tiny_mc_mod
     cfg = load_config(None, {
         "methods": "lora,lora-temp-scaling", "tasks": "arc-c", "seeds": [0, 1], "model": str(tiny_mc_model),
         "limit_train": 20, "limit_eval": 10, "validation_fraction": 0.25, "split_seed": 3, "max_length": 24,
-        "device": "cpu", "train": {"max_steps": 1, "batch_size": 4}, "save_adapter": False,
+        "device": "cpu", "train": {"max_steps": 2, "batch_size": 4, "eval_every": 1}, "save_adapter": False,
     })
     specs = cfg.expand()
     assert len(specs) == 4
     rows = [run_trial(spec, tmp_path / spec.trial_id) for spec in specs]
 
     assert [(r["n_train"], r["n_val"], r["n_eval"]) for r in rows] == [(15, 5, 10)] * 4
+    # checkpoint selection scored on the same split: 5 questions, so accuracy is a multiple of 1/5
+    assert all(r["best_step"] in (1, 2) and round(5 * r["checkpoint_val_accuracy"], 9) % 1 == 0 for r in rows)
     assert [handed[i] is built[i].val_loader for i in range(4)] == [True] * 4
     val = [_rows(data.val_loader) for data in built.values()]
     train = [sorted(_rows(data.train_loader)) for data in built.values()]
@@ -100,6 +103,8 @@ def test_validation_fraction_is_validated_and_fixed_for_the_sweep():
     with pytest.raises(BenchError, match="laplace-lora"):
         load_config(None, {"methods": "laplace-lora", "validation_fraction": 0,
                            "method_params": {"laplace-lora": {"prior_tuning": "gridsearch"}}})
+    with pytest.raises(BenchError, match="train.eval_every=5 selects checkpoints on the validation split"):
+        load_config(None, {"methods": "lora", "validation_fraction": 0, "train": {"eval_every": 5}})
     for key in ("validation_fraction", "split_seed"):
         with pytest.raises(BenchError, match=f"unknown search_space key '{key}'"):
             load_config(None, {"methods": "lora", "search_space": {key: {"grid_search": [0.1, 0.2]}}})

@@ -212,3 +212,15 @@ def test_no_weight_decay_on_adapter_means_or_head_biases():
     assert decay[id(head.weight)] == 0.1 and decay[id(head.bias)] == 0.0
     assert lr[id(head.weight)] == lr[id(head.bias)] == 1e-2
     assert len(decay) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_fit_reports_the_nll_part_without_the_kl():
+    """The "not learned" mark reads ``final_nll``: the smoothed NLL, without β · kl_scale · KL."""
+    from lrvd.training import fit
+
+    train = TrainConfig(lr=1e-3, max_steps=3, warmup_ratio=0.0)
+    method, model = attached(total_steps=3, train=train, kl_scale=1e-3)
+    result = fit(method, model, make_toy_loader(), method.plan, device="cpu", progress=False)
+    gap = result.final_loss - result.final_nll
+    assert gap == pytest.approx(1e-3 * method.last_kl, rel=0.2)  # KL barely moves in 3 steps
+    assert result.final_nll < math.log(2) + 0.1

@@ -14,12 +14,13 @@ Files written into ``trial_dir`` (``result.json`` last and atomically, so a fold
 unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` instead):
 
     spec.json         the TrialSpec (re-run exactly with ``run_trial(json.load(...), dir)``)
-    train_log.csv     loss every ``log_every`` steps, joined with the method's step logs
+    train_log.csv     loss every ``log_every`` steps, joined with the method's step logs (and, with
+                      ``train.eval_every``, the validation scores of checkpoint selection)
     ranks.csv         long format: step, module, rank (the method's rank_report over training)
     log_alpha.csv     methods with the ``per_rank_log_alpha`` capability (BayesLoRA): step, module,
                       rank_index, log_alpha
     predictions.npz   probs [N, C] and labels [N] on the evaluation split
-    adapter/          method.save_adapter (safetensors + adapter_config.json)
+    adapter/          method.save_adapter: a peft adapter + the lrvd sidecar (lrvd.adapter_io)
     log.txt           phase timings
     result.json       the row that goes into trials.csv and the leaderboard
 """
@@ -41,10 +42,12 @@ from typing import Any
 
 from lrvd_bench.config import TrialSpec
 
-#: A run "learned" when its final training loss is below this fraction of the uniform-prediction
-#: loss ln(#choices) *and* it beats the majority class on the evaluation split. libs.md: MiniLM
-#: runs sit at ln 4 ≈ 1.386 for ~100 steps and some never leave it (flag final loss ≥ 1.37).
+#: A run "learned" when the NLL part of its final training loss (without BayesLoRA's or BLoB's KL
+#: term) is below this fraction of the uniform-prediction loss ln(#choices) *and* its accuracy beats
+#: the majority class by ``LEARNED_SE_MARGIN`` binomial standard errors √(m(1−m)/n) of a majority-level
+#: classifier on the n evaluation examples. MiniLM runs can sit at ln 4 ≈ 1.386 for ~100 steps.
 LEARNED_LOSS_FRACTION = 0.985
+LEARNED_SE_MARGIN = 2.0
 
 PACKAGES = ("lrvd-core", "lrvd-baselines", "lrvd-bench", "torch", "transformers", "peft", "ray")
 
@@ -139,8 +142,18 @@ def write_train_log_csv(loss_history: list[dict[str, Any]], step_logs: list[dict
     frame.to_csv(path, index=False)
 
 
-def learned_flag(final_loss: float, probs: Any, labels: Any, accuracy: float) -> tuple[bool, float, float]:
-    """(learned, uniform-prediction loss, majority-class accuracy) — see LEARNED_LOSS_FRACTION.
+def evaluated_n_samples(method: Any, n_samples: int | None) -> int | None:
+    """The number of posterior samples the trial's predictive drew: the sweep's ``n_samples`` or, when
+    unset, the method's own default (None for a deterministic method)."""
+    if n_samples is not None:
+        return int(n_samples)
+    default = getattr(method.params, "n_samples", None)
+    return int(default) if default is not None else None
+
+
+def learned_flag(final_nll: float, probs: Any, labels: Any, accuracy: float) -> tuple[bool, float, float]:
+    """(learned, uniform-prediction loss, majority-class accuracy) — see LEARNED_LOSS_FRACTION and
+    LEARNED_SE_MARGIN; ``final_nll`` is the training NLL without KL terms.
 
     The uniform loss uses each example's real number of choices (padded choices get probability 0),
     so ARC questions with 4 of 5 slots used are measured against ln 4, not ln 5.
@@ -150,8 +163,9 @@ def learned_flag(final_loss: float, probs: Any, labels: Any, accuracy: float) ->
     n_valid = (probs > 1e-12).sum(-1).clamp(min=2).double()
     uniform_loss = float(torch.log(n_valid).mean())
     majority = float(torch.bincount(labels).max()) / max(1, len(labels))
-    learned = bool(math.isfinite(final_loss) and final_loss < LEARNED_LOSS_FRACTION * uniform_loss
-                   and accuracy > majority)
+    margin = LEARNED_SE_MARGIN * math.sqrt(majority * (1.0 - majority) / max(1, len(labels)))
+    learned = bool(math.isfinite(final_nll) and final_nll < LEARNED_LOSS_FRACTION * uniform_loss
+                   and accuracy > majority + margin)
     return learned, uniform_loss, majority
 
 
@@ -248,21 +262,23 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
         model = method.attach(backbone.model, adapter_spec, plan)
         counts = method.parameter_counts(model)
         phase("fit")
-        fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress)
+        fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress,
+                     val_loader=data.val_loader)
         phase("after_training")
         posthoc_start = time.perf_counter()
         method.after_training(model, data.train_loader, val_loader=data.val_loader)
         posthoc_time = time.perf_counter() - posthoc_start
         phase("predict")
         eval_start = time.perf_counter()
+        # Seeded from the trial seed: a reloaded adapter reproduces these predictions (lrvd_bench.reload).
         probs, labels = predict(method, model, data.eval_loader, n_samples=spec.n_samples, device=device,
-                                progress=progress)
+                                progress=progress, seed=spec.seed)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         eval_time = time.perf_counter() - eval_start
         metrics = classification_metrics(probs, labels)
         ranks = {k: int(v) for k, v in method.rank_report(model).items()}
-        learned, uniform_loss, majority = learned_flag(fitted.final_loss, probs, labels, metrics["accuracy"])
+        learned, uniform_loss, majority = learned_flag(fitted.final_nll, probs, labels, metrics["accuracy"])
         phase("write files")
         write_ranks_csv(fitted.rank_history, trial_dir / "ranks.csv")
         write_train_log_csv(fitted.loss_history, fitted.step_logs, trial_dir / "train_log.csv")
@@ -271,7 +287,11 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
         if spec.save_predictions:
             np.savez_compressed(trial_dir / "predictions.npz", probs=probs.numpy(), labels=labels.numpy())
         if spec.save_adapter:
+            from lrvd.adapter_io import record_evaluation
+
             method.save_adapter(model, trial_dir / "adapter")
+            record_evaluation(trial_dir / "adapter", n_samples=evaluated_n_samples(method, spec.n_samples),
+                              seed=spec.seed, eval_batch_size=spec.eval_batch_size, device=str(device))
         row = {
             **_identity(spec),
             "status": "ok",
@@ -279,6 +299,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
             **metrics,
             "learned": learned,
             "final_train_loss": fitted.final_loss,
+            "final_train_nll": fitted.final_nll,
             "uniform_loss": uniform_loss,
             "majority_accuracy": majority,
             "effective_rank": sum(ranks.values()) if ranks else None,
@@ -286,6 +307,8 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
             "trainable_params": int(counts.get("trainable", 0)),
             "variational_params": int(counts.get("variational", 0)),
             "steps": fitted.steps,
+            "best_step": fitted.best_step,  # checkpoint selection (train.eval_every > 0); else empty
+            **{f"checkpoint_{k}": v for k, v in fitted.best_scores.items()},
             "train_time_s": fitted.wall_time_s,
             "time_per_step_s": fitted.time_per_step_s,
             "posthoc_time_s": posthoc_time,

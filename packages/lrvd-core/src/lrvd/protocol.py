@@ -92,10 +92,20 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed for init, data order and sampling"})
     log_every: int = field(default=10, metadata={"help": "steps between loss log records"})
     rank_log_interval: int = field(default=20, metadata={"help": "steps between rank snapshots"})
+    eval_every: int = field(
+        default=0, metadata={"help": "checkpoint selection: steps between scorings on the validation split; the "
+                                     "best checkpoint is restored after training (0: off, keep the last state)"})
+    checkpoint_metric: str = field(
+        default="val_accuracy", metadata={"help": "val_accuracy | val_nll: what picks the checkpoint (ties: the "
+                                                  "other one, then the earlier step)"})
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in {"auto", "bf16", "fp16", "no"}:
             raise unknown_choice("mixed_precision", self.mixed_precision, ["auto", "bf16", "fp16", "no"])
+        if self.checkpoint_metric not in ("val_accuracy", "val_nll"):
+            raise unknown_choice("checkpoint_metric", self.checkpoint_metric, ["val_accuracy", "val_nll"])
+        if self.eval_every < 0:
+            raise LRVDError(f"eval_every must be >= 0 (0: no checkpoint selection), got {self.eval_every}")
         if self.grad_accum < 1 or self.batch_size < 1:
             raise LRVDError("batch_size and grad_accum must be >= 1")
 
@@ -310,33 +320,58 @@ class MethodBase:
         return {"trainable": count_parameters(model), "variational": 0}
 
     # -- persistence ---------------------------------------------------------------------------
+    # A saved adapter is a peft adapter wherever peft has the format, plus a sidecar with what peft
+    # lacks (see lrvd.adapter_io). A method describes its peft form in ``peft_export`` and its state
+    # beyond the trainable tensors in ``extra_state``; save and load are the same for every method.
     def adapter_state_dict(self, model: ClassifierModel) -> dict[str, torch.Tensor]:
-        """Every trainable tensor plus buffers a method marks as adapter state (override to extend)."""
+        """Every trainable tensor, by its ``model.state_dict()`` name (the method's native state)."""
         names = {id(p) for p in model.parameters() if p.requires_grad}
         return {k: v.detach().cpu().contiguous() for k, v in model.named_parameters() if id(v) in names}
 
-    def save_adapter(self, model: ClassifierModel, path: str | Path) -> None:
-        """safetensors weights + a JSON config (no pickle)."""
-        from safetensors.torch import save_file
+    def extra_state(self, model: ClassifierModel) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Method state beyond the trainable tensors: (tensors, JSON-able config) for the sidecar."""
+        return {}, {}
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file(self.adapter_state_dict(model), str(path / "adapter.safetensors"))
-        config = {"method": self.name, "params": _jsonable(dataclasses.asdict(self.params))}
+    def load_extra_state(self, model: ClassifierModel, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+        return None
+
+    def peft_export(self, model: ClassifierModel) -> Any:
+        """The adapter in peft's format (:class:`lrvd.adapter_io.PeftExport`); None: peft has none,
+        and the whole native state goes to the sidecar."""
+        return None
+
+    def adapter_meta(self, model: ClassifierModel) -> dict[str, Any]:
+        from importlib import metadata
+
+        meta: dict[str, Any] = {"method": self.name, "params": _jsonable(dataclasses.asdict(self.params))}
         if self.spec is not None:
-            config["spec"] = dataclasses.asdict(self.spec)
-        (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+            meta["spec"] = dataclasses.asdict(self.spec)
+        try:
+            meta["lrvd_version"] = metadata.version("lrvd-core")
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            pass
+        return meta
+
+    def save_adapter(self, model: ClassifierModel, path: str | Path) -> None:
+        """peft adapter files + the ``lrvd_adapter.json`` / ``lrvd_posterior.safetensors`` sidecar (no pickle)."""
+        from lrvd.adapter_io import write_adapter
+
+        tensors, config = self.extra_state(model)
+        write_adapter(path, self.adapter_state_dict(model), {**self.adapter_meta(model), "extra": config},
+                      export=self.peft_export(model), extra_tensors=tensors)
 
     def load_adapter(self, model: ClassifierModel, path: str | Path) -> None:
-        from safetensors.torch import load_file
+        """Load a saved adapter into ``model`` (freshly attached by this method with the same spec)."""
+        from lrvd.adapter_io import read_adapter
 
-        file = Path(path) / "adapter.safetensors"
-        if not file.exists():
-            raise LRVDError(f"no adapter at {file}")
-        state = load_file(str(file))
-        missing = model.load_state_dict(state, strict=False)
+        meta, native, extra = read_adapter(path)
+        if meta.get("method") not in (None, self.name):
+            raise LRVDError(f"adapter at {path} was saved by method {meta.get('method')!r}, not {self.name!r}")
+        missing = model.load_state_dict(native, strict=False)
         if missing.unexpected_keys:
             raise LRVDError(f"adapter at {path} does not fit this model: {missing.unexpected_keys[:3]}")
+        device = next(model.parameters()).device
+        self.load_extra_state(model, {k: v.to(device) for k, v in extra.items()}, meta.get("extra", {}))
 
 
 def _jsonable(obj: Any) -> Any:

@@ -15,7 +15,6 @@ or register in-process with ``@METHODS.register("my-method")``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, Generic, TypeVar
@@ -104,12 +103,6 @@ class Registry(Generic[T]):
         obj: Any = self.get(name)
         desc = getattr(obj, "description", None) or (obj.__doc__ or "").strip().splitlines()[0:1]
         return desc if isinstance(desc, str) else (desc[0] if desc else "")
-
-
-def load_object(spec: str) -> Any:
-    """Import ``"package.module:Attr"``."""
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def check_method_class(name: str, obj: Any) -> None:

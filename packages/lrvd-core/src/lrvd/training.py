@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from lrvd.checkpoint import BestCheckpoint
 from lrvd.classifier import ClassifierModel
 from lrvd.errors import LRVDError
+from lrvd.metrics import classification_metrics
 from lrvd.protocol import AdapterMethod, TrainConfig, TrainPlan
 
 
@@ -86,9 +87,16 @@ class TrainResult:
     wall_time_s: float = 0.0
     time_per_step_s: float = 0.0
     final_loss: float = math.nan
+    final_nll: float = math.nan  # the NLL part of the loss (without KL terms), smoothed like final_loss
     loss_history: list[dict[str, float]] = field(default_factory=list)
     rank_history: list[dict[str, Any]] = field(default_factory=list)
     step_logs: list[dict[str, float]] = field(default_factory=list)
+    #: checkpoint selection (``train.eval_every`` > 0): validation scores at every scoring, the step
+    #: whose state was restored and its scores, and the time spent scoring (not in ``wall_time_s``)
+    val_history: list[dict[str, float]] = field(default_factory=list)
+    best_step: int | None = None
+    best_scores: dict[str, float] = field(default_factory=dict)
+    val_time_s: float = 0.0
 
 
 @dataclass
@@ -175,13 +183,20 @@ def fit(
     device: torch.device | str | None = None,
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    val_loader: Iterable[dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
     """Train ``model`` (already ``attach``-ed) for ``plan.total_steps`` optimizer steps.
 
     A NaN/inf loss raises :class:`LRVDError` naming the step and the method, instead of silently
-    training on garbage.
+    training on garbage. With ``train.eval_every`` > 0 the model is scored on ``val_loader`` every
+    that many steps and at the last one, the scores join that step's log record (``val_accuracy``,
+    ``val_nll``, ``val_ece``, ``val_brier``) and the best checkpoint is restored at the end
+    (:mod:`lrvd.checkpoint`). Scoring runs under a forked RNG, so it leaves the training path unchanged.
     """
     cfg = plan.train
+    if cfg.eval_every and val_loader is None:
+        raise LRVDError(f"train.eval_every={cfg.eval_every} needs a validation split (val_loader); "
+                        "hold one out (validation_fraction > 0) or set eval_every to 0")
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     model.to(device)
     model.train()
@@ -194,7 +209,8 @@ def fit(
     bar = _progress(range(plan.total_steps), plan.total_steps, f"train {method.name}", progress)
     _synchronize(device)
     start = time.perf_counter()
-    running = 0.0
+    running = running_nll = 0.0
+    best = BestCheckpoint(cfg.checkpoint_metric) if cfg.eval_every else None
     for step in bar:
         micro = [next(batches) for _ in range(cfg.grad_accum)]
         epoch = micro[-1][0]
@@ -202,8 +218,14 @@ def fit(
                          scheduler=scheduler, scaler=scaler)
         loss_value, logs, step_logs = out.loss, out.logs, out.step_logs
         running = loss_value if step == 0 else 0.9 * running + 0.1 * loss_value
-        if (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == plan.total_steps:
-            record = {"step": step + 1, "epoch": epoch, "loss": loss_value, **logs, **step_logs}
+        nll = float(logs.get("nll", loss_value))
+        running_nll = nll if step == 0 else 0.9 * running_nll + 0.1 * nll
+        scores = {}
+        if best is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == plan.total_steps):
+            scores = _score_checkpoint(method, model, val_loader, device, step + 1, result)
+            best.offer(step + 1, scores, model, optimizer)
+        if scores or (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == plan.total_steps:
+            record = {"step": step + 1, "epoch": epoch, "loss": loss_value, **logs, **step_logs, **scores}
             result.loss_history.append(record)
             if on_log:
                 on_log(record)
@@ -215,10 +237,28 @@ def fit(
             bar.set_postfix(loss=f"{running:.4f}")
     _synchronize(device)
     result.steps = plan.total_steps
-    result.wall_time_s = time.perf_counter() - start
+    result.wall_time_s = time.perf_counter() - start - result.val_time_s
+    if best is not None:
+        best.restore(model, optimizer)
+        result.best_step, result.best_scores = best.step, best.scores
     result.time_per_step_s = result.wall_time_s / max(1, plan.total_steps)
     result.final_loss = running
+    result.final_nll = running_nll
     return result
+
+
+def _score_checkpoint(method: AdapterMethod, model: ClassifierModel, val_loader: Iterable[Any],
+                      device: torch.device, step: int, result: TrainResult) -> dict[str, float]:
+    """``val_*`` metrics of the method's predictive now; RNG forked and train mode restored after."""
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        probs, labels = predict(method, model, val_loader, device=device, progress=False)
+    model.train()
+    metrics = classification_metrics(probs, labels)
+    scores = {f"val_{k}": metrics[k] for k in ("accuracy", "nll", "ece", "brier")}
+    result.val_history.append({"step": step, **scores})
+    result.val_time_s += time.perf_counter() - start
+    return scores
 
 
 @torch.no_grad()
@@ -230,9 +270,20 @@ def predict(
     n_samples: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior-predictive probabilities ``[N, n_classes]`` and labels ``[N]`` over ``loader``."""
+    """Posterior-predictive probabilities ``[N, n_classes]`` and labels ``[N]`` over ``loader``.
+
+    ``seed``: torch's RNG (CPU and ``device``) is seeded with it for this pass and restored after, so
+    every sampled predictive (BayesLoRA, BLoB, MC dropout, IVON, Laplace nn) draws the same samples
+    whenever the same model predicts the same data: a reloaded adapter reproduces the trial's
+    predictions exactly on CPU. The bench passes the trial seed.
+    """
     device = resolve_device(device) if not isinstance(device, torch.device) else device
+    if seed is not None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return predict(method, model, loader, n_samples=n_samples, device=device, progress=progress)
     model.to(device)
     model.eval()
     probs, labels = [], []
@@ -245,7 +296,3 @@ def predict(
     if not probs:
         raise LRVDError("the evaluation loader yielded no batches (empty evaluation set?)")
     return torch.cat(probs), torch.cat(labels)
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]

@@ -32,7 +32,6 @@ matrices get ``weight_decay`` (the GLUE bench's ``build_param_groups``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,21 +227,29 @@ class BayesLoRA(MethodBase):
     def module_ranks(self, model: ClassifierModel) -> dict[str, int]:
         return {name: layer.r for name, layer in lrvd_modules(model.backbone).items()}
 
-    def save_adapter(self, model, path) -> None:
-        """safetensors + JSON; the JSON records every module's (possibly pruned) rank and scaling."""
-        super().save_adapter(model, path)
-        config_file = Path(path) / "adapter_config.json"
-        config = json.loads(config_file.read_text())
-        config["ranks"] = self.module_ranks(model)
-        config["scaling"] = {n: m.scaling for n, m in lrvd_modules(model.backbone).items()}
-        config_file.write_text(json.dumps(config, indent=2))
+    def extra_state(self, model):
+        """Sidecar: every module's (possibly pruned) rank and its scaling."""
+        return {}, {"ranks": self.module_ranks(model),
+                    "scaling": {n: m.scaling for n, m in lrvd_modules(model.backbone).items()}}
+
+    def peft_export(self, model):
+        """Posterior means as a plain peft LoRA (kept ranks via ``rank_pattern``); the per-rank log σ²
+        are not LoRA weights and go to the sidecar."""
+        from lrvd.adapter_io import LoraFactors, lora_export, native_names
+
+        names = native_names(model)
+        if not any(m.r for m in lrvd_modules(model.backbone).values()):
+            return None  # every rank pruned: no LoRA left for peft; the sidecar keeps the state
+        return lora_export(model, {
+            n: LoraFactors(m.A_mu, m.B_mu, m.scaling, m.fan_in_fan_out, names[id(m.A_mu)], names[id(m.B_mu)])
+            for n, m in lrvd_modules(model.backbone).items()
+        })
 
     def load_adapter(self, model, path) -> None:
         """Shrink freshly attached layers to the saved ranks, then load the tensors."""
-        config_file = Path(path) / "adapter_config.json"
-        if not config_file.exists():
-            raise LRVDError(f"no adapter config at {config_file}")
-        ranks: dict[str, int] = json.loads(config_file.read_text()).get("ranks", {})
+        from lrvd.adapter_io import read_meta
+
+        ranks: dict[str, int] = read_meta(path).get("extra", {}).get("ranks", {})
         layers = lrvd_modules(model.backbone)
         for name, r in ranks.items():
             if name not in layers:
