@@ -94,8 +94,12 @@ def test_parameter_counts_follow_the_trainable_rule(trained):
 
 def test_capability_flags_match_behaviour(trained):
     """``sampled_predictive``: the default predictive differs from n_samples=0; ``svd_triplets``:
-    AdaLoRA's lora_E exists; ``per_rank_log_alpha``: log α snapshots were recorded during fit."""
+    AdaLoRA's lora_E exists; ``per_rank_log_alpha``: log α snapshots were recorded during fit;
+    ``posthoc_fit``: the class has its own ``after_training``."""
+    from lrvd import MethodBase
+
     name, method, model, loader, _ = trained
+    assert (type(method).after_training is not MethodBase.after_training) == method.posthoc_fit
     batch = next(iter(loader))
     sampled = method.predict_proba(model, batch)
     deterministic = method.predict_proba(model, batch, n_samples=0)
