@@ -10,7 +10,7 @@ queried (laplace-torch takes every ``requires_grad`` parameter), so memory is bo
 adapter: Kronecker factors of size d_in² + r² (A) and r² + d_out² (B) per module.
 
 Predictive (``predictive``): ``glm`` = linearised GLM with the probit link (deterministic; a
-Jacobian per example: seconds per batch on CPU, libs.md), ``nn`` = mean softmax of ``n_samples``
+Jacobian per example: seconds per batch on CPU), ``nn`` = mean softmax of ``n_samples``
 weight samples. ``auto`` (default) picks ``glm`` on CUDA and ``nn`` on CPU. Cost of
 :meth:`after_training`: one extra pass over the training set with per-batch KFAC (≈ 5 s for 64
 MiniLM examples on CPU) plus ≈ 0.2 s of prior tuning. The exact (type-2) KFAC backpropagates once

@@ -17,8 +17,8 @@ Triplet score as peft's RankAllocator combines element scores:
   is the sensitivity AdaLoRA would see at the end of training, not the EMA along the trajectory
   that drove its masking. If the rebuild fails the correlation is reported as missing (one note).
 
-Per module (≥ 3 triplets) the Spearman rank correlation (:func:`scipy.stats.spearmanr`, ties averaged) of SNR vs |μ| (and SNR vs
-sensitivity when available). Outputs (``out/snr``): ``snr_scores.csv`` (per triplet),
+Per module (≥ 3 triplets) the Spearman rank correlation (:func:`scipy.stats.spearmanr`, ties
+averaged) of SNR vs |μ| (and SNR vs sensitivity when available). Outputs (``out/snr``): ``snr_scores.csv`` (per triplet),
 ``snr_spearman.csv`` (per module and seed), ``snr_spearman.png`` (histogram of ρ per method).
 """
 
@@ -113,7 +113,7 @@ def module_correlations(mu: dict, sigma: dict | None, sensitivity: dict | None, 
 
     rows = []
     for prefix, names in sorted(_modules(mu).items()):
-        def score(fn) -> np.ndarray:
+        def score(fn, names=names) -> np.ndarray:
             return triplet_scores(*(fn(names[f]) for f in ("E", "A", "B")))
 
         magnitude = score(lambda n: np.abs(np.asarray(mu[n], dtype=np.float64)))
