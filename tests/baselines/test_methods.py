@@ -21,7 +21,7 @@ CASES = {
     "lora": ({}, 3e-2),
     "mc-dropout-lora": ({}, 3e-2),
     "adalora": ({}, 3e-2),
-    "adalora-ivon": ({"lr": 1.0, "hess_init": 100.0}, 3e-2),
+    "adalora-ivon": ({}, 3e-2),  # the authors' defaults (IVON lr 0.4, clip_radius 1e-3, ...)
     "laplace-lora": ({"n_samples": 3}, 3e-2),
     "lora-temp-scaling": ({}, 3e-2),
     "lora-ensemble": ({"n_members": 2}, 3e-2),
@@ -94,8 +94,12 @@ def test_parameter_counts_follow_the_trainable_rule(trained):
 
 def test_capability_flags_match_behaviour(trained):
     """``sampled_predictive``: the default predictive differs from n_samples=0; ``svd_triplets``:
-    AdaLoRA's lora_E exists; ``per_rank_log_alpha``: log α snapshots were recorded during fit."""
+    AdaLoRA's lora_E exists; ``per_rank_log_alpha``: log α snapshots were recorded during fit;
+    ``posthoc_fit``: the class has its own ``after_training``."""
+    from lrvd import MethodBase
+
     name, method, model, loader, _ = trained
+    assert (type(method).after_training is not MethodBase.after_training) == method.posthoc_fit
     batch = next(iter(loader))
     sampled = method.predict_proba(model, batch)
     deterministic = method.predict_proba(model, batch, n_samples=0)
@@ -166,7 +170,7 @@ def test_adalora_budget_matching_sets_total_rank():
 
 
 def test_adalora_rejects_schedule_without_budgeting_phase():
-    method = get_method("adalora")(tinit=8, tfinal=4)
+    method = get_method("adalora")(tinit=0.8, tfinal=0.15)
     plan = TrainPlan(total_steps=10, n_train=32)
     with pytest.raises(LRVDError, match="budgeting phase"):
         method.attach(TinyBertClassifier(), SPEC, plan)
@@ -208,15 +212,15 @@ def test_ivon_criteria_match_hand_formula(criterion):
             p.add_(torch.randn_like(p) * 0.05)
     alloc = PosteriorRankAllocator(net.base_model.model, net.peft_config["default"], "default", criterion)
     alloc.optimizer = opt
-    alloc._params = named
+    alloc.params = named
     from lrvd_baselines.adalora_ivon import posterior_std
 
-    alloc._stds = posterior_std(opt)
+    alloc.stds = posterior_std(opt)
     for group in opt.param_groups:
         offset = 0
         for p in group["params"]:
             name = next(n for n, q in named.items() if q is p)
-            score = alloc._element_score(name).flatten()
+            score = alloc.element_score(name).flatten()
             for i in range(p.numel()):
                 mu = float(p.flatten()[i])
                 sigma = 1 / math.sqrt(group["ess"] * (float(group["hess"][offset + i]) + group["weight_decay"]))
@@ -275,3 +279,23 @@ def test_laplace_subset_fit_is_rescaled_to_the_full_training_set():
 def test_laplace_fit_examples_is_validated():
     with pytest.raises(LRVDError, match="fit_examples"):
         get_method("laplace-lora")(fit_examples=-1)
+
+
+@pytest.mark.parametrize("all_dropout", [False, True])
+def test_mc_dropout_leaves_backbone_dropout_off_at_prediction(all_dropout):
+    """A backbone with dropout 0.3 and a zero adapter (B = 0): only adapter-path dropout is on at
+    prediction, so the MC predictive equals the deterministic pass exactly; a leak of dropout into
+    the backbone (all_dropout=True, BLoB's "MCD" convention, is the control) makes them differ."""
+    method = get_method("mc-dropout-lora")(all_dropout=all_dropout, n_samples=4)
+    plan = TrainPlan(total_steps=1, n_train=8, train=TrainConfig())
+    model = method.attach(TinyBertClassifier(dropout=0.3), SPEC, plan)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.3 for m in model.backbone.modules())
+    model.eval()
+    batch = next(iter(make_toy_loader(8, shuffle=False)))
+    with torch.no_grad():
+        det = torch.softmax(model(batch).float(), -1)
+    mc = method.predict_proba(model, batch)
+    if all_dropout:
+        assert not torch.allclose(mc, det)
+    else:
+        torch.testing.assert_close(mc, det, rtol=0, atol=0)

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from lrvd.protocol import AdapterSpec, TrainConfig
-
 from lrvd_bench.errors import BenchError, LRVDError, unknown_choice
+from lrvd_bench.leaderboard import DEFAULT_REFERENCE
 
 #: Fraction of the training set held out as the shared validation split unless a config says otherwise:
 #: the 10 % the temperature-scaling baseline held out before the split became sweep-wide (40 of the
@@ -92,6 +92,9 @@ class ExperimentConfig:
     n_samples: int | None = field(
         default=None, metadata={"help": "posterior samples at prediction (None: each method's default)", "flag": int})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (inside each trial)", "flag": str})
+    load_in_8bit: bool = field(
+        default=False, metadata={"help": "frozen base weights in 8-bit (bitsandbytes, CUDA only; BLoB's LLaMA "
+                                         "scripts); needs uv sync --extra int8"})
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs reserved per trial", "flag": float})
     gpus_per_trial: float | None = field(
         default=None,
@@ -118,6 +121,10 @@ class ExperimentConfig:
         metadata={"help": "run successive trials in one Ray worker process: saves ~8 s of imports per trial; "
                           "peak memory stays per trial, but on CPU a worker's first trial also carries one-time "
                           "lazy initialisation (~25 MiB on MiniLM)"})
+    reference: str = field(
+        default=DEFAULT_REFERENCE,
+        metadata={"help": "method the leaderboard's paired differences (delta_* columns with paired-bootstrap "
+                          "intervals) compare every other method with", "flag": str})
     save_adapter: bool = field(default=True, metadata={"help": "save each trial's adapter (safetensors)"})
     save_predictions: bool = field(default=True, metadata={"help": "save each trial's eval probabilities (npz)"})
 
@@ -153,8 +160,13 @@ class ExperimentConfig:
                 raise unknown_choice("method in method_params:", name, valid_methods)
             if not isinstance(self.method_params[name], dict):
                 raise BenchError(f"method_params.{name} must be a mapping of hyper-parameters")
+        if self.reference not in valid_methods:
+            raise unknown_choice("reference method", self.reference, valid_methods)
         if self.device not in {"auto", "cpu", "cuda"} and not re.fullmatch(r"cuda:\d+", self.device):
             raise unknown_choice("device", self.device, ["auto", "cpu", "cuda", "cuda:N"])
+        if self.load_in_8bit and self.device == "cpu":
+            raise BenchError("load_in_8bit needs a CUDA device (bitsandbytes int8 kernels); set device: cuda or "
+                             "load_in_8bit: false")
         if self.scheduler not in (None, "fifo", "asha"):
             raise unknown_choice("scheduler", self.scheduler, ["fifo", "asha"])
         if self.cpus_per_trial <= 0:
@@ -219,7 +231,7 @@ class ExperimentConfig:
                 method_params=dict(self.method_params.get(method, {})),
                 data_dir=self.data_dir, limit_train=self.limit_train, limit_eval=self.limit_eval,
                 validation_fraction=self.validation_fraction, split_seed=self.split_seed, max_length=self.max_length, eval_batch_size=self.eval_batch_size, n_samples=self.n_samples,
-                device=self.device, save_adapter=self.save_adapter, save_predictions=self.save_predictions,
+                load_in_8bit=self.load_in_8bit, device=self.device, save_adapter=self.save_adapter, save_predictions=self.save_predictions,
             )
             specs.append(spec.with_overrides(point) if point else spec)
         return specs
@@ -245,6 +257,7 @@ class TrialSpec:
     max_length: int = 64
     eval_batch_size: int = 16
     n_samples: int | None = None
+    load_in_8bit: bool = False
     device: str = "auto"
     save_adapter: bool = True
     save_predictions: bool = True

@@ -247,7 +247,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
     phase("load task")
     task = get_task(spec.task)
     phase("load backbone")
-    backbone = load_backbone(spec.model, task)
+    backbone = load_backbone(spec.model, task, load_in_8bit=spec.load_in_8bit)
     data = make_loaders(
         task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
         eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,

@@ -222,7 +222,7 @@ def fit(
         running_nll = nll if step == 0 else 0.9 * running_nll + 0.1 * nll
         scores = {}
         if best is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == plan.total_steps):
-            scores = _score_checkpoint(method, model, val_loader, device, step + 1, result)
+            scores = _score_checkpoint(method, model, val_loader, device, step + 1, cfg.seed, result)
             best.offer(step + 1, scores, model, optimizer)
         if scores or (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == plan.total_steps:
             record = {"step": step + 1, "epoch": epoch, "loss": loss_value, **logs, **step_logs, **scores}
@@ -248,11 +248,14 @@ def fit(
 
 
 def _score_checkpoint(method: AdapterMethod, model: ClassifierModel, val_loader: Iterable[Any],
-                      device: torch.device, step: int, result: TrainResult) -> dict[str, float]:
-    """``val_*`` metrics of the method's predictive now; RNG forked and train mode restored after."""
+                      device: torch.device, step: int, seed: int, result: TrainResult) -> dict[str, float]:
+    """``val_*`` metrics of the method's predictive now, train mode restored after.
+
+    ``predict(seed=...)`` forks the RNG (training draws stay as without scoring) and gives every
+    checkpoint the same posterior draws, so checkpoints differ by their weights, not by MC noise.
+    """
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        probs, labels = predict(method, model, val_loader, device=device, progress=False)
+    probs, labels = predict(method, model, val_loader, device=device, progress=False, seed=seed)
     model.train()
     metrics = classification_metrics(probs, labels)
     scores = {f"val_{k}": metrics[k] for k in ("accuracy", "nll", "ece", "brier")}
