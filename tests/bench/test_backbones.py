@@ -210,7 +210,6 @@ def test_load_in_8bit_is_a_one_line_error_without_cuda_or_the_extra(monkeypatch)
     import importlib.util
 
     from lrvd.errors import LRVDError
-
     from lrvd_bench.backbones import load_backbone
 
     task = get_task("arc-e")
@@ -220,7 +219,8 @@ def test_load_in_8bit_is_a_one_line_error_without_cuda_or_the_extra(monkeypatch)
     assert "\n" not in str(err.value)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     with pytest.raises(LRVDError, match="uv sync --extra int8"):
         load_backbone("minilm", task, load_in_8bit=True)
 

@@ -132,7 +132,8 @@ def int8_loading_args() -> dict[str, Any]:
         raise LRVDError("load_in_8bit needs the optional bitsandbytes package; install with uv sync --extra int8")
     from transformers import BitsAndBytesConfig
 
-    return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": torch.cuda.current_device()}}
+    device_map = {"": torch.cuda.current_device()}
+    return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": device_map}
 
 
 def load_backbone(model: str, task: Task, load_in_8bit: bool = False) -> Backbone:
