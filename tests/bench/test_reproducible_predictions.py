@@ -97,3 +97,17 @@ def test_the_adapter_records_the_n_samples_it_was_evaluated_with(run_dir, method
     assert sidecar["evaluation"]["n_samples"] == N_SAMPLES
     assert sidecar["evaluation"]["seed"] == json.loads((trial / "spec.json").read_text())["seed"]
     assert sidecar["params"]["n_samples"] != N_SAMPLES  # the method default (10) is not what ran
+
+
+def test_not_learned_mark_reads_the_nll_without_the_kl(tmp_path, tiny_mc_model, monkeypatch):
+    """trial.py hands learned_flag the training NLL (TrainResult.final_nll), not BayesLoRA's
+    KL-including loss; the row carries both."""
+    import lrvd_bench.trial as trial
+
+    seen = []
+    real = trial.learned_flag
+    monkeypatch.setattr(trial, "learned_flag", lambda nll, *a: seen.append(nll) or real(nll, *a))
+    run_dir = run_dir_with_trials(tmp_path, tiny_mc_model, ["bayeslora"])
+    row = json.loads((trial_of(run_dir, "bayeslora") / "result.json").read_text())
+    assert seen == [row["final_train_nll"]]
+    assert row["final_train_nll"] < row["final_train_loss"]  # the KL term is left out
