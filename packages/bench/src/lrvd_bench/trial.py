@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lrvd_bench.config import TrialSpec
+from lrvd_bench.provenance import suite_commit
 
 #: A run "learned" when the NLL part of its final training loss (without BayesLoRA's or BLoB's KL
 #: term) is below this fraction of the uniform-prediction loss ln(#choices) *and* its accuracy beats
@@ -324,6 +325,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
             "device_name": device_name(device),
             **node_info(),
             "versions": package_versions(),
+            "suite_commit": suite_commit(),
         }
         phase("done")
         return row
