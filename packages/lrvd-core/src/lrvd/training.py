@@ -145,6 +145,7 @@ def fit(
         if cfg.max_grad_norm:
             params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        lr = float(optimizer.param_groups[0]["lr"])  # the rate this step used (the scheduler moves it next)
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -155,7 +156,7 @@ def fit(
         step_logs = method.on_step_end(model, optimizer, step + 1) or {}
         running = loss_value if step == 0 else 0.9 * running + 0.1 * loss_value
         if (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == plan.total_steps:
-            record = {"step": step + 1, "epoch": epoch, "loss": loss_value, **logs, **step_logs}
+            record = {"step": step + 1, "epoch": epoch, "loss": loss_value, "lr": lr, **logs, **step_logs}
             result.loss_history.append(record)
             if on_log:
                 on_log(record)
