@@ -39,7 +39,7 @@ def test_temperature_matches_grid_minimum_and_lowers_nll():
 def test_method_fits_on_val_loader_and_keeps_argmax(tmp_path):
     assert "lora-temp-scaling" in list_methods() and get_method("lora-temp-scaling") is LoRATempScaling
     method = LoRATempScaling()
-    assert method.validation_fraction == 0.1
+    assert method.needs_validation
     train, val = make_toy_loader(32, seed=0), make_toy_loader(16, seed=1, shuffle=False)
     plan = TrainPlan(total_steps=4, n_train=32, train=TrainConfig(lr=5e-3, mixed_precision="no"))
     model = method.attach(TinyBertClassifier(), AdapterSpec(r=2, alpha=4), plan)

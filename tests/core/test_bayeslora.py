@@ -126,8 +126,10 @@ def test_save_and_load_pruned_adapter(tmp_path):
     for i, layer in enumerate(lrvd_modules(model).values()):
         prune_layer(layer, torch.arange(1 + i % SPEC.r))
     method.save_adapter(model, tmp_path)
-    config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert sorted(config["ranks"].values()) == [1, 2, 3, 4]
+    sidecar = json.loads((tmp_path / "lrvd_adapter.json").read_text())
+    assert sorted(sidecar["extra"]["ranks"].values()) == [1, 2, 3, 4]
+    peft_config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert peft_config["peft_type"] == "LORA" and sorted(peft_config["rank_pattern"].values()) == [1, 2, 3, 4]
     assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
     fresh_method, fresh = attached(seed=0)
     fresh_method.load_adapter(fresh, tmp_path)

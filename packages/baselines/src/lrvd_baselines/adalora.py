@@ -4,7 +4,7 @@
 ``total − tfinal`` the triplets with the lowest importance ``S_k = s(λ_k) + mean_j s(P_jk) +
 mean_j s(Q_kj)``, ``s = Ī·Ū`` (EMAs of ``|w·∂L/∂w|``, β1 = β2 = 0.85), are masked so that the total
 rank follows the cubic budget ``b(t)`` from ``init_r`` per module down to the target budget
-(paper §3.2–3.3; papers.md B.1).
+(AdaLoRA paper §3.2–3.3; docs/methods.md, AdaLoRA).
 
 Choices (documented defaults):
 - ``init_r = spec.r``; target ``target_r = round(2/3 · init_r)`` per module (the paper sets
@@ -84,6 +84,7 @@ class AdaLoRA(PeftMethod):
     name = "adalora"
     description = "AdaLoRA (SVD adapters, sensitivity-based rank budget allocation)"
     Params = AdaLoRAParams
+    adaptive_rank = svd_triplets = True
 
     def schedule(self, spec: AdapterSpec, plan: TrainPlan) -> dict[str, int]:
         """``tinit``, ``tfinal``, ``deltaT`` for ``plan.total_steps``; an LRVDError if no budgeting phase."""

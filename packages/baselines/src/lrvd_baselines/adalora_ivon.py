@@ -19,7 +19,7 @@ averages their softmaxes (the BLoB/IVON protocol, M = 10). Masked triplets get n
 so pruned ranks stay pruned in every sample. The posterior scales are saved with the adapter.
 
 Defaults: IVON's own (β1 = 0.9, β2 = 0.99999, δ = 1e-4, hess_init as below), ``ess = n_train``
-(libs.md: ``ess`` must be the real training-set size). The shared loop draws one posterior sample
+(``ess`` must be the real training-set size, or σ dwarfs the LoRA weights and the SNR is ≈ constant). The shared loop draws one posterior sample
 per optimizer step (IVON's ``mc_samples = 1``); gradient clipping does not reach IVON, which reads
 the gradients when ``sampled_params`` exits.
 """
@@ -139,6 +139,7 @@ class AdaLoRAIVON(AdaLoRA):
     name = "adalora-ivon"
     description = "AdaLoRA with IVON: rank allocation by posterior SNR (Chen & Garner 2024)"
     Params = AdaLoRAIVONParams
+    sampled_predictive = posterior_params = True  # adaptive_rank, svd_triplets: from AdaLoRA
 
     def __init__(self, **hyper_params: Any) -> None:
         super().__init__(**hyper_params)
@@ -234,6 +235,24 @@ class AdaLoRAIVON(AdaLoRA):
         return counts
 
     # -- persistence -----------------------------------------------------------------------------
+    def peft_export(self, model):
+        """Posterior mean as a plain peft LoRA of the kept triplets: A = Q[kept], B = P[:, kept]·diag(λ[kept]),
+        scaling = lora_alpha / ranknum (AdaLoRA's); the SVD factors and σ's go to the sidecar."""
+        from lrvd.adapter_io import LoraFactors, lora_export
+
+        masks = self.triplet_masks(model)
+        modules = {}
+        with torch.no_grad():
+            for name, layer in adapter_layers(model).items():
+                keep = masks[name]
+                e = layer.lora_E[ADAPTER_NAME][keep, 0]  # [k]
+                scaling = float(layer.scaling[ADAPTER_NAME]) / float(layer.ranknum[ADAPTER_NAME] + 1e-5)
+                modules[name] = LoraFactors(layer.lora_A[ADAPTER_NAME][keep], layer.lora_B[ADAPTER_NAME][:, keep] * e,
+                                            scaling, bool(getattr(layer, "fan_in_fan_out", False)))
+        if not any(f.A.shape[0] for f in modules.values()):
+            return None
+        return lora_export(model, modules)
+
     def extra_state(self, model):
         tensors, config = super().extra_state(model)
         tensors.update({STD_PREFIX + n: s for n, s in self.posterior_stds(model).items()})

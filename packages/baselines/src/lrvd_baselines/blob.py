@@ -131,6 +131,7 @@ class BLoB(MethodBase):
     name = "blob"
     description = "BLoB: Gaussian posterior on LoRA's A (flipout, closed-form KL, cyclic KL weights), MC predictive"
     Params = BLoBParams
+    sampled_predictive = posterior_params = True
 
     def __init__(self, **hyper_params) -> None:
         super().__init__(**hyper_params)
@@ -218,6 +219,16 @@ class BLoB(MethodBase):
 
     def rank_report(self, model) -> dict[str, int]:
         return {name: layer.r for name, layer in blob_layers(model.backbone).items()}
+
+    def peft_export(self, model):
+        """Posterior mean (M, B) as a plain peft LoRA; the stds G go to the sidecar."""
+        from lrvd.adapter_io import LoraFactors, lora_export, native_names
+
+        names = native_names(model)
+        return lora_export(model, {
+            n: LoraFactors(m.lora_A, m.lora_B, m.scaling, m.fan_in_fan_out, names[id(m.lora_A)], names[id(m.lora_B)])
+            for n, m in blob_layers(model.backbone).items()
+        })
 
     def parameter_counts(self, model) -> dict[str, int]:
         """``variational`` = the stds G, one per entry of A."""

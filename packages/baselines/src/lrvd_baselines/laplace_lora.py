@@ -10,7 +10,7 @@ queried (laplace-torch takes every ``requires_grad`` parameter), so memory is bo
 adapter: Kronecker factors of size d_in² + r² (A) and r² + d_out² (B) per module.
 
 Predictive (``predictive``): ``glm`` = linearised GLM with the probit link (deterministic; a
-Jacobian per example: seconds per batch on CPU, libs.md), ``nn`` = mean softmax of ``n_samples``
+Jacobian per example: seconds per batch on CPU), ``nn`` = mean softmax of ``n_samples``
 weight samples. ``auto`` (default) picks ``glm`` on CUDA and ``nn`` on CPU. Cost of
 :meth:`after_training`: one extra pass over the training set with per-batch KFAC (≈ 5 s for 64
 MiniLM examples on CPU) plus ≈ 0.2 s of prior tuning. The exact (type-2) KFAC backpropagates once
@@ -119,6 +119,7 @@ class LaplaceLoRA(LoRA):
     name = "laplace-lora"
     description = "Laplace-LoRA (post-hoc KFAC Laplace over LoRA weights, laplace-torch)"
     Params = LaplaceLoRAParams
+    posthoc_fit = posterior_params = sampled_predictive = True
 
     def __init__(self, **hyper_params: Any) -> None:
         super().__init__(**hyper_params)
@@ -148,9 +149,9 @@ class LaplaceLoRA(LoRA):
             )
 
     @property
-    def validation_fraction(self) -> float:  # type: ignore[override]
-        """Grid-search prior tuning asks the bench for a held-out split; marglik needs none."""
-        return 0.1 if self.params.prior_tuning == "gridsearch" else 0.0
+    def needs_validation(self) -> bool:  # type: ignore[override]
+        """Grid-search prior tuning scores on the validation split; marglik needs none."""
+        return self.params.prior_tuning == "gridsearch"
 
     def after_training(self, model, train_loader, val_loader=None) -> None:
         """Fit KFAC at the trained weights, then tune the prior precision."""

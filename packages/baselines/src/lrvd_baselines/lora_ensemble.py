@@ -239,6 +239,14 @@ class LoRAEnsemble(LoRA):
     def predict_proba(self, model, batch, n_samples=None) -> torch.Tensor:
         return torch.softmax(model(batch), dim=-1)
 
+    def peft_export(self, model):
+        """One named peft LoRA adapter per member, each in its own folder with its own head
+        (``PeftModel.from_pretrained(base, folder / "member0", adapter_name="member0")``)."""
+        from lrvd.adapter_io import peft_model_export
+
+        names = [member_name(k) for k in range(self.params.n_members)]
+        return peft_model_export(model, model.backbone.backbone, names, folders={n: n for n in names}, head=False)
+
     def rank_report(self, model) -> dict[str, int]:
         return {name: int(layer.r[member_name(0)]) for name, layer in adapter_layers(model.backbone).items()}
 

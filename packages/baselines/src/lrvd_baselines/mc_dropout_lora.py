@@ -45,6 +45,7 @@ class MCDropoutLoRA(LoRA):
     name = "mc-dropout-lora"
     description = "MC-dropout LoRA (adapter-path dropout at test time, mean softmax of n passes)"
     Params = MCDropoutLoRAParams
+    sampled_predictive = True
 
     @property
     def default_n_samples(self) -> int:  # type: ignore[override]

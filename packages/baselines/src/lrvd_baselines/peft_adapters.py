@@ -3,9 +3,9 @@
 One rule for all methods (README): the trainable parameters are exactly the adapter parameters peft
 creates plus the newly initialised task head (``model.head_parameters()``); the pretrained backbone
 stays frozen. :class:`PeftMethod` implements ``attach`` with that rule, a fixed-rank
-``rank_report``, seeded Monte-Carlo prediction and adapter persistence (safetensors + JSON, no
-pickle) with a hook for method state beyond the trainable tensors (AdaLoRA's rank pattern, IVON's
-posterior scales, Laplace's Kronecker factors).
+``rank_report``, seeded Monte-Carlo prediction and persistence as a real peft adapter (with
+:meth:`~lrvd.protocol.MethodBase.extra_state` for method state beyond the trainable tensors:
+AdaLoRA's rank pattern, IVON's posterior scales, Laplace's Kronecker factors, in the sidecar).
 
 A baseline subclasses :class:`PeftMethod` and implements :meth:`PeftMethod.peft_config`.
 """
@@ -13,9 +13,7 @@ A baseline subclasses :class:`PeftMethod` and implements :meth:`PeftMethod.peft_
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,8 +24,6 @@ from lrvd.errors import LRVDError
 from lrvd.protocol import AdapterSpec, MethodBase, TrainPlan
 
 ADAPTER_NAME = "default"
-EXTRA_TENSORS = "method_state.safetensors"
-EXTRA_CONFIG = "method_state.json"
 
 
 def attach_peft(model: ClassifierModel, config: Any) -> ClassifierModel:
@@ -133,32 +129,8 @@ class PeftMethod(MethodBase):
         return 1_000_003 * base + self._predict_calls
 
     # -- persistence ---------------------------------------------------------------------------
-    def extra_state(self, model: ClassifierModel) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Method state beyond the trainable tensors: (tensors, JSON-able config)."""
-        return {}, {}
+    def peft_export(self, model: ClassifierModel):
+        """The live peft adapter in peft's own format, the trained task head as ``modules_to_save``."""
+        from lrvd.adapter_io import peft_model_export
 
-    def load_extra_state(self, model: ClassifierModel, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
-        return None
-
-    def save_adapter(self, model: ClassifierModel, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        super().save_adapter(model, path)
-        tensors, config = self.extra_state(model)
-        path = Path(path)
-        if tensors:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path / EXTRA_TENSORS))
-        if config:
-            (path / EXTRA_CONFIG).write_text(json.dumps(config, indent=2))
-
-    def load_adapter(self, model: ClassifierModel, path: str | Path) -> None:
-        from safetensors.torch import load_file
-
-        super().load_adapter(model, path)
-        path = Path(path)
-        device = model_device(model)
-        tensors = {}
-        if (path / EXTRA_TENSORS).exists():
-            tensors = {k: v.to(device) for k, v in load_file(str(path / EXTRA_TENSORS)).items()}
-        config = json.loads((path / EXTRA_CONFIG).read_text()) if (path / EXTRA_CONFIG).exists() else {}
-        self.load_extra_state(model, tensors, config)
+        return peft_model_export(model, model.backbone)

@@ -34,7 +34,7 @@ COLUMNS: dict[str, str] = {
     "search_point": "search-space values of this row (JSON; empty without a search space)",
     "n_seeds": "successful seeds aggregated in this row",
     "n_failed": "seeds that crashed (see trials.csv for the error)",
-    "n_learned": "seeds whose final training loss fell below 0.985 × ln(#choices) and that beat the majority class",
+    "n_learned": "seeds whose final training NLL (without KL terms) fell below 0.985 × ln(#choices) and whose accuracy beat the majority class by 2 binomial standard errors",
     "accuracy_mean": "top-1 accuracy on the evaluation split (mean over seeds)",
     "accuracy_std": "standard deviation over seeds (ddof=1)",
     "accuracy_se_eval": "binomial standard error of accuracy_mean from the evaluation-set size: √(p(1−p)/n_eval)",
@@ -51,15 +51,19 @@ COLUMNS: dict[str, str] = {
     "eval_time_s_mean": "prediction time on the evaluation split (× posterior samples), seconds",
     "peak_memory_mb_mean": "peak CUDA memory allocated, or on CPU the peak RSS above the trial start (after imports), MiB",
     "final_train_loss_mean": "smoothed training loss at the last step",
-    "n_eval": "evaluation examples",
-    "n_train": "training examples",
+    "n_eval": "evaluation examples (the task's evaluation split, after limit_eval)",
+    "n_train": "examples the methods trained on: the training split (after limit_train) minus the validation split",
+    "n_val": "validation examples: validation_fraction of the training split, held out once per sweep (split_seed) "
+             "and shared by every method (temperature scaling, Laplace grid search, checkpoint and "
+             "hyper-parameter selection); never part of n_train or n_eval",
 }
 
 TRIAL_COLUMNS = [
     "trial_id", "method", "task", "model", "seed", "status", "error", "accuracy", "ece", "nll", "brier", "mcc",
-    "learned", "final_train_loss", "uniform_loss", "majority_accuracy", "effective_rank", "trainable_params",
-    "variational_params", "steps", "train_time_s", "time_per_step_s", "posthoc_time_s", "eval_time_s",
-    "peak_memory_mb", "n_train", "n_eval", "n_samples", "split_note", "data_source", "device", "device_name", "node", "hostname",
+    "learned", "final_train_loss", "final_train_nll", "uniform_loss", "majority_accuracy", "effective_rank",
+    "trainable_params", "variational_params", "steps", "best_step", "train_time_s", "time_per_step_s",
+    "posthoc_time_s", "eval_time_s",
+    "peak_memory_mb", "n_train", "n_val", "n_eval", "n_samples", "split_note", "data_source", "device", "device_name", "node", "hostname",
     "gpu_ids", "node_id", "config_hash", "search_point", "rank_per_module", "versions", "wall_time_s",
 ]
 """Columns of ``trials.csv`` in order (one row per trial; dict-valued fields as JSON strings)."""
@@ -149,14 +153,15 @@ def build_leaderboard(rows: list[dict[str, Any]]):
             record[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         n_eval = pd.to_numeric(ok["n_eval"], errors="coerce").dropna()
         record["n_eval"] = int(n_eval.iloc[0]) if len(n_eval) else 0
-        n_train = pd.to_numeric(ok["n_train"], errors="coerce").dropna()
-        record["n_train"] = int(n_train.iloc[0]) if len(n_train) else 0
+        for size in ("n_train", "n_val"):
+            values = pd.to_numeric(ok[size], errors="coerce").dropna()
+            record[size] = int(values.iloc[0]) if len(values) else 0
         p = record["accuracy_mean"]
         record["accuracy_se_eval"] = math.sqrt(p * (1 - p) / record["n_eval"]) if record["n_eval"] else math.nan
         out.append(record)
     columns = keys + ["n_seeds", "n_failed", "n_learned", "accuracy_mean", "accuracy_std", "accuracy_se_eval"]
     columns += [c for m in METRICS for c in (f"{m}_mean", f"{m}_std") if c not in columns]
-    columns += ["n_eval", "n_train"]
+    columns += ["n_eval", "n_train", "n_val"]
     board = pd.DataFrame(out, columns=columns)
     if not board.empty:
         board = board.sort_values(["task", "accuracy_mean", "method"], ascending=[True, False, True],
@@ -197,9 +202,21 @@ def to_markdown(board) -> str:
         cells.append(seeds)
         cells += [_pm(row[f"{m}_mean"], row[f"{m}_std"], d) for m, _, d in MARKDOWN_COLUMNS]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    notes = ["", "Mean ± std over seeds (ddof=1). † = seeds whose training loss stayed near ln(#choices) "
-             "or that did not beat the majority class (not learned). ECE: 15 bins, 0-1 scale."]
+    notes = ["", "Mean ± std over seeds (ddof=1). † = seeds that did not learn: final training NLL (the KL "
+             "terms of BayesLoRA and BLoB left out) ≥ 0.985 × ln(#choices), or accuracy not above the majority "
+             "class m by 2 standard errors, m + 2·√(m(1−m)/n_eval). ECE: 15 bins, 0-1 scale."]
+    notes += [f"Rows per stage, {task}: {n_train} training / {n_val} validation / {n_eval} evaluation."
+              for task, n_train, n_val, n_eval in _stage_sizes(board)]
     return "\n".join(lines + notes) + "\n"
+
+
+def _stage_sizes(board) -> list[tuple[str, int, int, int]]:
+    """(task, n_train, n_val, n_eval) per distinct combination (one per task unless limit_train is searched)."""
+    columns = ["task", "n_train", "n_val", "n_eval"]
+    if board.empty or any(c not in board.columns for c in columns):
+        return []
+    sizes = board[columns].drop_duplicates()
+    return [(r.task, int(r.n_train), int(r.n_val), int(r.n_eval)) for r in sizes.itertuples()]
 
 
 def write_leaderboard(rows: list[dict[str, Any]], run_dir: str | Path, csv_path: str | Path | None = None,

@@ -1,20 +1,26 @@
 """One trial: one method on one task with one seed, start to finish, as a plain function.
 
 ``run_trial(spec, trial_dir)`` is the body of every Ray Tune trial (see :mod:`lrvd_bench.runner`)
-and can be called directly for debugging. It follows DESIGN.md::
+and can be called directly for debugging. Its steps::
 
     seed → get_task → load_backbone → make_loaders → method.attach → fit → after_training
          → predict → classification_metrics → result row + files
+
+``make_loaders`` carves the sweep's one validation split (``validation_fraction`` of the training
+rows, fixed by ``split_seed``, never the trial seed): every method of a sweep trains on the same
+remaining rows and gets the same validation rows in ``after_training(..., val_loader)``.
 
 Files written into ``trial_dir`` (``result.json`` last and atomically, so a folder without it is an
 unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` instead):
 
     spec.json         the TrialSpec (re-run exactly with ``run_trial(json.load(...), dir)``)
-    train_log.csv     loss every ``log_every`` steps, joined with the method's step logs
+    train_log.csv     loss every ``log_every`` steps, joined with the method's step logs (and, with
+                      ``train.eval_every``, the validation scores of checkpoint selection)
     ranks.csv         long format: step, module, rank (the method's rank_report over training)
-    log_alpha.csv     methods with ``log_alpha_history`` (BayesLoRA): step, module, rank_index, log_alpha
+    log_alpha.csv     methods with the ``per_rank_log_alpha`` capability (BayesLoRA): step, module,
+                      rank_index, log_alpha
     predictions.npz   probs [N, C] and labels [N] on the evaluation split
-    adapter/          method.save_adapter (safetensors + adapter_config.json)
+    adapter/          method.save_adapter: a peft adapter + the lrvd sidecar (lrvd.adapter_io)
     log.txt           phase timings
     result.json       the row that goes into trials.csv and the leaderboard
 """
@@ -46,10 +52,12 @@ Reporter = Callable[[dict[str, Any]], None]
 #: ``val_*`` metrics when the loop validates) completed with these keys.
 PROGRESS_KEYS = ("step", "total_steps", "loss", "lr", "effective_rank", "step_time_s")
 
-#: A run "learned" when its final training loss is below this fraction of the uniform-prediction
-#: loss ln(#choices) *and* it beats the majority class on the evaluation split. libs.md: MiniLM
-#: runs sit at ln 4 ≈ 1.386 for ~100 steps and some never leave it (flag final loss ≥ 1.37).
+#: A run "learned" when the NLL part of its final training loss (without BayesLoRA's or BLoB's KL
+#: term) is below this fraction of the uniform-prediction loss ln(#choices) *and* its accuracy beats
+#: the majority class by ``LEARNED_SE_MARGIN`` binomial standard errors √(m(1−m)/n) of a majority-level
+#: classifier on the n evaluation examples. MiniLM runs can sit at ln 4 ≈ 1.386 for ~100 steps.
 LEARNED_LOSS_FRACTION = 0.985
+LEARNED_SE_MARGIN = 2.0
 
 #: Every library a method's number depends on (recorded per trial and in the run's ``run.json``).
 PACKAGES = ("lrvd-core", "lrvd-baselines", "lrvd-bench", "torch", "transformers", "peft", "ivon-opt",
@@ -201,8 +209,9 @@ def data_fingerprint(task: Any, data_dir: str | None) -> tuple[str, str]:
     return f"{src.kind}:{Path(src.location).name}" + (" (carved)" if src.carved else ""), digest.hexdigest()
 
 
-def learned_flag(final_loss: float, probs: Any, labels: Any, accuracy: float) -> tuple[bool, float, float]:
-    """(learned, uniform-prediction loss, majority-class accuracy) — see LEARNED_LOSS_FRACTION.
+def learned_flag(final_nll: float, probs: Any, labels: Any, accuracy: float) -> tuple[bool, float, float]:
+    """(learned, uniform-prediction loss, majority-class accuracy) — see LEARNED_LOSS_FRACTION and
+    LEARNED_SE_MARGIN; ``final_nll`` is the training NLL without KL terms.
 
     The uniform loss uses each example's real number of choices (padded choices get probability 0),
     so ARC questions with 4 of 5 slots used are measured against ln 4, not ln 5.
@@ -212,8 +221,9 @@ def learned_flag(final_loss: float, probs: Any, labels: Any, accuracy: float) ->
     n_valid = (probs > 1e-12).sum(-1).clamp(min=2).double()
     uniform_loss = float(torch.log(n_valid).mean())
     majority = float(torch.bincount(labels).max()) / max(1, len(labels))
-    learned = bool(math.isfinite(final_loss) and final_loss < LEARNED_LOSS_FRACTION * uniform_loss
-                   and accuracy > majority)
+    margin = LEARNED_SE_MARGIN * math.sqrt(majority * (1.0 - majority) / max(1, len(labels)))
+    learned = bool(math.isfinite(final_nll) and final_nll < LEARNED_LOSS_FRACTION * uniform_loss
+                   and accuracy > majority + margin)
     return learned, uniform_loss, majority
 
 
@@ -307,20 +317,22 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
     data = make_loaders(
         task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
         eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
-        limit_eval=spec.limit_eval, seed=spec.seed,
-        validation_fraction=getattr(method, "validation_fraction", 0.0),
+        limit_eval=spec.limit_eval, seed=spec.seed, split_seed=spec.split_seed,
+        validation_fraction=spec.validation_fraction,
     )
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = None
     try:
-        phase(f"attach {spec.method} ({data.n_train} train / {data.n_eval} eval examples, {plan.total_steps} steps)")
+        phase(f"attach {spec.method} ({data.n_train} train / {data.n_val} validation / {data.n_eval} eval examples, "
+              f"{plan.total_steps} steps)")
         seed_everything(spec.seed)
         model = method.attach(backbone.model, adapter_spec, plan)
         counts = method.parameter_counts(model)
         phase("fit")
         live = LiveTrainLog(trial_dir / "train_log.csv", plan.total_steps,
                             lambda: sum(method.rank_report(model).values()) or None, report)
-        fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress, on_log=live)
+        fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress,
+                     val_loader=data.val_loader, on_log=live)
         phase("after_training")
         posthoc_start = time.perf_counter()
         method.after_training(model, data.train_loader, val_loader=data.val_loader)
@@ -334,11 +346,11 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
         eval_time = time.perf_counter() - eval_start
         metrics = classification_metrics(probs, labels)
         ranks = {k: int(v) for k, v in method.rank_report(model).items()}
-        learned, uniform_loss, majority = learned_flag(fitted.final_loss, probs, labels, metrics["accuracy"])
+        learned, uniform_loss, majority = learned_flag(fitted.final_nll, probs, labels, metrics["accuracy"])
         phase("write files")
         write_ranks_csv(fitted.rank_history, trial_dir / "ranks.csv")
         write_train_log_csv(fitted.loss_history, fitted.step_logs, trial_dir / "train_log.csv")
-        if getattr(method, "log_alpha_history", None):  # BayesLoRA: per-rank log α at every rank_report
+        if method.per_rank_log_alpha:  # BayesLoRA: per-rank log α at every rank_report
             write_log_alpha_csv(method.log_alpha_history, trial_dir / "log_alpha.csv")
         if spec.save_predictions:
             np.savez_compressed(trial_dir / "predictions.npz", probs=probs.numpy(), labels=labels.numpy())
@@ -351,6 +363,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
             **metrics,
             "learned": learned,
             "final_train_loss": fitted.final_loss,
+            "final_train_nll": fitted.final_nll,
             "uniform_loss": uniform_loss,
             "majority_accuracy": majority,
             "effective_rank": sum(ranks.values()) if ranks else None,
@@ -358,12 +371,15 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
             "trainable_params": int(counts.get("trainable", 0)),
             "variational_params": int(counts.get("variational", 0)),
             "steps": fitted.steps,
+            "best_step": fitted.best_step,  # checkpoint selection (train.eval_every > 0); else empty
+            **{f"checkpoint_{k}": v for k, v in fitted.best_scores.items()},
             "train_time_s": fitted.wall_time_s,
             "time_per_step_s": fitted.time_per_step_s,
             "posthoc_time_s": posthoc_time,
             "eval_time_s": eval_time,
             "peak_memory_mb": peak_memory_mb(device),
             "n_train": data.n_train,
+            "n_val": data.n_val,
             "n_eval": data.n_eval,
             "split_note": data.split_note,
             "data_source": source,

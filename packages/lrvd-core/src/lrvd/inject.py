@@ -5,7 +5,7 @@
 - :func:`sampling` switches posterior sampling on/off for every layer (adapter path only: the frozen
   backbone and its dropouts are untouched, so MC sampling is over the adapter posterior alone).
 - :func:`mc_predict_proba` is the BayesLoRA posterior predictive p(y|x) ≈ (1/S) Σ_s softmax(f(x; θ_s)),
-  probability averaging as in BLoB/BayesLoRA (papers.md §D), with S samples evaluated in as few
+  probability averaging as in BLoB/BayesLoRA (docs/methods.md), with S samples evaluated in as few
   forward passes as ``chunk`` allows (the batch is replicated sample-major and every LRVD layer draws
   one weight sample per replica group).
 """

@@ -8,7 +8,7 @@ form; we use the fit of Molchanov, Ashukha & Vetrov (2017, eq. 14):
     k1 = 0.63576, k2 = 1.87320, k3 = 1.48695.
 
 KL → 0 as α → ∞ (a weight drowned in noise costs nothing, which is what prunes it) and grows like
-−½ log α for small α. See papers.md §A.1/A.2.
+−½ log α for small α. See docs/methods.md (BayesLoRA) and Molchanov et al. 2017.
 """
 
 from __future__ import annotations

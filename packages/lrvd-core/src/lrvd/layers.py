@@ -1,6 +1,6 @@
 """The LRVD layer: a frozen linear map plus a LoRA update with a rank-wise Gaussian posterior.
 
-Parameterisation (authors' code, papers.md §A.1)::
+Parameterisation (authors' code, github mercury0100/bayeslora ``bayeslora/layers.py``; docs/methods.md)::
 
     y = W x + s · B A x,            s = lora_alpha / r   (fixed at attach time, unchanged by pruning)
     q(A_kj) = N(A_mu[k, j], σ_k²),  q(B_ik) = N(B_mu[i, k], σ_k²)
@@ -185,7 +185,9 @@ class LRVDLinear(nn.Module):
         if not self.is_sampling():
             return self.scaling * ((x @ self.A_mu.T) @ self.B_mu.T)
         n = max(1, int(self.n_weight_samples))
-        if self.variant == "factor" and self.local_reparam and self.training and n == 1:
+        if self.variant == "factor" and self.local_reparam:
+            # Whenever sampling, in training and prediction, as the authors' layer: each row (token)
+            # draws its own output noise, so replica groups need no weight sample of their own.
             return self.scaling * self._local_reparam_delta(x)
         if x.shape[0] % n:
             raise ValueError(f"leading dim {x.shape[0]} is not a multiple of n_weight_samples={n}")

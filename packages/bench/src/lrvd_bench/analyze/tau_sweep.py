@@ -83,7 +83,8 @@ def rebuild(trial_dir: Path, *, with_data: bool = False):
     data = make_loaders(
         task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
         eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
-        limit_eval=spec.limit_eval, seed=spec.seed,
+        limit_eval=spec.limit_eval, seed=spec.seed, split_seed=spec.split_seed,
+        validation_fraction=spec.validation_fraction,
     )
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = method.attach(backbone.model, adapter_spec, plan)
@@ -92,12 +93,13 @@ def rebuild(trial_dir: Path, *, with_data: bool = False):
 
 
 def _is_lrvd_adapter(trial: Trial) -> bool:
-    config = trial.path / "adapter" / "adapter_config.json"
-    if not (config.exists() and (trial.path / "spec.json").exists()):
+    from lrvd.adapter_io import has_adapter, read_meta
+
+    if not (has_adapter(trial.path / "adapter") and (trial.path / "spec.json").exists()):
         return False
     try:
-        return "ranks" in json.loads(config.read_text()) and trial.ok
-    except ValueError:
+        return "ranks" in read_meta(trial.path / "adapter").get("extra", {}) and trial.ok
+    except ValueError:  # LRVDError is a ValueError; so is bad JSON
         return False
 
 
@@ -106,7 +108,7 @@ def run(trials: list[Trial], out: Path, taus=TAU_GRID, device: str = "cpu") -> t
 
     candidates = [t for t in trials if _is_lrvd_adapter(t)]
     if not candidates:
-        raise SkipAnalysis("no finished BayesLoRA trial with spec.json and adapter/ (ranks in adapter_config.json)")
+        raise SkipAnalysis("no finished BayesLoRA trial with spec.json and adapter/ (ranks in its sidecar)")
     rows, notes = [], []
     for t in candidates:
         try:
