@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lrvd.protocol import MethodBase
-from lrvd_baselines.lora_temp_scaling import LoRATempScaling
 
 import lrvd_bench.loaders as loaders
+from lrvd.protocol import MethodBase
+from lrvd_baselines.lora_temp_scaling import LoRATempScaling
 from lrvd_bench.backbones import load_backbone
 from lrvd_bench.config import load_config
 from lrvd_bench.errors import BenchError

@@ -98,7 +98,8 @@ def test_restore_undoes_rank_pruning_and_restores_optimizer_state():
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model(next(iter(make_toy_loader(n=8)))).sum().backward()
     optimizer.step()
-    before, moments = layer.A_mu.detach().clone(), {k: v["exp_avg"].clone() for k, v in enumerate(optimizer.state.values())}
+    before = layer.A_mu.detach().clone()
+    moments = {k: v["exp_avg"].clone() for k, v in enumerate(optimizer.state.values())}
     state = snapshot_state(model, optimizer)
     optimizer.step()  # moves weights and moments
     restore_state(model, state, optimizer)

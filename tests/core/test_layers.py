@@ -161,6 +161,28 @@ def test_local_reparam_matches_factor_noise_moments():
         torch.testing.assert_close(samples.var(0, keepdim=True), var.detach(), atol=0.02, rtol=0.08)
 
 
+def test_local_reparam_sample_equals_the_moment_formula_draw_for_draw():
+    """With the same noise, the layer's local-reparameterisation output is s (m_y + √v_y ε) with the
+    moments written out as in the authors' layer (v_y through the matmul v_s (B_mu²)^T), at a
+    scaling s ≠ 1 and distinct per-rank variances: the cheaper algebra leaves every draw unchanged."""
+    torch.manual_seed(0)
+    layer = LRVDLinear(nn.Linear(6, 5).double(), r=3, scaling=2.5, local_reparam=True)
+    with torch.no_grad():
+        layer.rank_log_sigma2.copy_(torch.tensor([-6.0, -2.0, 0.5]))
+        layer.B_mu.normal_()
+    layer.train()
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    s2 = torch.exp(layer.log_sigma2())
+    m_s = x @ layer.A_mu.T
+    v_s = x.square().sum(-1, keepdim=True) * s2
+    m_y = m_s @ layer.B_mu.T
+    v_y = v_s @ layer.B_mu.square().T + ((m_s.square() + v_s) * s2).sum(-1, keepdim=True)
+    torch.manual_seed(1)
+    expected = 2.5 * (m_y + torch.sqrt(v_y + 1e-12) * torch.randn_like(m_y))
+    torch.manual_seed(1)
+    torch.testing.assert_close(layer.adapter_delta(x), expected, rtol=1e-10, atol=1e-10)
+
+
 def test_grouped_samples_use_one_weight_draw_per_group():
     """Inside a replica group the layer is one affine map (a single draw); groups differ."""
     torch.manual_seed(0)

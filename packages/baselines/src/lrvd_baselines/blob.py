@@ -42,7 +42,7 @@ from lrvd.errors import LRVDError
 from lrvd.inject import replace_modules
 from lrvd.layers import adapter_dtype, frozen_linear_shape
 from lrvd.protocol import AdapterSpec, MethodBase, TrainPlan
-from lrvd_baselines.peft_adapters import mean_softmax, model_device, seeded
+from lrvd_baselines.peft_adapters import mean_softmax, model_device, sample_seed, seeded
 
 
 @dataclass
@@ -138,7 +138,6 @@ class BLoB(MethodBase):
         self.kl_cycle = 1
         self.steps_per_epoch = 1
         self.last_kl = 0.0
-        self._predict_calls = 0
 
     def attach(self, model: ClassifierModel, spec: AdapterSpec, plan: TrainPlan) -> ClassifierModel:
         if plan.train.mixed_precision == "fp16":
@@ -209,9 +208,7 @@ class BLoB(MethodBase):
                 layer.sampling = n > 0
             if n == 0:
                 return torch.softmax(model(batch).float(), dim=-1)
-            base = self.plan.train.seed if self.plan is not None else 0
-            self._predict_calls += 1
-            with seeded(1_000_003 * base + self._predict_calls, model_device(model)):
+            with seeded(sample_seed(), model_device(model)):
                 return mean_softmax(lambda: model(batch), n)
         finally:
             for layer, s in zip(layers, saved):

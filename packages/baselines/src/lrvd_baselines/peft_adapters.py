@@ -78,6 +78,17 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def sample_seed() -> int:
+    """Seed for one Monte-Carlo prediction call, drawn from torch's global RNG.
+
+    The caller seeds that RNG once per prediction pass (:func:`lrvd.training.predict` with
+    ``seed=``; the bench passes the trial seed), so a reloaded adapter predicts exactly as the
+    trained one, whatever ran before (checkpoint scoring, other batches), while successive batches
+    still get independent noise. The sampling itself runs in :func:`seeded`, outside the global stream.
+    """
+    return int(torch.randint(0, 2**62, ()).item())
+
+
 def mean_softmax(sample_logits: Callable[[], torch.Tensor], n_samples: int) -> torch.Tensor:
     """Probability averaging (BLoB protocol): ``(1/M) Σ_m softmax(f(x; θ_m))``, ``[batch, classes]``."""
     total = None
@@ -97,10 +108,6 @@ class PeftMethod(MethodBase):
     #: how many samples ``predict_proba(n_samples=None)`` draws (0: deterministic)
     default_n_samples: int = 0
 
-    def __init__(self, **hyper_params: Any) -> None:
-        super().__init__(**hyper_params)
-        self._predict_calls = 0
-
     def peft_config(self, spec: AdapterSpec, plan: TrainPlan) -> Any:
         raise NotImplementedError
 
@@ -119,14 +126,8 @@ class PeftMethod(MethodBase):
         return n
 
     def next_sample_seed(self) -> int:
-        """Seed for the next MC prediction call: the run's seed plus a call counter.
-
-        Reproducible across processes (a reloaded adapter predicts exactly as the trained one) while
-        successive batches still get independent noise.
-        """
-        base = self.plan.train.seed if self.plan is not None else 0
-        self._predict_calls += 1
-        return 1_000_003 * base + self._predict_calls
+        """Seed for the next MC prediction call (see :func:`sample_seed`)."""
+        return sample_seed()
 
     # -- persistence ---------------------------------------------------------------------------
     def peft_export(self, model: ClassifierModel):

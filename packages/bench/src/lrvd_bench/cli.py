@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", help="leaderboard CSV path (default: RUN_DIR/leaderboard.csv; .md beside it)")
     board.add_argument("--markdown", action="store_true", help="print the Markdown table")
     board.add_argument("--figures", action="store_true", help="also redraw RUN_DIR/figures")
+    board.add_argument("--reference", help="method the paired differences compare with (default: the run's "
+                                           "config key reference, else lora)")
 
     analyze = sub.add_parser("analyze", help="post-hoc analyses of a run (rank dynamics, tau sweep, gauge, "
                              "calibration, SNR): CSV + PNG under RUN_DIR/analysis")
@@ -180,11 +182,17 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not (run_dir / "trials").is_dir():
         raise BenchError(f"{run_dir} is not a bench run directory (no trials/ folder)")
     rows = gather_rows(run_dir)
-    board = write_leaderboard(rows, run_dir, csv_path=args.out)
+    if args.reference:
+        from lrvd_bench.config import available_methods
+        from lrvd_bench.errors import unknown_choice
+
+        if args.reference not in available_methods():
+            raise unknown_choice("reference method", args.reference, available_methods())
+    board = write_leaderboard(rows, run_dir, csv_path=args.out, reference=args.reference)
     if args.figures:
         from lrvd_bench.plots import make_figures
 
-        make_figures(run_dir, rows)
+        make_figures(run_dir, rows, board=board)
     if args.markdown:
         print(to_markdown(board), end="")
     else:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from lrvd.protocol import AdapterSpec, TrainConfig
-
 from lrvd_bench.errors import BenchError, LRVDError, unknown_choice
+from lrvd_bench.leaderboard import DEFAULT_REFERENCE
 
 #: Experiment trackers ``loggers:`` accepts (Ray Tune logger callbacks; see lrvd_bench.runner).
 LOGGERS = ("csv", "json", "tensorboard", "mlflow", "wandb")
@@ -125,6 +125,10 @@ class ExperimentConfig:
         metadata={"help": "run successive trials in one Ray worker process: saves ~8 s of imports per trial; "
                           "peak memory stays per trial, but on CPU a worker's first trial also carries one-time "
                           "lazy initialisation (~25 MiB on MiniLM)"})
+    reference: str = field(
+        default=DEFAULT_REFERENCE,
+        metadata={"help": "method the leaderboard's paired differences (delta_* columns with paired-bootstrap "
+                          "intervals) compare every other method with", "flag": str})
     save_adapter: bool = field(default=True, metadata={"help": "save each trial's adapter (safetensors)"})
     save_predictions: bool = field(default=True, metadata={"help": "save each trial's eval probabilities (npz)"})
 
@@ -160,6 +164,8 @@ class ExperimentConfig:
                 raise unknown_choice("method in method_params:", name, valid_methods)
             if not isinstance(self.method_params[name], dict):
                 raise BenchError(f"method_params.{name} must be a mapping of hyper-parameters")
+        if self.reference not in valid_methods:
+            raise unknown_choice("reference method", self.reference, valid_methods)
         if self.device not in {"auto", "cpu", "cuda"} and not re.fullmatch(r"cuda:\d+", self.device):
             raise unknown_choice("device", self.device, ["auto", "cpu", "cuda", "cuda:N"])
         if self.scheduler not in (None, "fifo", "asha"):

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lrvd.data_split import holdout_indices
-from lrvd.errors import LRVDError
 from torch.utils.data import DataLoader, Dataset
 
+from lrvd.data_split import holdout_indices
+from lrvd.errors import LRVDError
 from lrvd_bench.backbones import Backbone
 from lrvd_bench.tasks.base import Example, Task, with_context
 

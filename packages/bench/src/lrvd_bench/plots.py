@@ -5,7 +5,10 @@
   :func:`lrvd.metrics.calibration_bins`, the same bins as the ECE column);
 - ``accuracy_vs_ece_<task>.png``: one point per seed, method means with ±1 std bars;
 - ``effective_rank_<task>.png``: total rank over training steps (sum over modules of ``ranks.csv``),
-  one panel per method (at most 3 per row, shared axes), mean ± std over seeds.
+  one panel per method (at most 3 per row, shared axes), mean ± std over seeds;
+- ``paired_differences_<task>.png``: a forest plot, one panel per metric (accuracy, ECE, NLL, Brier),
+  each method's paired difference from the reference with its 95 % interval (the leaderboard's
+  ``delta_*`` columns, :mod:`lrvd_bench.paired`); filled markers where the interval excludes 0.
 """
 
 from __future__ import annotations
@@ -107,13 +110,62 @@ def effective_rank_curves(run_dir: Path, rows: list[dict[str, Any]], out_dir: Pa
     return paths
 
 
-def make_figures(run_dir: str | Path, rows: list[dict[str, Any]] | None = None) -> list[Path]:
-    """Write all figures of ``run_dir`` into ``run_dir/figures``; returns the files written."""
+def paired_forest(board: Any, out_dir: Path) -> list[Path]:
+    """Forest plot of the ``delta_*`` columns per task: methods down, Δ with its interval across."""
+    import math
+
+    from lrvd_bench.paired import PAIRED_METRICS
+
+    if "delta_accuracy" not in board.columns:
+        return []
+    plt = pyplot()
+    labels = {"accuracy": "Δ accuracy (higher is better)", "ece": "Δ ECE (lower is better)",
+              "nll": "Δ NLL (lower is better)", "brier": "Δ Brier (lower is better)"}
+    paths = []
+    for task, group in board.groupby("task", sort=True):
+        group = group[group["delta_accuracy"].notna()]
+        if group.empty:
+            continue
+        points = group["search_point"] if "search_point" in group.columns else [""] * len(group)
+        names = [f"{m} {sp}" if isinstance(sp, str) and sp else m for m, sp in zip(group["method"], points)]
+        reference = group["reference"].iloc[0]
+        fig, axes = plt.subplots(1, len(PAIRED_METRICS), figsize=(3.3 * len(PAIRED_METRICS), 0.45 * len(group) + 1.6),
+                                 sharey=True, squeeze=False)
+        y = list(range(len(group)))[::-1]
+        for ax, metric in zip(axes[0], PAIRED_METRICS):
+            for yi, (_, row) in zip(y, group.iterrows()):
+                delta, lo, hi = row[f"delta_{metric}"], row[f"delta_{metric}_lo"], row[f"delta_{metric}_hi"]
+                if math.isnan(delta):
+                    continue
+                excludes = lo > 0 or hi < 0
+                ax.errorbar(delta, yi, xerr=[[delta - lo], [hi - delta]], fmt="o", capsize=3, color="C0",
+                            markerfacecolor="C0" if excludes else "white")
+            ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+            ax.set_xlabel(labels[metric], fontsize=8)
+        axes[0][0].set_yticks(y)
+        axes[0][0].set_yticklabels(names, fontsize=8)
+        fig.suptitle(f"Paired differences from {reference}, {task} (95 % paired bootstrap; filled: excludes 0)",
+                     fontsize=9)
+        paths.append(save_figure(fig, out_dir / f"paired_differences_{safe(task)}.png"))
+    return paths
+
+
+def make_figures(run_dir: str | Path, rows: list[dict[str, Any]] | None = None, board: Any = None) -> list[Path]:
+    """Write all figures of ``run_dir`` into ``run_dir/figures``; returns the files written.
+
+    ``board`` is the leaderboard the forest plot draws; by default ``run_dir/leaderboard.csv`` (written
+    just before by the sweep and by ``bench leaderboard``), else none is drawn.
+    """
+    import pandas as pd
+
     from lrvd_bench.leaderboard import gather_rows
 
     run_dir = Path(run_dir)
     rows = gather_rows(run_dir) if rows is None else rows
     out_dir = run_dir / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if board is None and (run_dir / "leaderboard.csv").is_file():
+        board = pd.read_csv(run_dir / "leaderboard.csv")
     return (reliability_diagrams(run_dir, rows, out_dir) + accuracy_vs_ece(rows, out_dir)
-            + effective_rank_curves(run_dir, rows, out_dir))
+            + effective_rank_curves(run_dir, rows, out_dir)
+            + (paired_forest(board, out_dir) if board is not None else []))

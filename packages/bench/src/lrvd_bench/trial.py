@@ -209,6 +209,15 @@ def data_fingerprint(task: Any, data_dir: str | None) -> tuple[str, str]:
     return f"{src.kind}:{Path(src.location).name}" + (" (carved)" if src.carved else ""), digest.hexdigest()
 
 
+def evaluated_n_samples(method: Any, n_samples: int | None) -> int | None:
+    """The number of posterior samples the trial's predictive drew: the sweep's ``n_samples`` or, when
+    unset, the method's own default (None for a deterministic method)."""
+    if n_samples is not None:
+        return int(n_samples)
+    default = getattr(method.params, "n_samples", None)
+    return int(default) if default is not None else None
+
+
 def learned_flag(final_nll: float, probs: Any, labels: Any, accuracy: float) -> tuple[bool, float, float]:
     """(learned, uniform-prediction loss, majority-class accuracy) — see LEARNED_LOSS_FRACTION and
     LEARNED_SE_MARGIN; ``final_nll`` is the training NLL without KL terms.
@@ -339,8 +348,9 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
         posthoc_time = time.perf_counter() - posthoc_start
         phase("predict")
         eval_start = time.perf_counter()
+        # Seeded from the trial seed: a reloaded adapter reproduces these predictions (lrvd_bench.reload).
         probs, labels = predict(method, model, data.eval_loader, n_samples=spec.n_samples, device=device,
-                                progress=progress)
+                                progress=progress, seed=spec.seed)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         eval_time = time.perf_counter() - eval_start
@@ -355,7 +365,11 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
         if spec.save_predictions:
             np.savez_compressed(trial_dir / "predictions.npz", probs=probs.numpy(), labels=labels.numpy())
         if spec.save_adapter:
+            from lrvd.adapter_io import record_evaluation
+
             method.save_adapter(model, trial_dir / "adapter")
+            record_evaluation(trial_dir / "adapter", n_samples=evaluated_n_samples(method, spec.n_samples),
+                              seed=spec.seed, eval_batch_size=spec.eval_batch_size, device=str(device))
         row = {
             **_identity(spec),
             "status": "ok",

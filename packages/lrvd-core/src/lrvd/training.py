@@ -223,7 +223,7 @@ def fit(
         running_nll = nll if step == 0 else 0.9 * running_nll + 0.1 * nll
         scores = {}
         if best is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == plan.total_steps):
-            scores = _score_checkpoint(method, model, val_loader, device, step + 1, result)
+            scores = _score_checkpoint(method, model, val_loader, device, step + 1, cfg.seed, result)
             best.offer(step + 1, scores, model, optimizer)
         if scores or (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == plan.total_steps:
             record = {"step": step + 1, "epoch": epoch, "loss": loss_value, "lr": lr, **logs, **step_logs, **scores}
@@ -249,11 +249,14 @@ def fit(
 
 
 def _score_checkpoint(method: AdapterMethod, model: ClassifierModel, val_loader: Iterable[Any],
-                      device: torch.device, step: int, result: TrainResult) -> dict[str, float]:
-    """``val_*`` metrics of the method's predictive now; RNG forked and train mode restored after."""
+                      device: torch.device, step: int, seed: int, result: TrainResult) -> dict[str, float]:
+    """``val_*`` metrics of the method's predictive now, train mode restored after.
+
+    ``predict(seed=...)`` forks the RNG (training draws stay as without scoring) and gives every
+    checkpoint the same posterior draws, so checkpoints differ by their weights, not by MC noise.
+    """
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        probs, labels = predict(method, model, val_loader, device=device, progress=False)
+    probs, labels = predict(method, model, val_loader, device=device, progress=False, seed=seed)
     model.train()
     metrics = classification_metrics(probs, labels)
     scores = {f"val_{k}": metrics[k] for k in ("accuracy", "nll", "ece", "brier")}
@@ -271,9 +274,20 @@ def predict(
     n_samples: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior-predictive probabilities ``[N, n_classes]`` and labels ``[N]`` over ``loader``."""
+    """Posterior-predictive probabilities ``[N, n_classes]`` and labels ``[N]`` over ``loader``.
+
+    ``seed``: torch's RNG (CPU and ``device``) is seeded with it for this pass and restored after, so
+    every sampled predictive (BayesLoRA, BLoB, MC dropout, IVON, Laplace nn) draws the same samples
+    whenever the same model predicts the same data: a reloaded adapter reproduces the trial's
+    predictions exactly on CPU. The bench passes the trial seed.
+    """
     device = resolve_device(device) if not isinstance(device, torch.device) else device
+    if seed is not None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return predict(method, model, loader, n_samples=n_samples, device=device, progress=progress)
     model.to(device)
     model.eval()
     probs, labels = [], []
