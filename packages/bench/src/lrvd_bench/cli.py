@@ -37,19 +37,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def suite_version() -> str:
-    """``lrvd-bench`` version (installed metadata; cheap, no heavy import)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("lrvd-bench")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     from lrvd_bench.cli_knobs import add_knob_flags
     from lrvd_bench.config import add_flags, nested_keys_help
+    from lrvd_bench.provenance import suite_version
 
     parser = argparse.ArgumentParser(
         prog="bench", description="Compare Bayesian low-rank adapter methods: methods × tasks × seeds as Ray Tune "
@@ -94,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         "cost", help="step time, peak memory, prediction cost of every registered method (interleaved)",
         description="Measure every registered method on one backbone and batch shape in one process, "
         "round-robin; or, with --ray-overhead RUN_DIR, a finished sweep's Ray Tune overhead."))
+
+    export = sub.add_parser("export", help="one trial's adapter as a self-contained folder (peft adapter, task head, "
+                            "sidecar, README model card)", formatter_class=HelpFormatter)
+    export.add_argument("run_dir", help="run directory, e.g. runs/quickstart-...")
+    export.add_argument("--method", required=True, help="method of the trial to export")
+    export.add_argument("--seed", type=int, help="seed of the trial (default: the lowest finished seed)")
+    export.add_argument("--out", required=True, help="output folder (new or empty)")
 
     methods = sub.add_parser("list-methods", help="registered adapter methods (--params: their hyper-parameters)")
     methods.add_argument("--params", nargs="?", const="", default=None, metavar="METHOD",
@@ -225,6 +223,15 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return cost_main(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from lrvd_bench.export import export_trial, find_trial
+
+    trial = find_trial(args.run_dir, args.method, args.seed)
+    out = export_trial(trial, args.out)
+    print(f"exported {trial.name} to {out}")
+    return 0
+
+
 def cmd_list_methods(args: argparse.Namespace) -> int:
     from lrvd.registry import METHODS
 
@@ -281,6 +288,7 @@ COMMANDS = {
     "leaderboard": cmd_leaderboard,
     "analyze": cmd_analyze,
     "cost": cmd_cost,
+    "export": cmd_export,
     "list-methods": cmd_list_methods,
     "list-tasks": cmd_list_tasks,
 }

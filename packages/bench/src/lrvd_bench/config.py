@@ -94,6 +94,9 @@ class ExperimentConfig:
     n_samples: int | None = field(
         default=None, metadata={"help": "posterior samples at prediction (None: each method's default)", "flag": int})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (inside each trial)", "flag": str})
+    load_in_8bit: bool = field(
+        default=False, metadata={"help": "frozen base weights in 8-bit (bitsandbytes, CUDA only; BLoB's LLaMA "
+                                         "scripts); needs uv sync --extra int8"})
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs reserved per trial", "flag": float})
     gpus_per_trial: float | None = field(
         default=None,
@@ -168,6 +171,9 @@ class ExperimentConfig:
             raise unknown_choice("reference method", self.reference, valid_methods)
         if self.device not in {"auto", "cpu", "cuda"} and not re.fullmatch(r"cuda:\d+", self.device):
             raise unknown_choice("device", self.device, ["auto", "cpu", "cuda", "cuda:N"])
+        if self.load_in_8bit and self.device == "cpu":
+            raise BenchError("load_in_8bit needs a CUDA device (bitsandbytes int8 kernels); set device: cuda or "
+                             "load_in_8bit: false")
         if self.scheduler not in (None, "fifo", "asha"):
             raise unknown_choice("scheduler", self.scheduler, ["fifo", "asha"])
         if isinstance(self.loggers, str):
@@ -237,7 +243,7 @@ class ExperimentConfig:
                 method_params=dict(self.method_params.get(method, {})),
                 data_dir=self.data_dir, limit_train=self.limit_train, limit_eval=self.limit_eval,
                 validation_fraction=self.validation_fraction, split_seed=self.split_seed, max_length=self.max_length, eval_batch_size=self.eval_batch_size, n_samples=self.n_samples,
-                device=self.device, save_adapter=self.save_adapter, save_predictions=self.save_predictions,
+                load_in_8bit=self.load_in_8bit, device=self.device, save_adapter=self.save_adapter, save_predictions=self.save_predictions,
             )
             specs.append(spec.with_overrides(point) if point else spec)
         return specs
@@ -263,6 +269,7 @@ class TrialSpec:
     max_length: int = 64
     eval_batch_size: int = 16
     n_samples: int | None = None
+    load_in_8bit: bool = False
     device: str = "auto"
     save_adapter: bool = True
     save_predictions: bool = True

@@ -37,7 +37,8 @@ COLUMNS: dict[str, str] = {
     "search_point": "search-space values of this row (JSON; empty without a search space)",
     "n_seeds": "successful seeds aggregated in this row",
     "n_failed": "seeds that crashed (see trials.csv for the error)",
-    "n_learned": "seeds whose final training NLL (without KL terms) fell below 0.985 × ln(#choices) and whose accuracy beat the majority class by 2 binomial standard errors",
+    "n_learned": "seeds whose final training NLL (without KL terms) fell below 0.985 × ln(#choices) and whose "
+                 "accuracy beat the majority class by 2 binomial standard errors",
     "accuracy_mean": "top-1 accuracy on the evaluation split (mean over seeds)",
     "accuracy_std": "standard deviation over seeds (ddof=1)",
     "accuracy_se_eval": "binomial standard error of accuracy_mean from the evaluation-set size: √(p(1−p)/n_eval)",

@@ -14,7 +14,6 @@ import os
 import platform
 import shlex
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,22 +26,14 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def git_state(path: Path | None = None) -> dict[str, Any]:
+def git_state() -> dict[str, Any]:
     """``{"commit", "dirty"}`` of the checkout holding this package; empty outside a checkout."""
-    here = Path(path or __file__).resolve().parent
-    try:
-        top = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        # only the suite's own checkout (not, say, a site-packages inside some other repository)
-        if not (Path(top) / "packages" / "bench").is_dir():
-            return {}
-        commit = subprocess.run(["git", "-C", top, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", top, "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
+    from lrvd_bench.provenance import suite_commit
+
+    commit = suite_commit()
+    if commit == "unknown":
         return {}
-    return {"commit": commit, "dirty": bool(status.strip())}
+    return {"commit": commit.removesuffix("+dirty"), "dirty": commit.endswith("+dirty")}
 
 
 def environment() -> dict[str, Any]:

@@ -44,6 +44,7 @@ from typing import Any
 from lrvd.errors import LRVDError
 
 from lrvd_bench.config import TrialSpec, portable_model_name
+from lrvd_bench.provenance import suite_commit
 
 #: A progress hook: receives one record (see :data:`PROGRESS_KEYS`) every ``log_every`` steps.
 Reporter = Callable[[dict[str, Any]], None]
@@ -322,7 +323,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
     task = get_task(spec.task)
     source, source_sha256 = data_fingerprint(task, spec.data_dir)
     phase("load backbone")
-    backbone = load_backbone(spec.model, task)
+    backbone = load_backbone(spec.model, task, load_in_8bit=spec.load_in_8bit)
     data = make_loaders(
         task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
         eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
@@ -403,6 +404,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
             "device_name": device_name(device),
             **node_info(),
             "versions": package_versions(),
+            "suite_commit": suite_commit(),
         }
         phase("done")
         return row

@@ -1,6 +1,6 @@
 """The LRVD layer: a frozen linear map plus a LoRA update with a rank-wise Gaussian posterior.
 
-Parameterisation (authors' code, github mercury0100/bayeslora ``bayeslora/layers.py``; docs/methods.md)::
+Parameterisation (authors' code, github mercury0100/bayeslora ``bayeslora/hf.py``; docs/methods.md)::
 
     y = W x + s · B A x,            s = lora_alpha / r   (fixed at attach time, unchanged by pruning)
     q(A_kj) = N(A_mu[k, j], σ_k²),  q(B_ik) = N(B_mu[i, k], σ_k²)
