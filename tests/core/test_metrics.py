@@ -123,3 +123,24 @@ def test_classification_metrics_is_each_metric_with_its_bins():
                    "brier": pytest.approx(metrics.brier_score(PROBS, LABELS)), "mcc": pytest.approx(0.0)}
     assert metrics.classification_metrics(PROBS, LABELS)["ece"] == pytest.approx(
         metrics.expected_calibration_error(PROBS, LABELS, 15))
+
+
+def test_calibration_bins_with_an_empty_last_bin_and_a_single_example_bin():
+    probs = torch.tensor([[0.3, 0.3, 0.4], [0.6, 0.2, 0.2], [0.65, 0.25, 0.1]])
+    labels = torch.tensor([2, 1, 0])  # confidences 0.4 (bin 1 of 4, alone), 0.6, 0.65 (bin 2); bin 3 empty
+    counts, conf, acc = metrics.calibration_bins(probs, labels, n_bins=4)
+    torch.testing.assert_close(counts, torch.tensor([0.0, 1.0, 2.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(conf, torch.tensor([0.0, 0.4, 0.625, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(acc, torch.tensor([0.0, 1.0, 0.5, 0.0], dtype=torch.float64))
+
+
+def test_mcc_three_classes_and_the_undefined_case():
+    # predictions 0, 1, 0, 1 for labels 0, 1, 1, 0 of three classes (class 2 never occurs)
+    probs = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.3, 0.6, 0.1]])
+    labels = torch.tensor([0, 1, 1, 0])
+    # Gorodkin: c = 2, s = 4, t = p = (2, 2, 0): (2·4 − 8) / (√(16 − 8)·√(16 − 8)) = 0
+    assert metrics.matthews_corrcoef(probs, labels) == pytest.approx(0.0)
+    labels = torch.tensor([0, 1, 1, 1])  # c = 3, t = (1, 3, 0), p = (2, 2, 0): (12 − 8) / (√8·√6)
+    assert metrics.matthews_corrcoef(probs, labels) == pytest.approx(4 / math.sqrt(48))
+    constant = torch.tensor([[0.9, 0.05, 0.05]] * 4)  # one predicted class: MCC undefined -> 0
+    assert metrics.matthews_corrcoef(constant, labels) == 0.0
