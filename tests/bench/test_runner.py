@@ -214,7 +214,9 @@ def test_bench_run_end_to_end_writes_leaderboard_with_documented_columns(ray_ses
         assert (folder / name).is_file(), name
     assert (folder / "adapter" / "adapter_model.safetensors").is_file() and (folder / "adapter" / "lrvd_adapter.json").is_file()
     assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == [
-        "accuracy_vs_ece_arc-c.png", "effective_rank_arc-c.png", "reliability_arc-c.png"]
+        "accuracy_vs_ece_arc-c.png", "effective_rank_arc-c.png", "paired_differences_arc-c.png",
+        "reliability_arc-c.png"]
+    assert board.set_index("method").loc["mc-dropout-lora", "delta_n_seeds"] == 2  # paired with lora's seeds
 
 
 @pytest.mark.slow
