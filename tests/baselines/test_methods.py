@@ -279,3 +279,23 @@ def test_laplace_subset_fit_is_rescaled_to_the_full_training_set():
 def test_laplace_fit_examples_is_validated():
     with pytest.raises(LRVDError, match="fit_examples"):
         get_method("laplace-lora")(fit_examples=-1)
+
+
+@pytest.mark.parametrize("all_dropout", [False, True])
+def test_mc_dropout_leaves_backbone_dropout_off_at_prediction(all_dropout):
+    """A backbone with dropout 0.3 and a zero adapter (B = 0): only adapter-path dropout is on at
+    prediction, so the MC predictive equals the deterministic pass exactly; a leak of dropout into
+    the backbone (all_dropout=True, BLoB's "MCD" convention, is the control) makes them differ."""
+    method = get_method("mc-dropout-lora")(all_dropout=all_dropout, n_samples=4)
+    plan = TrainPlan(total_steps=1, n_train=8, train=TrainConfig())
+    model = method.attach(TinyBertClassifier(dropout=0.3), SPEC, plan)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.3 for m in model.backbone.modules())
+    model.eval()
+    batch = next(iter(make_toy_loader(8, shuffle=False)))
+    with torch.no_grad():
+        det = torch.softmax(model(batch).float(), -1)
+    mc = method.predict_proba(model, batch)
+    if all_dropout:
+        assert not torch.allclose(mc, det)
+    else:
+        torch.testing.assert_close(mc, det, rtol=0, atol=0)

@@ -25,6 +25,8 @@ and ``scripts/blob/*.sh``), which is what the reported numbers come from:
   N: its strength is set by ``kl_lr`` and the cycle length (which grows as N^0.39).
 - Prediction: mean softmax over N = 10 samples; ``n_samples = 0`` is "BLoB (N=0)", the posterior mean.
 
+Every default with its source and every deviation: docs/methods.md (BLoB).
+
 Not supported: ``mixed_precision = fp16`` (the loss scaler would scale G's gradient unseen by the
 SGD step); bf16 autocast (the CUDA default) is fine.
 """

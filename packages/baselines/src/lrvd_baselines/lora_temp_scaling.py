@@ -10,7 +10,7 @@ by default), carved by the bench with :func:`lrvd.data_split.holdout_indices` an
 ``after_training(model, train_loader, val_loader)``; LoRA trains on the same remaining rows, and the
 evaluation set is never used. Without a
 validation loader the temperature is fitted on the training loader (with a warning): over-fitted
-training logits then understate the needed temperature.
+training logits then understate the needed temperature. Defaults: docs/methods.md.
 """
 
 from __future__ import annotations

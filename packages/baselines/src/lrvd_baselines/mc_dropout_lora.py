@@ -7,7 +7,7 @@ pretrained backbone stays deterministic. ``all_dropout=True`` instead turns on e
 in the model (the bayesian-peft "MCD" convention), which also perturbs the frozen backbone.
 
 Defaults: p = 0.1 (the dropout rate of the MC-dropout baselines in Laplace-LoRA and BLoB) and
-M = 10 samples (BLoB's evaluation protocol).
+M = 10 samples (BLoB's evaluation protocol). Sources and deviations: docs/methods.md (MC-dropout LoRA).
 """
 
 from __future__ import annotations

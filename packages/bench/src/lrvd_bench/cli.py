@@ -37,19 +37,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def suite_version() -> str:
-    """``lrvd-bench`` version (installed metadata; cheap, no heavy import)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("lrvd-bench")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     from lrvd_bench.cli_knobs import add_knob_flags
     from lrvd_bench.config import add_flags, nested_keys_help
+    from lrvd_bench.provenance import suite_version
 
     parser = argparse.ArgumentParser(
         prog="bench", description="Compare Bayesian low-rank adapter methods: methods × tasks × seeds as Ray Tune "
@@ -95,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure every registered method on one backbone and batch shape in one process, "
         "round-robin; or, with --ray-overhead RUN_DIR, a finished sweep's Ray Tune overhead."))
 
+    export = sub.add_parser("export", help="one trial's adapter as a self-contained folder (peft adapter, task head, "
+                            "sidecar, README model card)", formatter_class=HelpFormatter)
+    export.add_argument("run_dir", help="run directory, e.g. runs/quickstart-...")
+    export.add_argument("--method", required=True, help="method of the trial to export")
+    export.add_argument("--seed", type=int, help="seed of the trial (default: the lowest finished seed)")
+    export.add_argument("--out", required=True, help="output folder (new or empty)")
+
     methods = sub.add_parser("list-methods", help="registered adapter methods (--params: their hyper-parameters)")
     methods.add_argument("--params", nargs="?", const="", default=None, metavar="METHOD",
                          help="print every hyper-parameter (type, default, help) of METHOD, or of all methods")
@@ -139,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                              + ", ".join(sorted(extra | ({"--config"} if args.config else set()))))
         from lrvd_bench.runner import resume_sweep
 
-        return resume_sweep(args.resume, retry_failed=args.retry_failed, address=overrides.get("address")).exit_code
+        return _report(resume_sweep(args.resume, retry_failed=args.retry_failed, address=overrides.get("address")))
     if args.retry_failed:
         raise BenchError("--retry-failed only makes sense with --resume RUN_DIR")
     path = args.config or default_config_path()
@@ -153,7 +151,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from lrvd_bench.runner import run_sweep
 
-    return run_sweep(config, config_path=path).exit_code
+    return _report(run_sweep(config, config_path=path))
+
+
+def _report(outcome) -> int:
+    """The leaderboard as ``bench leaderboard`` prints it, after the sweep's summary line."""
+    if outcome.board is not None and len(outcome.board):
+        print(board_text(outcome.board))
+        print(f"\nall columns: {outcome.run_dir / 'leaderboard.csv'}")
+    return outcome.exit_code
+
+
+def board_text(board) -> str:
+    """The leaderboard's main columns as a plain-text table."""
+    keys = [c for c in ("task", "method", "search_point", "n_seeds", "n_failed", "n_learned", "accuracy_mean",
+                        "accuracy_std", "ece_mean", "nll_mean", "brier_mean", "effective_rank_mean",
+                        "train_time_s_mean") if c in board.columns]
+    return board[keys].to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -180,10 +194,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.markdown:
         print(to_markdown(board), end="")
     else:
-        keys = [c for c in ("task", "method", "search_point", "n_seeds", "n_failed", "n_learned", "accuracy_mean",
-                            "accuracy_std", "ece_mean", "nll_mean", "brier_mean", "effective_rank_mean",
-                            "train_time_s_mean") if c in board.columns]
-        print(board[keys].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(board_text(board))
         print(f"\nall columns: {args.out or run_dir / 'leaderboard.csv'}")
     return 0
 
@@ -210,6 +221,15 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from lrvd_bench.cost.cli import main as cost_main
 
     return cost_main(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lrvd_bench.export import export_trial, find_trial
+
+    trial = find_trial(args.run_dir, args.method, args.seed)
+    out = export_trial(trial, args.out)
+    print(f"exported {trial.name} to {out}")
+    return 0
 
 
 def cmd_list_methods(args: argparse.Namespace) -> int:
@@ -268,6 +288,7 @@ COMMANDS = {
     "leaderboard": cmd_leaderboard,
     "analyze": cmd_analyze,
     "cost": cmd_cost,
+    "export": cmd_export,
     "list-methods": cmd_list_methods,
     "list-tasks": cmd_list_tasks,
 }

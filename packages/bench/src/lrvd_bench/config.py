@@ -29,6 +29,8 @@ from lrvd.protocol import AdapterSpec, TrainConfig
 from lrvd_bench.errors import BenchError, LRVDError, unknown_choice
 from lrvd_bench.leaderboard import DEFAULT_REFERENCE
 
+#: Experiment trackers ``loggers:`` accepts (Ray Tune logger callbacks; see lrvd_bench.runner).
+LOGGERS = ("csv", "json", "tensorboard", "mlflow", "wandb")
 #: Fraction of the training set held out as the shared validation split unless a config says otherwise:
 #: the 10 % the temperature-scaling baseline held out before the split became sweep-wide (40 of the
 #: quickstart's 400 training questions, 225 of ARC-Easy's 2251).
@@ -92,6 +94,9 @@ class ExperimentConfig:
     n_samples: int | None = field(
         default=None, metadata={"help": "posterior samples at prediction (None: each method's default)", "flag": int})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (inside each trial)", "flag": str})
+    load_in_8bit: bool = field(
+        default=False, metadata={"help": "frozen base weights in 8-bit (bitsandbytes, CUDA only; BLoB's LLaMA "
+                                         "scripts); needs uv sync --extra int8"})
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs reserved per trial", "flag": float})
     gpus_per_trial: float | None = field(
         default=None,
@@ -112,7 +117,12 @@ class ExperimentConfig:
     num_samples: int = field(default=1, metadata={"help": "samples of the search space (Ray Tune num_samples)",
                                                   "flag": int})
     scheduler: str | None = field(
-        default=None, metadata={"help": "Ray Tune trial scheduler: fifo (default) | asha (by accuracy)"})
+        default=None, metadata={"help": "Ray Tune trial scheduler: fifo (default) | asha (stops trials early on the "
+                                        "validation metric; needs train.eval_every)"})
+    loggers: list[str] = field(
+        default_factory=lambda: ["csv", "tensorboard"],
+        metadata={"help": "experiment trackers fed every log_every steps: " + ", ".join(LOGGERS)
+                          + " (mlflow, wandb: optional extras)", "flag": _csv})
     reuse_actors: bool = field(
         default=False,
         metadata={"help": "run successive trials in one Ray worker process: saves ~8 s of imports per trial; "
@@ -161,8 +171,16 @@ class ExperimentConfig:
             raise unknown_choice("reference method", self.reference, valid_methods)
         if self.device not in {"auto", "cpu", "cuda"} and not re.fullmatch(r"cuda:\d+", self.device):
             raise unknown_choice("device", self.device, ["auto", "cpu", "cuda", "cuda:N"])
+        if self.load_in_8bit and self.device == "cpu":
+            raise BenchError("load_in_8bit needs a CUDA device (bitsandbytes int8 kernels); set device: cuda or "
+                             "load_in_8bit: false")
         if self.scheduler not in (None, "fifo", "asha"):
             raise unknown_choice("scheduler", self.scheduler, ["fifo", "asha"])
+        if isinstance(self.loggers, str):
+            self.loggers = _csv(self.loggers)
+        for name in self.loggers or []:
+            if name not in LOGGERS:
+                raise unknown_choice("logger", name, LOGGERS)
         if self.cpus_per_trial <= 0:
             raise BenchError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
@@ -225,7 +243,7 @@ class ExperimentConfig:
                 method_params=dict(self.method_params.get(method, {})),
                 data_dir=self.data_dir, limit_train=self.limit_train, limit_eval=self.limit_eval,
                 validation_fraction=self.validation_fraction, split_seed=self.split_seed, max_length=self.max_length, eval_batch_size=self.eval_batch_size, n_samples=self.n_samples,
-                device=self.device, save_adapter=self.save_adapter, save_predictions=self.save_predictions,
+                load_in_8bit=self.load_in_8bit, device=self.device, save_adapter=self.save_adapter, save_predictions=self.save_predictions,
             )
             specs.append(spec.with_overrides(point) if point else spec)
         return specs
@@ -251,6 +269,7 @@ class TrialSpec:
     max_length: int = 64
     eval_batch_size: int = 16
     n_samples: int | None = None
+    load_in_8bit: bool = False
     device: str = "auto"
     save_adapter: bool = True
     save_predictions: bool = True
@@ -305,6 +324,13 @@ class TrialSpec:
 
     def build_train(self) -> TrainConfig:
         return TrainConfig(**self.train)
+
+
+def portable_model_name(model: str) -> str:
+    """The backbone as a result row names it: an alias or hub id as given, a local checkpoint by its
+    folder name (``local:tiny-bert``), so rows hold no machine paths."""
+    path = Path(model)
+    return f"local:{path.name}" if path.is_absolute() or model.startswith((".", "~")) else model
 
 
 # -- registries (names only: no heavy imports) ---------------------------------------------------

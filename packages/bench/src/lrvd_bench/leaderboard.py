@@ -41,7 +41,8 @@ COLUMNS: dict[str, str] = {
     "search_point": "search-space values of this row (JSON; empty without a search space)",
     "n_seeds": "successful seeds aggregated in this row",
     "n_failed": "seeds that crashed (see trials.csv for the error)",
-    "n_learned": "seeds whose final training NLL (without KL terms) fell below 0.985 × ln(#choices) and whose accuracy beat the majority class by 2 binomial standard errors",
+    "n_learned": "seeds whose final training NLL (without KL terms) fell below 0.985 × ln(#choices) and whose "
+                 "accuracy beat the majority class by 2 binomial standard errors",
     "accuracy_mean": "top-1 accuracy on the evaluation split (mean over seeds)",
     "accuracy_std": "standard deviation over seeds (ddof=1)",
     "accuracy_se_eval": "binomial standard error of accuracy_mean from the evaluation-set size: √(p(1−p)/n_eval)",
@@ -103,6 +104,8 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             rows.append(json.loads((folder / "result.json").read_text()))
         elif (folder / "error.json").is_file():
             rows.append(json.loads((folder / "error.json").read_text()))
+        elif (folder / "stopped.json").is_file():  # stopped early by the scheduler (lrvd_bench.runner)
+            rows.append(json.loads((folder / "stopped.json").read_text()))
         else:
             spec_file = folder / "spec.json"
             spec = TrialSpec.from_dict(json.loads(spec_file.read_text())) if spec_file.is_file() else None
@@ -122,7 +125,10 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
 def _identity(trial_id: str, spec: Any) -> dict[str, Any]:
     if spec is None:
         return {"trial_id": trial_id}
-    return {"trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": spec.model,
+    from lrvd_bench.config import portable_model_name
+
+    return {"trial_id": spec.trial_id, "method": spec.method, "task": spec.task,
+            "model": portable_model_name(spec.model),
             "seed": spec.seed, "config_hash": spec.config_hash}
 
 

@@ -343,7 +343,13 @@ class MethodBase:
     def adapter_meta(self, model: ClassifierModel) -> dict[str, Any]:
         from importlib import metadata
 
-        meta: dict[str, Any] = {"method": self.name, "params": _jsonable(dataclasses.asdict(self.params))}
+        from lrvd.adapter_io import transformers_model
+
+        hf_model = transformers_model(model)
+        meta: dict[str, Any] = {"method": self.name, "description": self.description,
+                                "params": _jsonable(dataclasses.asdict(self.params)),
+                                "base_model_class": type(hf_model).__name__,
+                                "base_model": getattr(getattr(hf_model, "config", None), "_name_or_path", None)}
         if self.spec is not None:
             meta["spec"] = dataclasses.asdict(self.spec)
         try:
