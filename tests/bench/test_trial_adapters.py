@@ -202,3 +202,17 @@ def test_export_of_a_folder_that_is_no_run_is_one_line_exit_2(tmp_path, capsys):
     code = cli.main(["export", str(tmp_path), "--method", "bayeslora", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not a bench run directory" in err
+
+
+def test_not_learned_mark_reads_the_nll_without_the_kl(tmp_path, tiny_mc_model, monkeypatch):
+    """trial.py hands learned_flag the training NLL (TrainResult.final_nll), not BayesLoRA's
+    KL-including loss; the row carries both."""
+    import lrvd_bench.trial as trial
+
+    seen = []
+    real = trial.learned_flag
+    monkeypatch.setattr(trial, "learned_flag", lambda nll, *a: seen.append(nll) or real(nll, *a))
+    run_dir = run_dir_with_trials(tmp_path, tiny_mc_model, ["bayeslora"])
+    row = json.loads((trial_of(run_dir, "bayeslora") / "result.json").read_text())
+    assert seen == [row["final_train_nll"]]
+    assert row["final_train_nll"] < row["final_train_loss"]  # the KL term is left out

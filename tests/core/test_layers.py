@@ -264,3 +264,42 @@ def test_a_module_pruned_to_rank_zero_leaves_the_autograd_graph():
     y = upper(hidden)
     y.sum().backward()
     assert upper.A_mu.grad is not None and lower.A_mu.grad is None
+
+
+def test_activation_probe_counts_the_outputs_alive_at_once():
+    """Sequential(Linear(4, 100), Linear(100, 3), Linear(3, 50)) on 5 rows: when the second layer's
+    output exists the first's (its input) is still alive: 5·100·4 + 5·3·4 = 2060 bytes; at the third
+    the first is freed (60 + 1000); the Sequential's output is the third's storage (counted once)."""
+    from lrvd.inject import ActivationProbe
+
+    model = nn.Sequential(nn.Linear(4, 100), nn.Linear(100, 3), nn.Linear(3, 50))
+    with torch.no_grad(), ActivationProbe(model) as probe:
+        model(torch.randn(5, 4))
+    assert probe.peak == 2060
+    assert not model[0]._forward_hooks  # hooks removed on exit
+
+
+def test_auto_chunk_from_the_memory_budget_hand_computed():
+    from lrvd.inject import auto_chunk
+
+    # c = floor(1 + budget (resident + a) / (2 a)), in [1, S]
+    assert auto_chunk(10, resident=100, activation=10, memory_budget=0.1) == 1  # 1 + 11/20
+    assert auto_chunk(10, resident=1000, activation=10, memory_budget=0.1) == 6  # 1 + 101/20 = 6.05
+    assert auto_chunk(10, resident=10**6, activation=10, memory_budget=0.1) == 10  # weights ≫ activations
+    assert auto_chunk(10, resident=1000, activation=10, memory_budget=0.0) == 1
+    assert auto_chunk(10, resident=1000, activation=0, memory_budget=0.1) == 10
+
+
+@pytest.mark.parametrize("budget, passes", [(0.0, 10), (1e6, 2)])
+def test_mc_predictive_chunks_samples_from_the_memory_budget(budget, passes):
+    """mc_chunk = 0: one probed sample, then chunks of auto_chunk samples: no extra memory allowed
+    means one sample per pass; an unbounded budget puts the other 9 in one pass."""
+    model = TinyBertClassifier()
+    inject_lrvd(model.backbone, ["query", "value"], r=2, scaling=1.0, init_log_sigma2=-2.0, local_reparam=True)
+    model.eval()
+    calls = []
+    model.backbone.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    batch = next(iter(make_toy_loader(n=4, batch_size=4, shuffle=False)))
+    probs = mc_predict_proba(model, batch, 10, chunk=0, memory_budget=budget)
+    assert len(calls) == passes and sum(calls) == 10 * 4
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4))

@@ -137,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                              + ", ".join(sorted(extra | ({"--config"} if args.config else set()))))
         from lrvd_bench.runner import resume_sweep
 
-        return resume_sweep(args.resume, retry_failed=args.retry_failed, address=overrides.get("address")).exit_code
+        return _report(resume_sweep(args.resume, retry_failed=args.retry_failed, address=overrides.get("address")))
     if args.retry_failed:
         raise BenchError("--retry-failed only makes sense with --resume RUN_DIR")
     path = args.config or default_config_path()
@@ -151,7 +151,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from lrvd_bench.runner import run_sweep
 
-    return run_sweep(config, config_path=path).exit_code
+    return _report(run_sweep(config, config_path=path))
+
+
+def _report(outcome) -> int:
+    """The leaderboard as ``bench leaderboard`` prints it, after the sweep's summary line."""
+    if outcome.board is not None and len(outcome.board):
+        print(board_text(outcome.board))
+        print(f"\nall columns: {outcome.run_dir / 'leaderboard.csv'}")
+    return outcome.exit_code
+
+
+def board_text(board) -> str:
+    """The leaderboard's main columns as a plain-text table."""
+    keys = [c for c in ("task", "method", "search_point", "n_seeds", "n_failed", "n_learned", "accuracy_mean",
+                        "accuracy_std", "ece_mean", "nll_mean", "brier_mean", "effective_rank_mean",
+                        "train_time_s_mean") if c in board.columns]
+    return board[keys].to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -178,10 +194,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.markdown:
         print(to_markdown(board), end="")
     else:
-        keys = [c for c in ("task", "method", "search_point", "n_seeds", "n_failed", "n_learned", "accuracy_mean",
-                            "accuracy_std", "ece_mean", "nll_mean", "brier_mean", "effective_rank_mean",
-                            "train_time_s_mean") if c in board.columns]
-        print(board[keys].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(board_text(board))
         print(f"\nall columns: {args.out or run_dir / 'leaderboard.csv'}")
     return 0
 

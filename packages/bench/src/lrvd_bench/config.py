@@ -29,6 +29,8 @@ from lrvd.protocol import AdapterSpec, TrainConfig
 from lrvd_bench.errors import BenchError, LRVDError, unknown_choice
 from lrvd_bench.leaderboard import DEFAULT_REFERENCE
 
+#: Experiment trackers ``loggers:`` accepts (Ray Tune logger callbacks; see lrvd_bench.runner).
+LOGGERS = ("csv", "json", "tensorboard", "mlflow", "wandb")
 #: Fraction of the training set held out as the shared validation split unless a config says otherwise:
 #: the 10 % the temperature-scaling baseline held out before the split became sweep-wide (40 of the
 #: quickstart's 400 training questions, 225 of ARC-Easy's 2251).
@@ -115,7 +117,12 @@ class ExperimentConfig:
     num_samples: int = field(default=1, metadata={"help": "samples of the search space (Ray Tune num_samples)",
                                                   "flag": int})
     scheduler: str | None = field(
-        default=None, metadata={"help": "Ray Tune trial scheduler: fifo (default) | asha (by accuracy)"})
+        default=None, metadata={"help": "Ray Tune trial scheduler: fifo (default) | asha (stops trials early on the "
+                                        "validation metric; needs train.eval_every)"})
+    loggers: list[str] = field(
+        default_factory=lambda: ["csv", "tensorboard"],
+        metadata={"help": "experiment trackers fed every log_every steps: " + ", ".join(LOGGERS)
+                          + " (mlflow, wandb: optional extras)", "flag": _csv})
     reuse_actors: bool = field(
         default=False,
         metadata={"help": "run successive trials in one Ray worker process: saves ~8 s of imports per trial; "
@@ -169,6 +176,11 @@ class ExperimentConfig:
                              "load_in_8bit: false")
         if self.scheduler not in (None, "fifo", "asha"):
             raise unknown_choice("scheduler", self.scheduler, ["fifo", "asha"])
+        if isinstance(self.loggers, str):
+            self.loggers = _csv(self.loggers)
+        for name in self.loggers or []:
+            if name not in LOGGERS:
+                raise unknown_choice("logger", name, LOGGERS)
         if self.cpus_per_trial <= 0:
             raise BenchError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
@@ -312,6 +324,13 @@ class TrialSpec:
 
     def build_train(self) -> TrainConfig:
         return TrainConfig(**self.train)
+
+
+def portable_model_name(model: str) -> str:
+    """The backbone as a result row names it: an alias or hub id as given, a local checkpoint by its
+    folder name (``local:tiny-bert``), so rows hold no machine paths."""
+    path = Path(model)
+    return f"local:{path.name}" if path.is_absolute() or model.startswith((".", "~")) else model
 
 
 # -- registries (names only: no heavy imports) ---------------------------------------------------

@@ -100,6 +100,8 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             rows.append(json.loads((folder / "result.json").read_text()))
         elif (folder / "error.json").is_file():
             rows.append(json.loads((folder / "error.json").read_text()))
+        elif (folder / "stopped.json").is_file():  # stopped early by the scheduler (lrvd_bench.runner)
+            rows.append(json.loads((folder / "stopped.json").read_text()))
         else:
             spec_file = folder / "spec.json"
             spec = TrialSpec.from_dict(json.loads(spec_file.read_text())) if spec_file.is_file() else None
@@ -119,7 +121,10 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
 def _identity(trial_id: str, spec: Any) -> dict[str, Any]:
     if spec is None:
         return {"trial_id": trial_id}
-    return {"trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": spec.model,
+    from lrvd_bench.config import portable_model_name
+
+    return {"trial_id": spec.trial_id, "method": spec.method, "task": spec.task,
+            "model": portable_model_name(spec.model),
             "seed": spec.seed, "config_hash": spec.config_hash}
 
 

@@ -28,6 +28,7 @@ unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` inst
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import os
@@ -40,8 +41,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lrvd_bench.config import TrialSpec
+from lrvd.errors import LRVDError
+
+from lrvd_bench.config import TrialSpec, portable_model_name
 from lrvd_bench.provenance import suite_commit
+
+#: A progress hook: receives one record (see :data:`PROGRESS_KEYS`) every ``log_every`` steps.
+Reporter = Callable[[dict[str, Any]], None]
+
+#: What a progress record holds: the loop's loss record (its method logs: ``nll``, ``kl``, …, and
+#: ``val_*`` metrics when the loop validates) completed with these keys.
+PROGRESS_KEYS = ("step", "total_steps", "loss", "lr", "effective_rank", "step_time_s")
 
 #: A run "learned" when the NLL part of its final training loss (without BayesLoRA's or BLoB's KL
 #: term) is below this fraction of the uniform-prediction loss ln(#choices) *and* its accuracy beats
@@ -50,7 +60,9 @@ from lrvd_bench.provenance import suite_commit
 LEARNED_LOSS_FRACTION = 0.985
 LEARNED_SE_MARGIN = 2.0
 
-PACKAGES = ("lrvd-core", "lrvd-baselines", "lrvd-bench", "torch", "transformers", "peft", "ray")
+#: Every library a method's number depends on (recorded per trial and in the run's ``run.json``).
+PACKAGES = ("lrvd-core", "lrvd-baselines", "lrvd-bench", "torch", "transformers", "peft", "ivon-opt",
+            "laplace-torch", "ray", "numpy", "datasets")
 
 
 def package_versions() -> dict[str, str]:
@@ -143,6 +155,61 @@ def write_train_log_csv(loss_history: list[dict[str, Any]], step_logs: list[dict
     frame.to_csv(path, index=False)
 
 
+class LiveTrainLog:
+    """``train_log.csv`` written while the trial trains, each record also handed to ``report``.
+
+    Completes the loop's loss record (step, loss, lr, the method's ``nll``/``kl``/…, ``val_*`` when
+    the loop validates) with the total step count, the effective rank and the time per step since
+    the previous record. The file is rewritten once more at the end, joined with the method's
+    per-step logs (:func:`write_train_log_csv`).
+    """
+
+    def __init__(self, path: Path, total_steps: int, effective_rank: Callable[[], int | None],
+                 report: Reporter | None = None) -> None:
+        self.path, self.total_steps, self.effective_rank, self.report = path, total_steps, effective_rank, report
+        self.records: list[dict[str, Any]] = []
+        self.columns: list[str] = []
+        self.last_step, self.last_time = 0, time.perf_counter()
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        import csv
+
+        now, step = time.perf_counter(), int(record["step"])
+        full = {**record, "total_steps": self.total_steps, "effective_rank": self.effective_rank(),
+                "step_time_s": (now - self.last_time) / max(1, step - self.last_step)}
+        self.last_step, self.last_time = step, now
+        self.records.append(full)
+        if set(full) - set(self.columns):  # a new column (the first record, a first validation): rewrite
+            self.columns = list(dict.fromkeys([*self.columns, *full]))
+            rows, mode = self.records, "w"
+        else:
+            rows, mode = [full], "a"
+        with self.path.open(mode, newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns)
+            if mode == "w":
+                writer.writeheader()
+            writer.writerows(rows)
+        if self.report is not None:
+            self.report(full)
+
+
+def data_fingerprint(task: Any, data_dir: str | None) -> tuple[str, str]:
+    """(where the rows came from without machine paths, sha256 of the train and eval files).
+
+    ``bundled:arc_easy`` / ``data_dir:arc_easy`` / ``hub:allenai/ai2_arc/ARC-Easy``; the hash covers
+    the local train file then the eval file (empty for the hub, whose files live in its cache).
+    """
+    src = task.resolve_source(data_dir)
+    if src.kind == "hub":
+        return src.describe(), ""
+    digest = hashlib.sha256()
+    for split in ("train", "eval"):
+        path = Path(src.location) / task.file_name(split)
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return f"{src.kind}:{Path(src.location).name}" + (" (carved)" if src.carved else ""), digest.hexdigest()
+
+
 def evaluated_n_samples(method: Any, n_samples: int | None) -> int | None:
     """The number of posterior samples the trial's predictive drew: the sweep's ``n_samples`` or, when
     unset, the method's own default (None for a deterministic method)."""
@@ -175,13 +242,17 @@ def run_trial(
     trial_dir: str | Path,
     *,
     progress: bool = False,
-    body: Callable[[TrialSpec, Path, bool], dict[str, Any]] | None = None,
+    body: Callable[[TrialSpec, Path, bool, Reporter | None], dict[str, Any]] | None = None,
+    report: Reporter | None = None,
 ) -> dict[str, Any]:
     """Run one trial and return its result row (also written to ``trial_dir/result.json``).
 
-    On failure writes ``error.json`` (one-line message) and ``error.txt`` (traceback), then re-raises,
-    so Ray records the trial as errored and the sweep goes on. ``body`` replaces the training flow
-    (tests use a cheap one to exercise the runner and the file protocol).
+    ``report`` receives a progress record every ``train.log_every`` steps (:data:`PROGRESS_KEYS`);
+    the runner forwards them to Ray Tune, so curves, live console lines and early stopping work
+    while the trial trains. On failure writes ``error.json`` (one-line message) and ``error.txt``
+    (traceback), then re-raises, so Ray records the trial as errored and the sweep goes on.
+    ``body(spec, trial_dir, progress, report)`` replaces the training flow (tests use a cheap one to
+    exercise the runner and the file protocol).
     """
     spec = spec if isinstance(spec, TrialSpec) else TrialSpec.from_dict(spec)
     trial_dir = Path(trial_dir)
@@ -191,11 +262,15 @@ def run_trial(
     _atomic_write(trial_dir / "spec.json", json.dumps(spec.to_dict(), indent=2))
     started = time.time()
     try:
-        row = {**_identity(spec), **(body or _run)(spec, trial_dir, progress)}
+        row = {**_identity(spec), **(body or _run)(spec, trial_dir, progress, report)}
+    except (KeyboardInterrupt, SystemExit):
+        raise  # interrupted, not failed: the folder stays unfinished and --resume runs it again
     except BaseException as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         error = {
             **_identity(spec), "status": "failed", "error": f"{type(err).__name__}: {message}"[:500],
+            # LRVDError: bad input met inside the trial (a NaN loss, an unreachable hub, …)
+            "user_error": isinstance(err, LRVDError),
             "wall_time_s": time.time() - started, **node_info(),
         }
         (trial_dir / "error.txt").write_text(traceback.format_exc())
@@ -207,13 +282,13 @@ def run_trial(
 
 def _identity(spec: TrialSpec) -> dict[str, Any]:
     return {
-        "trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": spec.model,
+        "trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": portable_model_name(spec.model),
         "seed": spec.seed, "config_hash": spec.config_hash,
         "search_point": json.dumps(spec.search_point, sort_keys=True) if spec.search_point else "",
     }
 
 
-def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
+def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | None = None) -> dict[str, Any]:
     import numpy as np
     import torch
     from lrvd.metrics import classification_metrics
@@ -246,6 +321,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
     seed_everything(spec.seed)
     phase("load task")
     task = get_task(spec.task)
+    source, source_sha256 = data_fingerprint(task, spec.data_dir)
     phase("load backbone")
     backbone = load_backbone(spec.model, task, load_in_8bit=spec.load_in_8bit)
     data = make_loaders(
@@ -263,8 +339,10 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
         model = method.attach(backbone.model, adapter_spec, plan)
         counts = method.parameter_counts(model)
         phase("fit")
+        live = LiveTrainLog(trial_dir / "train_log.csv", plan.total_steps,
+                            lambda: sum(method.rank_report(model).values()) or None, report)
         fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress,
-                     val_loader=data.val_loader)
+                     val_loader=data.val_loader, on_log=live)
         phase("after_training")
         posthoc_start = time.perf_counter()
         method.after_training(model, data.train_loader, val_loader=data.val_loader)
@@ -319,7 +397,8 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
             "n_val": data.n_val,
             "n_eval": data.n_eval,
             "split_note": data.split_note,
-            "data_source": getattr(data, "source", ""),
+            "data_source": source,
+            "data_sha256": source_sha256,
             "n_samples": spec.n_samples,
             "device": str(device),
             "device_name": device_name(device),

@@ -214,6 +214,7 @@ def fit(
     for step in bar:
         micro = [next(batches) for _ in range(cfg.grad_accum)]
         epoch = micro[-1][0]
+        lr = float(optimizer.param_groups[0]["lr"])  # the rate this step uses (the scheduler moves it after)
         out = train_step(method, model, optimizer, [b for _, b in micro], step, device=device, train=cfg,
                          scheduler=scheduler, scaler=scaler)
         loss_value, logs, step_logs = out.loss, out.logs, out.step_logs
@@ -225,7 +226,7 @@ def fit(
             scores = _score_checkpoint(method, model, val_loader, device, step + 1, cfg.seed, result)
             best.offer(step + 1, scores, model, optimizer)
         if scores or (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == plan.total_steps:
-            record = {"step": step + 1, "epoch": epoch, "loss": loss_value, **logs, **step_logs, **scores}
+            record = {"step": step + 1, "epoch": epoch, "loss": loss_value, "lr": lr, **logs, **step_logs, **scores}
             result.loss_history.append(record)
             if on_log:
                 on_log(record)

@@ -13,7 +13,7 @@ from lrvd_bench.cost.stats import ratio
 #: (row key, Markdown header) of the per-step table.
 COLUMNS = [
     ("method", "method"), ("step_ms", "step ms (median)"), ("step_iqr_ms", "IQR ms"),
-    ("step_ms_ratio", "× LoRA"), ("hook_ms", "on_step_end ms"), ("peak_mib", "peak MiB"),
+    ("step_ms_ratio", "× LoRA"), ("step_ratio_iqr", "IQR of × LoRA"), ("hook_ms", "on_step_end ms"), ("peak_mib", "peak MiB"),
     ("peak_mib_ratio", "× LoRA"), ("trainable", "trainable"), ("variational", "variational"),
     ("pred_det_ms", "predict det. ms"), ("pred_s_ms", "predict S ms"), ("pred_s_ratio", "S / det."),
     ("pred_s_iqr_ratio", "IQR"), ("pred_seq_ms", "S seq. ms"), ("pred_seq_ratio", "seq. / det."),

@@ -78,7 +78,8 @@ class BayesLoRAParams:
     min_ranks: int = field(default=0, metadata={"help": "ranks every module keeps when pruning"})
     protocol: str = field(default="llm-scripts", metadata={"help": "authors' protocol: llm-scripts (sample from step 0, local reparameterisation, MC predictive) | glue-bench (train and predict at the posterior mean)"})
     n_samples: int | None = field(default=None, metadata={"help": "MC samples of the predictive, 0: posterior-mean model (default: protocol's, llm-scripts 10, glue-bench 0)"})
-    mc_chunk: int = field(default=0, metadata={"help": "MC samples per forward pass (0: all at once; 1: loop)"})
+    mc_chunk: int = field(default=0, metadata={"help": "MC samples per forward pass (0: chosen from mc_memory_budget; 1: loop; n_samples: all at once)"})
+    mc_memory_budget: float = field(default=0.1, metadata={"help": "with mc_chunk 0: extra peak memory the MC predictive may use, as a fraction of one deterministic pass"})
     local_reparam: bool | None = field(default=None, metadata={"help": "local reparameterisation trick whenever sampling, training and prediction (factor variant; default: protocol's)"})
     variant: str = field(default="factor", metadata={"help": "noise model: factor (additive noise on A, B) | gate (multiplicative rank gates)"})
     init_log_sigma2: float = field(default=-8.0, metadata={"help": "initial per-rank log variance"})
@@ -99,7 +100,8 @@ class BayesLoRAParams:
                 raise LRVDError(f"{name} is a fraction of training steps in [0, 1], got {getattr(self, name)}")
         if self.prune_start is not None and not 0.0 <= self.prune_start <= 1.0:
             raise LRVDError(f"prune_start is a fraction in [0, 1], got {self.prune_start}")
-        for name in ("kl_scale", "prune_every", "min_ranks", "n_samples", "mc_chunk", "log_sigma2_lr_mult"):
+        for name in ("kl_scale", "prune_every", "min_ranks", "n_samples", "mc_chunk", "mc_memory_budget",
+                     "log_sigma2_lr_mult"):
             if getattr(self, name) < 0:
                 raise LRVDError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -204,7 +206,7 @@ class BayesLoRA(MethodBase):
     def predict_proba(self, model, batch, n_samples=None) -> torch.Tensor:
         """Mean of softmax over ``n_samples`` adapter-posterior draws; the mean model when 0."""
         n = self.params.n_samples if n_samples is None else int(n_samples)
-        return mc_predict_proba(model, batch, n, self.params.mc_chunk)
+        return mc_predict_proba(model, batch, n, self.params.mc_chunk, self.params.mc_memory_budget)
 
     def rank_statistics(self, model: ClassifierModel) -> dict[str, list[float]]:
         """Backbone module name → per-rank log α (what the rank-dynamics plots read)."""
