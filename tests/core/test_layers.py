@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TinyBertClassifier, make_toy_loader
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, sampling
 from lrvd.layers import LRVDLinear
-
-from conftest import TinyBertClassifier, make_toy_loader
 
 
 def tiny_gpt2(seed: int = 0):

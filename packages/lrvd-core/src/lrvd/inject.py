@@ -76,7 +76,9 @@ def replace_modules(
     return replaced
 
 
-def inject_lrvd(model: nn.Module, target_modules: list[str], r: int, scaling: float, **layer_kwargs: Any) -> dict[str, LRVDLinear]:
+def inject_lrvd(
+    model: nn.Module, target_modules: list[str], r: int, scaling: float, **layer_kwargs: Any
+) -> dict[str, LRVDLinear]:
     """Wrap every ``nn.Linear``/``Conv1D`` whose name matches ``target_modules`` in an LRVD layer."""
     replace_modules(model, target_modules, lambda base: LRVDLinear(base, r, scaling, **layer_kwargs))
     return lrvd_modules(model)
@@ -144,7 +146,7 @@ class ActivationProbe:
     def __init__(self, model: nn.Module) -> None:
         self.model, self.peak, self._live, self._handles = model, 0, {}, []
 
-    def __enter__(self) -> "ActivationProbe":
+    def __enter__(self) -> ActivationProbe:
         self._handles = [m.register_forward_hook(self._hook) for m in self.model.modules()]
         return self
 
