@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import TinyBertClassifier, make_toy_loader
 
+from conftest import TinyBertClassifier, make_toy_loader
 from lrvd_bench import cost
 from lrvd_bench.cli import main
 
@@ -97,7 +97,6 @@ def _tiny_rows(methods=None):
 
 def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path):
     from lrvd.registry import METHODS, list_methods
-
     from lrvd_baselines.lora import LoRA
 
     class FakeCostMethod(LoRA):
@@ -130,8 +129,7 @@ def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path)
 
 # -- whole runs (--whole-run) ----------------------------------------------------------------------
 def test_whole_run_summary_hand_computed():
-    from lrvd_bench.cost.stats import quarter_medians
-    from lrvd_bench.cost.stats import paired_ratio_iqr
+    from lrvd_bench.cost.stats import paired_ratio_iqr, quarter_medians
     from lrvd_bench.cost.whole_run import summarize
 
     # 8 steps: first quarter (2 steps) 0.10, 0.12 -> median 0.11; last quarter 0.06, 0.08 -> 0.07
