@@ -244,3 +244,13 @@ def test_subset_fit_is_rescaled_to_the_full_training_set():
 def test_fit_examples_is_validated():
     with pytest.raises(LRVDError, match="fit_examples"):
         get_method("laplace-lora")(fit_examples=-1)
+
+
+def test_bench_cli_rejects_an_unknown_predictive_in_one_line_with_exit_code_2(capsys, tmp_path):
+    from lrvd_bench import cli
+
+    code = cli.main(["run", "--methods", "laplace-lora", "--set", "method_params.laplace-lora.predictive=probit",
+                     "--output", str(tmp_path / "run")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert "unknown Laplace predictive 'probit'; valid choices: glm, glm-mc, nn" in lines[0]
