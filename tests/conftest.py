@@ -23,14 +23,14 @@ from lrvd.classifier import ClassifierModel  # noqa: E402
 class TinyBertClassifier(ClassifierModel):
     """BERT sequence classifier: batch {input_ids, attention_mask, labels} -> logits [B, C]."""
 
-    def __init__(self, n_classes: int = 2, seed: int = 0, hidden: int = 32, layers: int = 2):
+    def __init__(self, n_classes: int = 2, seed: int = 0, hidden: int = 32, layers: int = 2, dropout: float = 0.0):
         from transformers import BertConfig, BertForSequenceClassification
 
         torch.manual_seed(seed)
         config = BertConfig(
             vocab_size=64, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
             intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=n_classes,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
         )
         backbone = BertForSequenceClassification(config)
         super().__init__(backbone, n_classes, head_params=list(backbone.classifier.parameters()))

@@ -31,7 +31,7 @@ def test_kl_equals_closed_form_by_hand():
     expected = sum(
         math.log(sp / s) + (s**2 + m**2) / (2 * sp**2) - 0.5 for m, s in [(0.3, 0.04), (-0.5, 0.16)]
     )
-    assert float(layer.kl(sp)) == pytest.approx(expected, rel=1e-5)
+    assert float(layer.kl(sp).detach()) == pytest.approx(expected, rel=1e-5)
 
 
 def test_flipout_noise_differs_across_examples():
@@ -88,3 +88,118 @@ def test_few_steps_lower_the_loss_and_update_the_stds():
     after = [m.lora_A_std_sqrt for m in model.modules() if isinstance(m, BLoBLinear)]
     assert any(not torch.equal(a, b) for a, b in zip(stds, after))
     assert result.loss_history[-1]["kl"] > 0
+
+
+# -- pinned to BLoB's code (github Wang-ML-Lab/bayesian-peft, modelwrappers/blob.py) -----------------
+def readable_layer(init_eps: float = 0.05) -> BLoBLinear:
+    """d_in = 3, r = 2, d_out = 2: base and mean A zero, B = identity, so the output is z's noise."""
+    layer = BLoBLinear(nn.Linear(3, 2, bias=False), r=2, scaling=1.0, init_eps=init_eps)
+    with torch.no_grad():
+        layer.base_layer.weight.zero_()
+        layer.lora_A.zero_()
+        layer.lora_B.copy_(torch.eye(2))
+    layer.sampling = True
+    return layer
+
+
+def test_flipout_flips_the_sign_of_each_rank_output_per_row():
+    """With x = e_0 every row's noise is r_0 · t ∘ E[:, 0]: without the output signs t all rows would
+    be ± one vector (equal sign pattern); BLoB's flipout gives both patterns within one pass."""
+    torch.manual_seed(0)
+    layer = readable_layer()
+    x = torch.zeros(64, 3)
+    x[:, 0] = 1.0
+    noise = layer(x)
+    pattern = torch.sign(noise[:, 0]) * torch.sign(noise[:, 1])
+    assert (pattern > 0).any() and (pattern < 0).any()
+    magnitude = noise.abs()
+    torch.testing.assert_close(magnitude, magnitude[:1].expand_as(magnitude))  # one E per pass
+
+
+def test_noise_std_is_g_squared():
+    """std(A) = G² (``lora_A_std_sqrt`` holds G): G = 0.5 gives std 0.25, not 0.5."""
+    torch.manual_seed(0)
+    layer = readable_layer()
+    with torch.no_grad():
+        layer.lora_A_std_sqrt.copy_(torch.tensor([[0.5, 0.3, 0.1], [0.7, 0.2, 0.1]]))
+    x = torch.zeros(1, 3)
+    x[0, 0] = 1.0
+    draws = torch.cat([layer(x) for _ in range(4000)])  # a fresh E per pass
+    torch.testing.assert_close(draws.std(0), torch.tensor([0.25, 0.49]), rtol=0.05, atol=0)
+
+
+def test_defaults_and_initialisation_are_blobs():
+    """bayes_eps 0.05 with G ~ U(eps/√2, eps), bayes_beta (prior std) 0.2, bayes_kllr 0.01,
+    bayes_gamma 8, 10 evaluation samples (scripts/blob/blob-llama-all.sh and BLoBConfig)."""
+    p = BLoB().params
+    assert (p.init_eps, p.prior_std, p.kl_lr, p.gamma) == (0.05, 0.2, 0.01, 8.0)
+    assert (p.n_samples, p.kl_reweighting) == (10, True)
+    model = BLoB().attach(TinyBertClassifier(), SPEC, plan())
+    layers = [m for m in model.modules() if isinstance(m, BLoBLinear)]
+    g = torch.cat([layer.lora_A_std_sqrt.detach().flatten() for layer in layers])
+    assert float(g.min()) >= 0.05 / math.sqrt(2) and float(g.max()) <= 0.05
+    assert float(g.min()) < 0.0365 and float(g.max()) > 0.049  # spans the interval
+    assert all(float(layer.lora_B.abs().max()) == 0.0 for layer in layers)  # B starts at zero (LoRA)
+
+
+def test_g_is_stepped_by_sgd_on_nll_plus_weighted_kl_and_m_gets_the_kl_gradient():
+    """BLoB's second optimizer: plain SGD at kl_lr on G (its NLL gradient + π ∂KL/∂G) and on M
+    (π ∂KL/∂M); G is not in AdamW. With σ = G²: ∂KL/∂G = −2/G + 2G³/σ_p², ∂KL/∂μ = μ/σ_p²."""
+    method = BLoB(kl_lr=0.1)
+    p = plan(steps=100, n_train=32)
+    model = method.attach(TinyBertClassifier(), SPEC, p)
+    optimizer, _ = method.configure_optimizers(model, p)
+    in_adamw = {id(q) for group in optimizer.param_groups for q in group["params"]}
+    layers = [m for m in model.modules() if isinstance(m, BLoBLinear)]
+    assert all(id(layer.lora_A_std_sqrt) not in in_adamw and id(layer.lora_A) in in_adamw for layer in layers)
+    layer = layers[0]
+    g0, m0 = layer.lora_A_std_sqrt.detach().clone(), layer.lora_A.detach().clone()
+    nll_grad = torch.full_like(g0, 0.3)
+    for other in layers:
+        other.lora_A_std_sqrt.grad = nll_grad.clone()
+    step = method.kl_cycle  # the cycle's last step: π ≈ 1/2, so the KL step on M is visible
+    pi = method.kl_weight(step)
+    assert pi == pytest.approx(0.5)
+    lr = 0.1 * (p.total_steps - (step - 1)) / p.total_steps  # linear decay, no warm-up
+    method.on_step_end(model, optimizer, step)
+    sp2 = 0.2**2
+    expected_g = g0 - lr * (nll_grad + pi * (-2.0 / g0 + 2.0 * g0**3 / sp2))
+    expected_m = m0 - lr * pi * m0 / sp2
+    torch.testing.assert_close(layer.lora_A_std_sqrt.detach(), expected_g, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(layer.lora_A.detach(), expected_m, rtol=1e-5, atol=1e-7)
+    assert float((layer.lora_A.detach() - m0).abs().max()) > 1e-3
+
+
+def test_kl_cycle_length_is_blobs():
+    """M = int(100 · N^(π/γ) / batch) (modelwrappers/blob.py with --bayes-datasetrescaling, one GPU):
+    N = 1000, γ = 8, batch 8 → 100 · 15.07 / 8 = 188; π_i = 2^i / (2^{K+1} − 1)."""
+    method = BLoB()
+    train = TrainConfig(batch_size=8, mixed_precision="no")
+    method.attach(TinyBertClassifier(), SPEC, TrainPlan(total_steps=10, n_train=1000, train=train))
+    assert method.kl_cycle == 188
+    assert [kl_weight(i, 3) for i in (1, 2, 3, 4)] == pytest.approx([2 / 15, 4 / 15, 8 / 15, 2 / 15])
+
+
+def test_lm_head_is_adaptable_on_a_causal_lm():
+    """--apply-classhead-lora: LoRA and BLoB's Gaussian A also on lm_head, which scores the letters."""
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from lrvd_bench.backbones import build_backbone_from_config, resolve_model_path
+    from lrvd_bench.tasks import get_task
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+    backbone = build_backbone_from_config(config, get_task("arc-e"), tokenizer)
+    method = BLoB()
+    model = method.attach(backbone.model, AdapterSpec(target_modules=["q_proj", "v_proj", "lm_head"], r=2, alpha=4),
+                          plan())
+    head = model.backbone.lm_head
+    assert isinstance(head, BLoBLinear) and head.lora_A_std_sqrt.requires_grad
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids > 0).long(), "labels": torch.tensor([0, 1])}
+    model.eval()
+    before = model(batch)
+    with torch.no_grad():
+        head.lora_B.normal_()
+    assert not torch.allclose(model(batch), before)  # the head's adapter moves the letter logits

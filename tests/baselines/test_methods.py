@@ -1,4 +1,8 @@
-"""One parametrised matrix over the baselines (peft test_custom_models style): add a method, add a row."""
+"""One parametrised matrix over every registered method (peft test_custom_models style): add a method,
+add a row (``test_the_matrix_covers_every_registered_method`` fails until you do).
+
+Method-specific tests select methods by their capability flags (``lrvd.protocol.CAPABILITIES``), and
+the matrix checks that each method's flags match what it does."""
 
 from __future__ import annotations
 
@@ -8,15 +12,16 @@ import pytest
 import torch
 from conftest import TinyBertClassifier, make_toy_loader
 
-from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method
+from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method, list_methods, lrvd_modules
 from lrvd.training import fit, seed_everything
 
 # name -> (hyper-parameters, learning rate on the loop's scale)
 CASES = {
+    "bayeslora": ({"n_samples": 3}, 3e-2),
     "lora": ({}, 3e-2),
     "mc-dropout-lora": ({}, 3e-2),
     "adalora": ({}, 3e-2),
-    "adalora-ivon": ({"lr": 1.0, "hess_init": 100.0}, 3e-2),
+    "adalora-ivon": ({}, 3e-2),  # the authors' defaults (IVON lr 0.4, clip_radius 1e-3, ...)
     "laplace-lora": ({"n_samples": 3}, 3e-2),
     "lora-temp-scaling": ({}, 3e-2),
     "lora-ensemble": ({"n_members": 2}, 3e-2),
@@ -24,6 +29,14 @@ CASES = {
 }
 STEPS = 20
 SPEC = AdapterSpec(r=4, alpha=8)
+
+
+def with_capability(capability: str) -> list[str]:
+    return [name for name in CASES if getattr(get_method(name), capability)]
+
+
+def test_the_matrix_covers_every_registered_method():
+    assert sorted(CASES) == list_methods()
 
 
 def train(name, steps=STEPS, seed=0):
@@ -73,8 +86,26 @@ def test_parameter_counts_follow_the_trainable_rule(trained):
     assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     head = {id(p) for p in model.head_parameters()}
     assert all(p.requires_grad for p in model.head_parameters())
-    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad and id(p) not in head)
-    assert (counts["variational"] == 0) == (name in {"lora", "mc-dropout-lora", "adalora", "lora-temp-scaling", "lora-ensemble"})
+    lrvd = tuple(f"{m}." for m in lrvd_modules(model))
+    assert all("lora_" in n or n.startswith(lrvd) for n, p in model.named_parameters()
+               if p.requires_grad and id(p) not in head)
+    assert (counts["variational"] > 0) == method.posterior_params
+
+
+def test_capability_flags_match_behaviour(trained):
+    """``sampled_predictive``: the default predictive differs from n_samples=0; ``svd_triplets``:
+    AdaLoRA's lora_E exists; ``per_rank_log_alpha``: log α snapshots were recorded during fit;
+    ``posthoc_fit``: the class has its own ``after_training``."""
+    from lrvd import MethodBase
+
+    name, method, model, loader, _ = trained
+    assert (type(method).after_training is not MethodBase.after_training) == method.posthoc_fit
+    batch = next(iter(loader))
+    sampled = method.predict_proba(model, batch)
+    deterministic = method.predict_proba(model, batch, n_samples=0)
+    assert (not torch.allclose(sampled, deterministic, atol=1e-6)) == method.sampled_predictive
+    assert any(".lora_E" in n for n, _ in model.named_parameters()) == method.svd_triplets
+    assert bool(getattr(method, "log_alpha_history", None)) == method.per_rank_log_alpha
 
 
 def test_save_load_round_trips_predictions(trained, tmp_path):
@@ -88,8 +119,10 @@ def test_save_load_round_trips_predictions(trained, tmp_path):
                 p.add_(0.5)
     fresh_method.load_adapter(fresh_model, tmp_path)
     fresh_model.eval()
-    method._predict_calls = fresh_method._predict_calls = 0
-    torch.testing.assert_close(fresh_method.predict_proba(fresh_model, batch), method.predict_proba(model, batch))
+    torch.manual_seed(0)  # every sampled predictive draws from the global generator, seeded per prediction pass
+    loaded = fresh_method.predict_proba(fresh_model, batch)
+    torch.manual_seed(0)
+    torch.testing.assert_close(loaded, method.predict_proba(model, batch))
     assert fresh_method.rank_report(fresh_model) == method.rank_report(model)
 
 
@@ -114,7 +147,7 @@ def test_mc_dropout_predictive_differs_from_deterministic_pass():
     assert not any(m.training for m in model.modules())  # modes restored
 
 
-@pytest.mark.parametrize("name", ["adalora", "adalora-ivon"])
+@pytest.mark.parametrize("name", with_capability("svd_triplets"))
 def test_adalora_ends_at_target_budget(name):
     method, model, loader, plan = train(name, steps=12)
     fit(method, model, loader, plan, device="cpu", progress=False)
@@ -137,7 +170,7 @@ def test_adalora_budget_matching_sets_total_rank():
 
 
 def test_adalora_rejects_schedule_without_budgeting_phase():
-    method = get_method("adalora")(tinit=8, tfinal=4)
+    method = get_method("adalora")(tinit=0.8, tfinal=0.15)
     plan = TrainPlan(total_steps=10, n_train=32)
     with pytest.raises(LRVDError, match="budgeting phase"):
         method.attach(TinyBertClassifier(), SPEC, plan)
@@ -179,19 +212,39 @@ def test_ivon_criteria_match_hand_formula(criterion):
             p.add_(torch.randn_like(p) * 0.05)
     alloc = PosteriorRankAllocator(net.base_model.model, net.peft_config["default"], "default", criterion)
     alloc.optimizer = opt
-    alloc._params = named
+    alloc.params = named
     from lrvd_baselines.adalora_ivon import posterior_std
 
-    alloc._stds = posterior_std(opt)
+    alloc.stds = posterior_std(opt)
     for group in opt.param_groups:
         offset = 0
         for p in group["params"]:
             name = next(n for n, q in named.items() if q is p)
-            score = alloc._element_score(name).flatten()
+            score = alloc.element_score(name).flatten()
             for i in range(p.numel()):
                 mu = float(p.flatten()[i])
                 sigma = 1 / math.sqrt(group["ess"] * (float(group["hess"][offset + i]) + group["weight_decay"]))
-                expected = {"snr-abs": lambda: _folded_snr(mu, sigma), "snr": lambda: abs(mu) / sigma,
-                            "mean": lambda: abs(mu), "inv-sigma": lambda: 1 / sigma}[criterion]()
+                expected = {"snr-abs": _folded_snr(mu, sigma), "snr": abs(mu) / sigma, "mean": abs(mu),
+                            "inv-sigma": 1 / sigma}[criterion]
                 assert float(score[i]) == pytest.approx(expected, rel=1e-4)
             offset += p.numel()
+
+
+@pytest.mark.parametrize("all_dropout", [False, True])
+def test_mc_dropout_leaves_backbone_dropout_off_at_prediction(all_dropout):
+    """A backbone with dropout 0.3 and a zero adapter (B = 0): only adapter-path dropout is on at
+    prediction, so the MC predictive equals the deterministic pass exactly; a leak of dropout into
+    the backbone (all_dropout=True, BLoB's "MCD" convention, is the control) makes them differ."""
+    method = get_method("mc-dropout-lora")(all_dropout=all_dropout, n_samples=4)
+    plan = TrainPlan(total_steps=1, n_train=8, train=TrainConfig())
+    model = method.attach(TinyBertClassifier(dropout=0.3), SPEC, plan)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.3 for m in model.backbone.modules())
+    model.eval()
+    batch = next(iter(make_toy_loader(8, shuffle=False)))
+    with torch.no_grad():
+        det = torch.softmax(model(batch).float(), -1)
+    mc = method.predict_proba(model, batch)
+    if all_dropout:
+        assert not torch.allclose(mc, det)
+    else:
+        torch.testing.assert_close(mc, det, rtol=0, atol=0)

@@ -39,7 +39,7 @@ def test_temperature_matches_grid_minimum_and_lowers_nll():
 def test_method_fits_on_val_loader_and_keeps_argmax(tmp_path):
     assert "lora-temp-scaling" in list_methods() and get_method("lora-temp-scaling") is LoRATempScaling
     method = LoRATempScaling()
-    assert method.validation_fraction == 0.1
+    assert method.needs_validation
     train, val = make_toy_loader(32, seed=0), make_toy_loader(16, seed=1, shuffle=False)
     plan = TrainPlan(total_steps=4, n_train=32, train=TrainConfig(lr=5e-3, mixed_precision="no"))
     model = method.attach(TinyBertClassifier(), AdapterSpec(r=2, alpha=4), plan)
@@ -62,3 +62,40 @@ def test_missing_val_loader_warns_and_uses_train():
     with pytest.warns(UserWarning, match="no validation loader"):
         method.after_training(model, make_toy_loader(16))
     assert method.temperature > 0
+
+
+class LogitsModel(torch.nn.Module):
+    """Returns the logits stored in the batch: what T is fitted on is then known exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # model_device reads a parameter
+
+    def forward(self, batch):
+        return batch["logits"]
+
+
+def batches(logits: torch.Tensor, labels: torch.Tensor, size: int = 50) -> list[dict[str, torch.Tensor]]:
+    return [{"logits": logits[i:i + size], "labels": labels[i:i + size]} for i in range(0, len(labels), size)]
+
+
+def test_temperature_is_fitted_on_the_validation_loader_not_the_training_one():
+    """Over-confident training logits want T > 1, under-confident validation logits T < 1: with a
+    validation loader present, T must be the validation optimum."""
+    train_logits, train_labels = overconfident_logits(seed=0)
+    val_logits, val_labels = overconfident_logits(seed=1)
+    val_logits = val_logits / 40.0  # under-confident
+    method = LoRATempScaling()
+    method.after_training(LogitsModel(), batches(train_logits, train_labels), batches(val_logits, val_labels))
+    assert method.temperature < 1.0
+    assert method.temperature == pytest.approx(fit_temperature(val_logits, val_labels), rel=1e-6)
+    assert fit_temperature(train_logits, train_labels) > 1.0
+
+
+def test_predict_proba_divides_the_logits_by_t():
+    """softmax(logits / T): argmax cannot tell / from ×, the probabilities can."""
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 0.2]])
+    method = LoRATempScaling()
+    method.temperature = 2.5
+    probs = method.predict_proba(LogitsModel(), {"logits": logits, "labels": torch.tensor([0, 1])})
+    torch.testing.assert_close(probs, torch.softmax(logits / 2.5, dim=-1))

@@ -61,6 +61,7 @@ def test_rank_dynamics_sums_and_seed_statistics(tmp_path):
                 (10, MLP.format(1), 4)]  # a duplicated final record is counted once
         make_trial(tmp_path, "bayeslora", seed, ranks=rows)
     make_trial(tmp_path, "lora", 0, ranks=[(0, Q.format(0), 4), (10, Q.format(0), 4)])
+    make_trial(tmp_path, "adalora", 0, ranks=[(0, Q.format(0), 4), (10, Q.format(0), 4)])
     la = "step,module,rank_index,log_alpha\n" + "".join(f"10,{Q.format(0)},{k},{v}\n" for k, v in enumerate([1, 2, 3, 4, 5]))
     (tmp_path / "trials" / "bayeslora-toy-s0-00000000" / "log_alpha.csv").write_text(la)
     out = tmp_path / "out"
@@ -68,6 +69,7 @@ def test_rank_dynamics_sums_and_seed_statistics(tmp_path):
     names = {f.name for f in files}
     assert {"heatmap_layer_bayeslora_toy.png", "heatmap_type_bayeslora_toy.png", "effective_rank_toy.png"} <= names
     assert "heatmap_layer_lora_toy.png" not in names  # fixed-rank method: curve only
+    assert "heatmap_layer_adalora_toy.png" in names  # adaptive_rank capability, even where the rank stayed put
     assert "log_alpha_bayeslora_toy.png" in names
     import pandas as pd
 
@@ -138,20 +140,30 @@ def binary_probs(conf: np.ndarray) -> np.ndarray:
     return np.stack([conf, 1 - conf], 1)
 
 
-def test_ece_matches_lrvd_metrics_and_is_zero_when_calibrated():
-    from lrvd.metrics import expected_calibration_error
-
-    g = np.random.default_rng(0)
-    probs = g.dirichlet(np.ones(4), size=200)
-    labels = g.integers(0, 4, 200)
-    assert calibration.ece(probs, labels) == pytest.approx(expected_calibration_error(torch.tensor(probs),
-                                                                                      torch.tensor(labels)))
+def test_ece_bootstrap_is_zero_when_calibrated_with_an_upward_biased_mean():
     # 100 examples at each of confidences 0.6, 0.8, 1.0 with exactly 60, 80, 100 correct (class 0 predicted)
     conf = np.repeat([0.6, 0.8, 1.0], 100)
     labels = np.concatenate([np.r_[np.zeros(c, int), np.ones(100 - c, int)] for c in (60, 80, 100)])
-    assert calibration.ece(binary_probs(conf), labels) == pytest.approx(0.0, abs=1e-12)
+    bins = calibration.reliability_bins(binary_probs(conf), labels)
+    assert {i: c for i, c in enumerate(bins["count"]) if c} == {9: 100, 12: 100, 14: 100}  # ⌊15·conf⌋, 1.0 → last
+    np.testing.assert_allclose(bins["accuracy"][[9, 12, 14]], [0.6, 0.8, 1.0])
     point, lo, hi, mean = calibration.ece_bootstrap(binary_probs(conf), labels, n_boot=200, return_mean=True)
     assert point == pytest.approx(0.0, abs=1e-12) and 0 <= lo <= hi and mean > point  # binned ECE's upward bias
+
+
+def test_ece_bootstrap_is_the_percentile_interval_of_resampled_lrvd_ece():
+    """Independent reference: the same resampling by hand with lrvd.metrics' ECE (scipy draws the
+    indices in one ``rng.integers(0, n, (B, n))`` call, so the same seed gives the same resamples)."""
+    from lrvd.metrics import expected_calibration_error
+
+    g = np.random.default_rng(2)
+    probs, labels = g.dirichlet(np.ones(3), size=60), g.integers(0, 3, 60)
+    point, lo, hi, mean = calibration.ece_bootstrap(probs, labels, n_boot=200, seed=5, return_mean=True)
+    assert point == pytest.approx(expected_calibration_error(torch.tensor(probs), torch.tensor(labels)))
+    idx = np.random.default_rng(5).integers(0, 60, (200, 60))
+    values = [expected_calibration_error(torch.tensor(probs[i]), torch.tensor(labels[i])) for i in idx]
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
+    assert mean == pytest.approx(np.mean(values))
 
 
 def test_ece_bootstrap_ci_contains_point_shrinks_and_is_seeded():
@@ -186,14 +198,11 @@ def test_calibration_run_writes_tables_and_figures(tmp_path):
 
 # -- 5. SNR vs magnitude / sensitivity -------------------------------------------------------------
 def test_spearman_by_hand():
-    np.testing.assert_allclose(snr.rankdata([10, 20, 20, 5]), [2, 3.5, 3.5, 1])
     assert snr.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 − 6·2 / (4·15)
-    assert snr.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / math.sqrt(10))
+    assert snr.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / math.sqrt(10))  # ties averaged
     assert snr.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert snr.spearman([1, 2, 3, 4], [1, 10, 100, 1000]) == pytest.approx(1.0)  # ranks, not values
     assert math.isnan(snr.spearman([1, 1, 1], [1, 2, 3])) and math.isnan(snr.spearman([1], [2]))
-    scipy_stats = pytest.importorskip("scipy.stats")
-    x, y = np.random.default_rng(0).integers(0, 5, (2, 30))
-    assert snr.spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x, y).statistic)
 
 
 def test_ema_sensitivity_by_hand():
@@ -295,3 +304,9 @@ def test_cli_analyze(tmp_path, capsys):
     assert (tmp_path / "a" / "calibration" / "reliability_toy.png").exists()
     assert main(["analyze", str(tmp_path / "nope")]) == 2
     assert main(["analyze", str(tmp_path), "--taus", "x"]) == 2
+    capsys.readouterr()
+    assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "b"), "--only", "calibration,gauges"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("bench: error: unknown analysis 'gauges'; valid choices: calibration, gauge, rank_dynamics, "
+                   "snr, tau_sweep\n")
+    assert not (tmp_path / "b").exists()  # refused before any analysis ran

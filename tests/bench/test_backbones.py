@@ -203,3 +203,32 @@ def test_real_minilm_loads_offline_with_exactly_the_new_classifier_as_head():
     with torch.no_grad():
         logits = backbone.model(batch_for(task, backbone, task.load("eval")[:2]))
     assert logits.shape == (2, 5) and (logits[:, 4] == MASKED_LOGIT).all()
+
+
+def test_load_in_8bit_is_a_one_line_error_without_cuda_or_the_extra(monkeypatch):
+    """BLoB's 8-bit base is CUDA-only and an optional extra: both gaps are one line, before any import."""
+    import importlib.util
+
+    from lrvd.errors import LRVDError
+    from lrvd_bench.backbones import load_backbone
+
+    task = get_task("arc-e")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(LRVDError, match="CUDA") as err:
+        load_backbone("minilm", task, load_in_8bit=True)
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(LRVDError, match="uv sync --extra int8"):
+        load_backbone("minilm", task, load_in_8bit=True)
+
+
+def test_load_in_8bit_on_a_cpu_config_is_refused():
+    from lrvd_bench.config import config_from_dict
+    from lrvd_bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="load_in_8bit needs a CUDA device"):
+        config_from_dict({"load_in_8bit": True, "device": "cpu"})
+    assert config_from_dict({"load_in_8bit": True, "device": "cuda"}).expand()[0].load_in_8bit is True

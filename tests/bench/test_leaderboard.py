@@ -84,3 +84,18 @@ def test_search_points_get_their_own_rows():
             row("lora", "arc-e", 0, 0.6, 0.1, search_point='{"train.lr": 0.01}')]
     board = build_leaderboard(rows)
     assert len(board) == 2 and list(board["accuracy_mean"]) == [0.6, 0.4]
+
+
+def test_learned_flag_uses_nll_and_two_standard_errors():
+    """BayesLoRA seed 0 of the issue-13 quickstart: 0.39 vs majority 0.28 on 100 questions is
+    0.28 + 2·√(0.28·0.72/100) = 0.370 < 0.39, so it learned; 0.36 is within noise of the majority."""
+    import torch
+
+    from lrvd_bench.trial import learned_flag
+
+    labels = torch.tensor([0] * 28 + [1] * 24 + [2] * 24 + [3] * 24)
+    probs = torch.full((100, 4), 0.25)
+    nll = 1.30  # the NLL part; BayesLoRA's total loss with the KL term was above 0.985 · ln 4
+    assert learned_flag(nll, probs, labels, 0.39) == (True, pytest.approx(math.log(4)), 0.28)
+    assert learned_flag(nll, probs, labels, 0.36)[0] is False  # above 0.28 but within 2 SE
+    assert learned_flag(1.37, probs, labels, 0.60)[0] is False  # training NLL still at ln 4

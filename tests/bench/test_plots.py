@@ -41,3 +41,46 @@ def test_figures_from_the_run_directory_alone(tmp_path):
     rng = np.random.default_rng(1)
     fake_trial(tmp_path, "lora", 0, rng)
     assert len(make_figures(tmp_path)) == 3
+
+
+def test_reliability_grid_has_at_most_three_per_row_and_the_per_bin_counts():
+    from PIL import Image
+
+    from lrvd_bench.figures import DPI, grid_shape, reliability_grid, save_figure
+
+    assert [grid_shape(n) for n in (1, 2, 3, 4, 9, 10)] == [(1, 1), (1, 2), (1, 3), (2, 3), (3, 3), (4, 3)]
+    # confidences 0.55 (bin 8) x 3, 0.9 (bin 13) x 2, 1.0 (last bin) x 1
+    conf = np.array([0.55, 0.55, 0.55, 0.9, 0.9, 1.0])
+    probs, labels = np.stack([conf, 1 - conf], 1), np.array([0, 1, 0, 0, 0, 0])
+    pooled = {f"m{i}": (probs, labels) for i in range(9)}
+    fig = reliability_grid(pooled, {}, "t")
+    count_axes = [ax for ax in fig.axes if ax.get_ylabel() == "count" or ax.get_xlabel() == "confidence"]
+    assert len(count_axes) == 9
+    heights = [round(p.get_height()) for p in count_axes[0].patches]
+    assert {i: h for i, h in enumerate(heights) if h} == {8: 3, 13: 2, 14: 1}
+    assert sorted(t.get_text() for t in count_axes[0].texts) == ["1", "2", "3"]
+    width, height = fig.get_size_inches() * DPI
+    assert width <= 3 * 3.3 * DPI + 1 and height > width  # 3 x 3, not a 1 x 9 strip
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        w, h = Image.open(save_figure(fig, Path(d) / "r.png")).size
+    assert w <= 1200
+
+
+def test_rank_curves_are_one_panel_per_method_with_the_seed_band():
+    import pandas as pd
+
+    from lrvd_bench.figures import rank_curve_grid
+
+    curves = {m: pd.DataFrame({"step": [0, 10], "mean": [8.0, 4.0 + i], "std": [0.0, 1.0], "n_seeds": [2, 2]})
+              for i, m in enumerate(("a", "b", "c", "d"))}
+    fig = rank_curve_grid(curves, "t")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 4 and len(fig.axes) == 6  # 2 x 3, two empty cells hidden
+    for ax, (method, g) in zip(visible, curves.items()):
+        (line,) = ax.get_lines()
+        assert list(line.get_ydata()) == list(g["mean"]) and ax.get_title() == f"{method} (2 seeds)"
+        assert len(ax.collections) == 1  # the ±std band
+    assert visible[0].get_shared_y_axes().joined(visible[0], visible[3])

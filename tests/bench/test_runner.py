@@ -50,8 +50,17 @@ def ray_session():
         ray.shutdown()
 
 
-def fake_body(spec, trial_dir, progress, *, calls: str, fail: tuple[str, int] | None = None):
-    """A trial without training: logs the call, fails on demand, returns a plausible row."""
+def fake_body(spec, trial_dir, progress, report=None, *, calls: str, fail: tuple[str, int] | None = None,
+              steps: int = 0, sleep: float = 0.0):
+    """A trial without training: logs the call, reports ``steps`` progress records (``val_nll``
+    falling with the step, higher for bayeslora), fails on demand, returns a plausible row."""
+    import time
+
+    for step in range(1, steps + 1):
+        time.sleep(sleep)
+        if report is not None:
+            report({"step": step, "total_steps": steps, "loss": 1.0 / step, "lr": 1e-3,
+                    "val_nll": 1.0 / step + (1.0 if spec.method == "bayeslora" else 0.0)})
     with open(calls, "a") as fh:
         fh.write(spec.trial_id + "\n")
     with open(calls + ".pids", "a") as fh:
@@ -67,8 +76,8 @@ def fake_body(spec, trial_dir, progress, *, calls: str, fail: tuple[str, int] | 
     }
 
 
-def fake_trial(calls: Path, fail=None):
-    body = functools.partial(fake_body, calls=str(calls), fail=fail)
+def fake_trial(calls: Path, fail=None, **kwargs):
+    body = functools.partial(fake_body, calls=str(calls), fail=fail, **kwargs)
     return functools.partial(run_trial, body=body)
 
 
@@ -84,10 +93,21 @@ def _calls(path: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_failing_trial_is_recorded_and_the_others_finish(ray_session, tmp_path):
-    calls = tmp_path / "calls.txt"
-    outcome = run_sweep(_config(tmp_path), trial_fn=fake_trial(calls, fail=("bayeslora", 1)), check=False)
+def test_failing_trial_is_recorded_and_the_others_finish(ray_session, tmp_path, capfd):
+    import io
+
+    calls, console = tmp_path / "calls.txt", io.StringIO()
+    outcome = run_sweep(_config(tmp_path), trial_fn=fake_trial(calls, fail=("bayeslora", 1)), check=False,
+                        stream=console)
     assert (outcome.n_ok, outcome.n_failed, outcome.n_unfinished) == (3, 1, 0)
+    # one line for the failure: method, task, seed, the error's first line, where its traceback is
+    [line] = [ln for ln in console.getvalue().splitlines() if "FAILED" in ln]
+    error_txt = outcome.run_dir / "trials" / _config(tmp_path).expand()[3].trial_id / "error.txt"
+    assert "bayeslora arc-e seed 1" in line and "RuntimeError: boom: deliberate failure" in line
+    assert line.endswith(f"(traceback: {error_txt})") and "Traceback" in error_txt.read_text()
+    printed = capfd.readouterr()
+    assert "Traceback" not in console.getvalue() + printed.out + printed.err
+    assert "boom" in (outcome.run_dir / "ray.log").read_text()  # Ray's own report went to the log
     assert outcome.exit_code == 1 and not outcome.interrupted
     trials = pd.read_csv(outcome.run_dir / "trials.csv")
     assert len(trials) == 4
@@ -146,6 +166,104 @@ def test_resume_reruns_only_unfinished_trials(ray_session, tmp_path):
     assert set(rerun) | finished == {r for r in pd.read_csv(second.run_dir / "trials.csv")["trial_id"]}
 
 
+@pytest.mark.parametrize("flags, fragment", [
+    (["--cpus-per-trial", "3"], "cpus_per_trial 3 asks for more than this machine has: the largest node has 2 CPUs"),
+    (["--gpus-per-trial", "1"], "gpus_per_trial 1 asks for more than this machine has: the largest node has 0 GPUs"),
+    (["--device", "cuda"], "device 'cuda' requested but CUDA is not available on this machine"),
+])
+def test_impossible_resources_fail_before_any_trial(ray_session, tmp_path, capsys, flags, fragment):
+    out = tmp_path / "run"
+    code = cli.main(["run", "--methods", "lora", "--seeds", "0", "--output", str(out), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and fragment in err[0], err
+    assert not out.exists(), "nothing may be written before the sweep can start"
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--data-dir", "/no/such/dir"], "data dir /no/such/dir does not exist"),
+    (["--model", "nobody-here/no-such-model"], "model 'nobody-here/no-such-model' is not a local directory"),
+    (["--model", "./no/such/checkpoint"], "does not exist"),
+])
+def test_unreachable_data_or_model_fail_before_ray_starts(tmp_path, capsys, monkeypatch, flags, fragment):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    code = cli.main(["run", "--methods", "lora", "--seeds", "0", "--output", str(out), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and fragment in err[0], err
+    assert not out.exists()
+
+
+def _tensorboard_points(folder: Path, tag: str) -> int:
+    """Scalar points of ``tag`` in a trial's TensorBoard event files (TFRecord framing, read by hand)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    count = 0
+    for path in folder.glob("events.out.tfevents.*"):
+        data, i = path.read_bytes(), 0
+        while i + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12:i + 12 + length])
+            count += sum(v.tag == tag for v in event.summary.value)
+            i += 12 + length + 4
+    return count
+
+
+@pytest.mark.slow
+def test_trials_report_progress_live_lines_and_curves(ray_session, tmp_path):
+    """Every progress record reaches Ray Tune: live console lines per running trial, then the
+    summary line; TensorBoard and progress.csv get one point per record, not one per trial."""
+    import io
+
+    calls, console = tmp_path / "calls.txt", io.StringIO()
+    config = _config(tmp_path, methods="lora", seeds=[0], loggers=["csv", "tensorboard"])
+    outcome = run_sweep(config, trial_fn=fake_trial(calls, steps=4), check=False, stream=console, live=True)
+    assert outcome.exit_code == 0
+    text = console.getvalue()
+    for step in range(1, 5):
+        assert f"… lora arc-e seed 0  step {step}/4  loss {1 / step:.4f}  val_nll {1 / step:.4f}  ETA" in text
+    assert "\x1b[1F\x1b[J" in text  # the live line is redrawn in place
+    assert text.index("step 4/4") < text.index("ok     lora arc-e seed 0")
+    [folder] = (outcome.run_dir / "tune").glob("lora-arc-e-s0_*")
+    progress = pd.read_csv(folder / "progress.csv")
+    assert list(progress["step"].dropna()) == [1, 2, 3, 4] and len(progress) == 5  # + the final row
+    assert _tensorboard_points(folder, "ray/tune/loss") == 4
+    assert _tensorboard_points(folder, "ray/tune/val_nll") == 4
+
+
+@pytest.mark.slow
+def test_asha_stops_trials_early_on_the_validation_metric(ray_session, tmp_path):
+    """One trial at a time: lora's val_nll is 1/step, bayeslora's 1 + 1/step; ASHA (grace 1 step)
+    stops both bayeslora trials at the first rung, before they finish, and records them as stopped."""
+    calls = tmp_path / "calls.txt"
+    config = _config(tmp_path, scheduler="asha", max_concurrent_trials=1, train={"log_every": 1})
+    outcome = run_sweep(config, trial_fn=fake_trial(calls, steps=6, sleep=0.3), check=False)
+    trials = pd.read_csv(outcome.run_dir / "trials.csv").set_index("method")
+    assert sorted(trials.loc["lora", "status"]) == ["ok", "ok"]
+    assert sorted(trials.loc["bayeslora", "status"]) == ["stopped", "stopped"]
+    assert (trials.loc["bayeslora", "steps"] < 6).all()
+    assert all(t.startswith("lora-") for t in _calls(calls)), "stopped trials must not reach their end"
+    assert outcome.n_stopped == 2 and outcome.exit_code == 0
+
+
+def test_live_train_log_grows_while_training(tmp_path):
+    from lrvd_bench.trial import LiveTrainLog
+
+    seen = []
+    log = LiveTrainLog(tmp_path / "train_log.csv", 30, lambda: 7, seen.append)
+    log({"step": 10, "epoch": 0, "loss": 1.3, "lr": 1e-3, "nll": 1.2})
+    assert pd.read_csv(tmp_path / "train_log.csv")["step"].tolist() == [10]
+    log({"step": 20, "epoch": 0, "loss": 1.1, "lr": 1e-3, "nll": 1.0})
+    log({"step": 30, "epoch": 1, "loss": 0.9, "lr": 5e-4, "nll": 0.8, "val_nll": 1.05})  # a new column
+    frame = pd.read_csv(tmp_path / "train_log.csv")
+    assert frame["step"].tolist() == [10, 20, 30] and frame["loss"].tolist() == [1.3, 1.1, 0.9]
+    assert frame["val_nll"].isna().tolist() == [True, True, False]
+    assert [r["total_steps"] for r in seen] == [30] * 3 and [r["effective_rank"] for r in seen] == [7] * 3
+    assert all(r["step_time_s"] >= 0 for r in seen) and seen[2]["lr"] == 5e-4
+
+
 @pytest.mark.slow
 def test_random_search_space_is_sampled_by_ray_and_recorded(ray_session, tmp_path):
     calls = tmp_path / "calls.txt"
@@ -162,6 +280,98 @@ def test_random_search_space_is_sampled_by_ray_and_recorded(ray_session, tmp_pat
                for s, p in zip(specs, points))
     board = pd.read_csv(outcome.run_dir / "leaderboard.csv")
     assert len(board) == 4 and "search_point" in board.columns
+
+
+CHILD = Path(__file__).with_name("sweep_child.py")
+
+
+def _hashes(run_dir: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in (run_dir / "trials").glob("*/result.json")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_resume_after_a_kill_keeps_every_finished_trial(tmp_path, sig):
+    """The sweep is killed (its whole process group, Ray included) the moment its first trial has
+    written result.json, i.e. before Ray's experiment state can know; resume must keep that result
+    byte for byte, never run it again, and finish the other trials."""
+    import time
+
+    run_dir, calls = tmp_path / "run", tmp_path / "calls.txt"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           # 8 test processes share this machine: Ray's memory monitor must not kill trials mid-test
+           "RAY_memory_monitor_refresh_ms": "0"}
+    child = subprocess.Popen([sys.executable, str(CHILD), str(run_dir), str(calls)], env=env, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not list((run_dir / "trials").glob("*/result.json")):
+            assert child.poll() is None and time.time() < deadline, "the sweep ended before any trial finished"
+            time.sleep(0.05)
+        os.killpg(child.pid, sig)
+        first_out = child.communicate(timeout=180)[0].decode()
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # whatever of our own process group is left
+    if sig == signal.SIGINT:
+        assert child.returncode == 130 and "continue with: bench run --resume" in first_out, first_out[-2000:]
+        assert "Traceback" not in first_out
+    finished = _hashes(run_dir)
+    ran_first = [line.split()[0] for line in calls.read_text().splitlines()]
+    assert finished and set(finished) <= set(ran_first) and len(finished) < 4
+
+    resumed = subprocess.run([sys.executable, str(CHILD), str(run_dir), str(calls), "--resume"], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    after = _hashes(run_dir)
+    assert {k: after[k] for k in finished} == finished, "finished results must stay byte-identical"
+    ran = [line.split()[0] for line in calls.read_text().splitlines()]
+    rerun = ran[len(ran_first):]
+    assert not set(rerun) & set(finished), "a finished trial ran again"
+    assert len(rerun) == len(set(rerun)) and set(rerun) | set(finished) == set(after) and len(after) == 4
+    trials = pd.read_csv(run_dir / "trials.csv")
+    assert (trials["status"] == "ok").all() and len(trials) == 4
+    record = json.loads((run_dir / "run.json").read_text())
+    assert len(record["attempts"]) == 2 and record["attempts"][1]["command"].endswith("--resume")
+    assert record["attempts"][1]["outcome"] == {"ok": 4, "failed": 0, "stopped": 0, "unfinished": 0,
+                                                "interrupted": False}
+
+
+def test_pending_specs_follow_the_trial_folders_not_ray(tmp_path):
+    """A folder is finished when result.json carries the spec's hash (ok), or error.json / stopped.json
+    does; failed ones run again only with retry_failed; a result for another hash does not count."""
+    from lrvd_bench.runner import pending_specs
+
+    specs = _config(tmp_path).expand()
+    a, b, c, d = specs
+    for spec, name, hash_ in ((a, "result.json", a.config_hash), (b, "error.json", b.config_hash),
+                              (c, "result.json", "0" * 12), (d, "stopped.json", d.config_hash)):
+        folder = tmp_path / "run" / "trials" / spec.trial_id
+        folder.mkdir(parents=True)
+        (folder / name).write_text(json.dumps({"config_hash": hash_}))
+    run_dir = tmp_path / "run"
+    assert pending_specs(run_dir, specs, [], 1) == [c]
+    assert pending_specs(run_dir, specs, [], 1, retry_failed=True) == [b, c]
+    assert pending_specs(run_dir, specs, [], 2) == [c, c]  # num_samples without random keys: repeats
+
+
+def test_pending_specs_with_random_search_count_samples_per_spec(tmp_path):
+    from lrvd_bench.runner import pending_specs
+
+    config = _config(tmp_path, methods="lora", seeds=[0, 1], num_samples=3,
+                     search_space={"train.lr": {"loguniform": [1e-4, 1e-2]}})
+    s0, s1 = config.expand()
+    for spec, lr in ((s0, 1e-3), (s0, 2e-3), (s1, 5e-4)):
+        ran = spec.with_overrides({"train.lr": lr})
+        folder = tmp_path / "run" / "trials" / ran.trial_id
+        folder.mkdir(parents=True)
+        (folder / "spec.json").write_text(json.dumps(ran.to_dict()))
+        (folder / "result.json").write_text(json.dumps({"config_hash": ran.config_hash}))
+    assert pending_specs(tmp_path / "run", [s0, s1], ["train.lr"], 3) == [s0, s1, s1]
 
 
 def test_resume_of_a_folder_without_a_sweep_is_a_one_line_error(tmp_path, capsys):
@@ -198,11 +408,33 @@ def _tiny_args(model: Path, output: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_bench_run_end_to_end_writes_leaderboard_with_documented_columns(ray_session, tiny_mc_model, tmp_path):
+def test_bench_run_end_to_end_writes_leaderboard_with_documented_columns(ray_session, tiny_mc_model, tmp_path, capsys):
+    import hashlib
+
+    import lrvd_bench
     from lrvd_bench.leaderboard import COLUMNS
 
     run_dir = tmp_path / "e2e"
     assert cli.main(_tiny_args(tiny_mc_model, run_dir)) == 0
+    printed = capsys.readouterr()
+    assert "accuracy_mean" in printed.out and "mc-dropout-lora" in printed.out  # the leaderboard, at the end
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["command"].split()[1:3] == ["run", "--methods"] or "run" in record["command"]
+    for key in ("started", "ended", "host", "python", "torch", "cuda", "cudnn", "git"):
+        assert key in record, key
+    assert set(record["versions"]) >= {"torch", "transformers", "peft", "ivon-opt", "laplace-torch", "ray", "numpy",
+                                       "datasets"}
+    assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)
+    for path in (run_dir / "trials").glob("*/result.json"):  # no machine paths in the rows
+        text = path.read_text()
+        assert str(tmp_path) not in text and str(Path.home()) not in text and "/site-packages/" not in text, path
+        row = json.loads(text)
+        bundled = Path(lrvd_bench.__file__).parent / "data" / "arc-challenge"
+        expected = hashlib.sha256((bundled / "train.jsonl").read_bytes() + (bundled / "validation.jsonl").read_bytes())
+        assert row["data_source"] == "bundled:arc-challenge" and row["data_sha256"] == expected.hexdigest()
+        assert row["model"] == f"local:{tiny_mc_model.name}"
+    trials_text = (run_dir / "trials.csv").read_text()
+    assert str(tmp_path) not in trials_text and "/site-packages/" not in trials_text
     board = pd.read_csv(run_dir / "leaderboard.csv")
     assert sorted(board["method"]) == ["lora", "mc-dropout-lora"]
     assert set(COLUMNS) - {"search_point"} <= set(board.columns)
@@ -212,9 +444,10 @@ def test_bench_run_end_to_end_writes_leaderboard_with_documented_columns(ray_ses
     folder = run_dir / "trials" / trials["trial_id"].iloc[0]
     for name in ("result.json", "spec.json", "ranks.csv", "train_log.csv", "predictions.npz", "log.txt"):
         assert (folder / name).is_file(), name
-    assert (folder / "adapter" / "adapter.safetensors").is_file()
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file() and (folder / "adapter" / "lrvd_adapter.json").is_file()
     assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == [
-        "accuracy_vs_ece_arc-c.png", "effective_rank_arc-c.png", "reliability_arc-c.png"]
+        "accuracy_vs_ece_arc-c.png", "effective_rank_arc-c.png", "paired_differences_arc-c.png",
+        "reliability_arc-c.png"]
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from lrvd_bench.tasks import TASKS, get_task, list_tasks
 from lrvd_bench.tasks import base as task_base
 from lrvd_bench.tasks.base import BUNDLED_DATA_DIR, Carve
 
-# name: (n_train, n_eval, n_classes, kind, carved) — counts from shared/data/*/SOURCE.md
+# name: (n_train, n_eval, n_classes, kind, carved) — counts from packages/bench/src/lrvd_bench/DATA.md
 EXPECTED = {
     "arc-c": (1119, 299, 5, "multiple_choice", False),
     "arc-e": (2251, 570, 5, "multiple_choice", False),

@@ -126,8 +126,10 @@ def test_save_and_load_pruned_adapter(tmp_path):
     for i, layer in enumerate(lrvd_modules(model).values()):
         prune_layer(layer, torch.arange(1 + i % SPEC.r))
     method.save_adapter(model, tmp_path)
-    config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert sorted(config["ranks"].values()) == [1, 2, 3, 4]
+    sidecar = json.loads((tmp_path / "lrvd_adapter.json").read_text())
+    assert sorted(sidecar["extra"]["ranks"].values()) == [1, 2, 3, 4]
+    peft_config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert peft_config["peft_type"] == "LORA" and sorted(peft_config["rank_pattern"].values()) == [1, 2, 3, 4]
     assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
     fresh_method, fresh = attached(seed=0)
     fresh_method.load_adapter(fresh, tmp_path)
@@ -184,3 +186,22 @@ def test_sample_warmup_trains_at_the_mean_first():
     for step in range(1, 6):
         method.on_step_end(model, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), step)
     assert not torch.allclose(model(b), model(b))  # sampling from step 5 on
+
+
+def test_prunes_during_training_by_default_as_the_authors_scripts():
+    """prune_every follows the protocol: 200 steps (bayeslora_llama.py), 2000 (run_glue_bench.py); an
+    explicit value (0: never) wins."""
+    assert BayesLoRA().params.prune_every == 200 and BayesLoRA().prune_due(200) and not BayesLoRA().prune_due(100)
+    assert BayesLoRA(protocol="glue-bench").params.prune_every == 2000
+    assert BayesLoRA(prune_every=0).params.prune_every == 0 and not BayesLoRA(prune_every=0).prune_due(200)
+
+
+def test_effective_rank_is_logged_on_log_steps_prune_steps_and_the_last_step_only():
+    """The per-step medians are not paid every step: log_every = 4, prune at 6, 10 steps."""
+    cfg = TrainConfig(lr=1e-2, max_steps=10, log_every=4, warmup_ratio=0.0)
+    plan = TrainPlan(10, 64, cfg)
+    method = BayesLoRA(prune_every=6, tau=1e9)
+    model = method.attach(TinyBertClassifier(), SPEC, plan)
+    result = fit(method, model, make_toy_loader(), plan, device="cpu", progress=False)
+    assert [r["step"] for r in result.step_logs if "effective_rank" in r] == [4, 6, 8, 10]
+    assert result.step_logs[-1]["effective_rank"] == 16.0  # τ = 1e9 keeps all 4 ranks of 4 modules

@@ -1,4 +1,4 @@
-"""The held-out validation split used by methods with ``validation_fraction`` > 0."""
+"""The held-out validation split every method of a comparison shares (``validation_fraction``)."""
 
 import pytest
 
@@ -22,6 +22,6 @@ def test_zero_fraction_holds_out_nothing_and_bad_fraction_errors():
         holdout_indices(10, 1.0)
 
 
-def test_method_base_defaults_to_no_validation_split():
-    assert MethodBase.validation_fraction == 0.0
+def test_method_base_does_not_need_a_validation_split():
+    assert MethodBase.needs_validation is False
     MethodBase().after_training(None, None, val_loader=None)

@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TinyBertClassifier, make_toy_loader
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, sampling
 from lrvd.layers import LRVDLinear
-
-from conftest import TinyBertClassifier, make_toy_loader
 
 
 def tiny_gpt2(seed: int = 0):
@@ -161,6 +160,28 @@ def test_local_reparam_matches_factor_noise_moments():
         torch.testing.assert_close(samples.var(0, keepdim=True), var.detach(), atol=0.02, rtol=0.08)
 
 
+def test_local_reparam_sample_equals_the_moment_formula_draw_for_draw():
+    """With the same noise, the layer's local-reparameterisation output is s (m_y + √v_y ε) with the
+    moments written out as in the authors' layer (v_y through the matmul v_s (B_mu²)^T), at a
+    scaling s ≠ 1 and distinct per-rank variances: the cheaper algebra leaves every draw unchanged."""
+    torch.manual_seed(0)
+    layer = LRVDLinear(nn.Linear(6, 5).double(), r=3, scaling=2.5, local_reparam=True)
+    with torch.no_grad():
+        layer.rank_log_sigma2.copy_(torch.tensor([-6.0, -2.0, 0.5]))
+        layer.B_mu.normal_()
+    layer.train()
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    s2 = torch.exp(layer.log_sigma2())
+    m_s = x @ layer.A_mu.T
+    v_s = x.square().sum(-1, keepdim=True) * s2
+    m_y = m_s @ layer.B_mu.T
+    v_y = v_s @ layer.B_mu.square().T + ((m_s.square() + v_s) * s2).sum(-1, keepdim=True)
+    torch.manual_seed(1)
+    expected = 2.5 * (m_y + torch.sqrt(v_y + 1e-12) * torch.randn_like(m_y))
+    torch.manual_seed(1)
+    torch.testing.assert_close(layer.adapter_delta(x), expected, rtol=1e-10, atol=1e-10)
+
+
 def test_grouped_samples_use_one_weight_draw_per_group():
     """Inside a replica group the layer is one affine map (a single draw); groups differ."""
     torch.manual_seed(0)
@@ -242,3 +263,42 @@ def test_a_module_pruned_to_rank_zero_leaves_the_autograd_graph():
     y = upper(hidden)
     y.sum().backward()
     assert upper.A_mu.grad is not None and lower.A_mu.grad is None
+
+
+def test_activation_probe_counts_the_outputs_alive_at_once():
+    """Sequential(Linear(4, 100), Linear(100, 3), Linear(3, 50)) on 5 rows: when the second layer's
+    output exists the first's (its input) is still alive: 5·100·4 + 5·3·4 = 2060 bytes; at the third
+    the first is freed (60 + 1000); the Sequential's output is the third's storage (counted once)."""
+    from lrvd.inject import ActivationProbe
+
+    model = nn.Sequential(nn.Linear(4, 100), nn.Linear(100, 3), nn.Linear(3, 50))
+    with torch.no_grad(), ActivationProbe(model) as probe:
+        model(torch.randn(5, 4))
+    assert probe.peak == 2060
+    assert not model[0]._forward_hooks  # hooks removed on exit
+
+
+def test_auto_chunk_from_the_memory_budget_hand_computed():
+    from lrvd.inject import auto_chunk
+
+    # c = floor(1 + budget (resident + a) / (2 a)), in [1, S]
+    assert auto_chunk(10, resident=100, activation=10, memory_budget=0.1) == 1  # 1 + 11/20
+    assert auto_chunk(10, resident=1000, activation=10, memory_budget=0.1) == 6  # 1 + 101/20 = 6.05
+    assert auto_chunk(10, resident=10**6, activation=10, memory_budget=0.1) == 10  # weights ≫ activations
+    assert auto_chunk(10, resident=1000, activation=10, memory_budget=0.0) == 1
+    assert auto_chunk(10, resident=1000, activation=0, memory_budget=0.1) == 10
+
+
+@pytest.mark.parametrize("budget, passes", [(0.0, 10), (1e6, 2)])
+def test_mc_predictive_chunks_samples_from_the_memory_budget(budget, passes):
+    """mc_chunk = 0: one probed sample, then chunks of auto_chunk samples: no extra memory allowed
+    means one sample per pass; an unbounded budget puts the other 9 in one pass."""
+    model = TinyBertClassifier()
+    inject_lrvd(model.backbone, ["query", "value"], r=2, scaling=1.0, init_log_sigma2=-2.0, local_reparam=True)
+    model.eval()
+    calls = []
+    model.backbone.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    batch = next(iter(make_toy_loader(n=4, batch_size=4, shuffle=False)))
+    probs = mc_predict_proba(model, batch, 10, chunk=0, memory_budget=budget)
+    assert len(calls) == passes and sum(calls) == 10 * 4
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4))

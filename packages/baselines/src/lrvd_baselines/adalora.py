@@ -1,22 +1,23 @@
 """AdaLoRA (Zhang et al., ICLR 2023): SVD-form adapters whose rank budget is pruned by sensitivity.
 
-``ΔW = P Λ Q`` per module (peft ``AdaLoraConfig``); every ``deltaT`` steps between ``tinit`` and
-``total − tfinal`` the triplets with the lowest importance ``S_k = s(λ_k) + mean_j s(P_jk) +
+``ΔW = P Λ Q`` per module (peft ``AdaLoraConfig``); every ``ΔT`` steps between ``t_i`` and
+``T − t_f`` the triplets with the lowest importance ``S_k = s(λ_k) + mean_j s(P_jk) +
 mean_j s(Q_kj)``, ``s = Ī·Ū`` (EMAs of ``|w·∂L/∂w|``, β1 = β2 = 0.85), are masked so that the total
 rank follows the cubic budget ``b(t)`` from ``init_r`` per module down to the target budget
-(paper §3.2–3.3; papers.md B.1).
+(paper §3.2–3.3). Every default and its source: ``docs/methods.md`` (AdaLoRA).
 
-Choices (documented defaults):
-- ``init_r = spec.r``; target ``target_r = round(2/3 · init_r)`` per module (the paper sets
-  ``b(0) = 1.5 · b(T)``), or, with ``budget_total_rank``, exactly that many triplets in total
-  (the BayesLoRA GLUE bench matches AdaLoRA's final budget to BayesLoRA's total rank).
-- Schedule as fractions of ``plan.total_steps`` so short runs still have a budgeting phase:
-  ``tinit = 0.12·T`` and ``tfinal = 0.52·T`` (the official CoLA script: 800 and 3500 of ≈ 6,700
-  steps), ``deltaT = clamp((T − tinit − tfinal) // 10, 1, 10)`` (official: 10). Integer overrides
-  win. ``tinit < T − tfinal`` is checked before peft builds anything.
+Choices (documented there):
+- ``init_r = spec.r``; target ``target_r = round(2/3 · init_r)`` per module (the paper's
+  ``b(0) = 1.5 · b(T)``), or, with ``budget_total_rank``, exactly that many triplets in total.
+- ``tinit``, ``tfinal`` and ``deltaT`` are *fractions of the run*, so one setting means the same
+  schedule at 100 steps and at 6,700 (defaults: the official CoLA script's 800, 3500 and 10 of
+  its 6,700 steps).
+- Masking keeps exactly ``b(t)`` triplets: peft masks every triplet whose score is ``≤`` the
+  k-th smallest, so tied scores can prune far below the budget (all of it when every score is
+  equal); :class:`ExactBudgetRankAllocator` ranks by (score, position) instead.
 - The orthogonality regulariser ``R = mean_modules(‖PᵀP − I‖_F, ‖QQᵀ − I‖_F)`` (peft's form, weight
-  0.1 as in the paper) is added in :meth:`training_loss`, because our loss is computed outside the
-  HF model and peft only adds it when ``labels`` are passed to it.
+  0.1 as in the paper) is added in :meth:`AdaLoRA.training_loss`, because our loss is computed
+  outside the HF model and peft only adds it when ``labels`` are passed to it.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from peft.tuners.adalora.layer import RankAllocator
 from torch import nn
 
 from lrvd.errors import LRVDError
-from lrvd.protocol import AdapterSpec, TrainPlan
+from lrvd.protocol import AdapterSpec, TrainPlan, linear_warmup_decay
 from lrvd_baselines.peft_adapters import ADAPTER_NAME, PeftMethod, adapter_layers, adapter_module_name, peft_root
+
+#: the official AdaLoRA CoLA script (DeBERTa-v3-base): 8551 examples / batch 32 × 25 epochs
+COLA_TOTAL_STEPS = 6700
 
 
 @dataclass
@@ -40,31 +45,99 @@ class AdaLoRAParams:
     budget_total_rank: int | None = field(
         default=None, metadata={"help": "final total rank over all modules (overrides target_r; budget matching)"}
     )
-    tinit: int | None = field(default=None, metadata={"help": "warm-up steps before pruning (default 0.12·T)"})
-    tfinal: int | None = field(default=None, metadata={"help": "final steps at the target budget (default 0.52·T)"})
-    deltaT: int | None = field(default=None, metadata={"help": "steps between budget allocations (default ≤ 10)"})
-    tinit_ratio: float = field(default=0.12, metadata={"help": "tinit as a fraction of total steps"})
-    tfinal_ratio: float = field(default=0.52, metadata={"help": "tfinal as a fraction of total steps"})
+    tinit: float = field(
+        default=800 / COLA_TOTAL_STEPS,
+        metadata={"help": "fraction of the run before the first pruning (AdaLoRA CoLA script: 800 of 6700 steps)"},
+    )
+    tfinal: float = field(
+        default=3500 / COLA_TOTAL_STEPS,
+        metadata={"help": "fraction of the run at the final budget (AdaLoRA CoLA script: 3500 of 6700 steps)"},
+    )
+    deltaT: float = field(
+        default=10 / COLA_TOTAL_STEPS,
+        metadata={"help": "fraction of the run between budget allocations, at least 1 step (CoLA script: 10 of 6700)"},
+    )
     beta1: float = field(default=0.85, metadata={"help": "EMA coefficient of the sensitivity"})
     beta2: float = field(default=0.85, metadata={"help": "EMA coefficient of the uncertainty"})
     orth_reg_weight: float = field(default=0.1, metadata={"help": "orthogonality regulariser coefficient γ"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input (BayesLoRA bench: 0)"})
+    lr: float | None = field(
+        default=None,
+        metadata={"help": "AdamW adapter lr of this method (default: the shared train.lr); choose it on the "
+                          "validation split"},
+    )
 
     def __post_init__(self) -> None:
-        for name in ("target_r", "budget_total_rank", "deltaT"):
+        for name in ("target_r", "budget_total_rank"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise LRVDError(f"{name} must be >= 1, got {value}")
         for name in ("tinit", "tfinal"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise LRVDError(f"{name} must be >= 0, got {value}")
-        if not (0.0 <= self.tinit_ratio < 1.0 and 0.0 <= self.tfinal_ratio < 1.0):
-            raise LRVDError("tinit_ratio and tfinal_ratio must be in [0, 1)")
+            if not 0.0 <= value < 1.0:
+                raise LRVDError(f"{name} is a fraction of the run in [0, 1), got {value}")
+        if not 0.0 < self.deltaT <= 1.0:
+            raise LRVDError(f"deltaT is a fraction of the run in (0, 1], got {self.deltaT}")
+        if self.tinit + self.tfinal >= 1.0:
+            raise LRVDError(f"tinit + tfinal must be < 1 (a budgeting phase), got {self.tinit} + {self.tfinal}")
         if not (0.0 < self.beta1 < 1.0 and 0.0 < self.beta2 < 1.0):
             raise LRVDError("beta1 and beta2 must be in (0, 1)")
         if self.orth_reg_weight < 0:
             raise LRVDError(f"orth_reg_weight must be >= 0, got {self.orth_reg_weight}")
+        if self.lr is not None and self.lr <= 0:
+            raise LRVDError(f"lr must be > 0, got {self.lr}")
+
+
+def keep_top_budget(scores: torch.Tensor, budget: int) -> torch.Tensor:
+    """Bool mask keeping exactly ``budget`` entries of ``scores`` (flat): the highest, ties by position.
+
+    A stable descending sort puts tied scores in index order, so among equal scores the earlier
+    triplets (sorted module name, then triplet index) are kept: deterministic, and never more or
+    fewer than the budget.
+    """
+    keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    order = torch.sort(scores.flatten(), descending=True, stable=True).indices
+    keep[order[: max(0, min(budget, scores.numel()))]] = True
+    return keep
+
+
+class ExactBudgetRankAllocator(RankAllocator):
+    """peft's RankAllocator (same scores, schedule and EMAs) that keeps exactly ``b(t)`` triplets.
+
+    Triplet score as in peft / the paper: ``S_k = s(λ_k) + mean_j s(Q_kj) + mean_j s(P_jk)``.
+    Subclasses change only :meth:`element_score`.
+    """
+
+    def element_score(self, name: str) -> torch.Tensor:
+        """Per-element score of parameter ``name``: AdaLoRA's ``Ī·Ū``."""
+        return self.exp_avg_ipt[name] * self.exp_avg_unc[name]
+
+    def triplet_scores(self, model) -> dict[str, torch.Tensor]:
+        """``lora_E`` parameter name -> ``[r]`` triplet scores."""
+        suffix = f".{self.adapter_name}"
+        scores: dict[str, torch.Tensor] = {}
+        for n, _ in model.named_parameters():
+            if n.endswith(f"lora_E{suffix}"):
+                a_name, b_name = n.replace("lora_E", "lora_A"), n.replace("lora_E", "lora_B")
+                scores[n] = (
+                    self.element_score(n).view(-1)                     # λ_k: [r, 1]
+                    + self.element_score(a_name).mean(dim=1)           # Q: [r, d_in]
+                    + self.element_score(b_name).mean(dim=0)           # P: [d_out, r]
+                )
+        return dict(sorted(scores.items()))
+
+    def mask_to_budget(self, model, budget):
+        scores = self.triplet_scores(model)
+        keep_flat = keep_top_budget(torch.cat(list(scores.values())), budget)
+        params = dict(model.named_parameters())
+        rank_pattern, offset = {}, 0
+        with torch.no_grad():
+            for n, s in scores.items():
+                keep = keep_flat[offset : offset + s.numel()]
+                offset += s.numel()
+                params[n].masked_fill_(~keep.view(-1, 1), 0.0)
+                rank_pattern[n] = keep.tolist()
+        return rank_pattern
 
 
 def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
@@ -84,18 +157,18 @@ class AdaLoRA(PeftMethod):
     name = "adalora"
     description = "AdaLoRA (SVD adapters, sensitivity-based rank budget allocation)"
     Params = AdaLoRAParams
+    adaptive_rank = svd_triplets = True
 
     def schedule(self, spec: AdapterSpec, plan: TrainPlan) -> dict[str, int]:
-        """``tinit``, ``tfinal``, ``deltaT`` for ``plan.total_steps``; an LRVDError if no budgeting phase."""
+        """Steps ``tinit``, ``tfinal``, ``deltaT`` of ``plan.total_steps``; an LRVDError if no budgeting phase."""
         p, total = self.params, plan.total_steps
-        tinit = p.tinit if p.tinit is not None else int(round(p.tinit_ratio * total))
-        tfinal = p.tfinal if p.tfinal is not None else int(round(p.tfinal_ratio * total))
+        tinit, tfinal = int(round(p.tinit * total)), int(round(p.tfinal * total))
         if not tinit < total - tfinal:
             raise LRVDError(
-                f"AdaLoRA schedule has no budgeting phase: tinit={tinit} must be < total_steps - tfinal "
-                f"= {total} - {tfinal}; lower tinit/tfinal or train longer"
+                f"AdaLoRA schedule has no budgeting phase at {total} steps: tinit={tinit} must be < "
+                f"total_steps - tfinal = {total} - {tfinal}; lower the tinit/tfinal fractions or train longer"
             )
-        delta = p.deltaT if p.deltaT is not None else min(10, max(1, (total - tinit - tfinal) // 10))
+        delta = max(1, int(round(p.deltaT * total)))
         return {"tinit": tinit, "tfinal": tfinal, "deltaT": delta, "total_step": total}
 
     def target_rank(self, spec: AdapterSpec) -> int:
@@ -137,8 +210,18 @@ class AdaLoRA(PeftMethod):
         return model
 
     def make_allocator(self, model):
-        """peft's sensitivity allocator (AdaLoRA-IVON swaps in its posterior-based one)."""
-        return peft_root(model).rankallocator
+        """peft's sensitivity scores with exact-budget masking (AdaLoRA-IVON swaps the scores)."""
+        root = peft_root(model)
+        return ExactBudgetRankAllocator(root.model, root.peft_config[ADAPTER_NAME], root.trainable_adapter_name)
+
+    def configure_optimizers(self, model, plan):
+        """AdamW as every method, with this method's own adapter ``lr`` when set (head keeps ``head_lr``)."""
+        groups = self.param_groups(model, plan)
+        for group in groups:
+            if self.params.lr is not None and not model.is_head_parameter(group["params"][0]):
+                group["lr"] = self.params.lr
+        optimizer = torch.optim.AdamW(groups)
+        return optimizer, linear_warmup_decay(optimizer, plan.total_steps, plan.train.warmup_ratio)
 
     def training_loss(self, model, batch, logits, step):
         nll = nn.functional.cross_entropy(logits.float(), batch["labels"])

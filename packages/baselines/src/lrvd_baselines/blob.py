@@ -25,6 +25,8 @@ and ``scripts/blob/*.sh``), which is what the reported numbers come from:
   N: its strength is set by ``kl_lr`` and the cycle length (which grows as N^0.39).
 - Prediction: mean softmax over N = 10 samples; ``n_samples = 0`` is "BLoB (N=0)", the posterior mean.
 
+Every default with its source and every deviation: docs/methods.md (BLoB).
+
 Not supported: ``mixed_precision = fp16`` (the loss scaler would scale G's gradient unseen by the
 SGD step); bf16 autocast (the CUDA default) is fine.
 """
@@ -42,7 +44,7 @@ from lrvd.errors import LRVDError
 from lrvd.inject import replace_modules
 from lrvd.layers import adapter_dtype, frozen_linear_shape
 from lrvd.protocol import AdapterSpec, MethodBase, TrainPlan
-from lrvd_baselines.peft_adapters import mean_softmax, model_device, seeded
+from lrvd_baselines.peft_adapters import mean_softmax, model_device, sample_seed, seeded
 
 
 @dataclass
@@ -131,13 +133,13 @@ class BLoB(MethodBase):
     name = "blob"
     description = "BLoB: Gaussian posterior on LoRA's A (flipout, closed-form KL, cyclic KL weights), MC predictive"
     Params = BLoBParams
+    sampled_predictive = posterior_params = True
 
     def __init__(self, **hyper_params) -> None:
         super().__init__(**hyper_params)
         self.kl_cycle = 1
         self.steps_per_epoch = 1
         self.last_kl = 0.0
-        self._predict_calls = 0
 
     def attach(self, model: ClassifierModel, spec: AdapterSpec, plan: TrainPlan) -> ClassifierModel:
         if plan.train.mixed_precision == "fp16":
@@ -208,9 +210,7 @@ class BLoB(MethodBase):
                 layer.sampling = n > 0
             if n == 0:
                 return torch.softmax(model(batch).float(), dim=-1)
-            base = self.plan.train.seed if self.plan is not None else 0
-            self._predict_calls += 1
-            with seeded(1_000_003 * base + self._predict_calls, model_device(model)):
+            with seeded(sample_seed(), model_device(model)):
                 return mean_softmax(lambda: model(batch), n)
         finally:
             for layer, s in zip(layers, saved):
@@ -218,6 +218,16 @@ class BLoB(MethodBase):
 
     def rank_report(self, model) -> dict[str, int]:
         return {name: layer.r for name, layer in blob_layers(model.backbone).items()}
+
+    def peft_export(self, model):
+        """Posterior mean (M, B) as a plain peft LoRA; the stds G go to the sidecar."""
+        from lrvd.adapter_io import LoraFactors, lora_export, native_names
+
+        names = native_names(model)
+        return lora_export(model, {
+            n: LoraFactors(m.lora_A, m.lora_B, m.scaling, m.fan_in_fan_out, names[id(m.lora_A)], names[id(m.lora_B)])
+            for n, m in blob_layers(model.backbone).items()
+        })
 
     def parameter_counts(self, model) -> dict[str, int]:
         """``variational`` = the stds G, one per entry of A."""

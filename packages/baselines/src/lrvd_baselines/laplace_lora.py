@@ -261,6 +261,7 @@ class LaplaceLoRA(LoRA):
     name = "laplace-lora"
     description = "Laplace-LoRA (post-hoc KFAC Laplace over LoRA weights, laplace-torch)"
     Params = LaplaceLoRAParams
+    posthoc_fit = posterior_params = sampled_predictive = True
 
     def __init__(self, **hyper_params: Any) -> None:
         super().__init__(**hyper_params)
@@ -287,9 +288,9 @@ class LaplaceLoRA(LoRA):
             )
 
     @property
-    def validation_fraction(self) -> float:  # type: ignore[override]
-        """Grid-search prior tuning asks the bench for a held-out split; marglik needs none."""
-        return 0.1 if self.params.prior_tuning == "gridsearch" else 0.0
+    def needs_validation(self) -> bool:  # type: ignore[override]
+        """Grid-search prior tuning scores on the validation split; marglik needs none."""
+        return self.params.prior_tuning == "gridsearch"
 
     def after_training(self, model, train_loader, val_loader=None) -> None:
         """Fit KFAC at the trained weights, then tune the prior precision."""

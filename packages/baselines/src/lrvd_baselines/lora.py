@@ -3,7 +3,7 @@
 ``ΔW = (alpha / r) · B A`` on ``spec.target_modules`` via peft's ``LoraConfig``; A is Kaiming-uniform,
 B zero (peft defaults), no dropout (BLoB / Laplace-LoRA scripts use ``lora_dropout = 0``). Training
 and prediction are :class:`~lrvd.protocol.MethodBase`'s defaults: AdamW on cross-entropy, one
-deterministic softmax at test time.
+deterministic softmax at test time. Defaults and sources: docs/methods.md (LoRA).
 """
 
 from __future__ import annotations

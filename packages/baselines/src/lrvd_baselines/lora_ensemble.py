@@ -18,7 +18,7 @@ Predictive: the mean of member softmaxes (:func:`ensemble_probs`); ``average = "
 takes softmax of the mean logits, which is what bayesian-peft's ``deepensemble.py`` evaluates.
 
 Reusing trials: :func:`ensemble_from_trials` builds the same predictive from M already-run ``lora``
-trials that differ only in their seed, at zero extra training cost (the bench's cheap path).
+trials that differ only in their seed, at zero extra training cost (the bench's cheap path). Defaults and deviations: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -238,6 +238,14 @@ class LoRAEnsemble(LoRA):
     @torch.no_grad()
     def predict_proba(self, model, batch, n_samples=None) -> torch.Tensor:
         return torch.softmax(model(batch), dim=-1)
+
+    def peft_export(self, model):
+        """One named peft LoRA adapter per member, each in its own folder with its own head
+        (``PeftModel.from_pretrained(base, folder / "member0", adapter_name="member0")``)."""
+        from lrvd.adapter_io import peft_model_export
+
+        names = [member_name(k) for k in range(self.params.n_members)]
+        return peft_model_export(model, model.backbone.backbone, names, folders={n: n for n in names}, head=False)
 
     def rank_report(self, model) -> dict[str, int]:
         return {name: int(layer.r[member_name(0)]) for name, layer in adapter_layers(model.backbone).items()}

@@ -5,11 +5,12 @@ is fitted by minimising the NLL of ``softmax(logits / T)`` on a held-out validat
 log T, so T stays positive), and prediction returns ``softmax(logits / T)``. Dividing by T never
 changes the argmax, so accuracy is exactly LoRA's; only confidence moves.
 
-The validation split is ``validation_fraction`` (default 10 %) of the *training* set, carved by the
-bench with :func:`lrvd.data_split.holdout_indices` (fixed seed) and passed to
-``after_training(model, train_loader, val_loader)``; the evaluation set is never used. Without a
+The validation split is the sweep's shared one (``validation_fraction`` of the *training* set, 10 %
+by default), carved by the bench with :func:`lrvd.data_split.holdout_indices` and passed to
+``after_training(model, train_loader, val_loader)``; LoRA trains on the same remaining rows, and the
+evaluation set is never used. Without a
 validation loader the temperature is fitted on the training loader (with a warning): over-fitted
-training logits then understate the needed temperature.
+training logits then understate the needed temperature. Defaults: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class LoRATempScaling(LoRA):
     name = "lora-temp-scaling"
     description = "LoRA + temperature scaling (one T fitted by NLL on a held-out training split)"
     Params = LoRATempScalingParams
-    validation_fraction = 0.1
+    posthoc_fit = True
+    needs_validation = True
 
     def __init__(self, **hyper_params) -> None:
         super().__init__(**hyper_params)
@@ -89,7 +91,7 @@ class LoRATempScaling(LoRA):
         if val_loader is None:
             warnings.warn(
                 "lora-temp-scaling: no validation loader given; fitting the temperature on the training "
-                "set (set validation_fraction > 0 in the caller)",
+                "set (hold out a validation split in the caller)",
                 stacklevel=2,
             )
             val_loader = train_loader

@@ -7,7 +7,7 @@ pretrained backbone stays deterministic. ``all_dropout=True`` instead turns on e
 in the model (the bayesian-peft "MCD" convention), which also perturbs the frozen backbone.
 
 Defaults: p = 0.1 (the dropout rate of the MC-dropout baselines in Laplace-LoRA and BLoB) and
-M = 10 samples (BLoB's evaluation protocol).
+M = 10 samples (BLoB's evaluation protocol). Sources and deviations: docs/methods.md (MC-dropout LoRA).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class MCDropoutLoRA(LoRA):
     name = "mc-dropout-lora"
     description = "MC-dropout LoRA (adapter-path dropout at test time, mean softmax of n passes)"
     Params = MCDropoutLoRAParams
+    sampled_predictive = True
 
     @property
     def default_n_samples(self) -> int:  # type: ignore[override]

@@ -3,9 +3,9 @@
 One rule for all methods (README): the trainable parameters are exactly the adapter parameters peft
 creates plus the newly initialised task head (``model.head_parameters()``); the pretrained backbone
 stays frozen. :class:`PeftMethod` implements ``attach`` with that rule, a fixed-rank
-``rank_report``, seeded Monte-Carlo prediction and adapter persistence (safetensors + JSON, no
-pickle) with a hook for method state beyond the trainable tensors (AdaLoRA's rank pattern, IVON's
-posterior scales, Laplace's Kronecker factors).
+``rank_report``, seeded Monte-Carlo prediction and persistence as a real peft adapter (with
+:meth:`~lrvd.protocol.MethodBase.extra_state` for method state beyond the trainable tensors:
+AdaLoRA's rank pattern, IVON's posterior scales, Laplace's Kronecker factors, in the sidecar).
 
 A baseline subclasses :class:`PeftMethod` and implements :meth:`PeftMethod.peft_config`.
 """
@@ -13,9 +13,7 @@ A baseline subclasses :class:`PeftMethod` and implements :meth:`PeftMethod.peft_
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,8 +24,6 @@ from lrvd.errors import LRVDError
 from lrvd.protocol import AdapterSpec, MethodBase, TrainPlan
 
 ADAPTER_NAME = "default"
-EXTRA_TENSORS = "method_state.safetensors"
-EXTRA_CONFIG = "method_state.json"
 
 
 def attach_peft(model: ClassifierModel, config: Any) -> ClassifierModel:
@@ -82,6 +78,17 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def sample_seed() -> int:
+    """Seed for one Monte-Carlo prediction call, drawn from torch's global RNG.
+
+    The caller seeds that RNG once per prediction pass (:func:`lrvd.training.predict` with
+    ``seed=``; the bench passes the trial seed), so a reloaded adapter predicts exactly as the
+    trained one, whatever ran before (checkpoint scoring, other batches), while successive batches
+    still get independent noise. The sampling itself runs in :func:`seeded`, outside the global stream.
+    """
+    return int(torch.randint(0, 2**62, ()).item())
+
+
 def mean_softmax(sample_logits: Callable[[], torch.Tensor], n_samples: int) -> torch.Tensor:
     """Probability averaging (BLoB protocol): ``(1/M) Σ_m softmax(f(x; θ_m))``, ``[batch, classes]``."""
     total = None
@@ -101,10 +108,6 @@ class PeftMethod(MethodBase):
     #: how many samples ``predict_proba(n_samples=None)`` draws (0: deterministic)
     default_n_samples: int = 0
 
-    def __init__(self, **hyper_params: Any) -> None:
-        super().__init__(**hyper_params)
-        self._predict_calls = 0
-
     def peft_config(self, spec: AdapterSpec, plan: TrainPlan) -> Any:
         raise NotImplementedError
 
@@ -123,42 +126,12 @@ class PeftMethod(MethodBase):
         return n
 
     def next_sample_seed(self) -> int:
-        """Seed for the next MC prediction call: the run's seed plus a call counter.
-
-        Reproducible across processes (a reloaded adapter predicts exactly as the trained one) while
-        successive batches still get independent noise.
-        """
-        base = self.plan.train.seed if self.plan is not None else 0
-        self._predict_calls += 1
-        return 1_000_003 * base + self._predict_calls
+        """Seed for the next MC prediction call (see :func:`sample_seed`)."""
+        return sample_seed()
 
     # -- persistence ---------------------------------------------------------------------------
-    def extra_state(self, model: ClassifierModel) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Method state beyond the trainable tensors: (tensors, JSON-able config)."""
-        return {}, {}
+    def peft_export(self, model: ClassifierModel):
+        """The live peft adapter in peft's own format, the trained task head as ``modules_to_save``."""
+        from lrvd.adapter_io import peft_model_export
 
-    def load_extra_state(self, model: ClassifierModel, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
-        return None
-
-    def save_adapter(self, model: ClassifierModel, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        super().save_adapter(model, path)
-        tensors, config = self.extra_state(model)
-        path = Path(path)
-        if tensors:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path / EXTRA_TENSORS))
-        if config:
-            (path / EXTRA_CONFIG).write_text(json.dumps(config, indent=2))
-
-    def load_adapter(self, model: ClassifierModel, path: str | Path) -> None:
-        from safetensors.torch import load_file
-
-        super().load_adapter(model, path)
-        path = Path(path)
-        device = model_device(model)
-        tensors = {}
-        if (path / EXTRA_TENSORS).exists():
-            tensors = {k: v.to(device) for k, v in load_file(str(path / EXTRA_TENSORS)).items()}
-        config = json.loads((path / EXTRA_CONFIG).read_text()) if (path / EXTRA_CONFIG).exists() else {}
-        self.load_extra_state(model, tensors, config)
+        return peft_model_export(model, model.backbone)

@@ -120,10 +120,30 @@ def backbone_kind(config: Any, task: Task, gguf: bool = False) -> str:
 
 
 # -- loading ---------------------------------------------------------------------------------------
-def load_backbone(model: str, task: Task) -> Backbone:
-    """Load ``model`` (alias, hub id or local path) for ``task``; offline failures are one-line ``LRVDError``s."""
+def int8_loading_args() -> dict[str, Any]:
+    """``from_pretrained`` arguments for an 8-bit frozen base (bitsandbytes, as BLoB's LLaMA scripts).
+
+    Checked before anything is imported: bitsandbytes is an optional extra and its int8 kernels need
+    CUDA, so a CPU machine or a missing extra gets a one-line error instead of a traceback.
+    """
+    if not torch.cuda.is_available():
+        raise LRVDError("load_in_8bit needs a CUDA GPU (bitsandbytes int8 kernels); set load_in_8bit: false on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise LRVDError("load_in_8bit needs the optional bitsandbytes package; install with uv sync --extra int8")
+    from transformers import BitsAndBytesConfig
+
+    device_map = {"": torch.cuda.current_device()}
+    return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": device_map}
+
+
+def load_backbone(model: str, task: Task, load_in_8bit: bool = False) -> Backbone:
+    """Load ``model`` (alias, hub id or local path) for ``task``; offline failures are one-line ``LRVDError``s.
+
+    ``load_in_8bit`` stores the frozen base weights in int8 (:func:`int8_loading_args`); adapters stay fp32.
+    """
     path = resolve_model_path(model or DEFAULT_MODEL)
     where, extra = _pretrained_args(path)
+    quantized = int8_loading_args() if load_in_8bit else {}
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -149,7 +169,7 @@ def load_backbone(model: str, task: Task) -> Backbone:
     else:
         cls, kwargs = AutoModelForSequenceClassification, {"num_labels": task.n_classes}
     try:
-        hf_model, info = cls.from_pretrained(where, output_loading_info=True, **extra, **kwargs)
+        hf_model, info = cls.from_pretrained(where, output_loading_info=True, **extra, **kwargs, **quantized)
     except (OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise LRVDError(f"cannot load model {model!r} as {cls.__name__} from {where} ({first})") from None

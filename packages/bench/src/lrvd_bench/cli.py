@@ -18,28 +18,46 @@ EXAMPLES = """examples:
   bench run                                   # configs/quickstart.yaml: every method on ARC-Easy, 3 seeds, CPU
   bench run --methods lora,bayeslora --task arc-c --seeds 0,1 --max-steps 300
   bench run --config configs/paper_llama2_commonsense.yaml --gpus-per-trial 1 --address auto
-  bench run --set train.lr=5e-4 --set method_params.bayeslora.kl_scale=1e-5
+  bench run --lr 5e-4 --rank 16 --param bayeslora.kl_scale=1e-5 bayeslora.tau=2.5
+  bench list-methods --params bayeslora                  # every hyper-parameter: type, default, help
+  bench export runs/quickstart-20260101-120000 --method bayeslora --seed 0 --out bayeslora-arc-e
   bench run --resume runs/quickstart-20260101-120000   # re-runs only unfinished trials
   bench leaderboard runs/quickstart-20260101-120000 --markdown
   bench analyze runs/quickstart-20260101-120000          # CSV + PNG under RUN_DIR/analysis
 """
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: X)`` where a flag has a real default; flags that default to None ("keep the
+    config file's value") stay quiet instead of claiming the default is None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, [], False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from lrvd_bench.config import add_flags
+    from lrvd_bench.cli_knobs import add_knob_flags
+    from lrvd_bench.config import add_flags, nested_keys_help
+    from lrvd_bench.provenance import suite_version
 
     parser = argparse.ArgumentParser(
         prog="bench", description="Compare Bayesian low-rank adapter methods: methods × tasks × seeds as Ray Tune "
         "trials, with accuracy, calibration, rank and cost.", epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {suite_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a sweep (default config: configs/quickstart.yaml)",
-                         description="Run a sweep. Flags override the config file; --set key=value reaches any "
+                         formatter_class=HelpFormatter, epilog=nested_keys_help(),
+                         description="Run a sweep. A flag left out keeps the config file's value; keys the config "
+                         "file leaves out take the built-in defaults listed below. --set key=value reaches any "
                          "config key (dotted: train.lr, adapter.r, method_params.<method>.<name>).")
     run.add_argument("--config", help="YAML config (default: configs/quickstart.yaml)")
     add_flags(run)
+    add_knob_flags(run, default_note="default: the config's")
     run.add_argument("--set", dest="set_items", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                      help="override any config key, e.g. train.lr=5e-4 adapter.target_modules=[query,value]")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep (only unfinished trials run)")
@@ -51,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", help="leaderboard CSV path (default: RUN_DIR/leaderboard.csv; .md beside it)")
     board.add_argument("--markdown", action="store_true", help="print the Markdown table")
     board.add_argument("--figures", action="store_true", help="also redraw RUN_DIR/figures")
+    board.add_argument("--reference", help="method the paired differences compare with (default: the run's "
+                                           "config key reference, else lora)")
 
     analyze = sub.add_parser("analyze", help="post-hoc analyses of a run (rank dynamics, tau sweep, gauge, "
                              "calibration, SNR): CSV + PNG under RUN_DIR/analysis")
@@ -59,14 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--only", help="comma-separated subset: rank_dynamics,tau_sweep,gauge,calibration,snr")
     analyze.add_argument("--taus", help="comma-separated tau grid of the tau sweep (inf allowed)")
 
-    from lrvd_bench.cost import add_arguments as add_cost_arguments  # stdlib-only import: --help stays fast
+    from lrvd_bench.cost.cli import add_arguments as add_cost_arguments  # stdlib-only import: --help stays fast
 
     add_cost_arguments(sub.add_parser(
         "cost", help="step time, peak memory, prediction cost of every registered method (interleaved)",
         description="Measure every registered method on one backbone and batch shape in one process, "
         "round-robin; or, with --ray-overhead RUN_DIR, a finished sweep's Ray Tune overhead."))
 
-    sub.add_parser("list-methods", help="registered adapter methods")
+    export = sub.add_parser("export", help="one trial's adapter as a self-contained folder (peft adapter, task head, "
+                            "sidecar, README model card)", formatter_class=HelpFormatter)
+    export.add_argument("run_dir", help="run directory, e.g. runs/quickstart-...")
+    export.add_argument("--method", required=True, help="method of the trial to export")
+    export.add_argument("--seed", type=int, help="seed of the trial (default: the lowest finished seed)")
+    export.add_argument("--out", required=True, help="output folder (new or empty)")
+
+    methods = sub.add_parser("list-methods", help="registered adapter methods (--params: their hyper-parameters)")
+    methods.add_argument("--params", nargs="?", const="", default=None, metavar="METHOD",
+                         help="print every hyper-parameter (type, default, help) of METHOD, or of all methods")
     sub.add_parser("list-tasks", help="registered tasks")
     return parser
 
@@ -98,7 +127,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lrvd_bench.config import default_config_path, flag_overrides, load_config, parse_set
     from lrvd_bench.errors import BenchError
 
-    overrides = {**parse_set(args.set_items), **flag_overrides(args)}
+    from lrvd_bench.cli_knobs import knob_overrides
+
+    overrides = {**parse_set(args.set_items), **flag_overrides(args), **knob_overrides(args)}
     if args.resume:
         extra = set(overrides) - {"address"}
         if extra or args.config:
@@ -106,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                              + ", ".join(sorted(extra | ({"--config"} if args.config else set()))))
         from lrvd_bench.runner import resume_sweep
 
-        return resume_sweep(args.resume, retry_failed=args.retry_failed, address=overrides.get("address")).exit_code
+        return _report(resume_sweep(args.resume, retry_failed=args.retry_failed, address=overrides.get("address")))
     if args.retry_failed:
         raise BenchError("--retry-failed only makes sense with --resume RUN_DIR")
     path = args.config or default_config_path()
@@ -120,7 +151,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from lrvd_bench.runner import run_sweep
 
-    return run_sweep(config, config_path=path).exit_code
+    return _report(run_sweep(config, config_path=path))
+
+
+def _report(outcome) -> int:
+    """The leaderboard as ``bench leaderboard`` prints it, after the sweep's summary line."""
+    if outcome.board is not None and len(outcome.board):
+        print(board_text(outcome.board))
+        print(f"\nall columns: {outcome.run_dir / 'leaderboard.csv'}")
+    return outcome.exit_code
+
+
+def board_text(board) -> str:
+    """The leaderboard's main columns as a plain-text table."""
+    keys = [c for c in ("task", "method", "search_point", "n_seeds", "n_failed", "n_learned", "accuracy_mean",
+                        "accuracy_std", "ece_mean", "nll_mean", "brier_mean", "effective_rank_mean",
+                        "train_time_s_mean") if c in board.columns]
+    return board[keys].to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -133,18 +180,21 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not (run_dir / "trials").is_dir():
         raise BenchError(f"{run_dir} is not a bench run directory (no trials/ folder)")
     rows = gather_rows(run_dir)
-    board = write_leaderboard(rows, run_dir, csv_path=args.out)
+    if args.reference:
+        from lrvd_bench.config import available_methods
+        from lrvd_bench.errors import unknown_choice
+
+        if args.reference not in available_methods():
+            raise unknown_choice("reference method", args.reference, available_methods())
+    board = write_leaderboard(rows, run_dir, csv_path=args.out, reference=args.reference)
     if args.figures:
         from lrvd_bench.plots import make_figures
 
-        make_figures(run_dir, rows)
+        make_figures(run_dir, rows, board=board)
     if args.markdown:
         print(to_markdown(board), end="")
     else:
-        keys = [c for c in ("task", "method", "search_point", "n_seeds", "n_failed", "n_learned", "accuracy_mean",
-                            "accuracy_std", "ece_mean", "nll_mean", "brier_mean", "effective_rank_mean",
-                            "train_time_s_mean") if c in board.columns]
-        print(board[keys].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(board_text(board))
         print(f"\nall columns: {args.out or run_dir / 'leaderboard.csv'}")
     return 0
 
@@ -168,14 +218,27 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from lrvd_bench.cost import main as cost_main
+    from lrvd_bench.cost.cli import main as cost_main
 
     return cost_main(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lrvd_bench.export import export_trial, find_trial
+
+    trial = find_trial(args.run_dir, args.method, args.seed)
+    out = export_trial(trial, args.out)
+    print(f"exported {trial.name} to {out}")
+    return 0
 
 
 def cmd_list_methods(args: argparse.Namespace) -> int:
     from lrvd.registry import METHODS
 
+    if args.params is not None:
+        from lrvd_bench.method_params import print_method_params
+
+        return print_method_params(args.params or None)
     names = METHODS.names()
     width = max((len(n) for n in names), default=0)
     for name in names:
@@ -184,15 +247,9 @@ def cmd_list_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_list_tasks(args: argparse.Namespace) -> int:
-    try:
-        from lrvd_bench.tasks import get_task, list_tasks
-    except ImportError:
-        from lrvd.registry import Registry
+    from lrvd_bench.tasks import get_task, list_tasks
 
-        registry = Registry("task", "lrvd.tasks")
-        names, describe = registry.names(), (lambda n: _describe_without_import(registry, n))
-    else:
-        names, describe = list(list_tasks()), (lambda n: getattr(get_task(n), "description", ""))
+    names, describe = list(list_tasks()), (lambda n: getattr(get_task(n), "description", ""))
     width = max((len(n) for n in names), default=0)
     for name in names:
         print(f"{name:<{width}}  {describe(name)}")
@@ -231,6 +288,7 @@ COMMANDS = {
     "leaderboard": cmd_leaderboard,
     "analyze": cmd_analyze,
     "cost": cmd_cost,
+    "export": cmd_export,
     "list-methods": cmd_list_methods,
     "list-tasks": cmd_list_tasks,
 }

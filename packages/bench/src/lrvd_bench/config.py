@@ -26,8 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from lrvd.protocol import AdapterSpec, TrainConfig
-
 from lrvd_bench.errors import BenchError, LRVDError, unknown_choice
+from lrvd_bench.leaderboard import DEFAULT_REFERENCE
+
+#: Experiment trackers ``loggers:`` accepts (Ray Tune logger callbacks; see lrvd_bench.runner).
+LOGGERS = ("csv", "json", "tensorboard", "mlflow", "wandb")
+#: Fraction of the training set held out as the shared validation split unless a config says otherwise:
+#: the 10 % the temperature-scaling baseline held out before the split became sweep-wide (40 of the
+#: quickstart's 400 training questions, 225 of ARC-Easy's 2251).
+DEFAULT_VALIDATION_FRACTION = 0.1
 
 #: Search-space samplers accepted in YAML (``{"train.lr": {"loguniform": [1e-4, 1e-2]}}``).
 SAMPLERS = ("grid_search", "choice", "uniform", "loguniform", "quniform", "qloguniform", "randint", "lograndint")
@@ -73,11 +80,23 @@ class ExperimentConfig:
         default=None, metadata={"help": "use at most N training examples", "flag": int})
     limit_eval: int | None = field(
         default=None, metadata={"help": "evaluate on at most N examples", "flag": int})
+    validation_fraction: float = field(
+        default=DEFAULT_VALIDATION_FRACTION,
+        metadata={"help": "fraction of the training examples held out once as the validation split every method "
+                          "shares (temperature scaling, Laplace grid search, checkpoint and hyper-parameter "
+                          "selection); every method trains on the rest; 0: none", "flag": float})
+    split_seed: int = field(
+        default=0, metadata={"help": "seed of the data split (limit_train / limit_eval subsamples and the validation "
+                                     "split); not the trial seed, so every method and seed sees the same rows",
+                             "flag": int})
     max_length: int = field(default=64, metadata={"help": "max tokens per (question, choice) sequence", "flag": int})
     eval_batch_size: int = field(default=16, metadata={"help": "examples per evaluation batch", "flag": int})
     n_samples: int | None = field(
         default=None, metadata={"help": "posterior samples at prediction (None: each method's default)", "flag": int})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (inside each trial)", "flag": str})
+    load_in_8bit: bool = field(
+        default=False, metadata={"help": "frozen base weights in 8-bit (bitsandbytes, CUDA only; BLoB's LLaMA "
+                                         "scripts); needs uv sync --extra int8"})
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs reserved per trial", "flag": float})
     gpus_per_trial: float | None = field(
         default=None,
@@ -98,12 +117,21 @@ class ExperimentConfig:
     num_samples: int = field(default=1, metadata={"help": "samples of the search space (Ray Tune num_samples)",
                                                   "flag": int})
     scheduler: str | None = field(
-        default=None, metadata={"help": "Ray Tune trial scheduler: fifo (default) | asha (by accuracy)"})
+        default=None, metadata={"help": "Ray Tune trial scheduler: fifo (default) | asha (stops trials early on the "
+                                        "validation metric; needs train.eval_every)"})
+    loggers: list[str] = field(
+        default_factory=lambda: ["csv", "tensorboard"],
+        metadata={"help": "experiment trackers fed every log_every steps: " + ", ".join(LOGGERS)
+                          + " (mlflow, wandb: optional extras)", "flag": _csv})
     reuse_actors: bool = field(
         default=False,
         metadata={"help": "run successive trials in one Ray worker process: saves ~8 s of imports per trial; "
                           "peak memory stays per trial, but on CPU a worker's first trial also carries one-time "
                           "lazy initialisation (~25 MiB on MiniLM)"})
+    reference: str = field(
+        default=DEFAULT_REFERENCE,
+        metadata={"help": "method the leaderboard's paired differences (delta_* columns with paired-bootstrap "
+                          "intervals) compare every other method with", "flag": str})
     save_adapter: bool = field(default=True, metadata={"help": "save each trial's adapter (safetensors)"})
     save_predictions: bool = field(default=True, metadata={"help": "save each trial's eval probabilities (npz)"})
 
@@ -139,14 +167,31 @@ class ExperimentConfig:
                 raise unknown_choice("method in method_params:", name, valid_methods)
             if not isinstance(self.method_params[name], dict):
                 raise BenchError(f"method_params.{name} must be a mapping of hyper-parameters")
+        if self.reference not in valid_methods:
+            raise unknown_choice("reference method", self.reference, valid_methods)
         if self.device not in {"auto", "cpu", "cuda"} and not re.fullmatch(r"cuda:\d+", self.device):
             raise unknown_choice("device", self.device, ["auto", "cpu", "cuda", "cuda:N"])
+        if self.load_in_8bit and self.device == "cpu":
+            raise BenchError("load_in_8bit needs a CUDA device (bitsandbytes int8 kernels); set device: cuda or "
+                             "load_in_8bit: false")
         if self.scheduler not in (None, "fifo", "asha"):
             raise unknown_choice("scheduler", self.scheduler, ["fifo", "asha"])
+        if isinstance(self.loggers, str):
+            self.loggers = _csv(self.loggers)
+        for name in self.loggers or []:
+            if name not in LOGGERS:
+                raise unknown_choice("logger", name, LOGGERS)
         if self.cpus_per_trial <= 0:
             raise BenchError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
             raise BenchError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise BenchError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.validation_fraction == 0.0:
+            if self.train.eval_every:
+                raise BenchError(f"train.eval_every={self.train.eval_every} selects checkpoints on the validation "
+                                 "split; set validation_fraction > 0 (got 0) or eval_every to 0")
+            self._check_no_method_needs_validation()
         if self.num_samples < 1:
             raise BenchError(f"num_samples must be >= 1, got {self.num_samples}")
         for key, sampler in self.search_space.items():
@@ -155,6 +200,16 @@ class ExperimentConfig:
                 raise BenchError(
                     f"search_space.{key} must be one mapping {{sampler: args}}; valid samplers: {', '.join(SAMPLERS)}"
                 )
+
+    def _check_no_method_needs_validation(self) -> None:
+        """Without a validation split, methods that fit on one (``needs_validation``) cannot run."""
+        from lrvd.registry import get_method
+
+        for name in self.methods:
+            method = get_method(name)(**self.method_params.get(name, {}))
+            if getattr(method, "needs_validation", False):
+                raise BenchError(f"method {name!r} fits on the validation split; set validation_fraction > 0 "
+                                 "(got 0) or drop the method")
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -187,8 +242,8 @@ class ExperimentConfig:
                 adapter=dataclasses.asdict(self.adapter), train=train,
                 method_params=dict(self.method_params.get(method, {})),
                 data_dir=self.data_dir, limit_train=self.limit_train, limit_eval=self.limit_eval,
-                max_length=self.max_length, eval_batch_size=self.eval_batch_size, n_samples=self.n_samples,
-                device=self.device, save_adapter=self.save_adapter, save_predictions=self.save_predictions,
+                validation_fraction=self.validation_fraction, split_seed=self.split_seed, max_length=self.max_length, eval_batch_size=self.eval_batch_size, n_samples=self.n_samples,
+                load_in_8bit=self.load_in_8bit, device=self.device, save_adapter=self.save_adapter, save_predictions=self.save_predictions,
             )
             specs.append(spec.with_overrides(point) if point else spec)
         return specs
@@ -209,9 +264,12 @@ class TrialSpec:
     data_dir: str | None = None
     limit_train: int | None = None
     limit_eval: int | None = None
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    split_seed: int = 0
     max_length: int = 64
     eval_batch_size: int = 16
     n_samples: int | None = None
+    load_in_8bit: bool = False
     device: str = "auto"
     save_adapter: bool = True
     save_predictions: bool = True
@@ -268,6 +326,13 @@ class TrialSpec:
         return TrainConfig(**self.train)
 
 
+def portable_model_name(model: str) -> str:
+    """The backbone as a result row names it: an alias or hub id as given, a local checkpoint by its
+    folder name (``local:tiny-bert``), so rows hold no machine paths."""
+    path = Path(model)
+    return f"local:{path.name}" if path.is_absolute() or model.startswith((".", "~")) else model
+
+
 # -- registries (names only: no heavy imports) ---------------------------------------------------
 def available_methods() -> list[str]:
     from lrvd.registry import list_methods
@@ -276,12 +341,8 @@ def available_methods() -> list[str]:
 
 
 def available_tasks() -> list[str]:
-    try:
-        from lrvd_bench.tasks import list_tasks
-    except ImportError:
-        from lrvd.registry import Registry
+    from lrvd_bench.tasks import list_tasks
 
-        return Registry("task", "lrvd.tasks").names()
     return list(list_tasks())
 
 
@@ -330,6 +391,11 @@ def _coerce(value: Any, annotation: str, key: str) -> Any:
     return value
 
 
+#: Top-level keys a search space may not vary: they fix which rows every method trains, validates and is
+#: evaluated on, so the comparison (and the paired differences) stay on the same data.
+SWEEP_WIDE = ("validation_fraction", "split_seed", "data_dir", "limit_eval")
+
+
 def _check_search_key(key: str) -> None:
     head, _, rest = key.partition(".")
     if head in NESTED:
@@ -339,10 +405,11 @@ def _check_search_key(key: str) -> None:
     elif head == "method_params":
         if rest.count(".") != 1:
             raise BenchError(f"search_space key {key!r} must be method_params.<method>.<name>")
-    elif head not in TrialSpec.__dataclass_fields__ or rest or head in ("method", "task", "seed"):
+    elif head not in TrialSpec.__dataclass_fields__ or rest or head in ("method", "task", "seed", *SWEEP_WIDE):
         raise BenchError(
             f"unknown search_space key {key!r}; use train.<field>, adapter.<field>, method_params.<method>.<name>, "
-            "or max_length / limit_train / eval_batch_size / n_samples"
+            "or max_length / limit_train / eval_batch_size / n_samples (the data split keys "
+            + ", ".join(SWEEP_WIDE) + " are fixed for the whole sweep)"
         )
 
 
@@ -469,16 +536,48 @@ SHORTCUT_FLAGS = {
 }
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's built-in default (``default_factory`` called), for help texts."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "[]"
+    return str(value)
+
+
 def add_flags(parser: Any) -> None:
-    """Add one ``--flag`` per ExperimentConfig field marked with a ``flag`` parser, plus shortcuts."""
+    """Add one ``--flag`` per ExperimentConfig field marked with a ``flag`` parser, plus shortcuts.
+
+    Flags default to None ("keep the config file's value"); the help shows the built-in default
+    that applies when the config file leaves the key out too."""
     for f in dataclasses.fields(ExperimentConfig):
         parse = f.metadata.get("flag")
         if parse is None:
             continue
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=parse, default=None,
-                            help=f.metadata["help"])
+                            help=f.metadata["help"] + ("" if field_default(f) is None
+                                                       else f" (built-in default: {_shown(field_default(f))})"))
     for dest, (_, parse, help_text) in SHORTCUT_FLAGS.items():
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, type=parse, default=None, help=help_text)
+
+
+def nested_keys_help() -> str:
+    """The ``train.*`` and ``adapter.*`` keys with type, built-in default and help (``bench run --help``)."""
+    lines = ["config keys shared by all methods (YAML, or --set KEY=VALUE; built-in defaults):"]
+    rows = [(f"{prefix}.{f.name}", str(f.type).replace("typing.", ""), _shown(field_default(f)),
+             f.metadata.get("help", "")) for prefix, cls in NESTED.items() for f in dataclasses.fields(cls)]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for key, kind, default, help_text in rows:
+        lines.append(f"  {key:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {help_text}")
+    lines.append("method hyper-parameters: `bench list-methods --params [METHOD]`; set them with "
+                 "--param METHOD.KEY=VALUE or --set method_params.METHOD.KEY=VALUE")
+    return "\n".join(lines)
 
 
 def flag_overrides(args: Any) -> dict[str, Any]:

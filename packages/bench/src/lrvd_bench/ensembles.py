@@ -106,7 +106,8 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
         probs, labels = ensemble_probs([p for p, _ in preds]), preds[0][1]
         metrics = classification_metrics(probs, labels)
         final_loss = float(np.mean([r["final_train_loss"] for r in rows]))
-        learned, uniform_loss, majority = learned_flag(final_loss, probs, labels, metrics["accuracy"])
+        final_nll = float(np.mean([r.get("final_train_nll", r["final_train_loss"]) for r in rows]))
+        learned, uniform_loss, majority = learned_flag(final_nll, probs, labels, metrics["accuracy"])
         np.savez_compressed(folder / "predictions.npz", probs=probs.numpy(), labels=labels.numpy())
         ranks: dict[str, int] = {}
         for r in rows:
@@ -116,7 +117,7 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
             **rows[0],  # shared facts: data, device, versions
             **_identity(spec),
             "status": "ok", "error": "", **metrics,
-            "learned": learned, "final_train_loss": final_loss, "uniform_loss": uniform_loss,
+            "learned": learned, "final_train_loss": final_loss, "final_train_nll": final_nll, "uniform_loss": uniform_loss,
             "majority_accuracy": majority,
             "effective_rank": sum(ranks.values()) if ranks else None, "rank_per_module": ranks,
             "trainable_params": sum(int(r["trainable_params"]) for r in rows), "variational_params": 0,

@@ -26,6 +26,9 @@ METRICS: dict[str, bool | None] = {
     "peak_memory_mb": False, "final_train_loss": False,
 }
 
+#: The method every other method is compared with (``delta_*`` columns) unless the config names another.
+DEFAULT_REFERENCE = "lora"
+
 #: Every leaderboard column and what it means.
 COLUMNS: dict[str, str] = {
     "task": "task name (bench list-tasks)",
@@ -34,7 +37,8 @@ COLUMNS: dict[str, str] = {
     "search_point": "search-space values of this row (JSON; empty without a search space)",
     "n_seeds": "successful seeds aggregated in this row",
     "n_failed": "seeds that crashed (see trials.csv for the error)",
-    "n_learned": "seeds whose final training loss fell below 0.985 × ln(#choices) and that beat the majority class",
+    "n_learned": "seeds whose final training NLL (without KL terms) fell below 0.985 × ln(#choices) and whose "
+                 "accuracy beat the majority class by 2 binomial standard errors",
     "accuracy_mean": "top-1 accuracy on the evaluation split (mean over seeds)",
     "accuracy_std": "standard deviation over seeds (ddof=1)",
     "accuracy_se_eval": "binomial standard error of accuracy_mean from the evaluation-set size: √(p(1−p)/n_eval)",
@@ -51,16 +55,30 @@ COLUMNS: dict[str, str] = {
     "eval_time_s_mean": "prediction time on the evaluation split (× posterior samples), seconds",
     "peak_memory_mb_mean": "peak CUDA memory allocated, or on CPU the peak RSS above the trial start (after imports), MiB",
     "final_train_loss_mean": "smoothed training loss at the last step",
-    "n_eval": "evaluation examples",
-    "n_train": "training examples",
+    "reference": "the method the delta_* columns compare with (config key reference, default lora)",
+    "delta_accuracy": "paired difference method − reference in accuracy: mean over the seeds both ran of the "
+                      "per-seed difference on the same evaluation questions (empty on the reference's own row)",
+    "delta_accuracy_lo": "lower end of the 95 % paired-bootstrap interval of delta_accuracy (1000 resamples of "
+                         "the evaluation questions, seeds kept paired, percentile interval)",
+    "delta_accuracy_hi": "upper end of that interval; an interval that excludes 0 is marked * in leaderboard.md",
+    "delta_ece": "paired difference in ECE (negative: better calibrated than the reference); _lo/_hi as for accuracy",
+    "delta_nll": "paired difference in NLL (negative: better); delta_nll_lo / delta_nll_hi its 95 % interval",
+    "delta_brier": "paired difference in Brier score (negative: better); delta_brier_lo / delta_brier_hi its interval",
+    "delta_n_seeds": "seeds paired in the delta_* columns (seeds both the method and the reference completed)",
+    "n_eval": "evaluation examples (the task's evaluation split, after limit_eval)",
+    "n_train": "examples the methods trained on: the training split (after limit_train) minus the validation split",
+    "n_val": "validation examples: validation_fraction of the training split, held out once per sweep (split_seed) "
+             "and shared by every method (temperature scaling, Laplace grid search, checkpoint and "
+             "hyper-parameter selection); never part of n_train or n_eval",
 }
 
 TRIAL_COLUMNS = [
     "trial_id", "method", "task", "model", "seed", "status", "error", "accuracy", "ece", "nll", "brier", "mcc",
-    "learned", "final_train_loss", "uniform_loss", "majority_accuracy", "effective_rank", "trainable_params",
-    "variational_params", "steps", "train_time_s", "time_per_step_s", "posthoc_time_s", "eval_time_s",
-    "peak_memory_mb", "n_train", "n_eval", "n_samples", "split_note", "data_source", "device", "device_name", "node", "hostname",
-    "gpu_ids", "node_id", "config_hash", "search_point", "rank_per_module", "versions", "wall_time_s",
+    "learned", "final_train_loss", "final_train_nll", "uniform_loss", "majority_accuracy", "effective_rank",
+    "trainable_params", "variational_params", "steps", "best_step", "train_time_s", "time_per_step_s",
+    "posthoc_time_s", "eval_time_s", "peak_memory_mb", "n_train", "n_val", "n_eval", "n_samples", "split_note",
+    "data_source", "device", "device_name", "node", "hostname", "gpu_ids", "node_id", "config_hash", "search_point",
+    "rank_per_module", "versions", "wall_time_s",
 ]
 """Columns of ``trials.csv`` in order (one row per trial; dict-valued fields as JSON strings)."""
 
@@ -82,6 +100,8 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             rows.append(json.loads((folder / "result.json").read_text()))
         elif (folder / "error.json").is_file():
             rows.append(json.loads((folder / "error.json").read_text()))
+        elif (folder / "stopped.json").is_file():  # stopped early by the scheduler (lrvd_bench.runner)
+            rows.append(json.loads((folder / "stopped.json").read_text()))
         else:
             spec_file = folder / "spec.json"
             spec = TrialSpec.from_dict(json.loads(spec_file.read_text())) if spec_file.is_file() else None
@@ -101,7 +121,10 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
 def _identity(trial_id: str, spec: Any) -> dict[str, Any]:
     if spec is None:
         return {"trial_id": trial_id}
-    return {"trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": spec.model,
+    from lrvd_bench.config import portable_model_name
+
+    return {"trial_id": spec.trial_id, "method": spec.method, "task": spec.task,
+            "model": portable_model_name(spec.model),
             "seed": spec.seed, "config_hash": spec.config_hash}
 
 
@@ -120,8 +143,10 @@ def rows_frame(rows: list[dict[str, Any]]):
 
 
 # -- aggregation ---------------------------------------------------------------------------------
-def build_leaderboard(rows: list[dict[str, Any]]):
-    """One row per task × method × model (× search point): mean ± std over successful seeds.
+def build_leaderboard(rows: list[dict[str, Any]], run_dir: str | Path | None = None,
+                      reference: str = DEFAULT_REFERENCE):
+    """One row per task × method × model (× search point): mean ± std over successful seeds, and
+    with ``run_dir`` (the trials' ``predictions.npz``) each row's paired differences from ``reference``.
 
     Sorted by task, then accuracy (descending), then method name.
     """
@@ -144,20 +169,83 @@ def build_leaderboard(rows: list[dict[str, Any]]):
             record[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         n_eval = pd.to_numeric(ok["n_eval"], errors="coerce").dropna()
         record["n_eval"] = int(n_eval.iloc[0]) if len(n_eval) else 0
-        n_train = pd.to_numeric(ok["n_train"], errors="coerce").dropna()
-        record["n_train"] = int(n_train.iloc[0]) if len(n_train) else 0
+        for size in ("n_train", "n_val"):
+            values = pd.to_numeric(ok[size], errors="coerce").dropna()
+            record[size] = int(values.iloc[0]) if len(values) else 0
         p = record["accuracy_mean"]
         record["accuracy_se_eval"] = math.sqrt(p * (1 - p) / record["n_eval"]) if record["n_eval"] else math.nan
         out.append(record)
     columns = keys + ["n_seeds", "n_failed", "n_learned", "accuracy_mean", "accuracy_std", "accuracy_se_eval"]
     columns += [c for m in METRICS for c in (f"{m}_mean", f"{m}_std") if c not in columns]
-    columns += ["n_eval", "n_train"]
+    columns += ["n_eval", "n_train", "n_val"]
     board = pd.DataFrame(out, columns=columns)
+    board = add_paired_deltas(board, frame, run_dir, reference)
     if not board.empty:
         board = board.sort_values(["task", "accuracy_mean", "method"], ascending=[True, False, True],
                                   na_position="last").reset_index(drop=True)
     if not (board["search_point"] != "").any():
         board = board.drop(columns=["search_point"])
+    return board
+
+
+def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
+    """``reference``, ``delta_<metric>[_lo|_hi]`` and ``delta_n_seeds`` columns (:mod:`lrvd_bench.paired`).
+
+    A row is paired with the reference's trials of the same task and model: those with the same
+    search point, else the reference's only search point. The reference's own row, rows without
+    predictions and rows whose questions differ from the reference's keep NaN.
+    """
+    import numpy as np
+
+    from lrvd_bench.paired import N_RESAMPLES, PAIRED_METRICS, paired_deltas, resample_questions, score_trial
+
+    board["reference"] = reference
+    for metric in PAIRED_METRICS:
+        for suffix in ("", "_lo", "_hi"):
+            board[f"delta_{metric}{suffix}"] = math.nan
+    board["delta_n_seeds"] = 0
+    if run_dir is None or board.empty:
+        return board
+    trials = Path(run_dir) / "trials"
+    ok = frame[frame["status"] == "ok"]
+    seeds_of: dict[tuple, dict[int, str]] = {}
+    for r in ok.itertuples():
+        seeds_of.setdefault((r.task, r.method, r.model, r.search_point), {})[int(r.seed)] = r.trial_id
+    resamples: dict[tuple[str, int], np.ndarray] = {}
+    scores: dict[str, Any] = {}
+
+    def scored(trial_id: str, task: str):
+        if trial_id not in scores:
+            file = trials / trial_id / "predictions.npz"
+            scores[trial_id] = None
+            if file.is_file():
+                with np.load(file) as data:
+                    probs, labels = data["probs"], data["labels"]
+                key = (task, len(labels))
+                if key not in resamples:
+                    resamples[key] = resample_questions(len(labels), N_RESAMPLES, seed=0)
+                scores[trial_id] = score_trial(probs, labels, resamples[key])
+        return scores[trial_id]
+
+    for i, row in board.iterrows():
+        if row["method"] == reference:
+            continue
+        ref_points = {k[3]: v for k, v in seeds_of.items() if k[:3] == (row["task"], reference, row["model"])}
+        ref_ids = ref_points.get(row["search_point"]) or (next(iter(ref_points.values())) if len(ref_points) == 1
+                                                          else None)
+        own_ids = seeds_of.get((row["task"], row["method"], row["model"], row["search_point"]), {})
+        if not ref_ids or not own_ids:
+            continue
+        own = {s: scored(t, row["task"]) for s, t in own_ids.items()}
+        ref = {s: scored(t, row["task"]) for s, t in ref_ids.items()}
+        try:
+            deltas = paired_deltas({s: v for s, v in own.items() if v is not None},
+                                   {s: v for s, v in ref.items() if v is not None})
+        except ValueError:  # no shared seed with predictions, or different questions
+            continue
+        for metric, d in deltas.items():
+            board.loc[i, [f"delta_{metric}", f"delta_{metric}_lo", f"delta_{metric}_hi"]] = [d.delta, d.lo, d.hi]
+            board.loc[i, "delta_n_seeds"] = d.n_seeds
     return board
 
 
@@ -178,9 +266,11 @@ MARKDOWN_COLUMNS = [
 
 
 def to_markdown(board) -> str:
-    """A GitHub-flavoured table: mean ± std per metric; ``†`` marks rows with seeds that did not learn."""
+    """A GitHub-flavoured table: mean ± std per metric and accuracy's standard error; ``†`` marks rows
+    with seeds that did not learn. Below it, the paired differences from the reference method."""
     header = ["task", "method"] + (["search point"] if "search_point" in board.columns else []) + ["seeds"]
     header += [label for _, label, _ in MARKDOWN_COLUMNS]
+    header.insert(header.index("acc") + 1, "acc SE")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in board.iterrows():
         seeds = f"{row['n_seeds']}"
@@ -191,17 +281,75 @@ def to_markdown(board) -> str:
         cells = [row["task"], row["method"]] + ([row["search_point"]] if "search_point" in board.columns else [])
         cells.append(seeds)
         cells += [_pm(row[f"{m}_mean"], row[f"{m}_std"], d) for m, _, d in MARKDOWN_COLUMNS]
+        cells.insert(header.index("acc SE"), _pm(row.get("accuracy_se_eval", math.nan), None, 3))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    notes = ["", "Mean ± std over seeds (ddof=1). † = seeds whose training loss stayed near ln(#choices) "
-             "or that did not beat the majority class (not learned). ECE: 15 bins, 0-1 scale."]
-    return "\n".join(lines + notes) + "\n"
+    notes = ["", "Mean ± std over seeds (ddof=1). acc SE = binomial standard error of the accuracy from the "
+             "evaluation-set size, √(p(1−p)/n_eval). † = seeds that did not learn: final training NLL (the KL "
+             "terms of BayesLoRA and BLoB left out) ≥ 0.985 × ln(#choices), or accuracy not above the majority "
+             "class m by 2 standard errors, m + 2·√(m(1−m)/n_eval). ECE: 15 bins, 0-1 scale."]
+    notes += [f"Rows per stage, {task}: {n_train} training / {n_val} validation / {n_eval} evaluation."
+              for task, n_train, n_val, n_eval in _stage_sizes(board)]
+    return "\n".join(lines + notes + paired_markdown(board)) + "\n"
+
+
+def _interval(row, metric: str) -> str:
+    delta, lo, hi = (row.get(f"delta_{metric}{s}", math.nan) for s in ("", "_lo", "_hi"))
+    if delta is None or math.isnan(delta):
+        return "–"
+    star = " *" if lo > 0 or hi < 0 else ""
+    return f"{delta:+.3f} [{lo:+.3f}, {hi:+.3f}]{star}"
+
+
+def paired_markdown(board) -> list[str]:
+    """The paired-differences table (lines, led by a blank line); empty when no row has one."""
+    from lrvd_bench.paired import LEVEL, N_RESAMPLES, PAIRED_METRICS
+
+    if "delta_accuracy" not in board.columns or board["delta_accuracy"].isna().all():
+        return []
+    reference = board["reference"].iloc[0]
+    labels = {"accuracy": "Δacc", "ece": "ΔECE", "nll": "ΔNLL", "brier": "ΔBrier"}
+    search = "search_point" in board.columns
+    header = ["task", "method"] + (["search point"] if search else []) + ["paired seeds"]
+    header += [labels[m] for m in PAIRED_METRICS]
+    lines = ["", f"Paired differences from {reference} (method − {reference}; {LEVEL:.0%} paired-bootstrap "
+             f"interval: {N_RESAMPLES} resamples of the evaluation questions, seeds kept paired; "
+             "* = the interval excludes 0; accuracy up is better, ECE/NLL/Brier down is better):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in board.iterrows():
+        if row["method"] == reference or math.isnan(row["delta_accuracy"]):
+            continue
+        cells = [row["task"], row["method"]] + ([row["search_point"]] if search else [])
+        cells += [str(int(row["delta_n_seeds"]))] + [_interval(row, m) for m in PAIRED_METRICS]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _stage_sizes(board) -> list[tuple[str, int, int, int]]:
+    """(task, n_train, n_val, n_eval) per distinct combination (one per task unless limit_train is searched)."""
+    columns = ["task", "n_train", "n_val", "n_eval"]
+    if board.empty or any(c not in board.columns for c in columns):
+        return []
+    sizes = board[columns].drop_duplicates()
+    return [(r.task, int(r.n_train), int(r.n_val), int(r.n_eval)) for r in sizes.itertuples()]
+
+
+def run_reference(run_dir: str | Path) -> str:
+    """The run's ``reference`` method (its ``config.yaml``), else :data:`DEFAULT_REFERENCE`."""
+    from lrvd_bench.config import read_yaml
+
+    config = Path(run_dir) / "config.yaml"
+    return str((read_yaml(config) if config.is_file() else {}).get("reference") or DEFAULT_REFERENCE)
 
 
 def write_leaderboard(rows: list[dict[str, Any]], run_dir: str | Path, csv_path: str | Path | None = None,
-                      md_path: str | Path | None = None):
-    """Write ``leaderboard.csv`` and ``leaderboard.md`` (atomically) and return the DataFrame."""
+                      md_path: str | Path | None = None, reference: str | None = None):
+    """Write ``leaderboard.csv`` and ``leaderboard.md`` (atomically) and return the DataFrame.
+
+    ``reference`` (default: the run's config, else ``lora``) is the method the paired differences
+    are taken from.
+    """
     run_dir = Path(run_dir)
-    board = build_leaderboard(rows)
+    board = build_leaderboard(rows, run_dir, reference or run_reference(run_dir))
     csv_path = Path(csv_path) if csv_path else run_dir / "leaderboard.csv"
     md_path = Path(md_path) if md_path else csv_path.with_suffix(".md")
     for path, write in ((csv_path, lambda p: board.to_csv(p, index=False)),

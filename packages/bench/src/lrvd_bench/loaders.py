@@ -14,7 +14,10 @@ Every example is tokenised once, up front, with the fast tokenizer's batch call
 Training order is shuffled by a generator seeded with ``seed`` (a fresh permutation each epoch,
 reproducible); the eval order is the file order. ``limit_train`` / ``limit_eval`` take a subsample
 fixed by ``split_seed`` (not by the trial seed, so every trial of a comparison sees the same examples),
-kept in file order.
+kept in file order. ``validation_fraction`` of those training examples (again fixed by ``split_seed``
+alone, :func:`lrvd.data_split.holdout_indices`) then become the validation split: the training loader
+holds the rest, so every method of a sweep, at every seed, trains on the same rows and validates on
+the same rows. Both come from the task's training file; the evaluation split is never read for them.
 
 Truncation: encoder pairs use ``longest_first`` (long questions or passages lose their end, short
 choices survive). Causal prompts must keep their ending ("… Answer:"), so an over-long prompt first
@@ -31,9 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lrvd.errors import LRVDError
 from torch.utils.data import DataLoader, Dataset
 
+from lrvd.data_split import holdout_indices
+from lrvd.errors import LRVDError
 from lrvd_bench.backbones import Backbone
 from lrvd_bench.tasks.base import Example, Task, with_context
 
@@ -52,8 +56,8 @@ class TaskData:
     source: str = ""
     n_classes: int = 0
     tokenize_seconds: float = 0.0
-    #: held out of the training split for methods with ``validation_fraction > 0`` (temperature
-    #: scaling, Laplace grid search); never overlaps the evaluation split
+    #: ``validation_fraction`` of the training split, held out for every method (temperature scaling,
+    #: Laplace grid search, checkpoint and hyper-parameter selection); never overlaps the evaluation split
     val_loader: DataLoader | None = None
     n_val: int = 0
 
@@ -223,8 +227,6 @@ def make_loaders(
         raise LRVDError(f"task {task.name!r}: empty {'train' if not train else 'eval'} split from {src.describe()}")
     val: list = []
     if validation_fraction > 0:
-        from lrvd.data_split import holdout_indices
-
         train_idx, val_idx = holdout_indices(len(train), validation_fraction, split_seed)
         train, val = [train[i] for i in train_idx], [train[i] for i in val_idx]
     start = time.perf_counter()

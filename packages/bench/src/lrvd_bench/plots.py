@@ -1,10 +1,14 @@
 """Figures of a run, from its trial folders (matplotlib, Agg backend; saved under ``runs/NAME/figures``).
 
-- ``reliability_<task>.png``: one reliability diagram per method (predictions of all seeds pooled;
-  bins from :func:`lrvd.metrics.calibration_bins`, the same bins as the ECE column);
+- ``reliability_<task>.png``: one reliability diagram per method, at most 3 per row, each over a strip
+  of its per-bin counts (predictions of all seeds pooled; bins from
+  :func:`lrvd.metrics.calibration_bins`, the same bins as the ECE column);
 - ``accuracy_vs_ece_<task>.png``: one point per seed, method means with ±1 std bars;
 - ``effective_rank_<task>.png``: total rank over training steps (sum over modules of ``ranks.csv``),
-  mean over seeds per method.
+  one panel per method (at most 3 per row, shared axes), mean ± std over seeds;
+- ``paired_differences_<task>.png``: a forest plot, one panel per metric (accuracy, ECE, NLL, Brier),
+  each method's paired difference from the reference with its 95 % interval (the leaderboard's
+  ``delta_*`` columns, :mod:`lrvd_bench.paired`); filled markers where the interval excludes 0.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lrvd_bench.figures import pyplot, safe, save_figure
+from lrvd_bench.figures import pyplot, rank_curve_grid, reliability_grid, safe, save_figure
 
 N_BINS = 15
 
@@ -31,40 +35,25 @@ def _by_task(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def reliability_diagrams(run_dir: Path, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import numpy as np
     import torch
-    from lrvd.metrics import calibration_bins, expected_calibration_error
+    from lrvd.metrics import expected_calibration_error
 
-    plt = pyplot()
     paths = []
     for task, task_rows in _by_task(_ok_rows(rows)).items():
-        pooled: dict[str, tuple[list[Any], list[Any]]] = {}
+        parts: dict[str, tuple[list[Any], list[Any]]] = {}
         for row in task_rows:
             file = run_dir / "trials" / row["trial_id"] / "predictions.npz"
             if file.is_file():
                 data = np.load(file)
-                probs, labels = pooled.setdefault(row["method"], ([], []))
+                probs, labels = parts.setdefault(row["method"], ([], []))
                 probs.append(data["probs"])
                 labels.append(data["labels"])
-        if not pooled:
+        if not parts:
             continue
-        methods = sorted(pooled)
-        fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.4), squeeze=False)
-        edges = np.linspace(0, 1, N_BINS + 1)
-        for ax, method in zip(axes[0], methods):
-            probs = torch.from_numpy(np.concatenate(pooled[method][0]))
-            labels = torch.from_numpy(np.concatenate(pooled[method][1]))
-            counts, conf, acc = calibration_bins(probs, labels, N_BINS)
-            filled = counts.numpy() > 0
-            ax.bar(edges[:-1][filled], acc.numpy()[filled], width=1 / N_BINS, align="edge",
-                   edgecolor="black", linewidth=0.5, label="accuracy")
-            ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
-            ax.scatter(conf.numpy()[filled], acc.numpy()[filled], s=8, color="black", zorder=3)
-            ece = expected_calibration_error(probs, labels, N_BINS)
-            ax.set_title(f"{method}\nECE {ece:.3f}, n={len(labels)}", fontsize=9)
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1)
-            ax.set_xlabel("confidence")
-        axes[0][0].set_ylabel("accuracy")
-        fig.suptitle(f"Reliability, {task} (seeds pooled)", fontsize=10)
+        pooled = {m: (np.concatenate(parts[m][0]), np.concatenate(parts[m][1])) for m in sorted(parts)}
+        titles = {m: f"{m}\nECE {expected_calibration_error(torch.as_tensor(p), torch.as_tensor(y), N_BINS):.3f}, "
+                     f"n={len(y)}" for m, (p, y) in pooled.items()}
+        fig = reliability_grid(pooled, titles, f"Reliability, {task} (seeds pooled; bars: accuracy per "
+                               "confidence bin, strip: examples per bin)", N_BINS)
         paths.append(save_figure(fig, out_dir / f"reliability_{safe(task)}.png"))
     return paths
 
@@ -95,10 +84,9 @@ def accuracy_vs_ece(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 def effective_rank_curves(run_dir: Path, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import pandas as pd
 
-    plt = pyplot()
     paths = []
     for task, task_rows in _by_task(_ok_rows(rows)).items():
-        curves: dict[str, list[Any]] = {}
+        totals: dict[str, list[Any]] = {}
         for row in task_rows:
             file = run_dir / "trials" / row["trial_id"] / "ranks.csv"
             if not file.is_file():
@@ -106,28 +94,78 @@ def effective_rank_curves(run_dir: Path, rows: list[dict[str, Any]], out_dir: Pa
             ranks = pd.read_csv(file)
             if ranks.empty:
                 continue
-            curves.setdefault(row["method"], []).append(ranks.groupby("step")["rank"].sum())
-        if not curves:
+            ranks = ranks.drop_duplicates(["step", "module"], keep="last")
+            totals.setdefault(row["method"], []).append(ranks.groupby("step")["rank"].sum())
+        if not totals:
             continue
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        for method, series in sorted(curves.items()):
-            mean = pd.concat(series, axis=1).mean(axis=1)
-            ax.plot(mean.index, mean.values, marker=".", label=f"{method} ({len(series)} seeds)")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("effective rank (sum over modules)")
-        ax.set_title(f"Effective rank during training, {task}", fontsize=10)
-        ax.legend(fontsize=8)
+        curves = {}
+        for method, series in sorted(totals.items()):
+            seeds = pd.concat(series, axis=1)
+            curves[method] = pd.DataFrame({"step": seeds.index, "mean": seeds.mean(axis=1).to_numpy(),
+                                           "std": seeds.std(axis=1).fillna(0.0).to_numpy(),
+                                           "n_seeds": seeds.notna().sum(axis=1).to_numpy()})
+        fig = rank_curve_grid(curves, f"Effective rank (sum over modules) during training, {task}: "
+                                      "mean ± std over seeds")
         paths.append(save_figure(fig, out_dir / f"effective_rank_{safe(task)}.png"))
     return paths
 
 
-def make_figures(run_dir: str | Path, rows: list[dict[str, Any]] | None = None) -> list[Path]:
-    """Write all figures of ``run_dir`` into ``run_dir/figures``; returns the files written."""
+def paired_forest(board: Any, out_dir: Path) -> list[Path]:
+    """Forest plot of the ``delta_*`` columns per task: methods down, Δ with its interval across."""
+    import math
+
+    from lrvd_bench.paired import PAIRED_METRICS
+
+    if "delta_accuracy" not in board.columns:
+        return []
+    plt = pyplot()
+    labels = {"accuracy": "Δ accuracy (higher is better)", "ece": "Δ ECE (lower is better)",
+              "nll": "Δ NLL (lower is better)", "brier": "Δ Brier (lower is better)"}
+    paths = []
+    for task, group in board.groupby("task", sort=True):
+        group = group[group["delta_accuracy"].notna()]
+        if group.empty:
+            continue
+        points = group["search_point"] if "search_point" in group.columns else [""] * len(group)
+        names = [f"{m} {sp}" if isinstance(sp, str) and sp else m for m, sp in zip(group["method"], points)]
+        reference = group["reference"].iloc[0]
+        fig, axes = plt.subplots(1, len(PAIRED_METRICS), figsize=(3.3 * len(PAIRED_METRICS), 0.45 * len(group) + 1.6),
+                                 sharey=True, squeeze=False)
+        y = list(range(len(group)))[::-1]
+        for ax, metric in zip(axes[0], PAIRED_METRICS):
+            for yi, (_, row) in zip(y, group.iterrows()):
+                delta, lo, hi = row[f"delta_{metric}"], row[f"delta_{metric}_lo"], row[f"delta_{metric}_hi"]
+                if math.isnan(delta):
+                    continue
+                excludes = lo > 0 or hi < 0
+                ax.errorbar(delta, yi, xerr=[[delta - lo], [hi - delta]], fmt="o", capsize=3, color="C0",
+                            markerfacecolor="C0" if excludes else "white")
+            ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+            ax.set_xlabel(labels[metric], fontsize=8)
+        axes[0][0].set_yticks(y)
+        axes[0][0].set_yticklabels(names, fontsize=8)
+        fig.suptitle(f"Paired differences from {reference}, {task} (95 % paired bootstrap; filled: excludes 0)",
+                     fontsize=9)
+        paths.append(save_figure(fig, out_dir / f"paired_differences_{safe(task)}.png"))
+    return paths
+
+
+def make_figures(run_dir: str | Path, rows: list[dict[str, Any]] | None = None, board: Any = None) -> list[Path]:
+    """Write all figures of ``run_dir`` into ``run_dir/figures``; returns the files written.
+
+    ``board`` is the leaderboard the forest plot draws; by default ``run_dir/leaderboard.csv`` (written
+    just before by the sweep and by ``bench leaderboard``), else none is drawn.
+    """
+    import pandas as pd
+
     from lrvd_bench.leaderboard import gather_rows
 
     run_dir = Path(run_dir)
     rows = gather_rows(run_dir) if rows is None else rows
     out_dir = run_dir / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if board is None and (run_dir / "leaderboard.csv").is_file():
+        board = pd.read_csv(run_dir / "leaderboard.csv")
     return (reliability_diagrams(run_dir, rows, out_dir) + accuracy_vs_ece(rows, out_dir)
-            + effective_rank_curves(run_dir, rows, out_dir))
+            + effective_rank_curves(run_dir, rows, out_dir)
+            + (paired_forest(board, out_dir) if board is not None else []))

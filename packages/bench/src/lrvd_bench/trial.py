@@ -1,20 +1,26 @@
 """One trial: one method on one task with one seed, start to finish, as a plain function.
 
 ``run_trial(spec, trial_dir)`` is the body of every Ray Tune trial (see :mod:`lrvd_bench.runner`)
-and can be called directly for debugging. It follows DESIGN.md::
+and can be called directly for debugging. Its steps::
 
     seed → get_task → load_backbone → make_loaders → method.attach → fit → after_training
          → predict → classification_metrics → result row + files
+
+``make_loaders`` carves the sweep's one validation split (``validation_fraction`` of the training
+rows, fixed by ``split_seed``, never the trial seed): every method of a sweep trains on the same
+remaining rows and gets the same validation rows in ``after_training(..., val_loader)``.
 
 Files written into ``trial_dir`` (``result.json`` last and atomically, so a folder without it is an
 unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` instead):
 
     spec.json         the TrialSpec (re-run exactly with ``run_trial(json.load(...), dir)``)
-    train_log.csv     loss every ``log_every`` steps, joined with the method's step logs
+    train_log.csv     loss every ``log_every`` steps, joined with the method's step logs (and, with
+                      ``train.eval_every``, the validation scores of checkpoint selection)
     ranks.csv         long format: step, module, rank (the method's rank_report over training)
-    log_alpha.csv     methods with ``log_alpha_history`` (BayesLoRA): step, module, rank_index, log_alpha
+    log_alpha.csv     methods with the ``per_rank_log_alpha`` capability (BayesLoRA): step, module,
+                      rank_index, log_alpha
     predictions.npz   probs [N, C] and labels [N] on the evaluation split
-    adapter/          method.save_adapter (safetensors + adapter_config.json)
+    adapter/          method.save_adapter: a peft adapter + the lrvd sidecar (lrvd.adapter_io)
     log.txt           phase timings
     result.json       the row that goes into trials.csv and the leaderboard
 """
@@ -22,6 +28,7 @@ unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` inst
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import os
@@ -34,14 +41,28 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lrvd_bench.config import TrialSpec
+from lrvd.errors import LRVDError
 
-#: A run "learned" when its final training loss is below this fraction of the uniform-prediction
-#: loss ln(#choices) *and* it beats the majority class on the evaluation split. libs.md: MiniLM
-#: runs sit at ln 4 ≈ 1.386 for ~100 steps and some never leave it (flag final loss ≥ 1.37).
+from lrvd_bench.config import TrialSpec, portable_model_name
+from lrvd_bench.provenance import suite_commit
+
+#: A progress hook: receives one record (see :data:`PROGRESS_KEYS`) every ``log_every`` steps.
+Reporter = Callable[[dict[str, Any]], None]
+
+#: What a progress record holds: the loop's loss record (its method logs: ``nll``, ``kl``, …, and
+#: ``val_*`` metrics when the loop validates) completed with these keys.
+PROGRESS_KEYS = ("step", "total_steps", "loss", "lr", "effective_rank", "step_time_s")
+
+#: A run "learned" when the NLL part of its final training loss (without BayesLoRA's or BLoB's KL
+#: term) is below this fraction of the uniform-prediction loss ln(#choices) *and* its accuracy beats
+#: the majority class by ``LEARNED_SE_MARGIN`` binomial standard errors √(m(1−m)/n) of a majority-level
+#: classifier on the n evaluation examples. MiniLM runs can sit at ln 4 ≈ 1.386 for ~100 steps.
 LEARNED_LOSS_FRACTION = 0.985
+LEARNED_SE_MARGIN = 2.0
 
-PACKAGES = ("lrvd-core", "lrvd-baselines", "lrvd-bench", "torch", "transformers", "peft", "ray")
+#: Every library a method's number depends on (recorded per trial and in the run's ``run.json``).
+PACKAGES = ("lrvd-core", "lrvd-baselines", "lrvd-bench", "torch", "transformers", "peft", "ivon-opt",
+            "laplace-torch", "ray", "numpy", "datasets")
 
 
 def package_versions() -> dict[str, str]:
@@ -134,8 +155,73 @@ def write_train_log_csv(loss_history: list[dict[str, Any]], step_logs: list[dict
     frame.to_csv(path, index=False)
 
 
-def learned_flag(final_loss: float, probs: Any, labels: Any, accuracy: float) -> tuple[bool, float, float]:
-    """(learned, uniform-prediction loss, majority-class accuracy) — see LEARNED_LOSS_FRACTION.
+class LiveTrainLog:
+    """``train_log.csv`` written while the trial trains, each record also handed to ``report``.
+
+    Completes the loop's loss record (step, loss, lr, the method's ``nll``/``kl``/…, ``val_*`` when
+    the loop validates) with the total step count, the effective rank and the time per step since
+    the previous record. The file is rewritten once more at the end, joined with the method's
+    per-step logs (:func:`write_train_log_csv`).
+    """
+
+    def __init__(self, path: Path, total_steps: int, effective_rank: Callable[[], int | None],
+                 report: Reporter | None = None) -> None:
+        self.path, self.total_steps, self.effective_rank, self.report = path, total_steps, effective_rank, report
+        self.records: list[dict[str, Any]] = []
+        self.columns: list[str] = []
+        self.last_step, self.last_time = 0, time.perf_counter()
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        import csv
+
+        now, step = time.perf_counter(), int(record["step"])
+        full = {**record, "total_steps": self.total_steps, "effective_rank": self.effective_rank(),
+                "step_time_s": (now - self.last_time) / max(1, step - self.last_step)}
+        self.last_step, self.last_time = step, now
+        self.records.append(full)
+        if set(full) - set(self.columns):  # a new column (the first record, a first validation): rewrite
+            self.columns = list(dict.fromkeys([*self.columns, *full]))
+            rows, mode = self.records, "w"
+        else:
+            rows, mode = [full], "a"
+        with self.path.open(mode, newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns)
+            if mode == "w":
+                writer.writeheader()
+            writer.writerows(rows)
+        if self.report is not None:
+            self.report(full)
+
+
+def data_fingerprint(task: Any, data_dir: str | None) -> tuple[str, str]:
+    """(where the rows came from without machine paths, sha256 of the train and eval files).
+
+    ``bundled:arc_easy`` / ``data_dir:arc_easy`` / ``hub:allenai/ai2_arc/ARC-Easy``; the hash covers
+    the local train file then the eval file (empty for the hub, whose files live in its cache).
+    """
+    src = task.resolve_source(data_dir)
+    if src.kind == "hub":
+        return src.describe(), ""
+    digest = hashlib.sha256()
+    for split in ("train", "eval"):
+        path = Path(src.location) / task.file_name(split)
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return f"{src.kind}:{Path(src.location).name}" + (" (carved)" if src.carved else ""), digest.hexdigest()
+
+
+def evaluated_n_samples(method: Any, n_samples: int | None) -> int | None:
+    """The number of posterior samples the trial's predictive drew: the sweep's ``n_samples`` or, when
+    unset, the method's own default (None for a deterministic method)."""
+    if n_samples is not None:
+        return int(n_samples)
+    default = getattr(method.params, "n_samples", None)
+    return int(default) if default is not None else None
+
+
+def learned_flag(final_nll: float, probs: Any, labels: Any, accuracy: float) -> tuple[bool, float, float]:
+    """(learned, uniform-prediction loss, majority-class accuracy) — see LEARNED_LOSS_FRACTION and
+    LEARNED_SE_MARGIN; ``final_nll`` is the training NLL without KL terms.
 
     The uniform loss uses each example's real number of choices (padded choices get probability 0),
     so ARC questions with 4 of 5 slots used are measured against ln 4, not ln 5.
@@ -145,8 +231,9 @@ def learned_flag(final_loss: float, probs: Any, labels: Any, accuracy: float) ->
     n_valid = (probs > 1e-12).sum(-1).clamp(min=2).double()
     uniform_loss = float(torch.log(n_valid).mean())
     majority = float(torch.bincount(labels).max()) / max(1, len(labels))
-    learned = bool(math.isfinite(final_loss) and final_loss < LEARNED_LOSS_FRACTION * uniform_loss
-                   and accuracy > majority)
+    margin = LEARNED_SE_MARGIN * math.sqrt(majority * (1.0 - majority) / max(1, len(labels)))
+    learned = bool(math.isfinite(final_nll) and final_nll < LEARNED_LOSS_FRACTION * uniform_loss
+                   and accuracy > majority + margin)
     return learned, uniform_loss, majority
 
 
@@ -155,13 +242,17 @@ def run_trial(
     trial_dir: str | Path,
     *,
     progress: bool = False,
-    body: Callable[[TrialSpec, Path, bool], dict[str, Any]] | None = None,
+    body: Callable[[TrialSpec, Path, bool, Reporter | None], dict[str, Any]] | None = None,
+    report: Reporter | None = None,
 ) -> dict[str, Any]:
     """Run one trial and return its result row (also written to ``trial_dir/result.json``).
 
-    On failure writes ``error.json`` (one-line message) and ``error.txt`` (traceback), then re-raises,
-    so Ray records the trial as errored and the sweep goes on. ``body`` replaces the training flow
-    (tests use a cheap one to exercise the runner and the file protocol).
+    ``report`` receives a progress record every ``train.log_every`` steps (:data:`PROGRESS_KEYS`);
+    the runner forwards them to Ray Tune, so curves, live console lines and early stopping work
+    while the trial trains. On failure writes ``error.json`` (one-line message) and ``error.txt``
+    (traceback), then re-raises, so Ray records the trial as errored and the sweep goes on.
+    ``body(spec, trial_dir, progress, report)`` replaces the training flow (tests use a cheap one to
+    exercise the runner and the file protocol).
     """
     spec = spec if isinstance(spec, TrialSpec) else TrialSpec.from_dict(spec)
     trial_dir = Path(trial_dir)
@@ -171,11 +262,15 @@ def run_trial(
     _atomic_write(trial_dir / "spec.json", json.dumps(spec.to_dict(), indent=2))
     started = time.time()
     try:
-        row = {**_identity(spec), **(body or _run)(spec, trial_dir, progress)}
+        row = {**_identity(spec), **(body or _run)(spec, trial_dir, progress, report)}
+    except (KeyboardInterrupt, SystemExit):
+        raise  # interrupted, not failed: the folder stays unfinished and --resume runs it again
     except BaseException as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         error = {
             **_identity(spec), "status": "failed", "error": f"{type(err).__name__}: {message}"[:500],
+            # LRVDError: bad input met inside the trial (a NaN loss, an unreachable hub, …)
+            "user_error": isinstance(err, LRVDError),
             "wall_time_s": time.time() - started, **node_info(),
         }
         (trial_dir / "error.txt").write_text(traceback.format_exc())
@@ -187,13 +282,13 @@ def run_trial(
 
 def _identity(spec: TrialSpec) -> dict[str, Any]:
     return {
-        "trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": spec.model,
+        "trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": portable_model_name(spec.model),
         "seed": spec.seed, "config_hash": spec.config_hash,
         "search_point": json.dumps(spec.search_point, sort_keys=True) if spec.search_point else "",
     }
 
 
-def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
+def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | None = None) -> dict[str, Any]:
     import numpy as np
     import torch
     from lrvd.metrics import classification_metrics
@@ -226,46 +321,56 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
     seed_everything(spec.seed)
     phase("load task")
     task = get_task(spec.task)
+    source, source_sha256 = data_fingerprint(task, spec.data_dir)
     phase("load backbone")
-    backbone = load_backbone(spec.model, task)
+    backbone = load_backbone(spec.model, task, load_in_8bit=spec.load_in_8bit)
     data = make_loaders(
         task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
         eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
-        limit_eval=spec.limit_eval, seed=spec.seed,
-        validation_fraction=getattr(method, "validation_fraction", 0.0),
+        limit_eval=spec.limit_eval, seed=spec.seed, split_seed=spec.split_seed,
+        validation_fraction=spec.validation_fraction,
     )
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = None
     try:
-        phase(f"attach {spec.method} ({data.n_train} train / {data.n_eval} eval examples, {plan.total_steps} steps)")
+        phase(f"attach {spec.method} ({data.n_train} train / {data.n_val} validation / {data.n_eval} eval examples, "
+              f"{plan.total_steps} steps)")
         seed_everything(spec.seed)
         model = method.attach(backbone.model, adapter_spec, plan)
         counts = method.parameter_counts(model)
         phase("fit")
-        fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress)
+        live = LiveTrainLog(trial_dir / "train_log.csv", plan.total_steps,
+                            lambda: sum(method.rank_report(model).values()) or None, report)
+        fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress,
+                     val_loader=data.val_loader, on_log=live)
         phase("after_training")
         posthoc_start = time.perf_counter()
         method.after_training(model, data.train_loader, val_loader=data.val_loader)
         posthoc_time = time.perf_counter() - posthoc_start
         phase("predict")
         eval_start = time.perf_counter()
+        # Seeded from the trial seed: a reloaded adapter reproduces these predictions (lrvd_bench.reload).
         probs, labels = predict(method, model, data.eval_loader, n_samples=spec.n_samples, device=device,
-                                progress=progress)
+                                progress=progress, seed=spec.seed)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         eval_time = time.perf_counter() - eval_start
         metrics = classification_metrics(probs, labels)
         ranks = {k: int(v) for k, v in method.rank_report(model).items()}
-        learned, uniform_loss, majority = learned_flag(fitted.final_loss, probs, labels, metrics["accuracy"])
+        learned, uniform_loss, majority = learned_flag(fitted.final_nll, probs, labels, metrics["accuracy"])
         phase("write files")
         write_ranks_csv(fitted.rank_history, trial_dir / "ranks.csv")
         write_train_log_csv(fitted.loss_history, fitted.step_logs, trial_dir / "train_log.csv")
-        if getattr(method, "log_alpha_history", None):  # BayesLoRA: per-rank log α at every rank_report
+        if method.per_rank_log_alpha:  # BayesLoRA: per-rank log α at every rank_report
             write_log_alpha_csv(method.log_alpha_history, trial_dir / "log_alpha.csv")
         if spec.save_predictions:
             np.savez_compressed(trial_dir / "predictions.npz", probs=probs.numpy(), labels=labels.numpy())
         if spec.save_adapter:
+            from lrvd.adapter_io import record_evaluation
+
             method.save_adapter(model, trial_dir / "adapter")
+            record_evaluation(trial_dir / "adapter", n_samples=evaluated_n_samples(method, spec.n_samples),
+                              seed=spec.seed, eval_batch_size=spec.eval_batch_size, device=str(device))
         row = {
             **_identity(spec),
             "status": "ok",
@@ -273,6 +378,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
             **metrics,
             "learned": learned,
             "final_train_loss": fitted.final_loss,
+            "final_train_nll": fitted.final_nll,
             "uniform_loss": uniform_loss,
             "majority_accuracy": majority,
             "effective_rank": sum(ranks.values()) if ranks else None,
@@ -280,20 +386,25 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool) -> dict[str, Any]:
             "trainable_params": int(counts.get("trainable", 0)),
             "variational_params": int(counts.get("variational", 0)),
             "steps": fitted.steps,
+            "best_step": fitted.best_step,  # checkpoint selection (train.eval_every > 0); else empty
+            **{f"checkpoint_{k}": v for k, v in fitted.best_scores.items()},
             "train_time_s": fitted.wall_time_s,
             "time_per_step_s": fitted.time_per_step_s,
             "posthoc_time_s": posthoc_time,
             "eval_time_s": eval_time,
             "peak_memory_mb": peak_memory_mb(device),
             "n_train": data.n_train,
+            "n_val": data.n_val,
             "n_eval": data.n_eval,
             "split_note": data.split_note,
-            "data_source": getattr(data, "source", ""),
+            "data_source": source,
+            "data_sha256": source_sha256,
             "n_samples": spec.n_samples,
             "device": str(device),
             "device_name": device_name(device),
             **node_info(),
             "versions": package_versions(),
+            "suite_commit": suite_commit(),
         }
         phase("done")
         return row

@@ -1,8 +1,9 @@
-"""Held-out validation split carved from the training set (for post-hoc fits such as temperature).
+"""The validation split every method of a comparison shares, carved from the training set.
 
-The split depends only on ``(n, fraction, seed)`` — not on the method or the global RNG — so every
-method in a comparison that asks for a validation set gets the same one, and the evaluation set is
-never touched (it is a different file). See ``MethodBase.validation_fraction``.
+It serves post-hoc fits (temperature, Laplace prior grid search), checkpoint selection and
+hyper-parameter selection. The split depends only on ``(n, fraction, seed)`` — not on the method, the
+trial seed or the global RNG — so every method trains on the same remaining rows and validates on the
+same held-out rows, and the evaluation set is never touched (it is a different file).
 """
 
 from __future__ import annotations

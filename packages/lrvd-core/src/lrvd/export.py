@@ -16,45 +16,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrvd.errors import LRVDError
 from lrvd.inject import lrvd_modules, unwrap_lrvd
 
 
-def _head_module_names(model: nn.Module) -> list[str]:
-    """Names (relative to ``model.backbone``) of the modules that own the task-head parameters."""
-    head_ids = {id(p) for p in model.head_parameters()} if hasattr(model, "head_parameters") else set()
-    owners = set()
-    for name, p in model.backbone.named_parameters():
-        if id(p) in head_ids:
-            owners.add(name.rpartition(".")[0])
-    return sorted(o for o in owners if o)
-
-
-def peft_lora_config(model: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+def peft_lora_config(model: nn.Module) -> tuple[Any, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """The peft ``LoraConfig`` and {module name: (A, B)} tensors describing ``model``'s mean adapter.
 
     ``model`` is a :class:`~lrvd.classifier.ClassifierModel` whose ``backbone`` holds LRVD layers.
-    Modules pruned to rank 0 are left out (their update is exactly zero).
+    Modules pruned to rank 0 are left out (their update is exactly zero). Built by
+    :func:`lrvd.adapter_io.lora_export`, the same code that writes saved adapters.
     """
-    from peft import LoraConfig
+    from lrvd.adapter_io import PEFT_PREFIX, LoraFactors, lora_export
 
-    layers = {n: m for n, m in lrvd_modules(model.backbone).items() if m.r > 0}
-    if not layers:
-        raise LRVDError("nothing to export: every LRVD module was pruned to rank 0")
-    names = sorted(layers)
-    max_r = max(layers[n].r for n in names)
-    config = LoraConfig(
-        r=max_r,
-        lora_alpha=max_r * layers[names[0]].scaling,
-        target_modules=names,
-        rank_pattern={n: layers[n].r for n in names},
-        alpha_pattern={n: layers[n].scaling * layers[n].r for n in names},
-        lora_dropout=0.0,
-        bias="none",
-        fan_in_fan_out=any(layers[n].fan_in_fan_out for n in names),
-        modules_to_save=_head_module_names(model) or None,
-    )
-    weights = {n: (layers[n].A_mu.detach(), layers[n].B_mu.detach()) for n in names}
+    layers = lrvd_modules(model.backbone)
+    export = lora_export(model, {n: LoraFactors(m.A_mu, m.B_mu, m.scaling, m.fan_in_fan_out) for n, m in layers.items()})
+    config, tensors = export.configs[""], export.tensors[""]
+    weights = {n: (tensors[f"{PEFT_PREFIX}{n}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{n}.lora_B.weight"])
+               for n in config.target_modules}
+    config.inference_mode = False
     return config, weights
 
 

@@ -5,7 +5,7 @@
 - :func:`sampling` switches posterior sampling on/off for every layer (adapter path only: the frozen
   backbone and its dropouts are untouched, so MC sampling is over the adapter posterior alone).
 - :func:`mc_predict_proba` is the BayesLoRA posterior predictive p(y|x) ≈ (1/S) Σ_s softmax(f(x; θ_s)),
-  probability averaging as in BLoB/BayesLoRA (papers.md §D), with S samples evaluated in as few
+  probability averaging as in BLoB/BayesLoRA (docs/methods.md), with S samples evaluated in as few
   forward passes as ``chunk`` allows (the batch is replicated sample-major and every LRVD layer draws
   one weight sample per replica group).
 """
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -67,7 +68,9 @@ def replace_modules(
     return replaced
 
 
-def inject_lrvd(model: nn.Module, target_modules: list[str], r: int, scaling: float, **layer_kwargs: Any) -> dict[str, LRVDLinear]:
+def inject_lrvd(
+    model: nn.Module, target_modules: list[str], r: int, scaling: float, **layer_kwargs: Any
+) -> dict[str, LRVDLinear]:
     """Wrap every ``nn.Linear``/``Conv1D`` whose name matches ``target_modules`` in an LRVD layer."""
     replace_modules(model, target_modules, lambda base: LRVDLinear(base, r, scaling, **layer_kwargs))
     return lrvd_modules(model)
@@ -117,24 +120,85 @@ def replicate_batch(batch: dict[str, Any], n: int) -> dict[str, Any]:
     }
 
 
+def resident_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (what every forward pass keeps in memory)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+class ActivationProbe:
+    """Peak bytes of the module outputs alive at once during a forward pass (forward hooks).
+
+    Torch has no allocator statistics on CPU, and resetting CUDA's peak statistics would break the
+    caller's own peak-memory window, so the probe counts what it can see on any device: every module's
+    output tensors, held through weak references (a tensor freed by the model drops out), deduplicated
+    by storage. Work *inside* a module (attention scores) is not seen; :func:`auto_chunk` allows for it
+    with a factor of 2.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.peak, self._live, self._handles = model, 0, {}, []
+
+    def __enter__(self) -> ActivationProbe:
+        self._handles = [m.register_forward_hook(self._hook) for m in self.model.modules()]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._live.clear()
+
+    def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if torch.is_tensor(output):
+            outputs = [output]
+        else:
+            outputs = list(output.values()) if isinstance(output, dict) else list(output or ())
+        for t in outputs:
+            if torch.is_tensor(t):
+                storage = t.untyped_storage()
+                self._live[storage.data_ptr()] = (weakref.ref(t), storage.nbytes())
+        self._live = {k: v for k, v in self._live.items() if v[0]() is not None}
+        self.peak = max(self.peak, sum(n for _, n in self._live.values()))
+
+
+def auto_chunk(n_samples: int, resident: int, activation: int, memory_budget: float) -> int:
+    """Samples per forward pass so that the predictive's peak stays within ``1 + memory_budget`` times
+    one deterministic pass: a pass of c samples needs about resident + c · 2 · activation bytes, one
+    deterministic pass resident + activation, so c = ⌊1 + budget · (resident + a) / a⌋ with a = 2 ·
+    activation (clipped to [1, n_samples]; all samples at once when nothing was measured)."""
+    if activation <= 0:
+        return n_samples
+    a = 2 * activation
+    return max(1, min(n_samples, int(1 + memory_budget * (resident + activation) / a)))
+
+
 @torch.no_grad()
 def mc_predict_proba(
-    model: Callable[[dict[str, Any]], torch.Tensor], batch: dict[str, Any], n_samples: int, chunk: int = 0
+    model: Callable[[dict[str, Any]], torch.Tensor], batch: dict[str, Any], n_samples: int, chunk: int = 0,
+    memory_budget: float = 0.1,
 ) -> torch.Tensor:
     """Posterior predictive ``[batch, n_classes]``: mean of softmax over ``n_samples`` adapter draws.
 
-    ``chunk`` = weight samples per forward pass (0: all at once; 1: a plain loop, which is safe for
-    models whose layers do not keep the batch dimension first). ``n_samples == 0`` is the mean model.
+    ``chunk`` = weight samples per forward pass: 0 (default) chooses it from ``memory_budget`` — the
+    first sample runs alone under an :class:`ActivationProbe`, then the rest go in chunks of
+    :func:`auto_chunk` samples, so the peak stays near ``1 + memory_budget`` times one deterministic
+    pass while large models (weights ≫ activations) still batch every sample; 1 is a plain loop (safe
+    for models whose layers do not keep the batch dimension first); ``n_samples`` is one pass for all.
+    ``n_samples == 0`` is the mean model.
     """
     if not isinstance(model, nn.Module):
         raise TypeError("mc_predict_proba needs an nn.Module")
     if n_samples <= 0:
         with sampling(model, False):
             return torch.softmax(model(batch).float(), dim=-1)
-    chunk = n_samples if chunk <= 0 else min(chunk, n_samples)
     size = batch_size_of(batch)
     total: torch.Tensor | None = None
     done = 0
+    if chunk <= 0:
+        with sampling(model, True, n_weight_samples=1), ActivationProbe(model) as probe:
+            total = torch.softmax(model(batch).float(), dim=-1)
+        done = 1
+        chunk = auto_chunk(n_samples, resident_bytes(model), probe.peak, memory_budget)
+    chunk = min(chunk, n_samples)
     while done < n_samples:
         s = min(chunk, n_samples - done)
         with sampling(model, True, n_weight_samples=s):

@@ -1,6 +1,6 @@
 """The LRVD layer: a frozen linear map plus a LoRA update with a rank-wise Gaussian posterior.
 
-Parameterisation (authors' code, papers.md §A.1)::
+Parameterisation (authors' code, github mercury0100/bayeslora ``bayeslora/hf.py``; docs/methods.md)::
 
     y = W x + s · B A x,            s = lora_alpha / r   (fixed at attach time, unchanged by pruning)
     q(A_kj) = N(A_mu[k, j], σ_k²),  q(B_ik) = N(B_mu[i, k], σ_k²)
@@ -37,7 +37,7 @@ import math
 import torch
 from torch import nn
 
-from lrvd.kl import kl_log_uniform
+from lrvd.kl import factor_kl
 
 LOG_SIGMA2_MIN, LOG_SIGMA2_MAX = -20.0, 2.0  # clamp of the authors' code
 MU2_EPS = 1e-8  # log(μ² + eps): a mean of exactly 0 would give log α = +inf
@@ -139,7 +139,8 @@ class LRVDLinear(nn.Module):
 
     def kl(self) -> torch.Tensor:
         """Σ over all r·(d_in + d_out) factor entries of KL(q ‖ log-uniform) (:func:`kl_log_uniform`)."""
-        return kl_log_uniform(self.log_alpha_A()).sum() + kl_log_uniform(self.log_alpha_B()).sum()
+        log_sigma2 = self.log_sigma2()
+        return factor_kl(log_sigma2, self.A_mu, 0, MU2_EPS) + factor_kl(log_sigma2, self.B_mu, 1, MU2_EPS)
 
     def rank_log_alpha(self) -> torch.Tensor:  # [r]
         """log α_k = ½(median_j log α_A[k, j] + median_i log α_B[i, k]); torch's lower median for
@@ -169,15 +170,23 @@ class LRVDLinear(nn.Module):
         return 1.0 + torch.exp(0.5 * log_alpha) * eps
 
     def _local_reparam_delta(self, x: torch.Tensor) -> torch.Tensor:
-        """Sample the adapter output directly from its Gaussian moments (Kingma et al. 2015).
-        Every σ² entry of row k of A / column k of B equals s2_k, so x² s2_A^T = Σ_j x_j² · s2 and
-        m_s² s2_B^T = Σ_k m_s,k² s2_k (broadcast over outputs)."""
+        """s · (a sample of B A x) drawn directly from its Gaussian moments (Kingma et al. 2015).
+
+        Every σ² entry of row k of A / column k of B equals s2_k, so with q = Σ_j x_j²:
+        m_s = x A_mu^T, v_s = q s2, m_y = m_s B_mu^T and
+        v_y = v_s (B_mu²)^T + Σ_k (m_s,k² + v_s,k) s2_k = q · (B_mu² s2) + m_s² · s2 + q Σ_k s2_k²,
+        an outer product instead of a second matmul through B_mu², and the scaling s is applied to the
+        small factors (s m_s, s² in the variance) rather than to the [tokens, d_out] output.
+        """
         s2 = torch.exp(self.log_sigma2())  # [r]
+        scale2 = self.scaling * self.scaling
         m_s = x @ self.A_mu.T  # [..., r]
-        v_s = x.square().sum(-1, keepdim=True) * s2  # [..., r]
-        m_y = m_s @ self.B_mu.T  # [..., d_out]
-        v_y = v_s @ self.B_mu.square().T + ((m_s.square() + v_s) * s2).sum(-1, keepdim=True)
-        return m_y + torch.sqrt(v_y.clamp(min=0) + 1e-12) * torch.randn_like(m_y)
+        q = torch.linalg.vecdot(x, x).unsqueeze(-1)  # [..., 1]
+        m_y = (self.scaling * m_s) @ self.B_mu.T  # [..., d_out]
+        w = (self.B_mu.square() @ s2).mul_(scale2)  # [d_out]
+        c = (m_s.square() @ (scale2 * s2)).unsqueeze(-1) + q * (scale2 * s2.square().sum()) + 1e-12  # [..., 1]
+        std = torch.addcmul(c, q, w).sqrt_()  # [..., d_out]
+        return torch.addcmul(m_y, std, torch.randn_like(m_y))
 
     def adapter_delta(self, x: torch.Tensor) -> torch.Tensor:
         """The adapter path s · B A x in the adapter dtype (means, or a posterior sample)."""
@@ -185,8 +194,10 @@ class LRVDLinear(nn.Module):
         if not self.is_sampling():
             return self.scaling * ((x @ self.A_mu.T) @ self.B_mu.T)
         n = max(1, int(self.n_weight_samples))
-        if self.variant == "factor" and self.local_reparam and self.training and n == 1:
-            return self.scaling * self._local_reparam_delta(x)
+        if self.variant == "factor" and self.local_reparam:
+            # Whenever sampling, in training and prediction, as the authors' layer: each row (token)
+            # draws its own output noise, so replica groups need no weight sample of their own.
+            return self._local_reparam_delta(x)
         if x.shape[0] % n:
             raise ValueError(f"leading dim {x.shape[0]} is not a multiple of n_weight_samples={n}")
         xg = x.reshape(n, -1, self.in_features)  # [S, rows, d_in], sample-major groups

@@ -25,9 +25,14 @@ def _check(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
     return probs, labels
 
 
-def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+def per_example_correct(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1.0 where the argmax is the label, else 0.0 ``[N]``; accuracy is its mean."""
     probs, labels = _check(probs, labels)
-    return float((probs.argmax(-1) == labels).double().mean())
+    return (probs.argmax(-1) == labels).double()
+
+
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(per_example_correct(probs, labels).mean())
 
 
 def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15):
@@ -44,21 +49,52 @@ def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
     return counts, conf_sum / safe, acc_sum / safe
 
 
+def calibration_gaps(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: its confidence bin (as :func:`calibration_bins`) and ``correct − confidence`` ``[N]``.
+
+    ECE is a function of these two vectors alone (:func:`ece_from_gaps`), so a bootstrap can index
+    them with many resamples at once instead of re-binning every resample.
+    """
+    probs, labels = _check(probs, labels)
+    conf, pred = probs.max(-1)
+    idx = torch.clamp((conf * n_bins).floor().long(), max=n_bins - 1)
+    return idx, (pred == labels).double() - conf
+
+
+def ece_from_gaps(bin_index: torch.Tensor, gap: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
+    """ECE of each row of ``[..., N]`` bin indices and gaps: Σ_b |Σ_{i∈b} gap_i| / N (shape ``[...]``)."""
+    rows = bin_index.reshape(-1, bin_index.shape[-1])
+    offset = n_bins * torch.arange(rows.shape[0], device=rows.device)[:, None]
+    sums = torch.zeros(rows.shape[0] * n_bins, dtype=gap.dtype, device=gap.device)
+    sums.index_add_(0, (rows + offset).flatten(), gap.reshape(-1))
+    return (sums.reshape(-1, n_bins).abs().sum(-1) / rows.shape[-1]).reshape(bin_index.shape[:-1])
+
+
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
-    """ECE = Σ_b (|S_b|/N)·|acc(S_b) − conf(S_b)| over equal-width top-label confidence bins."""
-    counts, conf, acc = calibration_bins(probs, labels, n_bins)
-    return float(((counts / counts.sum()) * (acc - conf).abs()).sum())
+    """ECE = Σ_b (|S_b|/N)·|acc(S_b) − conf(S_b)| over equal-width top-label confidence bins
+    (= Σ_b |Σ_{i∈b} (correct_i − conf_i)| / N, computed that way by :func:`ece_from_gaps`)."""
+    return float(ece_from_gaps(*calibration_gaps(probs, labels, n_bins), n_bins))
+
+
+def per_example_nll(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """−log p_y per example ``[N]`` (p_y clamped at 1e-12); NLL is its mean."""
+    probs, labels = _check(probs, labels)
+    return -torch.log(probs.gather(1, labels[:, None]).clamp(min=EPS)).squeeze(1)
 
 
 def negative_log_likelihood(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(per_example_nll(probs, labels).mean())
+
+
+def per_example_brier(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Σ_c (p_c − 1[y = c])² per example ``[N]``; the Brier score is its mean."""
     probs, labels = _check(probs, labels)
-    return float(-torch.log(probs.gather(1, labels[:, None]).clamp(min=EPS)).mean())
+    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
+    return ((probs - onehot) ** 2).sum(-1)
 
 
 def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    probs, labels = _check(probs, labels)
-    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
-    return float(((probs - onehot) ** 2).sum(-1).mean())
+    return float(per_example_brier(probs, labels).mean())
 
 
 def matthews_corrcoef(probs: torch.Tensor, labels: torch.Tensor) -> float:

@@ -21,10 +21,14 @@ only what its algorithm changes. To add a method: subclass it, give it a ``Param
 the paper's defaults (each field with ``metadata={"help": ...}``), implement ``attach``, and
 register it (entry point ``lrvd.methods`` or ``@METHODS.register``).
 
-A method that fits something on held-out data (temperature scaling) sets the class attribute
-``validation_fraction`` > 0; the bench then carves that fraction of the training set off with
-:func:`lrvd.data_split.holdout_indices` (fixed seed, never touching the evaluation set), trains on
-the rest and passes the held-out loader to ``after_training`` as ``val_loader``.
+Every method of a comparison trains on the same rows: the caller carves one validation split off the
+training set with :func:`lrvd.data_split.holdout_indices` (its own seed, never touching the evaluation
+set), trains every method on the rest and passes the held-out loader to ``after_training`` as
+``val_loader``. A method that cannot do without it (temperature scaling) sets ``needs_validation``.
+
+Capabilities (:data:`CAPABILITIES`) are boolean class attributes a method sets to say what it does;
+the bench, the analyses and the tests read them instead of lists of method names, so a new method is
+picked up by every analysis and test that applies to it by declaring them truthfully.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "adapter learning rate (AdamW scale)"})
     head_lr: float | None = field(default=None, metadata={"help": "task-head learning rate (default: lr)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon (torch's default; BLoB's scripts: 1e-6)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training set (ignored if max_steps)"})
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides epochs"})
     batch_size: int = field(default=8, metadata={"help": "examples per micro-batch"})
@@ -87,10 +92,20 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed for init, data order and sampling"})
     log_every: int = field(default=10, metadata={"help": "steps between loss log records"})
     rank_log_interval: int = field(default=20, metadata={"help": "steps between rank snapshots"})
+    eval_every: int = field(
+        default=0, metadata={"help": "checkpoint selection: steps between scorings on the validation split; the "
+                                     "best checkpoint is restored after training (0: off, keep the last state)"})
+    checkpoint_metric: str = field(
+        default="val_accuracy", metadata={"help": "val_accuracy | val_nll: what picks the checkpoint (ties: the "
+                                                  "other one, then the earlier step)"})
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in {"auto", "bf16", "fp16", "no"}:
             raise unknown_choice("mixed_precision", self.mixed_precision, ["auto", "bf16", "fp16", "no"])
+        if self.checkpoint_metric not in ("val_accuracy", "val_nll"):
+            raise unknown_choice("checkpoint_metric", self.checkpoint_metric, ["val_accuracy", "val_nll"])
+        if self.eval_every < 0:
+            raise LRVDError(f"eval_every must be >= 0 (0: no checkpoint selection), got {self.eval_every}")
         if self.grad_accum < 1 or self.batch_size < 1:
             raise LRVDError("batch_size and grad_accum must be >= 1")
 
@@ -114,6 +129,21 @@ class TrainPlan:
         return cls(total_steps=int(total), n_train=int(n_train), train=train)
 
 
+#: Capability class attributes (all ``bool``, default ``False`` in :class:`MethodBase`) and what a
+#: method promises by setting one to ``True``.
+CAPABILITIES: dict[str, str] = {
+    "adaptive_rank": "rank_report changes during training (pruning or budget allocation); "
+    "bench analyze draws its rank heatmaps",
+    "sampled_predictive": "predict_proba(n_samples=S) averages S posterior or dropout draws; "
+    "n_samples=0 is the deterministic (mean) model",
+    "posthoc_fit": "after_training fits something at the trained weights (Laplace, temperature)",
+    "posterior_params": "keeps posterior-uncertainty parameters, counted as parameter_counts()['variational'] > 0",
+    "svd_triplets": "adapters are AdaLoRA's P Λ Q triplets (lora_A / lora_E / lora_B); bench analyze's "
+    "SNR-vs-sensitivity analysis reads them",
+    "per_rank_log_alpha": "keeps log_alpha_history (per-rank log α snapshots); the bench writes log_alpha.csv",
+}
+
+
 @runtime_checkable
 class AdapterMethod(Protocol):
     """Structural type of an adapter method (see module docstring for the call order)."""
@@ -122,6 +152,14 @@ class AdapterMethod(Protocol):
     description: ClassVar[str]
     Params: ClassVar[type]
     params: Any
+    needs_validation: ClassVar[bool]
+    # capabilities (CAPABILITIES)
+    adaptive_rank: ClassVar[bool]
+    sampled_predictive: ClassVar[bool]
+    posthoc_fit: ClassVar[bool]
+    posterior_params: ClassVar[bool]
+    svd_triplets: ClassVar[bool]
+    per_rank_log_alpha: ClassVar[bool]
 
     def attach(self, model: ClassifierModel, spec: AdapterSpec, plan: TrainPlan) -> ClassifierModel: ...
 
@@ -150,6 +188,23 @@ class AdapterMethod(Protocol):
     def save_adapter(self, model: ClassifierModel, path: str | Path) -> None: ...
 
     def load_adapter(self, model: ClassifierModel, path: str | Path) -> None: ...
+
+
+#: What a class must provide to be registered as a method: every hook and class attribute of the
+#: protocol (``params`` is set per instance, so it is not checked on the class).
+PROTOCOL_MEMBERS: tuple[str, ...] = tuple(
+    sorted(({n for n in vars(AdapterMethod) if not n.startswith("_")} | set(AdapterMethod.__annotations__)) - {"params"})
+)
+
+
+def missing_protocol_members(obj: object) -> list[str]:
+    """Members of :class:`AdapterMethod` that ``obj`` (a class) lacks; empty when it implements it."""
+    return [n for n in PROTOCOL_MEMBERS if not hasattr(obj, n)]
+
+
+def capabilities(method: object) -> dict[str, bool]:
+    """The capability flags of a method class or instance (missing ones read as ``False``)."""
+    return {c: bool(getattr(method, c, False)) for c in CAPABILITIES}
 
 
 @dataclass
@@ -183,14 +238,36 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warm
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def head_groups(model: ClassifierModel, train: TrainConfig) -> list[dict[str, Any]]:
+    """The task head at ``head_lr``: weight decay on its matrices, none on biases or LayerNorm.
+
+    Every reference implementation exempts 1-D head tensors from decay (the BayesLoRA GLUE bench's
+    ``build_param_groups``, BLoB's ``no_decay = ["bias", "LayerNorm.weight"]``); see docs/methods.md.
+    """
+    head = [p for p in model.head_parameters() if p.requires_grad]
+    lr = train.head_lr or train.lr
+    groups = [
+        {"params": [p for p in head if p.ndim > 1], "lr": lr, "weight_decay": train.weight_decay},
+        {"params": [p for p in head if p.ndim <= 1], "lr": lr, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 class MethodBase:
     """Maximum-likelihood defaults for every hook; subclasses override what their algorithm changes."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
-    #: fraction of the training set held out for ``after_training(..., val_loader)`` (0: none)
-    validation_fraction: ClassVar[float] = 0.0
+    #: True when ``after_training`` fits on ``val_loader`` and cannot run without one
+    needs_validation: ClassVar[bool] = False
+    # capabilities (see CAPABILITIES); a subclass sets the ones its algorithm has
+    adaptive_rank: ClassVar[bool] = False
+    sampled_predictive: ClassVar[bool] = False
+    posthoc_fit: ClassVar[bool] = False
+    posterior_params: ClassVar[bool] = False
+    svd_triplets: ClassVar[bool] = False
+    per_rank_log_alpha: ClassVar[bool] = False
 
     def __init__(self, **hyper_params: Any) -> None:
         self.params = build_params(self.Params, self.name, hyper_params)
@@ -208,16 +285,14 @@ class MethodBase:
                 yield p
 
     def param_groups(self, model: ClassifierModel, plan: TrainPlan) -> list[dict[str, Any]]:
-        """Optimizer groups: adapters at ``lr``, the task head at ``head_lr``."""
+        """Optimizer groups: adapters at ``lr``, the task head at ``head_lr`` (:func:`head_groups`)."""
         train = plan.train
         groups = [{"params": list(self.adapter_parameters(model)), "lr": train.lr, "weight_decay": train.weight_decay}]
-        head = [p for p in model.head_parameters() if p.requires_grad]
-        if head:
-            groups.append({"params": head, "lr": train.head_lr or train.lr, "weight_decay": train.weight_decay})
+        groups += head_groups(model, train)
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self, model: ClassifierModel, plan: TrainPlan):
-        optimizer = torch.optim.AdamW(self.param_groups(model, plan))
+        optimizer = torch.optim.AdamW(self.param_groups(model, plan), eps=plan.train.adam_eps)
         return optimizer, linear_warmup_decay(optimizer, plan.total_steps, plan.train.warmup_ratio)
 
     def step_context(self, optimizer: torch.optim.Optimizer) -> AbstractContextManager[Any]:
@@ -245,33 +320,64 @@ class MethodBase:
         return {"trainable": count_parameters(model), "variational": 0}
 
     # -- persistence ---------------------------------------------------------------------------
+    # A saved adapter is a peft adapter wherever peft has the format, plus a sidecar with what peft
+    # lacks (see lrvd.adapter_io). A method describes its peft form in ``peft_export`` and its state
+    # beyond the trainable tensors in ``extra_state``; save and load are the same for every method.
     def adapter_state_dict(self, model: ClassifierModel) -> dict[str, torch.Tensor]:
-        """Every trainable tensor plus buffers a method marks as adapter state (override to extend)."""
+        """Every trainable tensor, by its ``model.state_dict()`` name (the method's native state)."""
         names = {id(p) for p in model.parameters() if p.requires_grad}
         return {k: v.detach().cpu().contiguous() for k, v in model.named_parameters() if id(v) in names}
 
-    def save_adapter(self, model: ClassifierModel, path: str | Path) -> None:
-        """safetensors weights + a JSON config (no pickle)."""
-        from safetensors.torch import save_file
+    def extra_state(self, model: ClassifierModel) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Method state beyond the trainable tensors: (tensors, JSON-able config) for the sidecar."""
+        return {}, {}
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file(self.adapter_state_dict(model), str(path / "adapter.safetensors"))
-        config = {"method": self.name, "params": _jsonable(dataclasses.asdict(self.params))}
+    def load_extra_state(self, model: ClassifierModel, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+        return None
+
+    def peft_export(self, model: ClassifierModel) -> Any:
+        """The adapter in peft's format (:class:`lrvd.adapter_io.PeftExport`); None: peft has none,
+        and the whole native state goes to the sidecar."""
+        return None
+
+    def adapter_meta(self, model: ClassifierModel) -> dict[str, Any]:
+        from importlib import metadata
+
+        from lrvd.adapter_io import transformers_model
+
+        hf_model = transformers_model(model)
+        meta: dict[str, Any] = {"method": self.name, "description": self.description,
+                                "params": _jsonable(dataclasses.asdict(self.params)),
+                                "base_model_class": type(hf_model).__name__,
+                                "base_model": getattr(getattr(hf_model, "config", None), "_name_or_path", None)}
         if self.spec is not None:
-            config["spec"] = dataclasses.asdict(self.spec)
-        (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+            meta["spec"] = dataclasses.asdict(self.spec)
+        try:
+            meta["lrvd_version"] = metadata.version("lrvd-core")
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            pass
+        return meta
+
+    def save_adapter(self, model: ClassifierModel, path: str | Path) -> None:
+        """peft adapter files + the ``lrvd_adapter.json`` / ``lrvd_posterior.safetensors`` sidecar (no pickle)."""
+        from lrvd.adapter_io import write_adapter
+
+        tensors, config = self.extra_state(model)
+        write_adapter(path, self.adapter_state_dict(model), {**self.adapter_meta(model), "extra": config},
+                      export=self.peft_export(model), extra_tensors=tensors)
 
     def load_adapter(self, model: ClassifierModel, path: str | Path) -> None:
-        from safetensors.torch import load_file
+        """Load a saved adapter into ``model`` (freshly attached by this method with the same spec)."""
+        from lrvd.adapter_io import read_adapter
 
-        file = Path(path) / "adapter.safetensors"
-        if not file.exists():
-            raise LRVDError(f"no adapter at {file}")
-        state = load_file(str(file))
-        missing = model.load_state_dict(state, strict=False)
+        meta, native, extra = read_adapter(path)
+        if meta.get("method") not in (None, self.name):
+            raise LRVDError(f"adapter at {path} was saved by method {meta.get('method')!r}, not {self.name!r}")
+        missing = model.load_state_dict(native, strict=False)
         if missing.unexpected_keys:
             raise LRVDError(f"adapter at {path} does not fit this model: {missing.unexpected_keys[:3]}")
+        device = next(model.parameters()).device
+        self.load_extra_state(model, {k: v.to(device) for k, v in extra.items()}, meta.get("extra", {}))
 
 
 def _jsonable(obj: Any) -> Any:

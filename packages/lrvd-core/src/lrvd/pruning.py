@@ -2,7 +2,7 @@
 
 A rank component k is "off" when its noise-to-signal ratio is high: log α_k ≥ τ (τ = 3, i.e.
 α ≈ 20, equivalent dropout rate p > 0.95 — Molchanov et al. 2017's threshold applied per rank,
-papers.md §A.1). The effective rank of a module is #{k : log α_k < τ}; of a model, the sum.
+docs/methods.md). The effective rank of a module is #{k : log α_k < τ}; of a model, the sum.
 
 :func:`prune_ranks` removes those components *physically*: A_mu, B_mu and rank_log_sigma2 are
 sliced into new, smaller Parameters, and the optimizer is patched in place (parameters swapped in

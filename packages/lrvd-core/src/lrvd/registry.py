@@ -15,31 +15,54 @@ or register in-process with ``@METHODS.register("my-method")``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
-from lrvd.errors import unknown_choice
+from lrvd.errors import LRVDError, unknown_choice
 
 T = TypeVar("T")
+
+
+def _origin(obj: Any) -> str:
+    """``module:QualName`` of a class or function (what an entry point's value names)."""
+    target = obj if isinstance(obj, type) or callable(obj) else type(obj)
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', type(obj).__name__)}"
 
 
 class Registry(Generic[T]):
     """A registry of named objects backed by an entry-point group.
 
-    ``kind`` is the human word used in errors ("method", "task"); ``group`` is the entry-point group.
+    ``kind`` is the human word used in errors ("method", "task"); ``group`` is the entry-point group;
+    ``check(name, obj)`` raises :class:`LRVDError` for an object that cannot serve (lm-eval checks the
+    base class the same way), both at ``register`` and when an entry point is first loaded.
     """
 
-    def __init__(self, kind: str, group: str) -> None:
+    def __init__(self, kind: str, group: str, check: Callable[[str, Any], None] | None = None) -> None:
         self.kind = kind
         self.group = group
-        self._local: dict[str, T] = {}
+        self.check = check
+        self._local: dict[str, T] = {}  # registered in-process
+        self._loaded: dict[str, T] = {}  # entry points already imported
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator registering ``obj`` under ``name`` in this process."""
+        """Decorator registering ``obj`` under ``name`` in this process.
+
+        A name that is already taken (in-process or by an installed entry point) is refused rather
+        than silently overridden; registering the very same object again is a no-op.
+        """
 
         def decorator(obj: T) -> T:
+            taken = self._local.get(name)
+            ep = self._entry_points().get(name)
+            if taken is not None and taken is not obj:
+                raise LRVDError(f"{self.kind} {name!r} is already registered (by {_origin(taken)}); "
+                                "choose another name")
+            if ep is not None and ep.value != _origin(obj):
+                raise LRVDError(f"{self.kind} {name!r} is already registered (entry point {ep.value}); "
+                                "choose another name")
+            if self.check is not None:
+                self.check(name, obj)
             self._local[name] = obj
             return obj
 
@@ -56,11 +79,18 @@ class Registry(Generic[T]):
         """The object registered as ``name``; an :class:`LRVDError` listing valid names otherwise."""
         if name in self._local:
             return self._local[name]
-        eps = self._entry_points()
-        if name not in eps:
+        if name in self._loaded:
+            return self._loaded[name]
+        eps = [ep for ep in metadata.entry_points(group=self.group) if ep.name == name]
+        if not eps:
             raise unknown_choice(self.kind, name, self.names())
-        obj = eps[name].load()
-        self._local[name] = obj
+        if len({ep.value for ep in eps}) > 1:
+            raise LRVDError(f"{self.kind} {name!r} is declared by several installed packages "
+                            f"({', '.join(sorted({ep.value for ep in eps}))}); uninstall all but one")
+        obj = eps[0].load()
+        if self.check is not None:
+            self.check(name, obj)
+        self._loaded[name] = obj
         return obj
 
     def entry_point_value(self, name: str) -> str | None:
@@ -75,13 +105,20 @@ class Registry(Generic[T]):
         return desc if isinstance(desc, str) else (desc[0] if desc else "")
 
 
-def load_object(spec: str) -> Any:
-    """Import ``"package.module:Attr"``."""
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
+def check_method_class(name: str, obj: Any) -> None:
+    """Refuse anything but a class implementing :class:`~lrvd.protocol.AdapterMethod` (one line)."""
+    from lrvd.protocol import missing_protocol_members
+
+    if not isinstance(obj, type):
+        raise LRVDError(f"method {name!r} must be a class implementing AdapterMethod, got {_origin(obj)} "
+                        f"({type(obj).__name__}); subclass lrvd.MethodBase")
+    missing = missing_protocol_members(obj)
+    if missing:
+        raise LRVDError(f"method {name!r} ({_origin(obj)}) does not implement the AdapterMethod protocol: "
+                        f"missing {', '.join(missing)}; subclass lrvd.MethodBase")
 
 
-METHODS: Registry[type] = Registry("method", "lrvd.methods")
+METHODS: Registry[type] = Registry("method", "lrvd.methods", check=check_method_class)
 
 
 def get_method(name: str) -> type:
@@ -92,3 +129,19 @@ def get_method(name: str) -> type:
 def list_methods() -> list[str]:
     """Names of all registered adapter methods (built-in and third-party)."""
     return METHODS.names()
+
+
+def method_capability(name: str, capability: str) -> bool:
+    """Whether the method registered as ``name`` declares ``capability`` (see ``lrvd.protocol.CAPABILITIES``).
+
+    For analyses of finished runs: a method that is no longer installed reads as ``False``.
+    """
+    from lrvd.protocol import CAPABILITIES
+
+    if capability not in CAPABILITIES:
+        raise unknown_choice("method capability", capability, CAPABILITIES)
+    try:
+        cls = get_method(name)
+    except LRVDError:
+        return False
+    return bool(getattr(cls, capability, False))

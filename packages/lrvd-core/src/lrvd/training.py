@@ -12,17 +12,18 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from lrvd.checkpoint import BestCheckpoint
 from lrvd.classifier import ClassifierModel
 from lrvd.errors import LRVDError
-from lrvd.protocol import AdapterMethod, TrainPlan
+from lrvd.metrics import classification_metrics
+from lrvd.protocol import AdapterMethod, TrainConfig, TrainPlan
 
 
 def seed_everything(seed: int) -> None:
@@ -86,9 +87,91 @@ class TrainResult:
     wall_time_s: float = 0.0
     time_per_step_s: float = 0.0
     final_loss: float = math.nan
+    final_nll: float = math.nan  # the NLL part of the loss (without KL terms), smoothed like final_loss
     loss_history: list[dict[str, float]] = field(default_factory=list)
     rank_history: list[dict[str, Any]] = field(default_factory=list)
     step_logs: list[dict[str, float]] = field(default_factory=list)
+    #: checkpoint selection (``train.eval_every`` > 0): validation scores at every scoring, the step
+    #: whose state was restored and its scores, and the time spent scoring (not in ``wall_time_s``)
+    val_history: list[dict[str, float]] = field(default_factory=list)
+    best_step: int | None = None
+    best_scores: dict[str, float] = field(default_factory=dict)
+    val_time_s: float = 0.0
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step leaves for the loop's logs (and ``bench cost``'s hook timing)."""
+
+    loss: float
+    logs: dict[str, float]
+    step_logs: dict[str, float]
+    hook_s: float = math.nan
+
+
+def train_step(
+    method: AdapterMethod,
+    model: ClassifierModel,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Sequence[dict[str, Any]],
+    step: int,
+    *,
+    device: torch.device,
+    train: TrainConfig,
+    scheduler: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
+    time_hook: bool = False,
+) -> StepResult:
+    """One optimizer step: every method's step in :func:`fit` and in ``bench cost`` is this function.
+
+    zero_grad; inside ``method.step_context`` each micro-batch (``len(micro_batches)`` = gradient
+    accumulation) runs forward under autocast, ``training_loss``, a NaN/inf check and backward of
+    loss / n_micro (scaled when an fp16 ``scaler`` is given); then unscale, clip to
+    ``train.max_grad_norm``, optimizer and scheduler step, and ``method.on_step_end(model, optimizer,
+    step + 1)``. ``time_hook`` times ``on_step_end`` alone (synchronising CUDA around it).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    logs: dict[str, float] = {}
+    loss_value = 0.0
+    n_micro = len(micro_batches)
+    with method.step_context(optimizer):
+        for batch in micro_batches:
+            batch = move_batch(batch, device)
+            with autocast_context(device, train.mixed_precision):
+                logits = model(batch)
+            loss, logs = method.training_loss(model, batch, logits, step)
+            if not torch.isfinite(loss):
+                raise LRVDError(
+                    f"non-finite loss ({float(loss.detach())}) at step {step} for method {method.name!r}; "
+                    "lower the learning rate or the KL scale"
+                )
+            loss = loss / n_micro
+            (scaler.scale(loss) if scaler else loss).backward()
+            loss_value += float(loss.detach())
+    if scaler:
+        scaler.unscale_(optimizer)
+    if train.max_grad_norm:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if time_hook:
+        _synchronize(device)
+    t0 = time.perf_counter()
+    step_logs = method.on_step_end(model, optimizer, step + 1) or {}
+    if time_hook:
+        _synchronize(device)
+    return StepResult(loss_value, logs, step_logs, time.perf_counter() - t0 if time_hook else math.nan)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def fit(
@@ -100,13 +183,20 @@ def fit(
     device: torch.device | str | None = None,
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    val_loader: Iterable[dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
     """Train ``model`` (already ``attach``-ed) for ``plan.total_steps`` optimizer steps.
 
     A NaN/inf loss raises :class:`LRVDError` naming the step and the method, instead of silently
-    training on garbage.
+    training on garbage. With ``train.eval_every`` > 0 the model is scored on ``val_loader`` every
+    that many steps and at the last one, the scores join that step's log record (``val_accuracy``,
+    ``val_nll``, ``val_ece``, ``val_brier``) and the best checkpoint is restored at the end
+    (:mod:`lrvd.checkpoint`). Scoring runs under a forked RNG, so it leaves the training path unchanged.
     """
     cfg = plan.train
+    if cfg.eval_every and val_loader is None:
+        raise LRVDError(f"train.eval_every={cfg.eval_every} needs a validation split (val_loader); "
+                        "hold one out (validation_fraction > 0) or set eval_every to 0")
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     model.to(device)
     model.train()
@@ -117,45 +207,26 @@ def fit(
     rank_every = max(1, cfg.rank_log_interval)
     result.rank_history.append({"step": 0, **method.rank_report(model)})
     bar = _progress(range(plan.total_steps), plan.total_steps, f"train {method.name}", progress)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _synchronize(device)
     start = time.perf_counter()
-    running = 0.0
+    running = running_nll = 0.0
+    best = BestCheckpoint(cfg.checkpoint_metric) if cfg.eval_every else None
     for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
-        loss_value = 0.0
-        with method.step_context(optimizer):
-            for _ in range(cfg.grad_accum):
-                epoch, batch = next(batches)
-                batch = move_batch(batch, device)
-                with autocast_context(device, cfg.mixed_precision):
-                    logits = model(batch)
-                loss, logs = method.training_loss(model, batch, logits, step)
-                if not torch.isfinite(loss):
-                    raise LRVDError(
-                        f"non-finite loss ({float(loss.detach())}) at step {step} for method {method.name!r}; "
-                        "lower the learning rate or the KL scale"
-                    )
-                loss = loss / cfg.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
-                loss_value += float(loss.detach())
-        if scaler:
-            scaler.unscale_(optimizer)
-        if cfg.max_grad_norm:
-            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        step_logs = method.on_step_end(model, optimizer, step + 1) or {}
+        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        epoch = micro[-1][0]
+        lr = float(optimizer.param_groups[0]["lr"])  # the rate this step uses (the scheduler moves it after)
+        out = train_step(method, model, optimizer, [b for _, b in micro], step, device=device, train=cfg,
+                         scheduler=scheduler, scaler=scaler)
+        loss_value, logs, step_logs = out.loss, out.logs, out.step_logs
         running = loss_value if step == 0 else 0.9 * running + 0.1 * loss_value
-        if (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == plan.total_steps:
-            record = {"step": step + 1, "epoch": epoch, "loss": loss_value, **logs, **step_logs}
+        nll = float(logs.get("nll", loss_value))
+        running_nll = nll if step == 0 else 0.9 * running_nll + 0.1 * nll
+        scores = {}
+        if best is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == plan.total_steps):
+            scores = _score_checkpoint(method, model, val_loader, device, step + 1, cfg.seed, result)
+            best.offer(step + 1, scores, model, optimizer)
+        if scores or (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == plan.total_steps:
+            record = {"step": step + 1, "epoch": epoch, "loss": loss_value, "lr": lr, **logs, **step_logs, **scores}
             result.loss_history.append(record)
             if on_log:
                 on_log(record)
@@ -165,13 +236,33 @@ def fit(
             result.rank_history.append({"step": step + 1, **method.rank_report(model)})
         if progress and hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{running:.4f}")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _synchronize(device)
     result.steps = plan.total_steps
-    result.wall_time_s = time.perf_counter() - start
+    result.wall_time_s = time.perf_counter() - start - result.val_time_s
+    if best is not None:
+        best.restore(model, optimizer)
+        result.best_step, result.best_scores = best.step, best.scores
     result.time_per_step_s = result.wall_time_s / max(1, plan.total_steps)
     result.final_loss = running
+    result.final_nll = running_nll
     return result
+
+
+def _score_checkpoint(method: AdapterMethod, model: ClassifierModel, val_loader: Iterable[Any],
+                      device: torch.device, step: int, seed: int, result: TrainResult) -> dict[str, float]:
+    """``val_*`` metrics of the method's predictive now, train mode restored after.
+
+    ``predict(seed=...)`` forks the RNG (training draws stay as without scoring) and gives every
+    checkpoint the same posterior draws, so checkpoints differ by their weights, not by MC noise.
+    """
+    start = time.perf_counter()
+    probs, labels = predict(method, model, val_loader, device=device, progress=False, seed=seed)
+    model.train()
+    metrics = classification_metrics(probs, labels)
+    scores = {f"val_{k}": metrics[k] for k in ("accuracy", "nll", "ece", "brier")}
+    result.val_history.append({"step": step, **scores})
+    result.val_time_s += time.perf_counter() - start
+    return scores
 
 
 @torch.no_grad()
@@ -183,9 +274,20 @@ def predict(
     n_samples: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior-predictive probabilities ``[N, n_classes]`` and labels ``[N]`` over ``loader``."""
+    """Posterior-predictive probabilities ``[N, n_classes]`` and labels ``[N]`` over ``loader``.
+
+    ``seed``: torch's RNG (CPU and ``device``) is seeded with it for this pass and restored after, so
+    every sampled predictive (BayesLoRA, BLoB, MC dropout, IVON, Laplace nn) draws the same samples
+    whenever the same model predicts the same data: a reloaded adapter reproduces the trial's
+    predictions exactly on CPU. The bench passes the trial seed.
+    """
     device = resolve_device(device) if not isinstance(device, torch.device) else device
+    if seed is not None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return predict(method, model, loader, n_samples=n_samples, device=device, progress=progress)
     model.to(device)
     model.eval()
     probs, labels = [], []
@@ -198,7 +300,3 @@ def predict(
     if not probs:
         raise LRVDError("the evaluation loader yielded no batches (empty evaluation set?)")
     return torch.cat(probs), torch.cat(labels)
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]

@@ -7,15 +7,16 @@ rank_dynamics  trials/*/ranks.csv                     rank per layer / module ty
                                                       effective rank mean ± std over seeds
 tau_sweep      spec.json + adapter/ (BayesLoRA),      accuracy / ECE / effective rank per τ of the
                rebuilds backbone and eval loader      pruned mean model (no retraining)
-gauge          adapter/adapter.safetensors (LRVD)     energy curves SVD vs log-α vs random order, AUC
+gauge          adapter/ (LRVD A_mu, B_mu, log σ²)     energy curves SVD vs log-α vs random order, AUC
 calibration    trials/*/predictions.npz               reliability diagrams, confidence histograms,
                                                       ECE with bootstrap CI
-snr            adapter/ (+ method_state) of adalora,  Spearman ρ of SNR vs |μ| (vs sensitivity when
+snr            adapter/ (μ, IVON σ) of adalora,       Spearman ρ of SNR vs |μ| (vs sensitivity when
                adalora-ivon                           saved) per module
 ============== ====================================== ==============================================
 
 An analysis whose inputs are absent is skipped with a one-line note; an analysis that fails is
-reported with a one-line note too — ``analyze_run`` never raises for a run directory's content.
+reported with a one-line note too — ``analyze_run`` never raises for a run directory's content. An
+unknown analysis name in ``only`` is the caller's mistake: a one-line ``BenchError`` before any work.
 """
 
 from __future__ import annotations
@@ -43,15 +44,16 @@ def analyze_run(
     (default ``RUN_DIR/analysis``). Returns analysis → written files, or the note of a skip."""
     from importlib import import_module
 
+    from lrvd_bench.errors import unknown_choice
+
+    for name in only or ():
+        if name not in ANALYSES:
+            raise unknown_choice("analysis", name, ANALYSES)
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "analysis"
     trials = load_trials(run_dir)
     results: dict[str, list[Path] | str] = {}
     for name in only or ANALYSES:
-        if name not in ANALYSES:
-            results[name] = note = f"unknown analysis {name!r} (valid: {', '.join(ANALYSES)})"
-            log(f"{name}: skipped: {note}")
-            continue
         try:
             if not trials:
                 raise SkipAnalysis(f"no trials in {run_dir / 'trials'}")

@@ -1,18 +1,17 @@
 """Calibration: reliability diagrams, confidence histograms and ECE with a bootstrap confidence interval.
 
-Input: every trial's ``predictions.npz`` (probs [N, C], labels [N]). ECE uses the leaderboard's
-definition (:func:`lrvd.metrics.expected_calibration_error`: top-label confidence, 15 equal-width
-bins, L1), re-implemented here in numpy so that B bootstrap resamples are computed at once. The CI
-is the percentile interval of B (default 1000) resamples of the evaluation examples, seeded
-(``seed``) so reruns give the same numbers. Binned ECE is biased upward (resampling adds noise to
-every bin's |acc − conf|), so for a well-calibrated model with small N the interval can lie entirely
-above the point estimate; it is reported as is (not widened to contain the point), with the
-bootstrap mean beside it (``boot_mean`` − ``ece`` estimates the bias).
+Input: every trial's ``predictions.npz`` (probs [N, C], labels [N]). ECE is the leaderboard's
+(:func:`lrvd.metrics.expected_calibration_error`: top-label confidence, 15 equal-width bins, L1); its
+CI is scipy's percentile bootstrap (:func:`scipy.stats.bootstrap`) over B (default 1000) resamples
+of the evaluation examples, seeded (``seed``) so reruns give the same numbers. Binned ECE is biased
+upward (resampling adds noise to every bin's |acc − conf|), so for a well-calibrated model with small
+N the interval can lie entirely above the point estimate; it is reported as is (not widened to
+contain the point), with the bootstrap mean beside it (``boot_mean`` − ``ece`` estimates the bias).
 
 Outputs (``out/calibration``): ``ece_bootstrap.csv`` (method, task, seed, n, ece, ci_low, ci_high,
 rows with seed "pooled" pool all seeds of a method), ``reliability_bins.csv`` (pooled per method and
 task: bin, lo, hi, count, confidence, accuracy), ``reliability_<task>.png`` (a reliability diagram
-and a confidence histogram per method).
+over a strip of per-bin counts per method, at most 3 per row).
 """
 
 from __future__ import annotations
@@ -22,62 +21,46 @@ from pathlib import Path
 import numpy as np
 
 from lrvd_bench.analyze.common import SkipAnalysis, Trial, write_csv
-from lrvd_bench.figures import pyplot, safe, save_figure
+from lrvd_bench.figures import reliability_grid, safe, save_figure
 
 N_BINS = 15
 N_BOOT = 1000
 
 
-def _conf_correct(probs, labels) -> tuple[np.ndarray, np.ndarray]:
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels).astype(np.int64)
-    return probs.max(-1), (probs.argmax(-1) == labels).astype(np.float64)
+def _tensors(probs, labels):
+    import torch
 
-
-def _bin_index(conf: np.ndarray, n_bins: int) -> np.ndarray:
-    return np.minimum(np.floor(conf * n_bins).astype(np.int64), n_bins - 1)
+    return torch.as_tensor(np.asarray(probs, dtype=np.float64)), torch.as_tensor(np.asarray(labels).astype(np.int64))
 
 
 def reliability_bins(probs, labels, n_bins: int = N_BINS) -> dict[str, np.ndarray]:
-    """Per bin: count, mean confidence, accuracy (0 in empty bins), as lrvd.metrics.calibration_bins."""
-    conf, correct = _conf_correct(probs, labels)
-    idx = _bin_index(conf, n_bins)
-    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
-    safe_count = np.maximum(count, 1)
-    return {"count": count, "confidence": np.bincount(idx, conf, n_bins) / safe_count,
-            "accuracy": np.bincount(idx, correct, n_bins) / safe_count}
+    """Per bin: count, mean confidence, accuracy (0 in empty bins), from :func:`lrvd.metrics.calibration_bins`."""
+    from lrvd.metrics import calibration_bins
 
-
-def _ece_from(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
-    """ECE of each row of ``conf``/``correct`` ([B, N] or [N])."""
-    conf, correct = np.atleast_2d(conf), np.atleast_2d(correct)
-    b, n = conf.shape
-    idx = _bin_index(conf, n_bins) + n_bins * np.arange(b)[:, None]
-    gap = (np.bincount(idx.ravel(), (correct - conf).ravel(), b * n_bins)).reshape(b, n_bins)
-    return np.abs(gap).sum(1) / n  # Σ_b |S_b|/N · |acc_b − conf_b| = Σ_b |Σ_{i∈b}(correct_i − conf_i)| / N
-
-
-def ece(probs, labels, n_bins: int = N_BINS) -> float:
-    conf, correct = _conf_correct(probs, labels)
-    return float(_ece_from(conf, correct, n_bins)[0])
+    count, confidence, accuracy = calibration_bins(*_tensors(probs, labels), n_bins)
+    return {"count": count.numpy(), "confidence": confidence.numpy(), "accuracy": accuracy.numpy()}
 
 
 def ece_bootstrap(probs, labels, n_boot: int = N_BOOT, level: float = 0.95, seed: int = 0,
                   n_bins: int = N_BINS, return_mean: bool = False) -> tuple[float, ...]:
-    """(ECE, CI low, CI high[, bootstrap mean]): percentile interval over ``n_boot`` resamples."""
-    conf, correct = _conf_correct(probs, labels)
-    point = float(_ece_from(conf, correct, n_bins)[0])
-    n = len(conf)
+    """(ECE, CI low, CI high[, bootstrap mean]): scipy's percentile interval over ``n_boot`` resamples."""
+    from lrvd.metrics import expected_calibration_error
+    from scipy.stats import bootstrap
+
+    probs, labels = _tensors(probs, labels)
+    n = len(labels)
     if n == 0:
         return (float("nan"),) * (4 if return_mean else 3)
-    rng = np.random.default_rng(seed)
-    values = []
-    for start in range(0, n_boot, 100):  # chunks keep the [B, N] index matrix small
-        idx = rng.integers(0, n, size=(min(100, n_boot - start), n))
-        values.append(_ece_from(conf[idx], correct[idx], n_bins))
-    values = np.concatenate(values)
-    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return (point, float(lo), float(hi), float(values.mean())) if return_mean else (point, float(lo), float(hi))
+    point = expected_calibration_error(probs, labels, n_bins)
+
+    def resampled_ece(idx: np.ndarray) -> float:
+        return expected_calibration_error(probs[idx], labels[idx], n_bins)
+
+    res = bootstrap((np.arange(n),), resampled_ece, n_resamples=n_boot, confidence_level=level,
+                    method="percentile", vectorized=False, rng=np.random.default_rng(seed))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    mean = float(np.mean(res.bootstrap_distribution))
+    return (point, lo, hi, mean) if return_mean else (point, lo, hi)
 
 
 def run(trials: list[Trial], out: Path, n_boot: int = N_BOOT, seed: int = 0) -> list[Path]:
@@ -114,31 +97,13 @@ def run(trials: list[Trial], out: Path, n_boot: int = N_BOOT, seed: int = 0) -> 
                               "accuracy": b["accuracy"][i]})
     files = [write_csv(pd.DataFrame(rows), out / "ece_bootstrap.csv"),
              write_csv(pd.DataFrame(bins_rows), out / "reliability_bins.csv")]
-    plt = pyplot()
     ece_rows = {(r["task"], r["method"]): r for r in rows if r["seed"] == "pooled"}
     for task in sorted({t for t, _ in pooled}):
         methods = sorted(m for t, m in pooled if t == task)
-        fig, axes = plt.subplots(2, len(methods), figsize=(2.8 * len(methods), 5.2), squeeze=False,
-                                 gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-        for j, method in enumerate(methods):
-            probs, labels = pooled[(task, method)]
-            b = reliability_bins(probs, labels)
-            centers = (np.arange(N_BINS) + 0.5) / N_BINS
-            nonempty = b["count"] > 0
-            ax = axes[0, j]
-            ax.bar(centers[nonempty], b["accuracy"][nonempty], width=1 / N_BINS, edgecolor="k", alpha=0.7,
-                   label="accuracy")
-            ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-            r = ece_rows[(task, method)]
-            ax.set_title(f"{method}\nECE {r['ece']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", fontsize=8)
-            ax.set_ylim(0, 1)
-            if j == 0:
-                ax.set_ylabel("accuracy")
-            conf = np.asarray(probs).max(-1)
-            axes[1, j].hist(conf, bins=np.linspace(0, 1, N_BINS + 1), color="gray")
-            axes[1, j].set_xlabel("confidence")
-            if j == 0:
-                axes[1, j].set_ylabel("count")
-        fig.suptitle(f"{task}: reliability (all seeds pooled, 95% bootstrap CI)", fontsize=9)
+        titles = {m: f"{m}\nECE {r['ece']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}], n={r['n']}"
+                  for m in methods for r in [ece_rows[(task, m)]]}
+        fig = reliability_grid({m: pooled[(task, m)] for m in methods}, titles,
+                               f"{task}: reliability (all seeds pooled, 95% bootstrap CI; strip: examples per bin)",
+                               N_BINS)
         files.append(save_figure(fig, out / f"reliability_{safe(task)}.png"))
     return files

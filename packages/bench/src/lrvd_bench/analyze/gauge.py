@@ -12,7 +12,7 @@ cumulative sum of M permuted by the order (non-orthogonal components may oversho
 AUC = mean of a curve over k; the reported improvement is AUC(bayes) − mean AUC(random) per module
 and seed (> 0: log α ranks components better than chance).
 
-Input: BayesLoRA trials' ``adapter/adapter.safetensors`` (``*.A_mu``, ``*.B_mu``, ``*.rank_log_sigma2``);
+Input: BayesLoRA trials' saved ``adapter/`` (native ``*.A_mu``, ``*.B_mu``, ``*.rank_log_sigma2``);
 log α is recomputed with :meth:`lrvd.layers.LRVDLinear.rank_log_alpha`. Outputs (``out/gauge``):
 ``gauge_curves.csv`` (method, task, seed, module, k, svd, bayes, random_mean, random_std),
 ``gauge_auc.csv`` (… module, r, auc_svd, auc_bayes, auc_random, auc_improvement),
@@ -77,12 +77,12 @@ def alignment(A, B, log_alpha, n_perm: int = N_PERM, seed: int = 0) -> dict:
 def adapter_factors(adapter_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Module name → (A_mu, B_mu, rank log α) from a saved BayesLoRA adapter."""
     import torch
-    from safetensors.torch import load_file
     from torch import nn
 
+    from lrvd.adapter_io import read_adapter
     from lrvd.layers import LRVDLinear
 
-    state = load_file(str(adapter_dir / "adapter.safetensors"))
+    state = read_adapter(adapter_dir)[1]
     out = {}
     for key in state:
         if not key.endswith(".A_mu"):
@@ -105,10 +105,11 @@ def run(trials: list[Trial], out: Path, n_perm: int = N_PERM) -> list[Path]:
 
     curves, aucs = [], []
     for t in trials:
-        adapter = t.path / "adapter" / "adapter.safetensors"
-        if not adapter.exists():
+        from lrvd.adapter_io import has_adapter
+
+        if not has_adapter(t.path / "adapter"):
             continue
-        factors = adapter_factors(adapter.parent)
+        factors = adapter_factors(t.path / "adapter")
         for i, (module, (A, B, la)) in enumerate(sorted(factors.items())):
             res = alignment(A, B, la, n_perm=n_perm, seed=1000 * t.seed + i)
             ident = {"method": t.method, "task": t.task, "seed": t.seed, "module": module}
@@ -118,7 +119,7 @@ def run(trials: list[Trial], out: Path, n_perm: int = N_PERM) -> list[Path]:
                 curves.append({**ident, "k": k + 1, "svd": res["svd"][k], "bayes": res["bayes"][k],
                                "random_mean": res["random_mean"][k], "random_std": res["random_std"][k]})
     if not aucs:
-        raise SkipAnalysis("no BayesLoRA adapter (adapter/adapter.safetensors with A_mu/B_mu) in any trial")
+        raise SkipAnalysis("no BayesLoRA adapter (adapter/ with A_mu/B_mu) in any trial")
     out.mkdir(parents=True, exist_ok=True)
     curves_df, auc_df = pd.DataFrame(curves), pd.DataFrame(aucs)
     files = [write_csv(curves_df, out / "gauge_curves.csv"), write_csv(auc_df, out / "gauge_auc.csv")]

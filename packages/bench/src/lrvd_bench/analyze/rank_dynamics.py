@@ -1,9 +1,10 @@
 """Rank dynamics: active rank per layer × step and per module type × step; effective rank over training.
 
 Input: every trial's ``ranks.csv`` (step, module, rank — BayesLoRA: #{k : log α_k < τ}; AdaLoRA and
-AdaLoRA-IVON: the allocated rank). Heatmaps are drawn for methods whose rank is adaptive (the names in
-``ADAPTIVE`` or any method whose rank changes in some trial), averaged over seeds; the effective-rank
-curve (sum over modules) is drawn for every method, mean ± std across seeds.
+AdaLoRA-IVON: the allocated rank). Heatmaps are drawn for methods whose rank is adaptive (those that
+declare the ``adaptive_rank`` capability, or any method whose rank changes in some trial), averaged
+over seeds; the effective-rank curve (sum over modules) is drawn for every method, mean ± std across
+seeds, one panel per method.
 
 Outputs (``out/rank_dynamics``): ``rank_by_layer.csv``, ``rank_by_type.csv`` (method, task, seed,
 step, layer|type, rank), ``effective_rank.csv`` (method, task, step, mean, std, n_seeds),
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lrvd_bench.analyze.common import SkipAnalysis, Trial, layer_index, module_type, write_csv
-from lrvd_bench.figures import pyplot, safe, save_figure
+from lrvd.registry import method_capability
 
-ADAPTIVE = ("bayeslora", "adalora", "adalora-ivon")
+from lrvd_bench.analyze.common import SkipAnalysis, Trial, layer_index, module_type, write_csv
+from lrvd_bench.figures import pyplot, rank_curve_grid, safe, save_figure
+
 TYPE_ORDER = ("q", "k", "v", "o", "mlp", "other")
 
 
@@ -82,7 +84,7 @@ def run(trials: list[Trial], out: Path) -> list[Path]:
     changing = set(ranks.groupby(["method", "task", "seed", "module"])["rank"].nunique().loc[lambda s: s > 1]
                    .index.get_level_values("method"))
     for (method, task), group in by_layer.groupby(["method", "task"]):
-        if method not in ADAPTIVE and method not in changing:
+        if method not in changing and not method_capability(method, "adaptive_rank"):
             continue
         table = group.groupby(["layer", "step"])["rank"].mean().unstack("step").sort_index()
         files.append(_heatmap(table, f"{method} on {task}: active rank per layer", "layer",
@@ -93,17 +95,9 @@ def run(trials: list[Trial], out: Path) -> list[Path]:
         files.append(_heatmap(table, f"{method} on {task}: active rank per module type", "module type",
                               out / f"heatmap_type_{safe(method)}_{safe(task)}.png"))
     files += _log_alpha(trials, out)
-    plt = pyplot()
     for task, group in effective.groupby("task"):
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
-        for method, g in group.groupby("method"):
-            g = g.sort_values("step")
-            ax.plot(g["step"], g["mean"], label=method)
-            ax.fill_between(g["step"], g["mean"] - g["std"], g["mean"] + g["std"], alpha=0.2)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("effective rank (sum over modules)")
-        ax.set_title(f"{task}: effective rank, mean ± std over seeds", fontsize=9)
-        ax.legend(fontsize=7)
+        curves = {method: g for method, g in group.groupby("method")}
+        fig = rank_curve_grid(curves, f"{task}: effective rank (sum over modules), mean ± std over seeds")
         files.append(save_figure(fig, out / f"effective_rank_{safe(task)}.png"))
     return files
 

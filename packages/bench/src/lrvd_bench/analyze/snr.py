@@ -5,8 +5,8 @@ Triplet score as peft's RankAllocator combines element scores:
 ``S_k = s(λ_k) + mean_j s(Q_kj) + mean_i s(P_ik)`` (``lora_E``, ``lora_A``, ``lora_B``).
 
 - SNR importance: s = :func:`lrvd_baselines.adalora_ivon.importance` with the run's criterion
-  (default ``snr-abs``) on the saved posterior (μ from ``adapter/adapter.safetensors``, σ from
-  ``adapter/method_state.safetensors`` keys ``ivon_std.*``);
+  (default ``snr-abs``) on the saved posterior (μ and σ, the extra tensors ``ivon_std.*``, from the
+  saved ``adapter/``, read with :func:`lrvd.adapter_io.read_adapter`);
 - magnitude: s = |μ| (criterion ``mean``);
 - sensitivity: AdaLoRA's s = Ī·Ū (EMAs of |w·∂L/∂w| and of its deviation, β1, β2 of the run) is
   *not* saved by trials (peft keeps it in the allocator, dropped after training; AdaLoRA-IVON never
@@ -17,8 +17,8 @@ Triplet score as peft's RankAllocator combines element scores:
   is the sensitivity AdaLoRA would see at the end of training, not the EMA along the trajectory
   that drove its masking. If the rebuild fails the correlation is reported as missing (one note).
 
-Per module (≥ 3 triplets) the Spearman rank correlation (ties averaged) of SNR vs |μ| (and SNR vs
-sensitivity when available). Outputs (``out/snr``): ``snr_scores.csv`` (per triplet),
+Per module (≥ 3 triplets) the Spearman rank correlation (:func:`scipy.stats.spearmanr`, ties
+averaged) of SNR vs |μ| (and SNR vs sensitivity when available). Outputs (``out/snr``): ``snr_scores.csv`` (per triplet),
 ``snr_spearman.csv`` (per module and seed), ``snr_spearman.png`` (histogram of ρ per method).
 """
 
@@ -28,41 +28,29 @@ from pathlib import Path
 
 import numpy as np
 
+from lrvd.registry import method_capability
+
 from lrvd_bench.analyze.common import SkipAnalysis, Trial, write_csv
 from lrvd_bench.figures import pyplot, save_figure
 
-METHODS = ("adalora-ivon", "adalora")
 STD_PREFIX = "ivon_std."
 SENSITIVITY_FILE = "sensitivity.safetensors"
 
 
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (scipy.stats.rankdata's ``average``)."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x), dtype=np.float64)
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return ranks
-
-
 def spearman(x, y) -> float:
-    """Spearman ρ = Pearson correlation of the tie-averaged ranks; NaN if fewer than 2 points or a constant."""
+    """Spearman ρ (ties averaged), :func:`scipy.stats.spearmanr`; NaN if fewer than 2 points or a constant."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) != len(y):
         raise ValueError(f"spearman needs equal lengths, got {len(x)} and {len(y)}")
     if len(x) < 2:
         return float("nan")
-    rx, ry = rankdata(x), rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt((rx**2).sum() * (ry**2).sum())
-    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+    with warnings.catch_warnings():  # a constant input gives NaN (and scipy's ConstantInputWarning)
+        warnings.simplefilter("ignore")
+        return float(spearmanr(x, y).statistic)
 
 
 def triplet_scores(E, A, B) -> np.ndarray:
@@ -125,7 +113,7 @@ def module_correlations(mu: dict, sigma: dict | None, sensitivity: dict | None, 
 
     rows = []
     for prefix, names in sorted(_modules(mu).items()):
-        def score(fn) -> np.ndarray:
+        def score(fn, names=names) -> np.ndarray:
             return triplet_scores(*(fn(names[f]) for f in ("E", "A", "B")))
 
         magnitude = score(lambda n: np.abs(np.asarray(mu[n], dtype=np.float64)))
@@ -150,20 +138,20 @@ def _load(file: Path) -> dict:
 
 
 def run(trials: list[Trial], out: Path, recompute: bool = True, max_batches: int = 16) -> tuple[list[Path], list[str]]:
-    import json
-
     import pandas as pd
 
     notes: list[str] = []
     score_rows, rho_rows = [], []
-    candidates = [t for t in trials if t.method in METHODS and (t.path / "adapter" / "adapter.safetensors").exists()]
+    from lrvd.adapter_io import has_adapter, read_adapter
+
+    candidates = [t for t in trials if method_capability(t.method, "svd_triplets") and has_adapter(t.path / "adapter")]
     if not candidates:
-        raise SkipAnalysis("no adalora / adalora-ivon trial with a saved adapter")
+        raise SkipAnalysis("no trial of a method with svd_triplets (adalora, adalora-ivon) with a saved adapter")
     missing_sigma = missing_sens = 0
     for t in candidates:
         adapter = t.path / "adapter"
-        mu = _load(adapter / "adapter.safetensors")
-        extra = _load(adapter / "method_state.safetensors") if (adapter / "method_state.safetensors").exists() else {}
+        meta, mu, extra = read_adapter(adapter)
+        mu, extra = ({k: v.double().numpy() for k, v in d.items()} for d in (mu, extra))
         sigma = {k[len(STD_PREFIX):]: v for k, v in extra.items() if k.startswith(STD_PREFIX)} or None
         sens = _load(adapter / SENSITIVITY_FILE) if (adapter / SENSITIVITY_FILE).exists() else None
         if sens is None and recompute and (t.path / "spec.json").exists():
@@ -176,7 +164,7 @@ def run(trials: list[Trial], out: Path, recompute: bool = True, max_batches: int
                              f"{str(err).strip()[:100]})")
         missing_sigma += sigma is None
         try:
-            criterion = json.loads((adapter / "adapter_config.json").read_text())["params"].get("criterion", "snr-abs")
+            criterion = meta["params"].get("criterion", "snr-abs")
         except (OSError, ValueError, KeyError):
             criterion = "snr-abs"
         missing_sens += sens is None

@@ -8,8 +8,9 @@ one forward pass over the evaluation split per τ instead of ``n_samples``; the 
 those of the mean model, not of the trial's MC predictive. τ = +inf keeps every rank and reproduces
 the unpruned mean model exactly.
 
-Model rebuild (as :func:`lrvd_bench.trial._run`): ``spec.json`` → method, task, backbone, loaders
-(same limits and seed, so the same evaluation split) → ``method.attach`` → ``method.load_adapter``.
+Model rebuild (:func:`lrvd_bench.reload.rebuild`, as :func:`lrvd_bench.trial._run`): ``spec.json`` →
+method, task, backbone, loaders (same limits and seed, so the same evaluation split) → ``method.attach``
+→ ``method.load_adapter``.
 
 Outputs (``out/tau_sweep``): ``tau_sweep.csv`` (method, task, seed, tau, effective_rank, full_rank,
 accuracy, ece, nll, brier), ``tau_sweep_<task>.png`` (accuracy and ECE against effective rank).
@@ -17,13 +18,13 @@ accuracy, ece, nll, brier), ``tau_sweep_<task>.png`` (accuracy and ECE against e
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from lrvd_bench.analyze.common import SkipAnalysis, Trial, write_csv
 from lrvd_bench.figures import pyplot, safe, save_figure
+from lrvd_bench.reload import rebuild  # noqa: F401  (also imported from here by analyze.snr)
 
 TAU_GRID = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, math.inf)
 
@@ -62,42 +63,14 @@ def sweep_model(method, model, loader, taus=TAU_GRID, device: Any = "cpu") -> li
     return rows
 
 
-def rebuild(trial_dir: Path, *, with_data: bool = False):
-    """(method, model, eval_loader) of a finished trial, with its saved adapter loaded (CPU);
-    ``with_data``: (method, model, loaders) with both ``train_loader`` and ``eval_loader``."""
-    from lrvd.protocol import TrainPlan
-    from lrvd.registry import get_method
-    from lrvd.training import seed_everything
-
-    from lrvd_bench.backbones import load_backbone
-    from lrvd_bench.config import TrialSpec
-    from lrvd_bench.loaders import make_loaders
-    from lrvd_bench.tasks import get_task
-
-    spec = TrialSpec.from_dict(json.loads((trial_dir / "spec.json").read_text()))
-    adapter_spec, train_cfg = spec.build_adapter(), spec.build_train()
-    method = get_method(spec.method)(**spec.method_params)
-    seed_everything(spec.seed)
-    task = get_task(spec.task)
-    backbone = load_backbone(spec.model, task)
-    data = make_loaders(
-        task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
-        eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
-        limit_eval=spec.limit_eval, seed=spec.seed,
-    )
-    plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
-    model = method.attach(backbone.model, adapter_spec, plan)
-    method.load_adapter(model, trial_dir / "adapter")
-    return (method, model, data) if with_data else (method, model, data.eval_loader)
-
-
 def _is_lrvd_adapter(trial: Trial) -> bool:
-    config = trial.path / "adapter" / "adapter_config.json"
-    if not (config.exists() and (trial.path / "spec.json").exists()):
+    from lrvd.adapter_io import has_adapter, read_meta
+
+    if not (has_adapter(trial.path / "adapter") and (trial.path / "spec.json").exists()):
         return False
     try:
-        return "ranks" in json.loads(config.read_text()) and trial.ok
-    except ValueError:
+        return "ranks" in read_meta(trial.path / "adapter").get("extra", {}) and trial.ok
+    except ValueError:  # LRVDError is a ValueError; so is bad JSON
         return False
 
 
@@ -106,7 +79,7 @@ def run(trials: list[Trial], out: Path, taus=TAU_GRID, device: str = "cpu") -> t
 
     candidates = [t for t in trials if _is_lrvd_adapter(t)]
     if not candidates:
-        raise SkipAnalysis("no finished BayesLoRA trial with spec.json and adapter/ (ranks in adapter_config.json)")
+        raise SkipAnalysis("no finished BayesLoRA trial with spec.json and adapter/ (ranks in its sidecar)")
     rows, notes = [], []
     for t in candidates:
         try:

@@ -116,7 +116,7 @@ class Task:
     splits: Mapping[str, str] = field(default_factory=lambda: {"train": "train", "eval": "validation"})
     metric: str = "accuracy"
     carve: Carve | None = None
-    paper_sizes: tuple[int, int] | None = None  # (train, eval) of the BLoB protocol, papers.md C.3
+    paper_sizes: tuple[int, int] | None = None  # (train, eval) of the BLoB protocol (BLoB paper)
 
     # -- records -> examples -----------------------------------------------------------------
     def convert(self, record: dict[str, Any], fallback_id: str) -> Example:
@@ -131,7 +131,7 @@ class Task:
         return [(first, choice) for choice in example.choices]
 
     def causal_prompt(self, example: Example) -> str:
-        """The BLoB / Laplace-LoRA multiple-choice prompt (papers.md C.3)."""
+        """The BLoB / Laplace-LoRA multiple-choice prompt (BLoB's scripts, github Wang-ML-Lab/bayesian-peft)."""
         options = " ".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(example.choices))
         return (
             "Select one of the choices that answers the following question: "

@@ -1,7 +1,7 @@
 """BoolQ: a yes/no question about a Wikipedia passage (binary classification, label 1 = True).
 
-Splits (papers.md C.3): train -> ``train`` (9427, hub only) and eval -> ``validation`` (3270). Only the
-dev set is bundled, so offline it is carved 60 / 40 with seed 0 (1962 train / 1308 eval).
+Splits (the BLoB / Laplace-LoRA protocol): train -> ``train`` (9427, hub only) and eval -> ``validation``
+(3270). Only the dev set is bundled, so offline it is carved 60 / 40 with seed 0 (1962 train / 1308 eval).
 
 Encoders classify the pair (question, passage); causal LMs get the protocol prompt
 "Answer the question with only True or False: {q} Context: {p}." followed by " Answer:" and are

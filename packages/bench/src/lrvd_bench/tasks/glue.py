@@ -1,6 +1,6 @@
 """GLUE CoLA: is an English sentence grammatically acceptable? (binary; primary metric MCC).
 
-Splits (the GLUE dev protocol of AdaLoRA and BayesLoRA, papers.md B.1 / C.1): train -> ``train``
+Splits (the GLUE dev protocol of AdaLoRA and BayesLoRA, AdaLoRA paper Table 1): train -> ``train``
 (8551), eval -> ``validation`` (the GLUE dev set, 1043: 527 in-domain then 516 out-of-domain).
 Label 1 = acceptable; about 69 % of the dev set is acceptable, so accuracy alone hides collapse to
 the majority class — report Matthews correlation.

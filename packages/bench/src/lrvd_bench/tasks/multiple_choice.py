@@ -1,6 +1,6 @@
 """ARC-Challenge, ARC-Easy and OpenBookQA: science questions with 3-5 lettered choices.
 
-Splits (the BLoB / Laplace-LoRA protocol, papers.md C.3): train -> ``train``, eval -> ``validation``
+Splits (the BLoB / Laplace-LoRA protocol): train -> ``train``, eval -> ``validation``
 (ARC-C 1119 / 299, ARC-E 2251 / 570, OBQA 4957 / 500). The ``test`` split is bundled too and
 loadable as ``load("test")``, but the bench does not evaluate on it.
 

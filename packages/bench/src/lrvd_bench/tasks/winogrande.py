@@ -1,6 +1,6 @@
 """WinoGrande (v1.1) WG-S and WG-M: fill the blank ``_`` with one of two names or objects.
 
-Splits (papers.md C.3): train -> ``winogrande_s`` (640) or ``winogrande_m`` (2558) ``train`` from the
+Splits (the BLoB / Laplace-LoRA protocol): train -> ``winogrande_s`` (640) or ``winogrande_m`` (2558) ``train`` from the
 hub; eval -> the shared dev set (``validation``, 1267). Only the dev set is bundled, so offline the
 dev set is carved (see :mod:`lrvd_bench.tasks.base`): 760 / 507 with seed 0, WG-S keeping the first
 640 of the 760 training items (WG-S ⊂ WG-M, as the real training sizes are nested).

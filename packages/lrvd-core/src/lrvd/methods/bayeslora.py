@@ -14,11 +14,24 @@ free per-dataset weight instead: with N ≈ 10⁴ and a log-uniform prior on ~10
 1/N lets the KL dominate and collapses ranks before the data has spoken. β(step) is 0 for the first
 ``kl_warmup`` fraction of steps and then ramps linearly to 1 over ``kl_ramp`` (the authors'
 VLORASchedule; the GLUE bench uses no anneal, our default).
+
+Two protocols of the authors' code, chosen by name with ``protocol`` (docs/methods.md, BayesLoRA):
+
+- ``llm-scripts`` (default; ``bayeslora_llama.py`` / ``bayeslora_gpt.py``): sample the adapter from
+  step 0 with the local reparameterisation trick, and predict with an MC average of softmax over
+  ``n_samples`` draws that also use the local reparameterisation (as the authors' layer does
+  whenever sampling is on).
+- ``glue-bench`` (``run_glue_bench.py`` / ``glue_helpers.py``): never sample; train the posterior
+  means (σ moves only through the KL) and predict with the mean model.
+
+``sample_warmup``, ``local_reparam``, ``n_samples`` and ``prune_every`` left at ``None`` take the
+protocol's value. Both protocols prune during training ("prune-as-you-go", every 200 / 2000 steps).
+Both protocols decay neither the adapter means nor the log-variances; only the head's weight
+matrices get ``weight_decay`` (the GLUE bench's ``build_param_groups``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +43,26 @@ from lrvd.errors import LRVDError, unknown_choice
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, set_sampling
 from lrvd.kl import total_kl
 from lrvd.layers import VARIANTS
-from lrvd.protocol import AdapterSpec, MethodBase, TrainPlan
+from lrvd.protocol import AdapterSpec, MethodBase, TrainPlan, head_groups
 from lrvd import pruning
+
+
+#: The authors' two protocols: what ``sample_warmup``, ``local_reparam``, ``n_samples`` and ``prune_every``
+#: default to.
+PROTOCOLS: dict[str, dict[str, float | int | bool]] = {
+    # bayeslora_llama.py / bayeslora_gpt.py: set_bayeslora_sampling(model, True) every step from step
+    # 0, apply_bayeslora(local_reparam=True), MC evaluation with sampling (and so LRT) on. The scripts
+    # use mc_eval = 5; 10 is the suite's M for every sampled predictive (BLoB, Laplace-LoRA use 10).
+    "llm-scripts": {"sample_warmup": 0.0, "local_reparam": True, "n_samples": 10,
+                    # bayeslora_llama.py: --prune-every 200 from --prune-start-step 0 (argparse defaults;
+                    # bayeslora_gpt.py's README command passes the same 200): prune-as-you-go.
+                    "prune_every": 200},
+    # run_glue_bench.py / glue_helpers.py: sampling is never switched on (LRVDLinear._sample stays
+    # False), evaluate_accuracy / evaluate_metrics run the mean model.
+    "glue-bench": {"sample_warmup": 1.0, "local_reparam": False, "n_samples": 0,
+                   # run_glue_bench.py: --prune_every 2000 (argparse default), from the LR warm-up's end.
+                   "prune_every": 2000},
+}
 
 
 @dataclass
@@ -42,27 +73,35 @@ class BayesLoRAParams:
     kl_warmup: float = field(default=0.0, metadata={"help": "fraction of total steps with KL weight beta = 0"})
     kl_ramp: float = field(default=0.0, metadata={"help": "fraction of total steps of the linear beta ramp 0 -> 1 after kl_warmup"})
     tau: float = field(default=3.0, metadata={"help": "rank log-alpha threshold: ranks with log alpha >= tau are off / pruned"})
-    prune_every: int = field(default=0, metadata={"help": "steps between physical rank pruning (0: never prune)"})
+    prune_every: int | None = field(default=None, metadata={"help": "steps between physical rank pruning, 0: never (default: protocol's, llm-scripts 200, glue-bench 2000)"})
     prune_start: float | None = field(default=None, metadata={"help": "fraction of total steps before the first prune (default: kl_warmup + kl_ramp)"})
     min_ranks: int = field(default=0, metadata={"help": "ranks every module keeps when pruning"})
-    n_samples: int = field(default=10, metadata={"help": "MC samples of the predictive (0: posterior-mean model)"})
-    mc_chunk: int = field(default=0, metadata={"help": "MC samples per forward pass (0: all at once; 1: loop)"})
-    local_reparam: bool = field(default=False, metadata={"help": "local reparameterisation trick in training (factor variant)"})
+    protocol: str = field(default="llm-scripts", metadata={"help": "authors' protocol: llm-scripts (sample from step 0, local reparameterisation, MC predictive) | glue-bench (train and predict at the posterior mean)"})
+    n_samples: int | None = field(default=None, metadata={"help": "MC samples of the predictive, 0: posterior-mean model (default: protocol's, llm-scripts 10, glue-bench 0)"})
+    mc_chunk: int = field(default=0, metadata={"help": "MC samples per forward pass (0: chosen from mc_memory_budget; 1: loop; n_samples: all at once)"})
+    mc_memory_budget: float = field(default=0.1, metadata={"help": "with mc_chunk 0: extra peak memory the MC predictive may use, as a fraction of one deterministic pass"})
+    local_reparam: bool | None = field(default=None, metadata={"help": "local reparameterisation trick whenever sampling, training and prediction (factor variant; default: protocol's)"})
     variant: str = field(default="factor", metadata={"help": "noise model: factor (additive noise on A, B) | gate (multiplicative rank gates)"})
     init_log_sigma2: float = field(default=-8.0, metadata={"help": "initial per-rank log variance"})
     log_sigma2_lr_mult: float = field(default=0.1, metadata={"help": "learning-rate multiplier of the log variances (no weight decay)"})
-    sample_warmup: float = field(default=0.0, metadata={"help": "fraction of total steps trained at the posterior mean before sampling"})
+    sample_warmup: float | None = field(default=None, metadata={"help": "fraction of total steps trained at the posterior mean before sampling (default: protocol's, llm-scripts 0, glue-bench 1 = never)"})
     gauge_fix: bool = field(default=False, metadata={"help": "balance ||A_k|| and ||B_k|| before each prune (fix_gauge)"})
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise unknown_choice("BayesLoRA variant", self.variant, VARIANTS)
+        if self.protocol not in PROTOCOLS:
+            raise unknown_choice("BayesLoRA protocol", self.protocol, PROTOCOLS)
+        for name, value in PROTOCOLS[self.protocol].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         for name in ("kl_warmup", "kl_ramp", "sample_warmup"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise LRVDError(f"{name} is a fraction of training steps in [0, 1], got {getattr(self, name)}")
         if self.prune_start is not None and not 0.0 <= self.prune_start <= 1.0:
             raise LRVDError(f"prune_start is a fraction in [0, 1], got {self.prune_start}")
-        for name in ("kl_scale", "prune_every", "min_ranks", "n_samples", "mc_chunk", "log_sigma2_lr_mult"):
+        for name in ("kl_scale", "prune_every", "min_ranks", "n_samples", "mc_chunk", "mc_memory_budget",
+                     "log_sigma2_lr_mult"):
             if getattr(self, name) < 0:
                 raise LRVDError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -73,6 +112,7 @@ class BayesLoRA(MethodBase):
     name = "bayeslora"
     description = "BayesLoRA / Low-Rank Variational Dropout: rank-wise Gaussian LoRA posterior, ARD rank pruning, MC predictive"
     Params = BayesLoRAParams
+    adaptive_rank = sampled_predictive = posterior_params = per_rank_log_alpha = True
 
     def __init__(self, **hyper_params) -> None:
         super().__init__(**hyper_params)
@@ -117,16 +157,17 @@ class BayesLoRA(MethodBase):
         return model
 
     def param_groups(self, model: ClassifierModel, plan: TrainPlan) -> list[dict]:
-        """Means at ``lr``; log-variances at ``lr · log_sigma2_lr_mult`` without weight decay; head."""
+        """Means at ``lr``, log-variances at ``lr · log_sigma2_lr_mult``, both without weight decay
+        (the GLUE bench's ``build_param_groups``: decay would shrink the means towards pruning);
+        the head as every method's (:func:`lrvd.protocol.head_groups`: decay on weights only)."""
         train = plan.train
         layers = lrvd_modules(model).values()
         means = [t for layer in layers for t in (layer.A_mu, layer.B_mu)]
         log_vars = [layer.rank_log_sigma2 for layer in layers]
-        head = [t for t in model.head_parameters() if t.requires_grad]
         groups = [
-            {"params": means, "lr": train.lr, "weight_decay": train.weight_decay},
+            {"params": means, "lr": train.lr, "weight_decay": 0.0},
             {"params": log_vars, "lr": train.lr * self.params.log_sigma2_lr_mult, "weight_decay": 0.0},
-            {"params": head, "lr": train.head_lr or train.lr, "weight_decay": train.weight_decay},
+            *head_groups(model, train),
         ]
         return [g for g in groups if g["params"]]
 
@@ -142,19 +183,30 @@ class BayesLoRA(MethodBase):
         self.step = step
         self._update_sampling(model, step)
         logs = {"beta": self.kl_beta(step), "kl": self.last_kl}
-        if self.prune_due(step):
+        pruned = self.prune_due(step)
+        if pruned:
             if self.params.gauge_fix:
                 pruning.fix_gauge(model)
             removed = pruning.prune_ranks(model, self.params.tau, self.params.min_ranks, optimizer)
             logs["pruned_ranks"] = float(sum(removed.values()))
-        logs["effective_rank"] = float(pruning.effective_rank(model, self.params.tau))
+        if pruned or self.rank_log_due(step):
+            logs["effective_rank"] = float(pruning.effective_rank(model, self.params.tau))
         return logs
+
+    def rank_log_due(self, step: int) -> bool:
+        """Whether this step's logs carry the effective rank: every ``log_every`` steps and at the
+        last step. Not every step: its medians over every factor entry cost ~9 % of a step at r = 64 on
+        every linear layer, and ``fit`` snapshots the ranks on its own (``rank_report``)."""
+        if self.plan is None:
+            return True
+        every = max(1, self.plan.train.log_every)
+        return step % every == 0 or step >= self.plan.total_steps
 
     @torch.no_grad()
     def predict_proba(self, model, batch, n_samples=None) -> torch.Tensor:
         """Mean of softmax over ``n_samples`` adapter-posterior draws; the mean model when 0."""
         n = self.params.n_samples if n_samples is None else int(n_samples)
-        return mc_predict_proba(model, batch, n, self.params.mc_chunk)
+        return mc_predict_proba(model, batch, n, self.params.mc_chunk, self.params.mc_memory_budget)
 
     def rank_statistics(self, model: ClassifierModel) -> dict[str, list[float]]:
         """Backbone module name → per-rank log α (what the rank-dynamics plots read)."""
@@ -177,21 +229,29 @@ class BayesLoRA(MethodBase):
     def module_ranks(self, model: ClassifierModel) -> dict[str, int]:
         return {name: layer.r for name, layer in lrvd_modules(model.backbone).items()}
 
-    def save_adapter(self, model, path) -> None:
-        """safetensors + JSON; the JSON records every module's (possibly pruned) rank and scaling."""
-        super().save_adapter(model, path)
-        config_file = Path(path) / "adapter_config.json"
-        config = json.loads(config_file.read_text())
-        config["ranks"] = self.module_ranks(model)
-        config["scaling"] = {n: m.scaling for n, m in lrvd_modules(model.backbone).items()}
-        config_file.write_text(json.dumps(config, indent=2))
+    def extra_state(self, model):
+        """Sidecar: every module's (possibly pruned) rank and its scaling."""
+        return {}, {"ranks": self.module_ranks(model),
+                    "scaling": {n: m.scaling for n, m in lrvd_modules(model.backbone).items()}}
+
+    def peft_export(self, model):
+        """Posterior means as a plain peft LoRA (kept ranks via ``rank_pattern``); the per-rank log σ²
+        are not LoRA weights and go to the sidecar."""
+        from lrvd.adapter_io import LoraFactors, lora_export, native_names
+
+        names = native_names(model)
+        if not any(m.r for m in lrvd_modules(model.backbone).values()):
+            return None  # every rank pruned: no LoRA left for peft; the sidecar keeps the state
+        return lora_export(model, {
+            n: LoraFactors(m.A_mu, m.B_mu, m.scaling, m.fan_in_fan_out, names[id(m.A_mu)], names[id(m.B_mu)])
+            for n, m in lrvd_modules(model.backbone).items()
+        })
 
     def load_adapter(self, model, path) -> None:
         """Shrink freshly attached layers to the saved ranks, then load the tensors."""
-        config_file = Path(path) / "adapter_config.json"
-        if not config_file.exists():
-            raise LRVDError(f"no adapter config at {config_file}")
-        ranks: dict[str, int] = json.loads(config_file.read_text()).get("ranks", {})
+        from lrvd.adapter_io import read_meta
+
+        ranks: dict[str, int] = read_meta(path).get("extra", {}).get("ranks", {})
         layers = lrvd_modules(model.backbone)
         for name, r in ranks.items():
             if name not in layers:

@@ -1,0 +1,70 @@
+"""Rebuild a finished trial from its folder and predict again exactly as the trial did.
+
+``spec.json`` → method, task, backbone, loaders (same limits and seeds, so the same evaluation split)
+→ ``method.attach`` → ``method.load_adapter`` (the saved peft adapter + sidecar). :func:`repredict`
+then predicts with the settings the adapter's sidecar records (``evaluation``: n_samples and the
+prediction seed), so on CPU it reproduces the trial's ``predictions.npz`` bit for bit: every sampled
+predictive draws from torch's RNG seeded with the trial seed (:func:`lrvd.training.predict`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load_spec(trial_dir: str | Path):
+    from lrvd_bench.config import TrialSpec
+
+    return TrialSpec.from_dict(json.loads((Path(trial_dir) / "spec.json").read_text()))
+
+
+def rebuild(trial_dir: str | Path, *, with_data: bool = False):
+    """(method, model, eval_loader) of a finished trial, with its saved adapter loaded (CPU);
+    ``with_data``: (method, model, loaders) with both ``train_loader`` and ``eval_loader``."""
+    from lrvd.protocol import TrainPlan
+    from lrvd.registry import get_method
+    from lrvd.training import seed_everything
+
+    from lrvd_bench.backbones import load_backbone
+    from lrvd_bench.loaders import make_loaders
+    from lrvd_bench.tasks import get_task
+
+    trial_dir = Path(trial_dir)
+    spec = load_spec(trial_dir)
+    adapter_spec, train_cfg = spec.build_adapter(), spec.build_train()
+    method = get_method(spec.method)(**spec.method_params)
+    seed_everything(spec.seed)
+    task = get_task(spec.task)
+    backbone = load_backbone(spec.model, task)
+    data = make_loaders(
+        task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
+        eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
+        limit_eval=spec.limit_eval, seed=spec.seed, split_seed=spec.split_seed,
+        validation_fraction=spec.validation_fraction,
+    )
+    plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
+    model = method.attach(backbone.model, adapter_spec, plan)
+    method.load_adapter(model, trial_dir / "adapter")
+    return (method, model, data) if with_data else (method, model, data.eval_loader)
+
+
+def evaluation_settings(trial_dir: str | Path) -> dict[str, Any]:
+    """How the trial predicted: the adapter sidecar's ``evaluation`` block, else the spec's values."""
+    from lrvd.adapter_io import has_adapter, read_meta
+
+    spec = load_spec(trial_dir)
+    adapter = Path(trial_dir) / "adapter"
+    recorded = read_meta(adapter).get("evaluation", {}) if has_adapter(adapter) else {}
+    return {"n_samples": spec.n_samples, "seed": spec.seed, **recorded}
+
+
+def repredict(trial_dir: str | Path, device: str = "cpu"):
+    """(probs [N, C], labels [N]) of a finished trial's reloaded adapter, predicted as the trial did."""
+    from lrvd.training import predict
+
+    settings = evaluation_settings(trial_dir)
+    method, model, loader = rebuild(trial_dir)
+    return predict(method, model, loader, n_samples=settings["n_samples"], device=device, progress=False,
+                   seed=settings["seed"])

@@ -1,0 +1,153 @@
+"""Paired differences from the reference method: hand-computed bootstrap cases and the leaderboard's columns."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lrvd.errors import LRVDError
+from lrvd.metrics import expected_calibration_error
+from lrvd_bench import cli
+from lrvd_bench.config import load_config
+from lrvd_bench.leaderboard import gather_rows, to_markdown, write_leaderboard
+from lrvd_bench.paired import paired_deltas, resample_questions, score_trial
+from lrvd_bench.plots import make_figures
+
+LABELS = np.array([0, 0, 1, 1])
+#: reference: right, wrong, right, wrong (acc 0.5); confidences kept off the 15-bin edges
+REF = np.array([[0.9, 0.1], [0.35, 0.65], [0.25, 0.75], [0.65, 0.35]])
+#: method: right, right, right, wrong (acc 0.75)
+METHOD = np.array([[0.85, 0.15], [0.75, 0.25], [0.15, 0.85], [0.65, 0.35]])
+RESAMPLES = np.array([[0, 1, 2, 3], [1, 1, 1, 1], [0, 0, 2, 3], [0, 2, 3, 3]])
+
+
+def test_paired_bootstrap_matches_a_hand_computed_case():
+    ref, own = score_trial(REF, LABELS, RESAMPLES), score_trial(METHOD, LABELS, RESAMPLES)
+    # per-question accuracy differences d = [0, 1, 0, 0]; on the four resamples: 1/4, 1, 0, 0
+    np.testing.assert_allclose(own.resampled["accuracy"] - ref.resampled["accuracy"], [0.25, 1.0, 0.0, 0.0])
+    # ECE (15 bins): reference (2·0.65 + 0.25 + 0.1)/4 = 0.4125, method (|2 − 1.7| + 0.25 + 0.65)/4 = 0.3;
+    # on resample [1, 1, 1, 1] only question 1: reference |0 − 0.65|, method |1 − 0.75|
+    assert ref.point["ece"] == pytest.approx(0.4125) and own.point["ece"] == pytest.approx(0.3)
+    assert (ref.resampled["ece"][1], own.resampled["ece"][1]) == pytest.approx((0.65, 0.25))
+    for probs, scores in ((REF, ref), (METHOD, own)):  # every resample as the leaderboard's ECE would score it
+        expected = [expected_calibration_error(torch.tensor(probs[row]), torch.tensor(LABELS[row]))
+                    for row in RESAMPLES]
+        np.testing.assert_allclose(scores.resampled["ece"], expected, rtol=0, atol=1e-12)
+    nll_ref = -np.log([0.9, 0.35, 0.75, 0.35])
+    nll_own = -np.log([0.85, 0.75, 0.85, 0.35])
+    d = nll_own - nll_ref
+    # seed 1: the method predicts exactly what the reference does, so every Δ there is 0 and the
+    # paired mean halves seed 0's; seed 2 has no reference trial and is left out
+    deltas = paired_deltas({0: own, 1: ref, 2: own}, {0: ref, 1: ref}, level=0.5)
+    acc = deltas["accuracy"]
+    # Δ* = [1/8, 1/2, 0, 0]; sorted [0, 0, 1/8, 1/2]: linear quantiles at 0.25 → 0, at 0.75 → 1/8 + 1/4·3/8
+    assert (acc.delta, acc.lo, acc.hi, acc.n_seeds) == pytest.approx((0.125, 0.0, 0.125 + 0.375 / 4, 2))
+    assert not acc.excludes_zero
+    nll = deltas["nll"]
+    boot = np.array([d.mean(), d[1], d[[0, 0, 2, 3]].mean(), d[[0, 2, 3, 3]].mean()]) / 2
+    assert nll.delta == pytest.approx(d.mean() / 2)
+    assert (nll.lo, nll.hi) == pytest.approx(tuple(np.quantile(boot, [0.25, 0.75])))
+    assert nll.hi < 0 and nll.excludes_zero  # the method is more confident where right on every resample
+    assert deltas["ece"].delta == pytest.approx((0.3 - 0.4125) / 2)
+    brier_ref = [0.02, 2 * 0.65**2, 2 * 0.25**2, 2 * 0.65**2]
+    brier_own = [2 * 0.15**2, 2 * 0.25**2, 2 * 0.15**2, 2 * 0.65**2]
+    assert deltas["brier"].delta == pytest.approx((np.mean(brier_own) - np.mean(brier_ref)) / 2)
+
+
+def test_paired_deltas_refuse_unpaired_trials():
+    own = score_trial(METHOD, LABELS, RESAMPLES)
+    with pytest.raises(ValueError, match="no seed in common"):
+        paired_deltas({0: own}, {1: own})
+    other = score_trial(METHOD, LABELS[::-1].copy(), RESAMPLES)
+    with pytest.raises(ValueError, match="seed 0: the evaluation questions differ"):
+        paired_deltas({0: own}, {0: other})
+    assert resample_questions(5, 3, seed=1).shape == (3, 5)
+    np.testing.assert_array_equal(resample_questions(5, 3, seed=1), resample_questions(5, 3, seed=1))
+
+
+# -- the leaderboard ---------------------------------------------------------------------------------
+N = 200
+
+
+def _trial(run, method, seed, correct, confidence):
+    """A finished trial whose predictions are right on the questions in ``correct`` (2 classes)."""
+    labels = np.arange(N) % 2
+    pred = np.where(correct, labels, 1 - labels)
+    probs = np.full((N, 2), 1 - confidence)
+    probs[np.arange(N), pred] = confidence
+    trial_id = f"{method}-arc-e-s{seed}"
+    folder = run / "trials" / trial_id
+    folder.mkdir(parents=True)
+    np.savez_compressed(folder / "predictions.npz", probs=probs, labels=labels)
+    from lrvd.metrics import classification_metrics
+
+    metrics = classification_metrics(torch.from_numpy(probs), torch.from_numpy(labels))
+    row = {"trial_id": trial_id, "method": method, "task": "arc-e", "model": "minilm", "seed": seed,
+           "status": "ok", "learned": True, "n_train": 360, "n_val": 40, "n_eval": N, **metrics}
+    (folder / "result.json").write_text(json.dumps(row))
+
+
+@pytest.fixture
+def run(tmp_path):
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        base = rng.random(N) < 0.5                      # the reference: right on about half
+        better = base | (rng.random(N) < 0.4)           # right wherever the reference is, and on more
+        _trial(tmp_path, "lora", seed, base, 0.7)
+        _trial(tmp_path, "bayeslora", seed, better, 0.7)
+        _trial(tmp_path, "mc-dropout-lora", seed, base, 0.7)  # the reference's predictions exactly
+    return tmp_path
+
+
+def test_leaderboard_has_paired_columns_markers_and_forest_plot(run):
+    board = write_leaderboard(gather_rows(run), run)
+    csv = pd.read_csv(run / "leaderboard.csv").set_index("method")
+    for metric in ("accuracy", "ece", "nll", "brier"):
+        for suffix in ("", "_lo", "_hi"):
+            assert f"delta_{metric}{suffix}" in csv.columns
+    assert set(csv["reference"]) == {"lora"}
+    assert math.isnan(csv.loc["lora", "delta_accuracy"])
+    bayes = csv.loc["bayeslora"]
+    # the paired Δ is the difference of the two leaderboard means over the paired seeds
+    assert bayes["delta_accuracy"] == pytest.approx(bayes["accuracy_mean"] - csv.loc["lora", "accuracy_mean"])
+    assert bayes["delta_ece"] == pytest.approx(bayes["ece_mean"] - csv.loc["lora", "ece_mean"])
+    assert 0 < bayes["delta_accuracy_lo"] < bayes["delta_accuracy"] < bayes["delta_accuracy_hi"]
+    assert bayes["delta_n_seeds"] == 2
+    same = csv.loc["mc-dropout-lora"]
+    assert (same["delta_accuracy"], same["delta_accuracy_lo"], same["delta_accuracy_hi"]) == (0, 0, 0)
+
+    md = (run / "leaderboard.md").read_text()
+    assert "| acc | acc SE |" in md
+    se = math.sqrt(bayes["accuracy_mean"] * (1 - bayes["accuracy_mean"]) / N)
+    assert f"| {se:.3f} |" in md.split("\n")[2 + list(board["method"]).index("bayeslora")]
+    lines = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| arc-e | ")
+             and "[" in line}
+    assert set(lines) == {"bayeslora", "mc-dropout-lora"}
+    delta = f"{bayes['delta_accuracy']:+.3f} [{bayes['delta_accuracy_lo']:+.3f}, {bayes['delta_accuracy_hi']:+.3f}] *"
+    assert delta in lines["bayeslora"]
+    ece = f"{bayes['delta_ece']:+.3f} [{bayes['delta_ece_lo']:+.3f}, {bayes['delta_ece_hi']:+.3f}] *"
+    assert bayes["delta_ece_hi"] < 0 and ece in lines["bayeslora"]  # an interval below 0 is marked too
+    assert "+0.000 [+0.000, +0.000] |" in lines["mc-dropout-lora"] and "*" not in lines["mc-dropout-lora"]
+    assert "Paired differences from lora" in md
+
+    paths = make_figures(run, gather_rows(run))
+    assert run / "figures" / "paired_differences_arc-e.png" in paths
+
+
+def test_reference_is_configurable_and_checked(run, capsys):
+    board = write_leaderboard(gather_rows(run), run, reference="bayeslora")
+    lora = board.set_index("method").loc["lora"]
+    assert lora["reference"] == "bayeslora" and lora["delta_accuracy_hi"] < 0
+    (run / "config.yaml").write_text("reference: mc-dropout-lora\n")
+    board = write_leaderboard(gather_rows(run), run)
+    assert set(board["reference"]) == {"mc-dropout-lora"}
+    with pytest.raises(LRVDError, match="unknown reference method 'lorra'; valid choices: .*lora"):
+        load_config(None, {"methods": "lora", "reference": "lorra"})
+    assert cli.main(["leaderboard", str(run), "--reference", "lorra"]) == 2
+    assert "unknown reference method 'lorra'" in capsys.readouterr().err
+    assert "Paired differences" not in to_markdown(board.assign(delta_accuracy=math.nan))

@@ -1,0 +1,226 @@
+"""BayesLoRA pinned to the authors' code (github mercury0100/bayeslora) and to hand-computed values.
+
+Each test is built so that the wrong formula, default or wiring it names turns it red: B entries
+with small log α (a KL over A only shows), distinct per-rank variances (untied noise shows), ranks
+half a nat either side of τ (an off-by-one threshold shows), a β strictly between 0 and 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TinyBertClassifier, make_toy_loader
+from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan
+from lrvd.inject import lrvd_modules, sampling
+from lrvd.kl import K1, K2, K3
+from lrvd.layers import LRVDLinear
+from lrvd.methods.bayeslora import PROTOCOLS, BayesLoRA
+from lrvd.pruning import prune_ranks
+
+SPEC = AdapterSpec(target_modules=["query", "value"], r=4, alpha=8.0)
+
+
+def kl_by_hand(log_alpha: float) -> float:
+    """Molchanov et al. (2017) eq. 14, written out independently of lrvd.kl."""
+    sigmoid = 1.0 / (1.0 + math.exp(-(K2 + K3 * log_alpha)))
+    return -(K1 * sigmoid - 0.5 * math.log1p(math.exp(-log_alpha)) - K1)
+
+
+def batch():
+    return next(iter(make_toy_loader(n=8, batch_size=8, shuffle=False)))
+
+
+def attached(total_steps: int = 20, train: TrainConfig | None = None, **params):
+    method = BayesLoRA(**params)
+    model = method.attach(TinyBertClassifier(), SPEC, TrainPlan(total_steps, 64, train or TrainConfig()))
+    return method, model
+
+
+# -- KL ----------------------------------------------------------------------------------------------
+def test_kl_sums_b_entries_too():
+    """B entries of order 1 have log α ≈ log σ², so their KL is as large as A's: a KL over A alone
+    misses about half the total (the old test's B ~ U(±1e-3) had log α_B ≥ 10, KL ≈ 0)."""
+    torch.manual_seed(0)
+    layer = LRVDLinear(nn.Linear(3, 4), r=2, scaling=1.0)
+    with torch.no_grad():
+        layer.A_mu.copy_(torch.tensor([[0.5, -1.0, 2.0], [0.3, 0.7, -0.4]]))
+        layer.B_mu.copy_(torch.tensor([[1.0, -0.6], [0.8, 0.5], [-1.5, 0.9], [0.2, -1.2]]))
+        layer.rank_log_sigma2.copy_(torch.tensor([-3.0, -1.0]))
+    s2 = [-3.0, -1.0]
+    kl_a = sum(kl_by_hand(s2[k] - math.log(a**2 + 1e-8)) for k in range(2) for a in layer.A_mu[k].tolist())
+    kl_b = sum(kl_by_hand(s2[k] - math.log(row[k] ** 2 + 1e-8)) for k in range(2) for row in layer.B_mu.tolist())
+    assert kl_b > 0.5 * kl_a  # the case exercises B
+    assert float(layer.kl().detach()) == pytest.approx(kl_a + kl_b, rel=1e-5)
+
+
+# -- noise tied per rank ------------------------------------------------------------------------------
+def test_factor_noise_is_tied_per_rank_in_a_and_b():
+    """Row k of A and column k of B share σ_k (the authors' tie_alpha_per_rank=True)."""
+    torch.manual_seed(0)
+    layer = LRVDLinear(nn.Linear(6, 5), r=3, scaling=1.0)
+    log_s2 = torch.tensor([-4.0, -1.0, 1.0])  # distinct per-rank variances
+    with torch.no_grad():
+        layer.rank_log_sigma2.copy_(log_s2)
+    A, B = layer.sample_factors(20000)
+    sd_a = (A - layer.A_mu).std(dim=(0, 2))  # per rank k: over samples and d_in
+    sd_b = (B - layer.B_mu).std(dim=(0, 1))  # per rank k: over samples and d_out
+    expected = torch.exp(0.5 * log_s2)
+    torch.testing.assert_close(sd_a.detach(), expected, rtol=0.02, atol=0)
+    torch.testing.assert_close(sd_b.detach(), expected, rtol=0.02, atol=0)
+
+
+# -- pruning threshold -------------------------------------------------------------------------------
+def layer_with_rank_log_alphas(values: list[float]) -> LRVDLinear:
+    """All |μ| = 0.1, so log α_k = log σ_k² − log 0.01 for every entry (and both medians)."""
+    layer = LRVDLinear(nn.Linear(3, 3), r=len(values), scaling=1.0)
+    with torch.no_grad():
+        layer.A_mu.fill_(0.1)
+        layer.B_mu.fill_(-0.1)
+        layer.rank_log_sigma2.copy_(torch.tensor(values) + math.log(0.01 + 1e-8))
+    return layer
+
+
+def test_prune_threshold_is_tau_not_one_nat_off():
+    """Ranks half a nat (and 0.99 nat) below τ stay, above τ go (the authors' prune keeps log α < τ)."""
+    tau = 3.0
+    layer = layer_with_rank_log_alphas([tau - 0.5, tau + 0.5, tau - 0.99, tau + 0.99])
+    expected = torch.tensor([tau - 0.5, tau + 0.5, tau - 0.99, tau + 0.99])
+    torch.testing.assert_close(layer.rank_log_alpha().detach(), expected, atol=2e-5, rtol=0)
+    removed = prune_ranks(layer, tau=tau)
+    assert removed == {"": 2}
+    assert layer.rank_log_alpha().tolist() == pytest.approx([tau - 0.5, tau - 0.99], abs=1e-4)
+    assert BayesLoRA().params.tau == 3.0  # the GLUE bench's log_alpha_threshold default
+
+
+# -- defaults and initialisation ---------------------------------------------------------------------
+def test_defaults_are_the_authors():
+    """kl_scale 1e-6 (run_glue_bench.py --kl_scale default and glue_helpers.TrainConfig),
+    init_log_sigma2 −8 (bayeslora/hf.py apply_bayeslora), log-variance lr ×0.1 without decay
+    (glue_helpers.build_param_groups), τ = 3, no β anneal (GLUE bench)."""
+    p = BayesLoRA().params
+    assert (p.kl_scale, p.init_log_sigma2, p.log_sigma2_lr_mult, p.tau) == (1e-6, -8.0, 0.1, 3.0)
+    assert (p.kl_warmup, p.kl_ramp) == (0.0, 0.0)
+
+
+def test_attach_initialises_like_the_authors():
+    """rank_log_sigma2 = −8, A_mu ~ kaiming_uniform(a=√5), B_mu ~ U(−1e-3, 1e-3) (bayeslora/hf.py)."""
+    _, model = attached()
+    for layer in lrvd_modules(model).values():
+        assert torch.equal(layer.rank_log_sigma2.detach(), torch.full((SPEC.r,), -8.0))
+        b_max = float(layer.B_mu.detach().abs().max())
+        assert 5e-4 < b_max <= 1e-3
+        bound = 1.0 / math.sqrt(layer.in_features)  # kaiming_uniform(a=√5) bound = 1/√fan_in
+        a_max = float(layer.A_mu.detach().abs().max())
+        assert 0.9 * bound < a_max <= bound
+
+
+# -- β schedule in the loss --------------------------------------------------------------------------
+def test_beta_schedule_enters_the_loss():
+    method, model = attached(total_steps=100, kl_scale=1e-2, kl_warmup=0.2, kl_ramp=0.4)
+    b = batch()
+    logits = model(b)
+    for step, beta in ((0, 0.0), (30, 0.25), (50, 0.75), (90, 1.0)):
+        loss, logs = method.training_loss(model, b, logits, step)
+        assert logs["beta"] == pytest.approx(beta)
+        assert float(loss.detach()) == pytest.approx(logs["nll"] + beta * 1e-2 * logs["kl"], rel=1e-6)
+
+
+# -- protocols -------------------------------------------------------------------------------------
+def test_unknown_protocol_lists_the_valid_ones():
+    with pytest.raises(LRVDError, match="glue-bench.*llm-scripts|llm-scripts.*glue-bench") as err:
+        BayesLoRA(protocol="paper")
+    assert "\n" not in str(err.value)
+
+
+def test_protocol_defaults_and_explicit_overrides():
+    glue = BayesLoRA(protocol="glue-bench").params
+    assert (glue.sample_warmup, glue.local_reparam, glue.n_samples) == (1.0, False, 0)
+    llm = BayesLoRA().params
+    assert llm.protocol == "llm-scripts"
+    assert (llm.sample_warmup, llm.local_reparam, llm.n_samples) == (0.0, True, 10)
+    assert BayesLoRA(protocol="glue-bench", n_samples=4).params.n_samples == 4
+    assert set(PROTOCOLS) == {"glue-bench", "llm-scripts"}
+
+
+def perturb(model) -> None:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in lrvd_modules(model).values():
+            layer.B_mu.copy_(0.1 * torch.randn(layer.B_mu.shape, generator=g))
+            layer.rank_log_sigma2.fill_(0.0)
+
+
+def test_glue_bench_trains_and_predicts_at_the_mean():
+    """run_glue_bench.py never calls set_bayeslora_sampling(model, True): training forwards and the
+    predictive are the mean model, while the KL still moves σ (through the loss)."""
+    method, model = attached(total_steps=10, protocol="glue-bench")
+    perturb(model)
+    model.train()
+    b = batch()
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    for step in range(1, 10):  # every step but the last: on_step_end keeps sampling off
+        method.on_step_end(model, opt, step)
+        torch.testing.assert_close(model(b), model(b))
+    model.eval()
+    with sampling(model, False):
+        mean = torch.softmax(model(b), -1)
+    torch.testing.assert_close(method.predict_proba(model, b), mean)
+    loss, logs = method.training_loss(model, b, model(b), 0)
+    sigma = [layer.rank_log_sigma2 for layer in lrvd_modules(model).values()]
+    grads = torch.autograd.grad(loss, sigma)
+    assert all(float(g.abs().sum()) > 0 for g in grads)  # σ moves only through the KL
+
+
+def test_llm_scripts_sample_with_local_reparam_also_at_prediction():
+    """bayeslora_llama.py: local_reparam=True, sampling on from step 0 and during MC evaluation; the
+    authors' layer uses the local reparameterisation whenever it samples, so two identical rows of
+    one replica group get different outputs (a shared weight draw would give equal ones)."""
+    method, model = attached(total_steps=10)
+    perturb(model)
+    layer = next(iter(lrvd_modules(model).values()))
+    assert layer.local_reparam is True
+    model.train()
+    method.on_step_end(model, None, 1)
+    b = batch()
+    assert not torch.allclose(model(b), model(b))  # sampling from the first step
+    layer.eval()
+    x = torch.randn(1, 7, layer.in_features).expand(2, 7, layer.in_features).contiguous()
+    with sampling(layer, True, n_weight_samples=1):
+        y = layer(x)
+    assert not torch.allclose(y[0], y[1])
+    probs = method.predict_proba(model.eval(), b)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(8))
+
+
+# -- weight decay ------------------------------------------------------------------------------------
+def test_no_weight_decay_on_adapter_means_or_head_biases():
+    """glue_helpers.build_param_groups: A_mu, B_mu and log σ² at weight_decay 0; the head's weight
+    matrix at ``wd``, its bias at 0."""
+    train = TrainConfig(weight_decay=0.1, lr=1e-3, head_lr=1e-2)
+    method, model = attached(train=train)
+    groups = method.param_groups(model, method.plan)
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    for layer in lrvd_modules(model).values():
+        assert decay[id(layer.A_mu)] == decay[id(layer.B_mu)] == decay[id(layer.rank_log_sigma2)] == 0.0
+        assert lr[id(layer.rank_log_sigma2)] == pytest.approx(1e-4)
+    head = model.backbone.classifier
+    assert decay[id(head.weight)] == 0.1 and decay[id(head.bias)] == 0.0
+    assert lr[id(head.weight)] == lr[id(head.bias)] == 1e-2
+    assert len(decay) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_fit_reports_the_nll_part_without_the_kl():
+    """The "not learned" mark reads ``final_nll``: the smoothed NLL, without β · kl_scale · KL."""
+    from lrvd.training import fit
+
+    train = TrainConfig(lr=1e-3, max_steps=3, warmup_ratio=0.0)
+    method, model = attached(total_steps=3, train=train, kl_scale=1e-3)
+    result = fit(method, model, make_toy_loader(), method.plan, device="cpu", progress=False)
+    gap = result.final_loss - result.final_nll
+    assert gap == pytest.approx(1e-3 * method.last_kl, rel=0.2)  # KL barely moves in 3 steps
+    assert result.final_nll < math.log(2) + 0.1
