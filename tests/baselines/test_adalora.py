@@ -77,6 +77,18 @@ def test_ivon_optimizer_receives_the_defaults_and_ess_is_n_train():
     torch.testing.assert_close(sigma[name], torch.full_like(sigma[name], 1 / math.sqrt(N_TRAIN * (1 + 1e-8))))
 
 
+def test_ivon_head_lr_keeps_the_shared_ratio_unless_set():
+    plan = TrainPlan(total_steps=20, n_train=N_TRAIN, train=TrainConfig(lr=2e-3, head_lr=1e-2, max_steps=20))
+    for params, expected in (({}, {"adapter": 0.4, "head": 2.0}), ({"head_lr": 0.7}, {"adapter": 0.4, "head": 0.7})):
+        seed_everything(0)
+        method = get_method("adalora-ivon")(**params)
+        model = method.attach(TinyBertClassifier(), SPEC, plan)
+        optimizer, _ = method.configure_optimizers(model, plan)
+        head = {id(p) for p in model.head_parameters()}
+        lrs = {("head" if id(g["params"][0]) in head else "adapter"): g["initial_lr"] for g in optimizer.param_groups}
+        assert lrs == pytest.approx(expected)
+
+
 def test_ivon_ess_override_is_used():
     method, model, _, plan = attached("adalora-ivon", ess=5.0)
     optimizer, _ = method.configure_optimizers(model, plan)

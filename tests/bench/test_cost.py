@@ -114,6 +114,7 @@ def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path)
         assert row["peak_mib"] > 0  # resident tensors (IVON keeps its state in param groups) + step peak
     by = {r["method"]: r for r in rows}
     assert by["lora"]["step_ms_ratio"] == 1.0 and by["lora"]["step_ratio_iqr"] == 0.0
+    assert by["lora"]["step_cpu_ratio"] == 1.0 and by["bayeslora"]["step_cpu_ms"] > 0
     assert by["bayeslora"]["variational"] > 0
     # default, batched and sequential MC, each timed and with its peak memory beside the deterministic pass
     assert {"pred_s_ms", "pred_batched_ms", "pred_seq_ms", "pred_seq_ratio", "pred_s_peak_ratio",

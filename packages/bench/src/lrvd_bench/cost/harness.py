@@ -58,6 +58,7 @@ class Entry:
     optimizer: Any
     scheduler: Any
     step_times: list[float] = field(default_factory=list)
+    step_cpu_times: list[float] = field(default_factory=list)
     hook_times: list[float] = field(default_factory=list)
     row: dict[str, Any] = field(default_factory=dict)
     error: str = ""
@@ -77,6 +78,15 @@ def timed(fn: Callable[[], Any], device: Any) -> float:
     fn()
     synchronize(device)
     return time.perf_counter() - t0
+
+
+def cpu_timed(fn: Callable[[], Any], device: Any) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of ``fn()``. On a shared CPU the wall time also
+    counts the time the process waited for a core; the CPU time does not, so its ratios between
+    interleaved methods stay readable when neighbours load the machine (on CUDA use the wall time)."""
+    c0 = time.process_time()
+    wall = timed(fn, device)
+    return wall, time.process_time() - c0
 
 
 def overrides(cls: type, hook: str) -> bool:
