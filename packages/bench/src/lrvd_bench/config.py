@@ -119,6 +119,11 @@ class ExperimentConfig:
     scheduler: str | None = field(
         default=None, metadata={"help": "Ray Tune trial scheduler: fifo (default) | asha (stops trials early on the "
                                         "validation metric; needs train.eval_every)"})
+    selection: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "per-method selection on the validation split before the final seeds: {search_space: "
+                          "{METHOD: {KEY: [values]}}, metric: val_nll | val_accuracy, seeds: [0]} "
+                          "(lrvd_bench.selection)"})
     loggers: list[str] = field(
         default_factory=lambda: ["csv", "tensorboard"],
         metadata={"help": "experiment trackers fed every log_every steps: " + ", ".join(LOGGERS)
@@ -176,6 +181,15 @@ class ExperimentConfig:
                              "load_in_8bit: false")
         if self.scheduler not in (None, "fifo", "asha"):
             raise unknown_choice("scheduler", self.scheduler, ["fifo", "asha"])
+        if self.selection:
+            from lrvd_bench import selection
+
+            if self.search_space:
+                raise BenchError("selection and search_space cannot be combined: put the grid under "
+                                 "selection.search_space.<method>")
+            if self.validation_fraction <= 0:
+                raise BenchError("selection scores on the validation split: set validation_fraction > 0 (got 0)")
+            selection.validate(self.selection, self.methods)
         if isinstance(self.loggers, str):
             self.loggers = _csv(self.loggers)
         for name in self.loggers or []:
@@ -277,6 +291,8 @@ class TrialSpec(TrialSettings):
     train: dict[str, Any]
     method_params: dict[str, Any] = field(default_factory=dict)
     search_point: dict[str, Any] = field(default_factory=dict)
+    #: "final" (scored on the evaluation split) or "selection" (validation split only, lrvd_bench.selection)
+    stage: str = "final"
 
     #: Fields that say *where* a trial runs, not *what* it computes: left out of the hash.
     UNHASHED = ("device", "save_adapter", "save_predictions")
@@ -296,6 +312,8 @@ class TrialSpec(TrialSettings):
     def config_hash(self) -> str:
         """sha256 (first 12 hex digits) of the canonical JSON of everything that affects the result."""
         data = {k: v for k, v in self.to_dict().items() if k not in self.UNHASHED}
+        if data.get("stage") == "final":  # the usual stage leaves hashes as they were before stages existed
+            data.pop("stage")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -321,6 +339,9 @@ class TrialSpec(TrialSettings):
                 raise BenchError(f"cannot apply search-space key {key!r} to a trial")
         data["search_point"] = {**self.search_point, **point}
         return TrialSpec.from_dict(data)
+
+    def with_stage(self, stage: str) -> "TrialSpec":
+        return dataclasses.replace(self, stage=stage)
 
     def build_adapter(self) -> AdapterConfig:
         return AdapterConfig(**self.adapter)
@@ -400,17 +421,22 @@ SWEEP_WIDE = ("validation_fraction", "split_seed", "data_dir", "limit_eval")
 
 
 def _check_search_key(key: str) -> None:
+    check_search_key(key)
+
+
+def check_search_key(key: str, where: str = "search_space") -> None:
+    """A dotted key a search (``search_space`` or ``selection``) may vary; else a one-line error."""
     head, _, rest = key.partition(".")
     if head in NESTED:
         valid = [f.name for f in dataclasses.fields(NESTED[head])]
         if rest not in valid:
-            raise BenchError(f"unknown search_space key {key!r}; valid: {', '.join(head + '.' + v for v in valid)}")
+            raise BenchError(f"unknown {where} key {key!r}; valid: {', '.join(head + '.' + v for v in valid)}")
     elif head == "method_params":
         if rest.count(".") != 1:
-            raise BenchError(f"search_space key {key!r} must be method_params.<method>.<name>")
+            raise BenchError(f"{where} key {key!r} must be method_params.<method>.<name>")
     elif head not in TrialSpec.__dataclass_fields__ or rest or head in ("method", "task", "seed", *SWEEP_WIDE):
         raise BenchError(
-            f"unknown search_space key {key!r}; use train.<field>, adapter.<field>, method_params.<method>.<name>, "
+            f"unknown {where} key {key!r}; use train.<field>, adapter.<field>, method_params.<method>.<name>, "
             "or max_length / limit_train / eval_batch_size / n_samples (the data split keys "
             + ", ".join(SWEEP_WIDE) + " are fixed for the whole sweep)"
         )
@@ -477,7 +503,7 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Experiment
     for key, value in data.items():
         if key in NESTED:
             kwargs[key] = _nested(NESTED[key], key, value, source)
-        elif key in ("method_params", "search_space"):
+        elif key in ("method_params", "search_space", "selection"):
             if value is None:
                 value = {}
             if not isinstance(value, dict):
