@@ -23,6 +23,9 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# as lrvd_bench.runner does before Ray is first imported: workers use this venv, not a copy rebuilt
+# from uv.lock by Ray's `uv run` hook (which would lack the optional extras)
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 ray = pytest.importorskip("ray")
 
@@ -231,6 +234,43 @@ def test_trials_report_progress_live_lines_and_curves(ray_session, tmp_path):
     assert list(progress["step"].dropna()) == [1, 2, 3, 4] and len(progress) == 5  # + the final row
     assert _tensorboard_points(folder, "ray/tune/loss") == 4
     assert _tensorboard_points(folder, "ray/tune/val_nll") == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
+def test_optional_trackers_get_every_progress_record_offline(ray_session, tmp_path, monkeypatch, tracker):
+    """MLflow into a file store under the run directory, W&B with WANDB_MODE=offline: each logs the
+    trial's loss once per progress record (skipped when the optional extra is not installed)."""
+    pytest.importorskip(tracker)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    calls = tmp_path / "calls.txt"
+    config = _config(tmp_path, methods="lora", seeds=[0], loggers=["csv", tracker])
+    outcome = run_sweep(config, trial_fn=fake_trial(calls, steps=3), check=False)
+    assert outcome.exit_code == 0
+    if tracker == "mlflow":
+        [experiment] = [p.parent for p in (outcome.run_dir / "mlruns").glob("*/meta.yaml")
+                        if f"name: {outcome.run_dir.name}\n" in p.read_text()]  # one experiment per run directory
+        [loss] = experiment.glob("*/metrics/loss")
+        values = [float(line.split()[1]) for line in loss.read_text().splitlines()]
+        assert values == [1.0, 0.5, pytest.approx(1 / 3)]
+    else:
+        [offline] = (outcome.run_dir / "wandb").glob("offline-run-*")
+        [log] = offline.glob("*.wandb")
+        assert log.stat().st_size > 0
+
+
+def test_a_tracker_without_its_extra_is_a_one_line_error(monkeypatch, tmp_path):
+    import importlib.util
+
+    from lrvd_bench.errors import BenchError
+    from lrvd_bench.runner import tracker_callbacks
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(BenchError, match="logger 'wandb' needs the optional extra: uv sync --all-packages --extra wandb"):
+        tracker_callbacks(_config(tmp_path, loggers=["csv", "wandb"]), tmp_path)
 
 
 @pytest.mark.slow
