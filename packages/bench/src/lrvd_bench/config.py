@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lrvd.protocol import AdapterSpec, TrainConfig
+from lrvd.protocol import AdapterConfig, TrainConfig
 from lrvd_bench.errors import BenchError, LRVDError, unknown_choice
 from lrvd_bench.leaderboard import DEFAULT_REFERENCE
 
@@ -55,7 +55,7 @@ def _csv_ints(text: str) -> list[int]:
 class ExperimentConfig:
     """A sweep: methods × tasks × seeds (× search-space points) on one backbone.
 
-    ``adapter`` and ``train`` are the core's :class:`~lrvd.protocol.AdapterSpec` and
+    ``adapter`` and ``train`` are the core's :class:`~lrvd.protocol.AdapterConfig` and
     :class:`~lrvd.protocol.TrainConfig`, shared by every method so the comparison is fair;
     ``method_params`` holds each method's own hyper-parameters (its ``Params`` dataclass).
     """
@@ -68,34 +68,34 @@ class ExperimentConfig:
         default="minilm", metadata={"help": "backbone alias (minilm, smollm2-135m), HF id or local dir", "flag": str})
     seeds: list[int] = field(
         default_factory=lambda: [0], metadata={"help": "comma-separated seeds, e.g. 0,1,2", "flag": _csv_ints})
-    adapter: AdapterSpec = field(
-        default_factory=AdapterSpec, metadata={"help": "adapter placement and rank (target_modules, r, alpha)"})
+    adapter: AdapterConfig = field(
+        default_factory=AdapterConfig, metadata={"help": "adapter placement and rank (target_modules, r, alpha)"})
     train: TrainConfig = field(
         default_factory=TrainConfig, metadata={"help": "optimisation settings shared by all methods"})
     method_params: dict[str, dict[str, Any]] = field(
         default_factory=dict, metadata={"help": "per-method hyper-parameters: {method: {name: value}}"})
     data_dir: str | None = field(
-        default=None, metadata={"help": "directory with task data (default: bundled slices / HF cache)", "flag": str})
+        default=None, metadata={"per_trial": True, "help": "directory with task data (default: bundled slices / HF cache)", "flag": str})
     limit_train: int | None = field(
-        default=None, metadata={"help": "use at most N training examples", "flag": int})
+        default=None, metadata={"per_trial": True, "help": "use at most N training examples", "flag": int})
     limit_eval: int | None = field(
-        default=None, metadata={"help": "evaluate on at most N examples", "flag": int})
+        default=None, metadata={"per_trial": True, "help": "evaluate on at most N examples", "flag": int})
     validation_fraction: float = field(
         default=DEFAULT_VALIDATION_FRACTION,
-        metadata={"help": "fraction of the training examples held out once as the validation split every method "
+        metadata={"per_trial": True, "help": "fraction of the training examples held out once as the validation split every method "
                           "shares (temperature scaling, Laplace grid search, checkpoint and hyper-parameter "
                           "selection); every method trains on the rest; 0: none", "flag": float})
     split_seed: int = field(
-        default=0, metadata={"help": "seed of the data split (limit_train / limit_eval subsamples and the validation "
+        default=0, metadata={"per_trial": True, "help": "seed of the data split (limit_train / limit_eval subsamples and the validation "
                                      "split); not the trial seed, so every method and seed sees the same rows",
                              "flag": int})
-    max_length: int = field(default=64, metadata={"help": "max tokens per (question, choice) sequence", "flag": int})
-    eval_batch_size: int = field(default=16, metadata={"help": "examples per evaluation batch", "flag": int})
+    max_length: int = field(default=64, metadata={"per_trial": True, "help": "max tokens per (question, choice) sequence", "flag": int})
+    eval_batch_size: int = field(default=16, metadata={"per_trial": True, "help": "examples per evaluation batch", "flag": int})
     n_samples: int | None = field(
-        default=None, metadata={"help": "posterior samples at prediction (None: each method's default)", "flag": int})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (inside each trial)", "flag": str})
+        default=None, metadata={"per_trial": True, "help": "posterior samples at prediction (None: each method's default)", "flag": int})
+    device: str = field(default="auto", metadata={"per_trial": True, "help": "auto | cpu | cuda | cuda:N (inside each trial)", "flag": str})
     load_in_8bit: bool = field(
-        default=False, metadata={"help": "frozen base weights in 8-bit (bitsandbytes, CUDA only; BLoB's LLaMA "
+        default=False, metadata={"per_trial": True, "help": "frozen base weights in 8-bit (bitsandbytes, CUDA only; BLoB's LLaMA "
                                          "scripts); needs uv sync --extra int8"})
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs reserved per trial", "flag": float})
     gpus_per_trial: float | None = field(
@@ -137,8 +137,8 @@ class ExperimentConfig:
         default=DEFAULT_REFERENCE,
         metadata={"help": "method the leaderboard's paired differences (delta_* columns with paired-bootstrap "
                           "intervals) compare every other method with", "flag": str})
-    save_adapter: bool = field(default=True, metadata={"help": "save each trial's adapter (safetensors)"})
-    save_predictions: bool = field(default=True, metadata={"help": "save each trial's eval probabilities (npz)"})
+    save_adapter: bool = field(default=True, metadata={"per_trial": True, "help": "save each trial's adapter (safetensors)"})
+    save_predictions: bool = field(default=True, metadata={"per_trial": True, "help": "save each trial's eval probabilities (npz)"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -257,18 +257,33 @@ class ExperimentConfig:
                 method=method, task=task, model=self.model, seed=seed,
                 adapter=dataclasses.asdict(self.adapter), train=train,
                 method_params=dict(self.method_params.get(method, {})),
-                data_dir=self.data_dir, limit_train=self.limit_train, limit_eval=self.limit_eval,
-                validation_fraction=self.validation_fraction, split_seed=self.split_seed, max_length=self.max_length, eval_batch_size=self.eval_batch_size, n_samples=self.n_samples,
-                load_in_8bit=self.load_in_8bit, device=self.device, save_adapter=self.save_adapter, save_predictions=self.save_predictions,
+                **{name: getattr(self, name) for name in PER_TRIAL},
             )
             specs.append(spec.with_overrides(point) if point else spec)
         return specs
 
 
 # -- trial spec ----------------------------------------------------------------------------------
+def _per_trial_fields() -> list[tuple[str, Any, Any]]:
+    """``ExperimentConfig``'s fields marked ``per_trial``, re-declared (fresh ``Field`` objects)."""
+    return [(f.name, f.type, field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
+            for f in dataclasses.fields(ExperimentConfig) if f.metadata.get("per_trial")]
+
+
+#: The settings every trial carries, with ExperimentConfig's defaults and help: a sweep sets them once
+#: and :meth:`ExperimentConfig.expand` copies them into each :class:`TrialSpec`.
+TrialSettings = dataclasses.make_dataclass("TrialSettings", _per_trial_fields(), frozen=True, kw_only=True)
+TrialSettings.__module__ = __name__
+PER_TRIAL: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialSettings))
+
+
 @dataclass(frozen=True)
-class TrialSpec:
-    """Everything one trial needs; plain data so it crosses to Ray workers as JSON."""
+class TrialSpec(TrialSettings):
+    """Everything one trial needs; plain data so it crosses to Ray workers as JSON.
+
+    The per-trial settings (``data_dir`` … ``save_predictions``) come from :class:`TrialSettings`,
+    i.e. from the ``ExperimentConfig`` fields marked ``per_trial``: declared once, there.
+    """
 
     method: str
     task: str
@@ -277,18 +292,6 @@ class TrialSpec:
     adapter: dict[str, Any]
     train: dict[str, Any]
     method_params: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    limit_train: int | None = None
-    limit_eval: int | None = None
-    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
-    split_seed: int = 0
-    max_length: int = 64
-    eval_batch_size: int = 16
-    n_samples: int | None = None
-    load_in_8bit: bool = False
-    device: str = "auto"
-    save_adapter: bool = True
-    save_predictions: bool = True
     search_point: dict[str, Any] = field(default_factory=dict)
     #: "final" (scored on the evaluation split) or "selection" (validation split only, lrvd_bench.selection)
     stage: str = "final"
@@ -342,8 +345,8 @@ class TrialSpec:
     def with_stage(self, stage: str) -> "TrialSpec":
         return dataclasses.replace(self, stage=stage)
 
-    def build_adapter(self) -> AdapterSpec:
-        return AdapterSpec(**self.adapter)
+    def build_adapter(self) -> AdapterConfig:
+        return AdapterConfig(**self.adapter)
 
     def build_train(self) -> TrainConfig:
         return TrainConfig(**self.train)
@@ -371,7 +374,7 @@ def available_tasks() -> list[str]:
 
 # -- loading -------------------------------------------------------------------------------------
 TOP_KEYS = [f.name for f in dataclasses.fields(ExperimentConfig)]
-NESTED = {"adapter": AdapterSpec, "train": TrainConfig}
+NESTED = {"adapter": AdapterConfig, "train": TrainConfig}
 ALIASES = {"task": "tasks", "method": "methods", "seed": "seeds"}
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
