@@ -165,9 +165,9 @@ def test_whole_run_prunes_bayeslora_and_reports_ratios_to_lora():
     assert n_modules >= 2
     # Pruning to one rank per module quarters every module's (d_in + d_out + 1) r; the head H stays:
     # end = H + (start - H) / 4. H = LoRA's trainable count minus its lora_ factor entries.
-    from lrvd import AdapterSpec, TrainConfig, TrainPlan, get_method
+    from lrvd import AdapterConfig, TrainConfig, TrainPlan, get_method
 
-    lora_model = get_method("lora")().attach(TinyBertClassifier(), AdapterSpec(r=4, alpha=8),
+    lora_model = get_method("lora")().attach(TinyBertClassifier(), AdapterConfig(r=4, alpha=8),
                                             TrainPlan(total_steps=8, n_train=16, train=TrainConfig(max_steps=8)))
     head = by["lora"]["params_start"] - sum(p.numel() for n, p in lora_model.named_parameters() if "lora_" in n)
     start, end = by["bayeslora"]["params_start"], by["bayeslora"]["params_end"]

@@ -118,15 +118,15 @@ def load_inputs(cfg: CostConfig, backbone: Any = None, train_loader: Any = None,
 
 
 def plan_and_spec(cfg: CostConfig, total_steps: int, n_train: int) -> tuple[Any, Any]:
-    """The TrainPlan and AdapterSpec every method of one measurement shares."""
-    from lrvd.protocol import AdapterSpec, TrainConfig, TrainPlan
+    """The TrainPlan and AdapterConfig every method of one measurement shares."""
+    from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 
     train_cfg = TrainConfig(lr=cfg.lr, head_lr=cfg.head_lr, warmup_ratio=cfg.warmup_ratio, max_steps=total_steps,
                             batch_size=cfg.batch_size)
     spec_kwargs: dict[str, Any] = {"r": cfg.r, "alpha": cfg.alpha}
     if cfg.target_modules:
         spec_kwargs["target_modules"] = list(cfg.target_modules)
-    return TrainPlan(total_steps=total_steps, n_train=n_train, train=train_cfg), AdapterSpec(**spec_kwargs)
+    return TrainPlan(total_steps=total_steps, n_train=n_train, train=train_cfg), AdapterConfig(**spec_kwargs)
 
 
 def build_entry(name: str, cfg: CostConfig, base: Any, spec: Any, plan: Any, device: Any) -> Entry:
