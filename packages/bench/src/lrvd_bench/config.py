@@ -181,6 +181,8 @@ class ExperimentConfig:
                              "load_in_8bit: false")
         if self.scheduler not in (None, "fifo", "asha"):
             raise unknown_choice("scheduler", self.scheduler, ["fifo", "asha"])
+        if self.scheduler == "asha" and not getattr(self.train, "eval_every", 0):
+            raise BenchError("scheduler asha stops trials on the validation metric: set train.eval_every > 0")
         if self.selection:
             from lrvd_bench import selection
 

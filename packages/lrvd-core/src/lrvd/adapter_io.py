@@ -234,6 +234,8 @@ def write_adapter(
     posterior.update({EXTRA_PREFIX + k: _cpu(v) for k, v in (extra_tensors or {}).items()})
     if posterior:
         save_file(posterior, str(path / POSTERIOR))
+    else:  # re-saving into a folder: no stale posterior from an earlier save
+        (path / POSTERIOR).unlink(missing_ok=True)
     sidecar = {"format": FORMAT, **_jsonable(dict(meta)), "peft_folders": sorted(export.configs),
                "native_in_peft": in_peft}
     (path / SIDECAR).write_text(json.dumps(sidecar, indent=2))
