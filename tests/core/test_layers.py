@@ -240,7 +240,8 @@ def test_inject_reports_candidates_when_nothing_matches():
     from lrvd import LRVDError
 
     model = TinyBertClassifier()
-    with pytest.raises(LRVDError, match=r"no linear module matches target_modules=\['q_proj'\]; the model's linear module names: query, key, value, dense, classifier$"):
+    with pytest.raises(LRVDError, match=r"no linear module matches target_modules=\['q_proj'\]; "
+                                        r"the model's linear module names: query, key, value, dense, classifier$"):
         inject_lrvd(model.backbone, ["q_proj"], r=2, scaling=1.0)
 
 

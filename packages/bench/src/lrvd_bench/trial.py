@@ -365,7 +365,8 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
         counts = method.parameter_counts(model)
         phase("fit")
         live = LiveTrainLog(trial_dir / "train_log.csv", plan.total_steps,
-                            lambda: sum(method.rank_report(model).values()) or None, report)
+                            lambda: sum(method.rank_report(model).values()) or None,  # noqa: F821 (del'd after fit)
+                            report)
         fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress,
                      val_loader=data.val_loader, on_log=live)
         phase("after_training")
