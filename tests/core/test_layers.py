@@ -170,7 +170,7 @@ def test_local_reparam_sample_equals_the_moment_formula_draw_for_draw():
         layer.rank_log_sigma2.copy_(torch.tensor([-6.0, -2.0, 0.5]))
         layer.B_mu.normal_()
     layer.train()
-    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
     s2 = torch.exp(layer.log_sigma2())
     m_s = x @ layer.A_mu.T
     v_s = x.square().sum(-1, keepdim=True) * s2
@@ -179,7 +179,14 @@ def test_local_reparam_sample_equals_the_moment_formula_draw_for_draw():
     torch.manual_seed(1)
     expected = 2.5 * (m_y + torch.sqrt(v_y + 1e-12) * torch.randn_like(m_y))
     torch.manual_seed(1)
-    torch.testing.assert_close(layer.adapter_delta(x), expected, rtol=1e-10, atol=1e-10)
+    got = layer.adapter_delta(x)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    # and the same gradients (the noise path's hand-written backward) for a non-linear loss
+    inputs = [x, layer.A_mu, layer.B_mu, layer.rank_log_sigma2]
+    grads = torch.autograd.grad((got + got.square()).sum(), inputs)
+    ref_grads = torch.autograd.grad((expected + expected.square()).sum(), inputs)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
 
 
 def test_grouped_samples_use_one_weight_draw_per_group():
@@ -298,7 +305,8 @@ def test_mc_predictive_chunks_samples_from_the_memory_budget(budget, passes):
     inject_lrvd(model.backbone, ["query", "value"], r=2, scaling=1.0, init_log_sigma2=-2.0, local_reparam=True)
     model.eval()
     calls = []
-    model.backbone.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    model.backbone.register_forward_hook(
+        lambda m, a, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
     batch = next(iter(make_toy_loader(n=4, batch_size=4, shuffle=False)))
     probs = mc_predict_proba(model, batch, 10, chunk=0, memory_budget=budget)
     assert len(calls) == passes and sum(calls) == 10 * 4
