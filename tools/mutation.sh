@@ -11,6 +11,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 work="${MUTATION_DIR:-$root/.mutation}"
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mutmut=(uv run --project "$root" --with "mutmut==3.8.1" mutmut)
+python=(uv run --project "$root" --with "mutmut==3.8.1" python)
 
 # target -> "module file|tests"
 declare -A TARGETS=(
@@ -53,10 +54,14 @@ TOML
   killed=$(grep -c ": killed$" "$dir/status.txt" || true)
   survived=$(grep -c ": survived$" "$dir/status.txt" || true)
   total=$(wc -l <"$dir/status.txt")
-  : >"$dir/survivors.diff"
-  for m in $(awk -F': ' '$2 == "survived" {print $1}' "$dir/status.txt"); do
-    (cd "$dir" && "${mutmut[@]}" show "$m" >>"$dir/survivors.diff" 2>/dev/null) || true
-  done
+  # every surviving mutant's diff, in one process (a `mutmut show` per mutant costs seconds each)
+  (cd "$dir" && "${python[@]}" - >"$dir/survivors.diff" 2>/dev/null <<'PY') || true
+from mutmut.__main__ import show
+for line in open("status.txt"):
+    name, _, status = line.strip().rpartition(": ")
+    if status == "survived":
+        show.callback(name)
+PY
   echo "$t: $total mutants, killed $killed, survived $survived (others: timeout / suspicious / no tests)"
   echo "   statuses: $dir/status.txt, surviving diffs: $dir/survivors.diff"
 done

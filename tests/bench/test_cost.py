@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import TinyBertClassifier, make_toy_loader
 
+from conftest import TinyBertClassifier, make_toy_loader
 from lrvd_bench import cost
 from lrvd_bench.cli import main
 
@@ -97,7 +97,6 @@ def _tiny_rows(methods=None):
 
 def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path):
     from lrvd.registry import METHODS, list_methods
-
     from lrvd_baselines.lora import LoRA
 
     class FakeCostMethod(LoRA):
@@ -114,7 +113,7 @@ def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path)
         assert row["pred_det_ms"] > 0
         assert row["peak_mib"] > 0  # resident tensors (IVON keeps its state in param groups) + step peak
     by = {r["method"]: r for r in rows}
-    assert by["lora"]["step_ms_ratio"] == 1.0
+    assert by["lora"]["step_ms_ratio"] == 1.0 and by["lora"]["step_ratio_iqr"] == 0.0
     assert by["bayeslora"]["variational"] > 0
     # default, batched and sequential MC, each timed and with its peak memory beside the deterministic pass
     assert {"pred_s_ms", "pred_batched_ms", "pred_seq_ms", "pred_seq_ratio", "pred_s_peak_ratio",
@@ -130,8 +129,8 @@ def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path)
 
 # -- whole runs (--whole-run) ----------------------------------------------------------------------
 def test_whole_run_summary_hand_computed():
-    from lrvd_bench.cost.stats import quarter_medians
-    from lrvd_bench.cost.whole_run import paired_ratio_iqr, summarize
+    from lrvd_bench.cost.stats import paired_ratio_iqr, quarter_medians
+    from lrvd_bench.cost.whole_run import summarize
 
     # 8 steps: first quarter (2 steps) 0.10, 0.12 -> median 0.11; last quarter 0.06, 0.08 -> 0.07
     steps = [0.10, 0.12, 0.1, 0.1, 0.09, 0.09, 0.06, 0.08]
@@ -143,7 +142,7 @@ def test_whole_run_summary_hand_computed():
     assert row["late_over_early"] == pytest.approx(105 / 165)
     assert (row["params_start"], row["params_end"], row["repeats"]) == (16, 9, 2)
     # per-round ratios 2, 4, 3 (1 s vs 0.5, 2 vs 0.5, 3 vs 1): Q1 2.5, Q3 3.5 -> IQR 1
-    assert paired_ratio_iqr([[1.0], [1.0, 1.0], [3.0]], [[0.5], [0.5], [1.0]]) == pytest.approx(1.0)
+    assert paired_ratio_iqr([1.0, 2.0, 3.0], [0.5, 0.5, 1.0]) == pytest.approx(1.0)
 
 
 def test_whole_run_prunes_bayeslora_and_reports_ratios_to_lora():

@@ -107,3 +107,12 @@ def test_version(capsys):
     from importlib import metadata
 
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"bench {metadata.version('lrvd-bench')}"
+
+
+def test_run_and_cost_spell_the_common_knobs_alike():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    flags = {name: {s for a in sub[name]._actions for s in a.option_strings} for name in ("run", "cost")}
+    for flag in ("--lr", "--batch-size", "--rank", "--target-modules", "--param"):
+        assert flag in flags["run"] and flag in flags["cost"], flag
+    assert "--rank" in sub["cost"].format_help() and "--r " not in sub["cost"].format_help()

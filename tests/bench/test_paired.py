@@ -134,6 +134,9 @@ def test_leaderboard_has_paired_columns_markers_and_forest_plot(run):
     assert bayes["delta_ece_hi"] < 0 and ece in lines["bayeslora"]  # an interval below 0 is marked too
     assert "+0.000 [+0.000, +0.000] |" in lines["mc-dropout-lora"] and "*" not in lines["mc-dropout-lora"]
     assert "Paired differences from lora" in md
+    # how many rows each stage used, from the trials' n_train / n_val / n_eval
+    assert tuple(csv.loc["bayeslora", ["n_train", "n_val", "n_eval"]]) == (360, 40, N)
+    assert f"Rows per stage, arc-e: 360 training / 40 validation / {N} evaluation." in md
 
     paths = make_figures(run, gather_rows(run))
     assert run / "figures" / "paired_differences_arc-e.png" in paths

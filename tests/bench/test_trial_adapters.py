@@ -44,7 +44,7 @@ def run_dir_with_trials(root: Path, model: Path, methods: list[str], seeds=(0,))
         "limit_eval": 12, "max_length": 32, "eval_batch_size": 4, "n_samples": N_SAMPLES, "device": "cpu",
         "train.max_steps": 4, "train.batch_size": 4, "train.lr": 0.05,
         "method_params": {"laplace-lora": {"predictive": "nn", "fit_examples": 8},
-                          "adalora-ivon": {"tinit": 0, "tfinal": 1, "deltaT": 1}},
+                          "adalora-ivon": {"tinit": 0, "tfinal": 0.25, "deltaT": 0.25, "predictive": "bma"}},
     })
     run_dir = root / "run"
     (run_dir / "trials").mkdir(parents=True)

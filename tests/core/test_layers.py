@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TinyBertClassifier, make_toy_loader
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, sampling
 from lrvd.layers import LRVDLinear
-
-from conftest import TinyBertClassifier, make_toy_loader
 
 
 def tiny_gpt2(seed: int = 0):
@@ -241,7 +240,7 @@ def test_inject_reports_candidates_when_nothing_matches():
     from lrvd import LRVDError
 
     model = TinyBertClassifier()
-    with pytest.raises(LRVDError, match=r"no linear module matches target_modules=\['q_proj'\]; e.g. .*query"):
+    with pytest.raises(LRVDError, match=r"no linear module matches target_modules=\['q_proj'\]; the model's linear module names: query, key, value, dense, classifier$"):
         inject_lrvd(model.backbone, ["q_proj"], r=2, scaling=1.0)
 
 

@@ -129,7 +129,8 @@ def model_card(spec: dict[str, Any], result: dict[str, Any], meta: dict[str, Any
     """The README model card (Markdown with the hub's YAML front matter)."""
     from lrvd_bench.provenance import suite_commit, suite_version
 
-    method, model, task = spec["method"], spec["model"], spec["task"]
+    # the result row names the model without machine paths (hub id, alias or ``local:<folder>``)
+    method, model, task = spec["method"], result.get("model") or spec["model"], spec["task"]
     versions = result.get("versions", {}) or {}
     evaluation = meta.get("evaluation", {})
     member = folders[0] if folders and folders[0] else ""

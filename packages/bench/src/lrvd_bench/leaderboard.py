@@ -8,6 +8,10 @@ Policy: means and standard deviations are over the *successful* seeds (``status 
 seeds are counted in ``n_failed``; runs that did not learn (see :mod:`lrvd_bench.trial`) stay in the
 means but are counted in ``n_learned`` and marked ``†`` in the Markdown table, so a method's number
 never silently hides a run stuck at chance. Standard deviations use ddof=1 (empty with one seed).
+
+Paired differences: each row's ``delta_*`` columns compare it with the run's ``reference`` method on
+the same evaluation questions and seeds, read from the trials' ``predictions.npz``
+(:mod:`lrvd_bench.paired` holds the bootstrap scheme); ``leaderboard.md`` lists them in a second table.
 """
 
 from __future__ import annotations
@@ -208,6 +212,8 @@ def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
         return board
     trials = Path(run_dir) / "trials"
     ok = frame[frame["status"] == "ok"]
+    if "stage" in ok.columns:  # selection-stage trials never predict the evaluation split
+        ok = ok[ok["stage"].fillna("") != "selection"]
     seeds_of: dict[tuple, dict[int, str]] = {}
     for r in ok.itertuples():
         seeds_of.setdefault((r.task, r.method, r.model, r.search_point), {})[int(r.seed)] = r.trial_id

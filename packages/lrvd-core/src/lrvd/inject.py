@@ -40,6 +40,16 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct last name parts of the ``nn.Linear``/``Conv1D`` modules (valid ``target_modules``),
+    in model order: ``query, key, value, dense, classifier`` for BERT."""
+    names: dict[str, None] = {}
+    for name, m in model.named_modules():
+        if (isinstance(m, nn.Linear) or is_conv1d(m)) and ".base_layer" not in name:
+            names[name.rpartition(".")[2]] = None
+    return list(names)
+
+
 def replace_modules(
     model: nn.Module, target_modules: list[str], factory: Callable[[nn.Module], nn.Module]
 ) -> dict[str, nn.Module]:
@@ -57,10 +67,8 @@ def replace_modules(
         and ".base_layer" not in name
     ]
     if not names:
-        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or is_conv1d(m)]
-        raise LRVDError(
-            f"no linear module matches target_modules={target_modules}; e.g. {', '.join(linear[:6]) or 'none'}"
-        )
+        raise LRVDError(f"no linear module matches target_modules={target_modules}; the model's linear module "
+                        f"names: {', '.join(linear_module_names(model)) or 'none'}")
     replaced = {}
     for name in names:
         replaced[name] = factory(model.get_submodule(name))
@@ -68,7 +76,9 @@ def replace_modules(
     return replaced
 
 
-def inject_lrvd(model: nn.Module, target_modules: list[str], r: int, scaling: float, **layer_kwargs: Any) -> dict[str, LRVDLinear]:
+def inject_lrvd(
+    model: nn.Module, target_modules: list[str], r: int, scaling: float, **layer_kwargs: Any
+) -> dict[str, LRVDLinear]:
     """Wrap every ``nn.Linear``/``Conv1D`` whose name matches ``target_modules`` in an LRVD layer."""
     replace_modules(model, target_modules, lambda base: LRVDLinear(base, r, scaling, **layer_kwargs))
     return lrvd_modules(model)
@@ -136,7 +146,7 @@ class ActivationProbe:
     def __init__(self, model: nn.Module) -> None:
         self.model, self.peak, self._live, self._handles = model, 0, {}, []
 
-    def __enter__(self) -> "ActivationProbe":
+    def __enter__(self) -> ActivationProbe:
         self._handles = [m.register_forward_hook(self._hook) for m in self.model.modules()]
         return self
 

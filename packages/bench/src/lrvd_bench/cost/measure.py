@@ -27,8 +27,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lrvd_bench.cost.harness import CostConfig, Entry, build_entry, load_inputs, overrides, plan_and_spec, run_step, timed
-from lrvd_bench.cost.stats import add_ratios, epoch_units, median_iqr, ratio, steps_per_epoch
+from lrvd_bench.cost.harness import (
+    CostConfig,
+    Entry,
+    build_entry,
+    load_inputs,
+    overrides,
+    plan_and_spec,
+    run_step,
+    timed,
+)
+from lrvd_bench.cost.stats import (
+    REFERENCE,
+    add_ratios,
+    epoch_units,
+    median_iqr,
+    paired_ratio_iqr,
+    ratio,
+    steps_per_epoch,
+)
 from lrvd_bench.memory import peak_memory_mb, reset_peak_memory
 
 
@@ -141,6 +158,7 @@ def measure(
     toy loader); otherwise they come from ``cfg.model`` / ``cfg.task``.
     """
     import torch
+
     from lrvd.registry import list_methods
     from lrvd.training import move_batch, resolve_device, seed_everything
 
@@ -173,7 +191,8 @@ def measure(
         for e in live():
             try:
                 hook: list[float] = []
-                elapsed = timed(lambda e=e: hook.append(run_step(e, batch, offset + rnd, device, plan)), device)
+                elapsed = timed(lambda e=e, h=hook, step=offset + rnd: h.append(run_step(e, batch, step, device, plan)),
+                                device)
             except Exception as err:
                 e.error = f"train: {type(err).__name__}: {err}"[:200]
                 log(f"bench cost: {e.name}: {e.error}")
@@ -235,6 +254,10 @@ def measure(
     # 5. rows
     rows = [make_row(e, times, spe) for e in entries]
     add_ratios(rows, ["step_ms", "peak_mib"])
+    ref = next((e for e in entries if e.name == REFERENCE and not e.error), None)
+    for e, row in zip(entries, rows):
+        if ref is not None and not e.error:
+            row["step_ratio_iqr"] = paired_ratio_iqr(e.step_times, ref.step_times)
     info = run_info(cfg, device, n_train=n_train, steps_per_epoch=spe, batch=batch, total_steps=total_steps,
                     offset=offset)
     for e in entries:  # free before returning (the models hold the backbone copies)

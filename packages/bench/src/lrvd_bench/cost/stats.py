@@ -62,3 +62,9 @@ def quarter_medians(step_seconds: Sequence[float]) -> tuple[float, float]:
         return math.nan, math.nan
     q = max(1, n // 4)
     return median_iqr(step_seconds[:q])[0], median_iqr(step_seconds[-q:])[0]
+
+
+def paired_ratio_iqr(values: Sequence[float], reference: Sequence[float]) -> float:
+    """IQR of value / reference over pairs measured in the same round (the spread of the ratio,
+    which interleaving keeps much smaller than the spread of either series under drift)."""
+    return median_iqr([ratio(a, b) for a, b in zip(values, reference)])[1]

@@ -6,7 +6,7 @@ same start for ``STEPS`` optimizer steps over the real training loader (``fit``'
 :func:`lrvd.training.train_step`, ``on_step_end`` pruning included). Runs alternate between methods
 (A, B, A, B, …) for ``repeats`` rounds so drift hits all alike.
 
-Per method: median run seconds, its ratio to LoRA (the median and IQR of the per-repeat ratios,
+Per method: median run seconds, its ratio to LoRA's median (and the IQR of the per-round ratios,
 each against the LoRA run of the same round), the median step of the first and of the last quarter
 of the run (``late / early`` < 1: later steps got cheaper), trainable parameters at the start and the
 end (pruned ranks leave the matrices: the physical size the steps pay for), the adapter rank at the
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lrvd_bench.cost.harness import CostConfig, build_entry, load_inputs, plan_and_spec, run_step
-from lrvd_bench.cost.stats import REFERENCE, add_ratios, median_iqr, quarter_medians, ratio
+from lrvd_bench.cost.stats import REFERENCE, add_ratios, median_iqr, paired_ratio_iqr, quarter_medians, ratio
 
 
 def summarize(name: str, runs: Sequence[Sequence[float]], params_start: int, params_end: int) -> dict[str, Any]:
@@ -36,12 +36,6 @@ def summarize(name: str, runs: Sequence[Sequence[float]], params_start: int, par
     }
     row["late_over_early"] = ratio(row["late_step_ms"], row["early_step_ms"])
     return row
-
-
-def paired_ratio_iqr(runs: Sequence[Sequence[float]], reference: Sequence[Sequence[float]]) -> float:
-    """IQR of run_total / reference_total over repeats paired by round (the spread of the ratio)."""
-    ratios = [ratio(sum(a), sum(b)) for a, b in zip(runs, reference)]
-    return median_iqr(ratios)[1]
 
 
 def _cycle(loader: Any):
@@ -108,7 +102,7 @@ def measure_whole_run(
             if values:
                 row[key] = median_iqr(values)[0]
         if REFERENCE in runs:
-            row["run_ratio_iqr"] = paired_ratio_iqr(runs[n], runs[REFERENCE])
+            row["run_ratio_iqr"] = paired_ratio_iqr([sum(r) for r in runs[n]], [sum(r) for r in runs[REFERENCE]])
         rows.append(row)
     add_ratios(rows, ["run_s"])
     return rows

@@ -1,0 +1,147 @@
+"""BayesLoRA on plain Hugging Face models: get_bayeslora_model, kl_loss, bayeslora_step, predict_proba,
+BayesLoraTrainer, and the example that uses them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TinyBertClassifier, make_toy_dataset
+
+import lrvd
+from lrvd.inject import lrvd_modules, sampling
+from lrvd.kl import total_kl
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def hf_model(**config):
+    model = TinyBertClassifier(seed=0).backbone  # a plain BertForSequenceClassification
+    return lrvd.get_bayeslora_model(model, lrvd.BayesLoraConfig(**{"r": 4, "modules_to_save": ["classifier"],
+                                                                    **config}))
+
+
+def inputs(n=8):
+    ids, mask, labels = make_toy_dataset(n).tensors
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def test_only_adapters_and_listed_modules_require_grad():
+    model = hf_model()
+    layers = lrvd_modules(model)
+    assert len(layers) == 4  # query and value in 2 layers
+    expected = {id(t) for m in layers.values() for t in (m.A_mu, m.B_mu, m.rank_log_sigma2)}
+    expected |= {id(p) for p in model.classifier.parameters()}
+    assert {id(p) for p in model.parameters() if p.requires_grad} == expected
+    trainable, total = lrvd.hf.trainable_summary(model)
+    assert trainable == 4 * (4 * 32 + 32 * 4 + 4) + (32 * 2 + 2) and total > 20 * trainable
+
+
+def test_forward_returns_the_models_own_output_type():
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    out = hf_model()(**inputs())
+    assert type(out) is SequenceClassifierOutput and out.loss is not None and out.logits.shape == (8, 2)
+
+
+def test_no_matching_target_module_is_one_line_with_the_linear_module_names():
+    with pytest.raises(lrvd.LRVDError) as err:
+        lrvd.get_bayeslora_model(TinyBertClassifier().backbone, lrvd.BayesLoraConfig(target_modules=["q_proj", "v_proj"]))
+    message = str(err.value)
+    assert "\n" not in message and "q_proj" in message
+    assert message.endswith("the model's linear module names: query, key, value, dense, classifier")
+
+
+def test_kl_loss_is_the_scaled_total_kl():
+    model = hf_model(kl_scale=1e-3)
+    torch.testing.assert_close(lrvd.kl_loss(model), 1e-3 * total_kl(model))
+    assert lrvd.kl_loss(model).requires_grad
+
+
+def test_predict_proba_accepts_hf_inputs_and_outputs():
+    model = hf_model(init_log_sigma2=-1.0, n_samples=5)
+    with torch.no_grad():  # grow B so the posterior noise shows in the logits
+        for m in lrvd_modules(model).values():
+            m.B_mu.normal_(0, 0.5)
+    x = inputs()
+    model.eval()
+    mean = lrvd.predict_proba(model, x, n_samples=0)
+    torch.testing.assert_close(mean, torch.softmax(model(**x).logits, -1))
+    got = lrvd.predict_proba(model, x, n_samples=5, seed=3)
+    with torch.no_grad(), sampling(model, True):  # independent reference: a plain loop
+        torch.manual_seed(3)
+        ref = sum(torch.softmax(model(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).logits, -1)
+                  for _ in range(5)) / 5
+    torch.testing.assert_close(got, ref)
+    assert not torch.allclose(got, mean, atol=1e-3)
+    torch.testing.assert_close(lrvd.predict_proba(model, x, seed=3), got)  # config n_samples = 5
+    from transformers import BatchEncoding
+
+    torch.testing.assert_close(lrvd.predict_proba(model, BatchEncoding(x), n_samples=5, seed=3), got)
+    fast = lrvd.predict_proba(model, x, n_samples=5, seed=3, chunk=0)
+    torch.testing.assert_close(fast.sum(-1), torch.ones(8))
+
+
+def test_step_hook_prunes_on_schedule_and_keeps_the_optimizer_working():
+    model = hf_model(tau=-1e9, min_ranks=1, prune_every=3, prune_start=3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x = inputs()
+    for step in range(1, 5):
+        loss = model(**x).loss + lrvd.kl_loss(model)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        logs = lrvd.bayeslora_step(model, step, opt)
+        assert ("pruned_ranks" in logs) == (step == 3)
+    assert logs["effective_rank"] == 0.0  # tau = -inf: every kept rank counts as off
+    assert [m.r for m in lrvd_modules(model).values()] == [1, 1, 1, 1]
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_trainer_adds_the_kl_prunes_and_logs_ranks(tmp_path):
+    from transformers import TrainingArguments
+
+    model = hf_model(kl_scale=1e-2, tau=-1e9, min_ranks=2, prune_every=2, prune_start=2)
+    x = inputs(32)
+    data = [{k: v[i] for k, v in x.items()} for i in range(32)]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, logging_steps=1,
+                             learning_rate=1e-2, save_strategy="no", report_to="none", use_cpu=True,
+                             disable_tqdm=True)
+    trainer = lrvd.BayesLoraTrainer(model=model, args=args, train_dataset=data)
+    batch = {k: v[:8] for k, v in x.items()}
+    model.eval()  # posterior means: both sides see the same adapter weights
+    loss = trainer.compute_loss(model, batch)
+    torch.testing.assert_close(loss, model(**batch).loss + 1e-2 * total_kl(model))
+    model.train()
+    trainer.train()
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    assert [r["step"] for r in logs] == [1, 2, 3, 4]
+    assert [r["pruned_ranks"] for r in logs] == [0.0, 8.0, 8.0, 8.0]  # 4 modules x (4 - 2) ranks at step 2
+    assert all(r["kl"] > 0 for r in logs)
+    assert trainer.rank_history[-1]["bert.encoder.layer.0.attention.self.query"] == 0  # tau = -inf
+    assert [m.r for m in lrvd_modules(model).values()] == [2, 2, 2, 2]
+
+
+def test_the_trainer_refuses_a_model_without_adapters(tmp_path):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(lrvd.LRVDError, match="get_bayeslora_model"):
+        lrvd.BayesLoraTrainer(model=TinyBertClassifier().backbone, args=args)
+
+
+def test_the_example_fine_tunes_a_tiny_model_with_the_api():
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "hf_trainer_bayeslora.py"), "--max-steps", "12",
+                           "--prune-every", "6", "--tau", "2.0", "--n-samples", "2"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout[done.stdout.index("{\n"):])
+    assert summary["trainable_params"] < summary["total_params"] / 5
+    assert [r["step"] for r in summary["log"]] == [2, 4, 6, 8, 10, 12]
+    assert all("effective_rank" in r and "kl" in r for r in summary["log"])
+    assert 0 <= summary["effective_rank"] <= summary["initial_rank"] == 32
+    assert 0.0 <= summary["accuracy"] <= 1.0
