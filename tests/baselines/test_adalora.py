@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from conftest import TinyBertClassifier, make_toy_loader
-from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method
+from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan, get_method
 from lrvd.training import fit, seed_everything
 from lrvd_baselines.adalora import keep_top_budget
 from lrvd_baselines.adalora_ivon import CRITERIA, two_phase_schedule
 from lrvd_baselines.peft_adapters import adapter_layers, peft_root
 
-SPEC = AdapterSpec(r=4, alpha=8)
+SPEC = AdapterConfig(r=4, alpha=8)
 N_TRAIN = 37  # distinct from every other number in these tests, so a wrong ess cannot pass by chance
 
 
@@ -75,6 +75,18 @@ def test_ivon_optimizer_receives_the_defaults_and_ess_is_n_train():
     sigma = method.posterior_stds(model)
     name = next(n for n in sigma if "lora_A" in n)
     torch.testing.assert_close(sigma[name], torch.full_like(sigma[name], 1 / math.sqrt(N_TRAIN * (1 + 1e-8))))
+
+
+def test_ivon_head_lr_keeps_the_shared_ratio_unless_set():
+    plan = TrainPlan(total_steps=20, n_train=N_TRAIN, train=TrainConfig(lr=2e-3, head_lr=1e-2, max_steps=20))
+    for params, expected in (({}, {"adapter": 0.4, "head": 2.0}), ({"head_lr": 0.7}, {"adapter": 0.4, "head": 0.7})):
+        seed_everything(0)
+        method = get_method("adalora-ivon")(**params)
+        model = method.attach(TinyBertClassifier(), SPEC, plan)
+        optimizer, _ = method.configure_optimizers(model, plan)
+        head = {id(p) for p in model.head_parameters()}
+        lrs = {("head" if id(g["params"][0]) in head else "adapter"): g["initial_lr"] for g in optimizer.param_groups}
+        assert lrs == pytest.approx(expected)
 
 
 def test_ivon_ess_override_is_used():

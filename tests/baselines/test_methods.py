@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TinyBertClassifier, make_toy_loader
 
-from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method, list_methods, lrvd_modules
+from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan, get_method, list_methods, lrvd_modules
 from lrvd.training import fit, seed_everything
 
 # name -> (hyper-parameters, learning rate on the loop's scale)
@@ -28,7 +28,7 @@ CASES = {
     "blob": ({"n_samples": 3}, 3e-2),
 }
 STEPS = 20
-SPEC = AdapterSpec(r=4, alpha=8)
+SPEC = AdapterConfig(r=4, alpha=8)
 
 
 def with_capability(capability: str) -> list[str]:
@@ -228,57 +228,6 @@ def test_ivon_criteria_match_hand_formula(criterion):
                             "inv-sigma": 1 / sigma}[criterion]
                 assert float(score[i]) == pytest.approx(expected, rel=1e-4)
             offset += p.numel()
-
-
-def test_laplace_predictive_equals_laplace_torch():
-    from laplace import Laplace
-
-    from lrvd_baselines.laplace_lora import DictLogits, head_frozen
-
-    method, model, loader, plan = train("laplace-lora", steps=5)
-    method.params.predictive = "glm"
-    fit(method, model, loader, plan, device="cpu", progress=False)
-    method.after_training(model, loader)
-    model.eval()
-    batch = {k: v[:2] for k, v in next(iter(loader)).items()}
-    ours = method.predict_proba(model, batch)
-    with head_frozen(model):
-        la = Laplace(DictLogits(model), "classification", subset_of_weights="all", hessian_structure="kron")
-        la.fit(loader)
-        la.prior_precision = method.laplace.prior_precision
-        theirs = la(batch, pred_type="glm", link_approx="probit")
-    torch.testing.assert_close(ours, theirs.float(), rtol=1e-4, atol=1e-5)
-    assert la.n_params == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-
-
-def test_laplace_subset_fit_is_rescaled_to_the_full_training_set():
-    """32 copies of one example: KFAC on any 8 of them, rescaled by 32/8, must equal the full fit."""
-    from torch.utils.data import DataLoader
-
-    from conftest import collate, make_toy_dataset
-    from lrvd_baselines.laplace_lora import fit_on_subset, head_frozen, subset_loader
-
-    one = make_toy_dataset(1, seed=3)[0]
-    loader = DataLoader([one] * 32, batch_size=4, collate_fn=collate)
-    method, model, _, plan = train("laplace-lora", steps=5)
-    fit(method, model, loader, plan, device="cpu", progress=False)
-    model.eval()
-    assert len(subset_loader(loader, 8, seed=1).dataset) == 8
-    with head_frozen(model):
-        full, sub = method.build_laplace(model), method.build_laplace(model)
-        full.fit(loader)
-        fit_on_subset(sub, loader, 8, seed=1)
-        assert sub.n_data == full.n_data == 32
-        assert float(sub.loss) == pytest.approx(float(full.loss), rel=1e-5)
-        for got, want in zip(sub.H_facs.kfacs, full.H_facs.kfacs):
-            for g, w in zip(got, want):
-                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
-        assert float(sub.log_marginal_likelihood()) == pytest.approx(float(full.log_marginal_likelihood()), rel=1e-4)
-
-
-def test_laplace_fit_examples_is_validated():
-    with pytest.raises(LRVDError, match="fit_examples"):
-        get_method("laplace-lora")(fit_examples=-1)
 
 
 @pytest.mark.parametrize("all_dropout", [False, True])

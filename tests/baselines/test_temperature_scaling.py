@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lrvd.errors import LRVDError
 from lrvd.metrics import accuracy, negative_log_likelihood
-from lrvd.protocol import AdapterSpec, TrainConfig, TrainPlan
+from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 from lrvd.registry import get_method, list_methods
 from lrvd.training import fit, predict
 from lrvd_baselines.lora_temp_scaling import LoRATempScaling, fit_temperature
@@ -42,7 +43,7 @@ def test_method_fits_on_val_loader_and_keeps_argmax(tmp_path):
     assert method.needs_validation
     train, val = make_toy_loader(32, seed=0), make_toy_loader(16, seed=1, shuffle=False)
     plan = TrainPlan(total_steps=4, n_train=32, train=TrainConfig(lr=5e-3, mixed_precision="no"))
-    model = method.attach(TinyBertClassifier(), AdapterSpec(r=2, alpha=4), plan)
+    model = method.attach(TinyBertClassifier(), AdapterConfig(r=2, alpha=4), plan)
     fit(method, model, train, plan, device="cpu", progress=False)
     method.after_training(model, train, val)
     assert method.temperature != 1.0
@@ -51,14 +52,14 @@ def test_method_fits_on_val_loader_and_keeps_argmax(tmp_path):
     assert torch.equal(probs.argmax(-1), raw.argmax(-1))
     method.save_adapter(model, tmp_path)
     again = LoRATempScaling()
-    again.load_adapter(again.attach(TinyBertClassifier(), AdapterSpec(r=2, alpha=4), plan), tmp_path)
+    again.load_adapter(again.attach(TinyBertClassifier(), AdapterConfig(r=2, alpha=4), plan), tmp_path)
     assert again.temperature == pytest.approx(method.temperature)
 
 
 def test_missing_val_loader_warns_and_uses_train():
     method = LoRATempScaling()
     plan = TrainPlan(total_steps=1, n_train=16, train=TrainConfig(mixed_precision="no"))
-    model = method.attach(TinyBertClassifier(), AdapterSpec(r=2, alpha=4), plan)
+    model = method.attach(TinyBertClassifier(), AdapterConfig(r=2, alpha=4), plan)
     with pytest.warns(UserWarning, match="no validation loader"):
         method.after_training(model, make_toy_loader(16))
     assert method.temperature > 0
@@ -99,3 +100,25 @@ def test_predict_proba_divides_the_logits_by_t():
     method.temperature = 2.5
     probs = method.predict_proba(LogitsModel(), {"logits": logits, "labels": torch.tensor([0, 1])})
     torch.testing.assert_close(probs, torch.softmax(logits / 2.5, dim=-1))
+
+
+# -- written against surviving mutants (docs/testing.md) -------------------------------------------
+def test_params_bounds_and_message():
+    assert LoRATempScaling(max_iter=1).params.max_iter == 1  # one L-BFGS iteration is allowed
+    for bad in ({"max_iter": 0}, {"lbfgs_lr": 0.0}, {"max_iter": 5, "lbfgs_lr": -1.0}):
+        with pytest.raises(LRVDError, match=r"^max_iter must be >= 1 and lbfgs_lr > 0$"):
+            LoRATempScaling(**bad)
+
+
+def test_temperature_is_one_until_fitted_or_when_a_saved_adapter_has_none():
+    method = LoRATempScaling()
+    assert method.temperature == 1.0
+    method.temperature = 3.0
+    method.load_extra_state(None, {}, {})
+    assert method.temperature == 1.0
+
+
+def test_a_non_finite_fit_is_a_one_line_error():
+    logits = torch.tensor([[float("nan"), 0.0], [0.0, 1.0]])
+    with pytest.raises(LRVDError, match=r"^temperature scaling diverged \(non-finite T\)$"):
+        fit_temperature(logits, torch.tensor([0, 1]))

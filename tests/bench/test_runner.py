@@ -23,6 +23,9 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# as lrvd_bench.runner does before Ray is first imported: workers use this venv, not a copy rebuilt
+# from uv.lock by Ray's `uv run` hook (which would lack the optional extras)
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 ray = pytest.importorskip("ray")
 
@@ -234,11 +237,48 @@ def test_trials_report_progress_live_lines_and_curves(ray_session, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
+def test_optional_trackers_get_every_progress_record_offline(ray_session, tmp_path, monkeypatch, tracker):
+    """MLflow into a file store under the run directory, W&B with WANDB_MODE=offline: each logs the
+    trial's loss once per progress record (skipped when the optional extra is not installed)."""
+    pytest.importorskip(tracker)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    calls = tmp_path / "calls.txt"
+    config = _config(tmp_path, methods="lora", seeds=[0], loggers=["csv", tracker])
+    outcome = run_sweep(config, trial_fn=fake_trial(calls, steps=3), check=False)
+    assert outcome.exit_code == 0
+    if tracker == "mlflow":
+        [experiment] = [p.parent for p in (outcome.run_dir / "mlruns").glob("*/meta.yaml")
+                        if f"name: {outcome.run_dir.name}\n" in p.read_text()]  # one experiment per run directory
+        [loss] = experiment.glob("*/metrics/loss")
+        values = [float(line.split()[1]) for line in loss.read_text().splitlines()]
+        assert values == [1.0, 0.5, pytest.approx(1 / 3)]
+    else:
+        [offline] = (outcome.run_dir / "wandb").glob("offline-run-*")
+        [log] = offline.glob("*.wandb")
+        assert log.stat().st_size > 0
+
+
+def test_a_tracker_without_its_extra_is_a_one_line_error(monkeypatch, tmp_path):
+    import importlib.util
+
+    from lrvd_bench.errors import BenchError
+    from lrvd_bench.runner import tracker_callbacks
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(BenchError, match="logger 'wandb' needs the optional extra: uv sync --all-packages --extra wandb"):
+        tracker_callbacks(_config(tmp_path, loggers=["csv", "wandb"]), tmp_path)
+
+
+@pytest.mark.slow
 def test_asha_stops_trials_early_on_the_validation_metric(ray_session, tmp_path):
     """One trial at a time: lora's val_nll is 1/step, bayeslora's 1 + 1/step; ASHA (grace 1 step)
     stops both bayeslora trials at the first rung, before they finish, and records them as stopped."""
     calls = tmp_path / "calls.txt"
-    config = _config(tmp_path, scheduler="asha", max_concurrent_trials=1, train={"log_every": 1})
+    config = _config(tmp_path, scheduler="asha", max_concurrent_trials=1, train={"log_every": 1, "eval_every": 1})
     outcome = run_sweep(config, trial_fn=fake_trial(calls, steps=6, sleep=0.3), check=False)
     trials = pd.read_csv(outcome.run_dir / "trials.csv").set_index("method")
     assert sorted(trials.loc["lora", "status"]) == ["ok", "ok"]
@@ -471,8 +511,8 @@ def test_bench_run_on_a_separate_ray_cluster_records_the_node(tiny_mc_model, tmp
     try:
         # Ray registers the node under the machine's IP whatever --node-ip-address says here, so ask
         # the cluster which node it has (this also waits until the head is up).
-        probe = ("import json, ray; ray.init(address='127.0.0.1:%d', log_to_driver=False); "
-                 "print(json.dumps([[n['NodeID'], n['NodeManagerAddress']] for n in ray.nodes()]))" % port)
+        probe = (f"import json, ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False); "
+                 "print(json.dumps([[n['NodeID'], n['NodeManagerAddress']] for n in ray.nodes()]))")
         listed = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180)
         assert listed.returncode == 0, listed.stderr[-2000:]
         [(node_id, node_ip)] = json.loads(listed.stdout.strip().splitlines()[-1])

@@ -61,6 +61,10 @@ class AdaLoRAIVONParams(AdaLoRAParams):
     criterion: str = field(default="snr-abs", metadata={"help": "importance: snr-abs | snr | mean | inv-sigma"})
     lr: float = field(
         default=0.4, metadata={"help": "IVON learning rate (IVON scale; vilora large-GLUE scripts: 0.4)"})
+    head_lr: float | None = field(
+        default=None,
+        metadata={"help": "IVON lr of the task head (default: lr × train.head_lr / train.lr; vilora: one lr for all)"},
+    )
     lr_first: float | None = field(
         default=None,
         metadata={"help": "vilora small-task schedule: after warm-up hold this lr for first_phase of the run, "
@@ -94,6 +98,8 @@ class AdaLoRAIVONParams(AdaLoRAParams):
             raise unknown_choice("AdaLoRA-IVON predictive", self.predictive, PREDICTIVES)
         if self.lr <= 0 or self.hess_init <= 0 or self.weight_decay <= 0 or self.clip_radius <= 0:
             raise LRVDError("IVON lr, hess_init, weight_decay and clip_radius must be > 0")
+        if self.head_lr is not None and self.head_lr <= 0:
+            raise LRVDError(f"head_lr must be > 0, got {self.head_lr}")
         if self.lr_first is not None and self.lr_first <= 0:
             raise LRVDError(f"lr_first must be > 0, got {self.lr_first}")
         if not 0.0 <= self.first_phase < 1.0:
@@ -223,7 +229,8 @@ class AdaLoRAIVON(AdaLoRA):
         p = self.params
         groups = self.param_groups(model, plan)
         for group in groups:  # keep the head/adapter lr ratio of the TrainConfig on IVON's scale
-            group["lr"] = p.lr * group["lr"] / plan.train.lr
+            is_head = model.is_head_parameter(group["params"][0])
+            group["lr"] = p.head_lr if is_head and p.head_lr is not None else p.lr * group["lr"] / plan.train.lr
             group["weight_decay"] = p.weight_decay
         optimizer = ivon.IVON(groups, **self.ivon_kwargs(plan))
         peft_root(model).rankallocator.optimizer = optimizer

@@ -1,20 +1,32 @@
-"""Laplace-LoRA (Yang et al., ICLR 2024): a post-hoc KFAC Laplace posterior over the LoRA weights.
+"""Laplace-LoRA (Yang et al., ICLR 2024): a post-hoc Kronecker-factored Laplace posterior over the LoRA weights.
 
-Training is plain LoRA (MAP with the loop's weight decay). :meth:`after_training` fits upstream
-laplace-torch ``Laplace(model, "classification", subset_of_weights="all", hessian_structure="kron")``
-at the trained weights and tunes the prior precision by the marginal likelihood (default) or by
-validation NLL grid search (``prior_tuning="gridsearch"``, needs :meth:`set_validation_loader`).
+Training is plain LoRA (MAP). :meth:`LaplaceLoRA.after_training` builds laplace-torch's
+``Laplace(model, "classification", subset_of_weights="all", hessian_structure="kron")`` at the trained
+weights, fits it on the training set and tunes one scalar prior precision, as the authors' scripts
+do (github ``adamxyang/laplace-lora``; every default and every deviation: ``docs/methods.md``,
+section Laplace-LoRA).
 
 "LoRA-only" is enforced by freezing the task head while the Laplace object is built, fitted and
 queried (laplace-torch takes every ``requires_grad`` parameter), so memory is bounded by the
 adapter: Kronecker factors of size d_in² + r² (A) and r² + d_out² (B) per module.
 
-Predictive (``predictive``): ``glm`` = linearised GLM with the probit link (deterministic; a
-Jacobian per example: seconds per batch on CPU), ``nn`` = mean softmax of ``n_samples``
-weight samples. ``auto`` (default) picks ``glm`` on CUDA and ``nn`` on CPU. Cost of
-:meth:`after_training`: one extra pass over the training set with per-batch KFAC (≈ 5 s for 64
-MiniLM examples on CPU) plus ≈ 0.2 s of prior tuning. The exact (type-2) KFAC backpropagates once
-per class, so a fit costs ≈ C + 1 training epochs; ``fit_examples`` bounds it (see :func:`fit_on_subset`).
+Predictive (``predictive``):
+
+* ``glm`` (default): the linearised model ``f(x; θ) ≈ f(x; θ*) + J(x)(θ − θ*)`` gives Gaussian logits
+  ``N(f(x; θ*), J Σ Jᵀ)``; the probit approximation turns them into probabilities, deterministic.
+* ``glm-mc``: the authors' scripts' predictive: the same Gaussian logits, ``logit_samples`` joint
+  draws (full C × C covariance, Cholesky with a 1e-6 jitter), mean softmax.
+* ``nn``: mean softmax of ``n_samples`` networks with weights drawn from the posterior. With the
+  marginal-likelihood prior the posterior sd is about the prior sd, far above the trained LoRA
+  weights, so sampled networks are close to random and accuracy falls towards chance.
+
+The GLM predictives need each example's Jacobian of the C logits w.r.t. the adapter weights.
+:func:`batched_jacobians` gets all examples of a batch from C backward passes (one per class), the
+per-example gradients of every adapted ``nn.Linear`` being ``Σ_tokens g xᵀ`` from the layer's input
+``x`` and output gradient ``g`` (what laplace-torch's ASDL/BackPACK backends do for plain networks).
+It is plugged in as a laplace-torch backend (:func:`backend_class`), so ``la(x, pred_type="glm")``
+uses it; laplace-torch's own ``jacobians`` (``torch.func.jacrev`` over the whole batch output,
+B·C backward passes over the whole batch) is the fallback for layers it does not cover.
 """
 
 from __future__ import annotations
@@ -31,18 +43,41 @@ from lrvd.training import move_batch
 from lrvd_baselines.lora import LoRA
 from lrvd_baselines.peft_adapters import model_device, seeded
 
-PREDICTIVES = ("auto", "glm", "nn")
+PREDICTIVES = ("glm", "glm-mc", "nn")
 TUNINGS = ("marglik", "gridsearch")
+#: laplace-torch curvature backends for the KFAC fit: name -> (backend class name, backend kwargs)
+CURVATURES = {
+    "ggn": ("CurvlinopsGGN", {}),  # exact GGN/Fisher KFAC: one backward pass per class
+    "ggn-mc": ("CurvlinopsGGN", {"stochastic": True}),  # Monte-Carlo Fisher KFAC: one backward pass
+    "ef": ("CurvlinopsEF", {}),  # empirical Fisher KFAC (gradients at the true labels): one backward pass
+}
 KFAC_PREFIX = "laplace.kfac."
+MC_JITTER = 1e-6  # the authors' scripts: cholesky(f_var + 1e-6 I)
+MC_CHUNK = 10_000  # logit samples per chunk of the glm-mc predictive (bounds its memory)
 
 
 @dataclass
 class LaplaceLoRAParams:
-    predictive: str = field(default="auto", metadata={"help": "auto | glm (probit) | nn (sampled); auto: glm on CUDA"})
-    n_samples: int = field(default=10, metadata={"help": "weight samples of the nn predictive"})
-    prior_tuning: str = field(default="marglik", metadata={"help": "marglik | gridsearch (validation NLL)"})
-    prior_precision: float = field(default=1.0, metadata={"help": "initial prior precision"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout during training (paper: 0)"})
+    predictive: str = field(default="glm", metadata={
+        "help": "glm: linearised predictive, probit link (default) | glm-mc: the authors' joint-logit Monte Carlo "
+                "over the same Gaussian logits | nn: mean of n_samples sampled networks; posterior sd is about "
+                "the prior sd, far above the LoRA weights, so sampled networks are near random (accuracy drops)"})
+    n_samples: int = field(default=10, metadata={"help": "posterior weight samples of the nn predictive"})
+    logit_samples: int = field(default=100_000, metadata={
+        "help": "joint logit samples per example of the glm-mc predictive (authors' scripts: 100000)"})
+    prior_tuning: str = field(default="marglik", metadata={
+        "help": "marglik: maximise the log marginal likelihood over a scalar prior precision (Adam, lr 0.1) | "
+                "gridsearch: validation NLL of the predictive on a log grid 1e-4..1e4"})
+    prior_precision: float = field(default=1.0, metadata={
+        "help": "prior precision the fit starts from; marglik starts its optimisation here (authors: 1.0); "
+                "gridsearch replaces it by the best grid value"})
+    prior_steps: int = field(default=100, metadata={
+        "help": "Adam steps of marglik tuning (authors' run_gpt_laplace.sh: 100)"})
+    curvature: str = field(default="ggn", metadata={
+        "help": "KFAC curvature: ggn (exact, one backward pass per class; authors) | ggn-mc (sampled Fisher, "
+                "one backward pass) | ef (empirical Fisher, one backward pass)"})
+    lora_dropout: float = field(default=0.0, metadata={
+        "help": "LoRA dropout during training (authors' scripts: 0.1; 0 here, the same MAP as lora)"})
     fit_examples: int = field(
         default=0, metadata={"help": "KFAC on a seeded subset of this many training examples, rescaled to N (0: all)"}
     )
@@ -52,8 +87,13 @@ class LaplaceLoRAParams:
             raise unknown_choice("Laplace predictive", self.predictive, PREDICTIVES)
         if self.prior_tuning not in TUNINGS:
             raise unknown_choice("Laplace prior tuning", self.prior_tuning, TUNINGS)
+        if self.curvature not in CURVATURES:
+            raise unknown_choice("Laplace curvature", self.curvature, tuple(CURVATURES))
         if self.n_samples < 0 or self.prior_precision <= 0:
             raise LRVDError("n_samples must be >= 0 and prior_precision > 0")
+        if self.logit_samples < 1 or self.prior_steps < 0:
+            raise LRVDError(f"logit_samples must be >= 1 and prior_steps >= 0, got {self.logit_samples}, "
+                            f"{self.prior_steps}")
         if self.fit_examples < 0:
             raise LRVDError(f"fit_examples must be >= 0 (0 = the whole training set), got {self.fit_examples}")
 
@@ -69,6 +109,108 @@ class DictLogits(nn.Module):
         return self.model(move_batch(batch, model_device(self.model)))
 
 
+# -- Jacobians -------------------------------------------------------------------------------------
+def linear_owners(model: nn.Module, params: list[nn.Parameter]) -> list[nn.Linear] | None:
+    """The ``nn.Linear`` modules owning ``params`` (LoRA's A and B), or None if some parameter lives elsewhere."""
+    owners, covered = [], set()
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            mine = [p for p in (module.weight, module.bias) if p is not None and p.requires_grad]
+            if mine:
+                owners.append(module)
+                covered.update(id(p) for p in mine)
+    return owners if covered == {id(p) for p in params} else None
+
+
+def batched_jacobians(model: nn.Module, batch: Any, params: list[nn.Parameter]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-example Jacobians ``[B, C, P]`` of the logits w.r.t. ``params`` (in order) and the logits ``[B, C]``.
+
+    One forward pass records every adapted layer's input ``x`` and output; then, per class c, one
+    backward pass of ``Σ_i f_ic`` gives each layer's output gradient ``g``, and example i's gradient
+    is ``Σ_rows,tokens g xᵀ`` over its own rows. Examples do not interact in the forward pass
+    (eval mode), so this equals the exact per-example Jacobian. The rows of example i are the i-th
+    contiguous block of a layer's leading dimension (B rows, or B·K for K choices per question).
+    Returns None where that structure does not hold (a parameter outside ``nn.Linear``, a layer whose
+    leading dimension is not a multiple of B), for the caller's exact fallback.
+    """
+    owners = linear_owners(model, params)
+    if owners is None:
+        return None
+    calls: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
+
+    def record(module, inputs, output):
+        calls.append((module, inputs[0].detach(), output))
+
+    hooks = [m.register_forward_hook(record) for m in owners]
+    try:
+        with torch.enable_grad():
+            logits = model(batch)  # [B, C]
+    finally:
+        for h in hooks:
+            h.remove()
+    n, n_classes = logits.shape
+    if not calls or any(x.dim() < 2 or x.shape[0] % n for _, x, _ in calls):
+        return None
+    grads = {id(p): logits.new_zeros(n, n_classes, p.numel()) for p in params}
+    outputs = [out for _, _, out in calls]
+    for c in range(n_classes):
+        out_grads = torch.autograd.grad(logits[:, c].sum(), outputs, retain_graph=c < n_classes - 1,
+                                        allow_unused=True)
+        for (module, x, _), g in zip(calls, out_grads):
+            if g is None:
+                continue
+            g, x = g.reshape(n, -1, g.shape[-1]), x.reshape(n, -1, x.shape[-1])  # [B, rows·tokens, d]
+            if module.weight.requires_grad:
+                grads[id(module.weight)][:, c] += torch.einsum("bto,bti->boi", g, x).flatten(1)
+            if module.bias is not None and module.bias.requires_grad:
+                grads[id(module.bias)][:, c] += g.sum(1)
+    return torch.cat([grads[id(p)] for p in params], dim=-1), logits.detach()
+
+
+class BatchedJacobians:
+    """Mixin for a laplace-torch curvature backend: GLM Jacobians from :func:`batched_jacobians`."""
+
+    def jacobians(self, x, enable_backprop: bool = False):
+        result = None if enable_backprop else batched_jacobians(self.model, x, self.params)
+        return result if result is not None else super().jacobians(x, enable_backprop=enable_backprop)
+
+    def functorch_jacobians(self, x, enable_backprop: bool = False):
+        return self.jacobians(x, enable_backprop=enable_backprop)
+
+
+def backend_class(curvature: str) -> type:
+    """laplace-torch backend for ``curvature`` (:data:`CURVATURES`) with batched GLM Jacobians."""
+    import laplace.curvature
+
+    base = getattr(laplace.curvature, CURVATURES[curvature][0])
+    return type(f"Batched{base.__name__}", (BatchedJacobians, base), {})
+
+
+def glm_logit_distribution(la, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The linearised predictive's Gaussian logits: mean ``[B, C]`` and covariance ``J Σ Jᵀ`` ``[B, C, C]``."""
+    with torch.enable_grad():
+        jacobians, f_mu = la.backend.jacobians(batch)
+    return f_mu.detach(), la.functional_variance(jacobians).detach()
+
+
+def joint_logit_mc(f_mu: torch.Tensor, f_var: torch.Tensor, n_samples: int, chunk: int = MC_CHUNK) -> torch.Tensor:
+    """Mean softmax of ``n_samples`` draws ``f_mu + L ε``, ``L Lᵀ = f_var + 1e-6 I``, ε ~ N(0, I) per example.
+
+    The authors' scripts' GLM predictive (``mc_corr``): samples of the joint logit vector, so the
+    covariance between classes is kept (the probit link uses only its diagonal). The Cholesky factor
+    is taken in float64 (a C × C matrix per example).
+    """
+    eye = torch.eye(f_var.shape[-1], dtype=torch.float64, device=f_var.device)
+    scale = torch.linalg.cholesky(f_var.double() + MC_JITTER * eye).to(f_mu.dtype)  # [B, C, C]
+    total = torch.zeros_like(f_mu)
+    for start in range(0, n_samples, chunk):
+        m = min(chunk, n_samples - start)
+        eps = torch.randn(m, *f_mu.shape, 1, dtype=f_mu.dtype, device=f_mu.device)  # [m, B, C, 1]
+        total += torch.softmax(f_mu + (scale @ eps).squeeze(-1), dim=-1).sum(0)
+    return total / n_samples
+
+
+# -- fitting ---------------------------------------------------------------------------------------
 def subset_loader(loader, n_examples: int, seed: int = 0):
     """The first ``n_examples`` of a seeded permutation of ``loader.dataset``, same batching and collate."""
     from torch.utils.data import DataLoader, Subset
@@ -134,18 +276,15 @@ class LaplaceLoRA(LoRA):
         """Validation batches for ``prior_tuning="gridsearch"``."""
         self.val_loader = loader
 
-    def predictive(self, device: torch.device) -> str:
-        if self.params.predictive == "auto":
-            return "glm" if device.type == "cuda" else "nn"
-        return self.params.predictive
-
     def build_laplace(self, model):
         from laplace import Laplace
 
         with head_frozen(model):
             return Laplace(
                 DictLogits(model), "classification", subset_of_weights="all", hessian_structure="kron",
-                prior_precision=self.params.prior_precision, dict_key_x="input_ids", dict_key_y="labels",
+                prior_precision=self.params.prior_precision, backend=backend_class(self.params.curvature),
+                backend_kwargs=dict(CURVATURES[self.params.curvature][1]),
+                dict_key_x="input_ids", dict_key_y="labels",
             )
 
     @property
@@ -160,28 +299,44 @@ class LaplaceLoRA(LoRA):
         if self.params.prior_tuning == "gridsearch" and self.val_loader is None:
             raise LRVDError("prior_tuning='gridsearch' needs set_validation_loader(loader) before after_training")
         la = self.build_laplace(model)
-        pred = self.predictive(model_device(model))
         with head_frozen(model):
             fit_on_subset(la, train_loader, self.params.fit_examples,
                           seed=self.plan.train.seed if self.plan is not None else 0)
-            kwargs = {"pred_type": pred, "method": self.params.prior_tuning}
-            if pred == "nn":
-                kwargs.update(link_approx="mc", n_samples=max(1, self.params.n_samples))
-            if self.params.prior_tuning == "gridsearch":
-                kwargs["val_loader"] = self.val_loader
-            la.optimize_prior_precision(**kwargs)
+            self.tune_prior(la)
         self.laplace = la
+
+    def tune_prior(self, la) -> None:
+        """Scalar prior precision ("homo" in the authors' scripts), starting from ``prior_precision``."""
+        import warnings
+
+        p = self.params
+        if p.prior_tuning == "marglik":
+            with warnings.catch_warnings():  # laplace-torch warns that the link of `la(x)` must match; unused here
+                warnings.simplefilter("ignore", UserWarning)
+                la.optimize_prior_precision(pred_type="glm", method="marglik", n_steps=p.prior_steps, lr=1e-1,
+                                            init_prior_prec=p.prior_precision, prior_structure="scalar")
+            return
+        sampled = p.predictive == "nn"
+        la.optimize_prior_precision(
+            pred_type="nn" if sampled else "glm", method="gridsearch", val_loader=self.val_loader,
+            prior_structure="scalar", link_approx="mc" if sampled else "probit", n_samples=max(1, p.n_samples),
+        )
 
     @torch.no_grad()
     def predict_proba(self, model, batch, n_samples=None) -> torch.Tensor:
+        """``n_samples=0``: the MAP LoRA; otherwise the ``predictive`` (``n_samples`` matters only for ``nn``)."""
         n = self.resolve_n_samples(n_samples)
         if self.laplace is None or n == 0:
             return super().predict_proba(model, batch, 0)
-        la, device = self.laplace, model_device(model)
+        la, device, kind = self.laplace, model_device(model), self.params.predictive
         with head_frozen(model):
-            if self.predictive(device) == "glm":
+            if kind == "glm":
                 with torch.enable_grad():
                     return la(batch, pred_type="glm", link_approx="probit").float()
+            if kind == "glm-mc":
+                f_mu, f_var = glm_logit_distribution(la, batch)
+                with seeded(self.next_sample_seed(), device):
+                    return joint_logit_mc(f_mu, f_var, self.params.logit_samples).float()
             with seeded(self.next_sample_seed(), device):
                 return la(batch, pred_type="nn", link_approx="mc", n_samples=n).float()
 

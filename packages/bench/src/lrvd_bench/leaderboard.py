@@ -57,7 +57,8 @@ COLUMNS: dict[str, str] = {
     "time_per_step_s_mean": "train_time_s / optimizer steps",
     "posthoc_time_s_mean": "after_training time (e.g. the Laplace fit), seconds",
     "eval_time_s_mean": "prediction time on the evaluation split (× posterior samples), seconds",
-    "peak_memory_mb_mean": "peak CUDA memory allocated, or on CPU the peak RSS above the trial start (after imports), MiB",
+    "peak_memory_mb_mean": "peak CUDA memory allocated, or on CPU the peak RSS above the trial start "
+                           "(after imports), MiB",
     "final_train_loss_mean": "smoothed training loss at the last step",
     "reference": "the method the delta_* columns compare with (config key reference, default lora)",
     "delta_accuracy": "paired difference method − reference in accuracy: mean over the seeds both ran of the "
@@ -67,7 +68,8 @@ COLUMNS: dict[str, str] = {
     "delta_accuracy_hi": "upper end of that interval; an interval that excludes 0 is marked * in leaderboard.md",
     "delta_ece": "paired difference in ECE (negative: better calibrated than the reference); _lo/_hi as for accuracy",
     "delta_nll": "paired difference in NLL (negative: better); delta_nll_lo / delta_nll_hi its 95 % interval",
-    "delta_brier": "paired difference in Brier score (negative: better); delta_brier_lo / delta_brier_hi its interval",
+    "delta_brier": "paired difference in Brier score (negative: better); "
+                   "delta_brier_lo / delta_brier_hi its interval",
     "delta_n_seeds": "seeds paired in the delta_* columns (seeds both the method and the reference completed)",
     "n_eval": "evaluation examples (the task's evaluation split, after limit_eval)",
     "n_train": "examples the methods trained on: the training split (after limit_train) minus the validation split",

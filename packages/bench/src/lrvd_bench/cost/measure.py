@@ -8,7 +8,7 @@ window (0.12 T … 0.48 T) and past BayesLoRA's first KL-ramp steps, so schedule
 
 Then, in separate passes so the probes do not perturb the timings: the peak memory of one step
 (resident tensors + the step's transient peak; CUDA ``max_memory_allocated``, CPU peak RSS through
-:mod:`lrvd_bench.memory`), ``after_training`` for methods overriding it (seconds and training
+:mod:`lrvd_bench.memory`), ``after_training`` for ``posthoc_fit`` methods (seconds and training
 epochs), and prediction: one deterministic pass, the S-sample predictive as the method runs it by
 default, and for methods with ``mc_chunk`` also all S samples batched in one pass and one sample
 per pass; each timed (interleaved rounds) and its peak memory probed once.
@@ -31,8 +31,8 @@ from lrvd_bench.cost.harness import (
     CostConfig,
     Entry,
     build_entry,
+    cpu_timed,
     load_inputs,
-    overrides,
     plan_and_spec,
     run_step,
     timed,
@@ -191,14 +191,15 @@ def measure(
         for e in live():
             try:
                 hook: list[float] = []
-                elapsed = timed(lambda e=e, h=hook, step=offset + rnd: h.append(run_step(e, batch, step, device, plan)),
-                                device)
+                elapsed, cpu = cpu_timed(
+                    lambda e=e, h=hook, step=offset + rnd: h.append(run_step(e, batch, step, device, plan)), device)
             except Exception as err:
                 e.error = f"train: {type(err).__name__}: {err}"[:200]
                 log(f"bench cost: {e.name}: {e.error}")
                 continue
             if rnd >= cfg.warmup:
                 e.step_times.append(elapsed)
+                e.step_cpu_times.append(cpu)
                 e.hook_times.append(hook[0])
         if (rnd + 1) % 5 == 0 or rnd + 1 == rounds:
             log(f"bench cost: training round {rnd + 1}/{rounds}")
@@ -210,15 +211,15 @@ def measure(
         except Exception as err:
             log(f"bench cost: {e.name}: memory probe failed: {type(err).__name__}: {err}")
 
-    # 3. after_training (methods overriding it), timed once
+    # 3. after_training (methods with the posthoc_fit capability), timed once
     spe = steps_per_epoch(n_train, cfg.batch_size)
     for e in live():
-        if not overrides(type(e.method), "after_training"):
+        if not e.method.posthoc_fit:
             continue
         e.model.eval()
         try:
             args = (e.model, inputs.train_loader)
-            if getattr(e.method, "needs_validation", False):
+            if e.method.needs_validation:
                 args = (e.model, inputs.train_loader, inputs.train_loader)  # cost only: the train loader stands in
             e.row["after_training_s"] = timed(lambda a=args, m=e.method: m.after_training(*a), device)
             log(f"bench cost: {e.name} after_training {e.row['after_training_s']:.1f} s")
@@ -258,6 +259,8 @@ def measure(
     for e, row in zip(entries, rows):
         if ref is not None and not e.error:
             row["step_ratio_iqr"] = paired_ratio_iqr(e.step_times, ref.step_times)
+            row["step_cpu_ratio"] = median_iqr([ratio(a, b) for a, b in zip(e.step_cpu_times, ref.step_cpu_times)])[0]
+            row["step_cpu_ratio_iqr"] = paired_ratio_iqr(e.step_cpu_times, ref.step_cpu_times)
     info = run_info(cfg, device, n_train=n_train, steps_per_epoch=spe, batch=batch, total_steps=total_steps,
                     offset=offset)
     for e in entries:  # free before returning (the models hold the backbone copies)
@@ -274,7 +277,7 @@ def make_row(e: Entry, times: dict[tuple[str, str], list[float]], spe: int) -> d
         return row
     med, iqr = median_iqr(e.step_times)
     row.update(step_ms=1e3 * med, step_iqr_ms=1e3 * iqr, hook_ms=1e3 * median_iqr(e.hook_times)[0],
-               n_steps=len(e.step_times))
+               n_steps=len(e.step_times), step_cpu_ms=1e3 * median_iqr(e.step_cpu_times)[0])
     row.update({k: v for k, v in e.row.items() if k in ("peak_mib", "step_peak_mib")})
     counts = e.method.parameter_counts(e.model)
     row["trainable"], row["variational"] = int(counts.get("trainable", 0)), int(counts.get("variational", 0))

@@ -13,11 +13,13 @@ from lrvd_bench.cost.stats import ratio
 #: (row key, Markdown header) of the per-step table.
 COLUMNS = [
     ("method", "method"), ("step_ms", "step ms (median)"), ("step_iqr_ms", "IQR ms"),
-    ("step_ms_ratio", "× LoRA"), ("step_ratio_iqr", "IQR of × LoRA"), ("hook_ms", "on_step_end ms"),
+    ("step_ms_ratio", "× LoRA"), ("step_ratio_iqr", "IQR of × LoRA"), ("step_cpu_ms", "step CPU ms"),
+    ("step_cpu_ratio", "CPU × LoRA"), ("step_cpu_ratio_iqr", "IQR"), ("hook_ms", "on_step_end ms"),
     ("peak_mib", "peak MiB"),
     ("peak_mib_ratio", "× LoRA"), ("trainable", "trainable"), ("variational", "variational"),
     ("pred_det_ms", "predict det. ms"), ("pred_s_ms", "predict S ms"), ("pred_s_ratio", "S / det."),
-    ("pred_s_iqr_ratio", "IQR"), ("pred_seq_ms", "S seq. ms"), ("pred_seq_ratio", "seq. / det."),
+    ("pred_s_iqr_ratio", "IQR"), ("pred_batched_ms", "S batched ms"), ("pred_batched_ratio", "batched / det."),
+    ("pred_seq_ms", "S seq. ms"), ("pred_seq_ratio", "seq. / det."),
     ("pred_det_peak_mib", "predict det. peak MiB"), ("pred_s_peak_mib", "predict S peak MiB"),
     ("pred_s_peak_ratio", "S / det. peak"), ("pred_batched_peak_mib", "S batched peak MiB"),
     ("pred_batched_peak_ratio", "batched / det. peak"),
