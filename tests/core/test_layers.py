@@ -247,7 +247,8 @@ def test_inject_reports_candidates_when_nothing_matches():
     from lrvd import LRVDError
 
     model = TinyBertClassifier()
-    with pytest.raises(LRVDError, match=r"no linear module matches target_modules=\['q_proj'\]; the model's linear module names: query, key, value, dense, classifier$"):
+    with pytest.raises(LRVDError, match=r"no linear module matches target_modules=\['q_proj'\]; "
+                                        r"the model's linear module names: query, key, value, dense, classifier$"):
         inject_lrvd(model.backbone, ["q_proj"], r=2, scaling=1.0)
 
 
@@ -310,3 +311,21 @@ def test_mc_predictive_chunks_samples_from_the_memory_budget(budget, passes):
     probs = mc_predict_proba(model, batch, 10, chunk=0, memory_budget=budget)
     assert len(calls) == passes and sum(calls) == 10 * 4
     torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+
+
+# -- written against surviving mutants (docs/testing.md) -------------------------------------------
+def test_frozen_shape_of_linear_and_conv1d_and_the_rank_one_layer():
+    import lrvd
+
+    from transformers.pytorch_utils import Conv1D
+
+    linear = lrvd.LRVDLinear(nn.Linear(3, 5), r=1, scaling=1.0)  # r = 1 is a valid rank
+    assert (linear.fan_in_fan_out, linear.in_features, linear.out_features, linear.r) == (False, 3, 5, 1)
+    conv = lrvd.LRVDLinear(Conv1D(5, 3), r=2, scaling=1.0)  # Conv1D(nf=out, nx=in): weight [in, out]
+    assert (conv.fan_in_fan_out, conv.in_features, conv.out_features) == (True, 3, 5)
+    with pytest.raises(ValueError, match="rank must be >= 1, got 0"):
+        lrvd.LRVDLinear(nn.Linear(3, 5), r=0, scaling=1.0)
+    with pytest.raises(ValueError, match="unknown LRVD variant 'gates'; valid: factor, gate"):
+        lrvd.LRVDLinear(nn.Linear(3, 5), r=1, scaling=1.0, variant="gates")
+    with pytest.raises(TypeError, match="LRVDLinear wraps nn.Linear or Conv1D, got Bilinear"):
+        lrvd.LRVDLinear(nn.Bilinear(3, 3, 5), r=1, scaling=1.0)

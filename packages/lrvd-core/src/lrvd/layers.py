@@ -47,10 +47,8 @@ VARIANTS = ("factor", "gate")
 
 def is_conv1d(module: nn.Module) -> bool:
     """transformers' GPT-2 style ``Conv1D``: a linear map whose weight is stored [in, out]."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return False
+    from transformers.pytorch_utils import Conv1D  # transformers is a dependency of lrvd-core
+
     return isinstance(module, Conv1D)
 
 
