@@ -14,10 +14,10 @@ import math
 
 import pytest
 import torch
-from conftest import TinyBertClassifier, collate, make_toy_dataset, make_toy_loader
 from torch.nn.utils import vector_to_parameters
 from torch.utils.data import DataLoader
 
+from conftest import TinyBertClassifier, collate, make_toy_dataset, make_toy_loader
 from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method
 from lrvd.training import fit, seed_everything
 from lrvd_baselines.laplace_lora import (
@@ -88,7 +88,8 @@ def test_marglik_moves_the_prior_precision_to_a_maximum_of_the_marginal_likeliho
     la = method.laplace
     tuned = float(la.prior_precision)
     assert abs(math.log(tuned / AUTHORS_PRIOR_INIT)) > 1.0  # far from where it started
-    at = {x: float(la.log_marginal_likelihood(torch.tensor([x]))) for x in (AUTHORS_PRIOR_INIT, tuned / 1.5, tuned, tuned * 1.5)}
+    points = (AUTHORS_PRIOR_INIT, tuned / 1.5, tuned, tuned * 1.5)
+    at = {x: float(la.log_marginal_likelihood(torch.tensor([x]))) for x in points}
     assert at[tuned] > max(at[AUTHORS_PRIOR_INIT], at[tuned / 1.5], at[tuned * 1.5])
 
 
@@ -206,7 +207,8 @@ def test_curvature_names_select_the_laplace_torch_backend(fitted):
     from laplace.curvature import CurvlinopsEF, CurvlinopsGGN
 
     _, model, _ = fitted
-    for name, cls, stochastic in (("ggn", CurvlinopsGGN, False), ("ggn-mc", CurvlinopsGGN, True), ("ef", CurvlinopsEF, None)):
+    cases = (("ggn", CurvlinopsGGN, False), ("ggn-mc", CurvlinopsGGN, True), ("ef", CurvlinopsEF, None))
+    for name, cls, stochastic in cases:
         la = get_method("laplace-lora")(curvature=name).build_laplace(model)
         assert isinstance(la.backend, cls)
         if stochastic is not None:

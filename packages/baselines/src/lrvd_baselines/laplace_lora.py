@@ -129,7 +129,9 @@ def linear_owners(model: nn.Module, params: list[nn.Parameter]) -> list[nn.Linea
     return owners if covered == {id(p) for p in params} else None
 
 
-def batched_jacobians(model: nn.Module, batch: Any, params: list[nn.Parameter]) -> tuple[torch.Tensor, torch.Tensor] | None:
+def batched_jacobians(
+    model: nn.Module, batch: Any, params: list[nn.Parameter]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per-example Jacobians ``[B, C, P]`` of the logits w.r.t. ``params`` (in order) and the logits ``[B, C]``.
 
     One forward pass records every adapted layer's input ``x`` and output; then, per class c, one
