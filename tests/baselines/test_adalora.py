@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from conftest import TinyBertClassifier, make_toy_loader
-from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method
+from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan, get_method
 from lrvd.training import fit, seed_everything
 from lrvd_baselines.adalora import keep_top_budget
 from lrvd_baselines.adalora_ivon import CRITERIA, two_phase_schedule
 from lrvd_baselines.peft_adapters import adapter_layers, peft_root
 
-SPEC = AdapterSpec(r=4, alpha=8)
+SPEC = AdapterConfig(r=4, alpha=8)
 N_TRAIN = 37  # distinct from every other number in these tests, so a wrong ess cannot pass by chance
 
 

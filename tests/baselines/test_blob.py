@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from conftest import TinyBertClassifier, make_toy_loader
-from lrvd.protocol import AdapterSpec, TrainConfig, TrainPlan
+from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 from lrvd.registry import get_method, list_methods
 from lrvd.training import fit
 from lrvd_baselines.blob import BLoB, BLoBLinear, kl_weight
 from lrvd_baselines.lora import LoRA
 
-SPEC = AdapterSpec(r=2, alpha=4)
+SPEC = AdapterConfig(r=2, alpha=4)
 
 
 def plan(steps: int = 1, n_train: int = 32) -> TrainPlan:
@@ -192,7 +192,7 @@ def test_lm_head_is_adaptable_on_a_causal_lm():
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
     backbone = build_backbone_from_config(config, get_task("arc-e"), tokenizer)
     method = BLoB()
-    model = method.attach(backbone.model, AdapterSpec(target_modules=["q_proj", "v_proj", "lm_head"], r=2, alpha=4),
+    model = method.attach(backbone.model, AdapterConfig(target_modules=["q_proj", "v_proj", "lm_head"], r=2, alpha=4),
                           plan())
     head = model.backbone.lm_head
     assert isinstance(head, BLoBLinear) and head.lora_A_std_sqrt.requires_grad

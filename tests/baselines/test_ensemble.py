@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import TinyBertClassifier, make_toy_loader
-from lrvd.protocol import AdapterSpec, TrainConfig, TrainPlan
+from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 from lrvd.registry import get_method, list_methods
 from lrvd.training import fit
 from lrvd_baselines.lora import LoRA
 from lrvd_baselines.lora_ensemble import LoRAEnsemble, ensemble_from_trials, ensemble_probs
 
-SPEC = AdapterSpec(r=2, alpha=4)
+SPEC = AdapterConfig(r=2, alpha=4)
 
 
 def plan(steps: int = 3) -> TrainPlan:

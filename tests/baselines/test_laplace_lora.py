@@ -18,7 +18,7 @@ from torch.nn.utils import vector_to_parameters
 from torch.utils.data import DataLoader
 
 from conftest import TinyBertClassifier, collate, make_toy_dataset, make_toy_loader
-from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method
+from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan, get_method
 from lrvd.training import fit, seed_everything
 from lrvd_baselines.laplace_lora import (
     DictLogits,
@@ -29,7 +29,7 @@ from lrvd_baselines.laplace_lora import (
     subset_loader,
 )
 
-SPEC = AdapterSpec(r=4, alpha=8)
+SPEC = AdapterConfig(r=4, alpha=8)
 AUTHORS_PRIOR_INIT, AUTHORS_MARGLIK_STEPS, AUTHORS_MARGLIK_LR = 1.0, 100, 1e-1
 
 

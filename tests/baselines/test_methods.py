@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TinyBertClassifier, make_toy_loader
 
-from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method, list_methods, lrvd_modules
+from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan, get_method, list_methods, lrvd_modules
 from lrvd.training import fit, seed_everything
 
 # name -> (hyper-parameters, learning rate on the loop's scale)
@@ -28,7 +28,7 @@ CASES = {
     "blob": ({"n_samples": 3}, 3e-2),
 }
 STEPS = 20
-SPEC = AdapterSpec(r=4, alpha=8)
+SPEC = AdapterConfig(r=4, alpha=8)
 
 
 def with_capability(capability: str) -> list[str]:

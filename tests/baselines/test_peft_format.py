@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import TinyBertClassifier, make_toy_loader
 
-from lrvd import AdapterSpec, TrainConfig, TrainPlan, get_method, list_methods
+from lrvd import AdapterConfig, TrainConfig, TrainPlan, get_method, list_methods
 from lrvd.inject import lrvd_modules, sampling
 from lrvd.pruning import prune_layer
 from lrvd.training import fit, seed_everything
@@ -33,7 +33,7 @@ CASES = {
     "bayeslora": {},
     "blob": {"n_samples": 3},
 }
-SPEC = AdapterSpec(r=4, alpha=8)
+SPEC = AdapterConfig(r=4, alpha=8)
 STEPS = 20
 
 LOADER = textwrap.dedent("""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lrvd.metrics import accuracy, negative_log_likelihood
-from lrvd.protocol import AdapterSpec, TrainConfig, TrainPlan
+from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 from lrvd.registry import get_method, list_methods
 from lrvd.training import fit, predict
 from lrvd_baselines.lora_temp_scaling import LoRATempScaling, fit_temperature
@@ -42,7 +42,7 @@ def test_method_fits_on_val_loader_and_keeps_argmax(tmp_path):
     assert method.needs_validation
     train, val = make_toy_loader(32, seed=0), make_toy_loader(16, seed=1, shuffle=False)
     plan = TrainPlan(total_steps=4, n_train=32, train=TrainConfig(lr=5e-3, mixed_precision="no"))
-    model = method.attach(TinyBertClassifier(), AdapterSpec(r=2, alpha=4), plan)
+    model = method.attach(TinyBertClassifier(), AdapterConfig(r=2, alpha=4), plan)
     fit(method, model, train, plan, device="cpu", progress=False)
     method.after_training(model, train, val)
     assert method.temperature != 1.0
@@ -51,14 +51,14 @@ def test_method_fits_on_val_loader_and_keeps_argmax(tmp_path):
     assert torch.equal(probs.argmax(-1), raw.argmax(-1))
     method.save_adapter(model, tmp_path)
     again = LoRATempScaling()
-    again.load_adapter(again.attach(TinyBertClassifier(), AdapterSpec(r=2, alpha=4), plan), tmp_path)
+    again.load_adapter(again.attach(TinyBertClassifier(), AdapterConfig(r=2, alpha=4), plan), tmp_path)
     assert again.temperature == pytest.approx(method.temperature)
 
 
 def test_missing_val_loader_warns_and_uses_train():
     method = LoRATempScaling()
     plan = TrainPlan(total_steps=1, n_train=16, train=TrainConfig(mixed_precision="no"))
-    model = method.attach(TinyBertClassifier(), AdapterSpec(r=2, alpha=4), plan)
+    model = method.attach(TinyBertClassifier(), AdapterConfig(r=2, alpha=4), plan)
     with pytest.warns(UserWarning, match="no validation loader"):
         method.after_training(model, make_toy_loader(16))
     assert method.temperature > 0

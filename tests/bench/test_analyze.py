@@ -244,14 +244,14 @@ def test_snr_run_on_an_adalora_ivon_adapter(tmp_path):
 # -- 2. τ sweep ------------------------------------------------------------------------------------
 def test_tau_sweep_known_effective_rank_and_unpruned_outputs():
     from conftest import TinyBertClassifier, make_toy_loader
-    from lrvd import AdapterSpec, TrainConfig, TrainPlan
+    from lrvd import AdapterConfig, TrainConfig, TrainPlan
     from lrvd.inject import lrvd_modules
     from lrvd.methods.bayeslora import BayesLoRA
     from lrvd.pruning import prune_ranks
     from lrvd.training import predict
 
     method = BayesLoRA(n_samples=3)
-    model = method.attach(TinyBertClassifier(), AdapterSpec(target_modules=["query", "value"], r=4, alpha=8.0),
+    model = method.attach(TinyBertClassifier(), AdapterConfig(target_modules=["query", "value"], r=4, alpha=8.0),
                           TrainPlan(10, 16, TrainConfig()))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -25,6 +25,7 @@ def run(capsys, *argv):
     (["run", "--config", "missing.yaml"], "config file not found"),
     (["run", "--set", "train.lrr=1", "--dry-run"], "unknown key 'train.lrr'"),
     (["run", "--set", "nonsense", "--dry-run"], "--set expects key=value"),
+    (["run", "--set", "scheduler=asha", "--dry-run"], "scheduler asha stops trials on the validation metric"),
     (["run", "--retry-failed"], "--retry-failed only makes sense with --resume"),
     (["run", "--resume", "somewhere", "--methods", "lora"], "--resume continues a run"),
     (["leaderboard", "no/such/run"], "not a bench run directory"),

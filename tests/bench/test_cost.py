@@ -114,6 +114,7 @@ def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path)
         assert row["peak_mib"] > 0  # resident tensors (IVON keeps its state in param groups) + step peak
     by = {r["method"]: r for r in rows}
     assert by["lora"]["step_ms_ratio"] == 1.0 and by["lora"]["step_ratio_iqr"] == 0.0
+    assert by["lora"]["step_cpu_ratio"] == 1.0 and by["bayeslora"]["step_cpu_ms"] > 0
     assert by["bayeslora"]["variational"] > 0
     # default, batched and sequential MC, each timed and with its peak memory beside the deterministic pass
     assert {"pred_s_ms", "pred_batched_ms", "pred_seq_ms", "pred_seq_ratio", "pred_s_peak_ratio",
@@ -164,9 +165,9 @@ def test_whole_run_prunes_bayeslora_and_reports_ratios_to_lora():
     assert n_modules >= 2
     # Pruning to one rank per module quarters every module's (d_in + d_out + 1) r; the head H stays:
     # end = H + (start - H) / 4. H = LoRA's trainable count minus its lora_ factor entries.
-    from lrvd import AdapterSpec, TrainConfig, TrainPlan, get_method
+    from lrvd import AdapterConfig, TrainConfig, TrainPlan, get_method
 
-    lora_model = get_method("lora")().attach(TinyBertClassifier(), AdapterSpec(r=4, alpha=8),
+    lora_model = get_method("lora")().attach(TinyBertClassifier(), AdapterConfig(r=4, alpha=8),
                                             TrainPlan(total_steps=8, n_train=16, train=TrainConfig(max_steps=8)))
     head = by["lora"]["params_start"] - sum(p.numel() for n, p in lora_model.named_parameters() if "lora_" in n)
     start, end = by["bayeslora"]["params_start"], by["bayeslora"]["params_end"]

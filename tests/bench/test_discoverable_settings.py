@@ -90,9 +90,9 @@ def test_run_help_shows_defaults_and_lists_train_and_adapter_keys(capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", "--help"])
     out = capsys.readouterr().out
-    from lrvd.protocol import AdapterSpec, TrainConfig
+    from lrvd.protocol import AdapterConfig, TrainConfig
 
-    for prefix, cls in (("train", TrainConfig), ("adapter", AdapterSpec)):
+    for prefix, cls in (("train", TrainConfig), ("adapter", AdapterConfig)):
         for f in dataclasses.fields(cls):
             assert f"{prefix}.{f.name} " in out
     assert "train.warmup_ratio" in out and "0.06" in out.split("train.warmup_ratio")[1].splitlines()[0]

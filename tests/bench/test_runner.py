@@ -278,7 +278,7 @@ def test_asha_stops_trials_early_on_the_validation_metric(ray_session, tmp_path)
     """One trial at a time: lora's val_nll is 1/step, bayeslora's 1 + 1/step; ASHA (grace 1 step)
     stops both bayeslora trials at the first rung, before they finish, and records them as stopped."""
     calls = tmp_path / "calls.txt"
-    config = _config(tmp_path, scheduler="asha", max_concurrent_trials=1, train={"log_every": 1})
+    config = _config(tmp_path, scheduler="asha", max_concurrent_trials=1, train={"log_every": 1, "eval_every": 1})
     outcome = run_sweep(config, trial_fn=fake_trial(calls, steps=6, sleep=0.3), check=False)
     trials = pd.read_csv(outcome.run_dir / "trials.csv").set_index("method")
     assert sorted(trials.loc["lora", "status"]) == ["ok", "ok"]

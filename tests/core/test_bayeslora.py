@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import TinyBertClassifier, make_toy_loader
-from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan, get_method
+from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan, get_method
 from lrvd.inject import lrvd_modules
 from lrvd.methods.bayeslora import BayesLoRA
 from lrvd.training import fit
 
-SPEC = AdapterSpec(target_modules=["query", "value"], r=4, alpha=8.0)
+SPEC = AdapterConfig(target_modules=["query", "value"], r=4, alpha=8.0)
 
 
 def attached(seed: int = 0, total_steps: int = 20, **params) -> tuple[BayesLoRA, TinyBertClassifier]:

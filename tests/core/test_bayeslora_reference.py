@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 from conftest import TinyBertClassifier, make_toy_loader
-from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan
+from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan
 from lrvd.inject import lrvd_modules, sampling
 from lrvd.kl import K1, K2, K3
 from lrvd.layers import LRVDLinear
 from lrvd.methods.bayeslora import PROTOCOLS, BayesLoRA
 from lrvd.pruning import prune_ranks
 
-SPEC = AdapterSpec(target_modules=["query", "value"], r=4, alpha=8.0)
+SPEC = AdapterConfig(target_modules=["query", "value"], r=4, alpha=8.0)
 
 
 def kl_by_hand(log_alpha: float) -> float:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TinyBertClassifier, make_toy_loader
-from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan
+from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan
 from lrvd.checkpoint import BestCheckpoint, restore_state, snapshot_state
 from lrvd.methods.bayeslora import BayesLoRA
 from lrvd.metrics import accuracy
@@ -36,7 +36,7 @@ def _train(eval_every: int, metric: str = "val_accuracy", total: int = 30, n_sam
     plan = TrainPlan(total, 64, TrainConfig(max_steps=total, lr=1e-2, eval_every=eval_every,
                                             checkpoint_metric=metric, log_every=7))
     method = SabotagedBayesLoRA(n_samples=n_samples)
-    model = method.attach(TinyBertClassifier(), AdapterSpec(r=2), plan)
+    model = method.attach(TinyBertClassifier(), AdapterConfig(r=2), plan)
     val = make_toy_loader(n=32, seed=1, shuffle=False)
     seen, logged = {}, []
 
@@ -81,7 +81,7 @@ def test_val_nll_picks_the_lowest_nll_and_scoring_leaves_training_unchanged():
 def test_eval_every_without_validation_split_is_an_error():
     plan = TrainPlan(2, 16, TrainConfig(max_steps=2, eval_every=1))
     method = BayesLoRA()
-    model = method.attach(TinyBertClassifier(), AdapterSpec(r=2), plan)
+    model = method.attach(TinyBertClassifier(), AdapterConfig(r=2), plan)
     with pytest.raises(LRVDError, match="train.eval_every=1 needs a validation split"):
         fit(method, model, make_toy_loader(n=16), plan, device="cpu", progress=False)
     with pytest.raises(LRVDError, match="unknown checkpoint_metric 'val_acc'; valid choices: val_accuracy, val_nll"):
@@ -91,7 +91,7 @@ def test_eval_every_without_validation_split_is_an_error():
 def test_restore_undoes_rank_pruning_and_restores_optimizer_state():
     plan = TrainPlan(2, 16, TrainConfig(max_steps=2))
     method = BayesLoRA()
-    model = method.attach(TinyBertClassifier(), AdapterSpec(r=3), plan)
+    model = method.attach(TinyBertClassifier(), AdapterConfig(r=3), plan)
     layer = next(m for m in model.modules() if type(m).__name__ == "LRVDLinear")
     with torch.no_grad():
         layer.A_mu.normal_()

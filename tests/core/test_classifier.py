@@ -7,7 +7,7 @@ import copy
 import torch
 from conftest import TinyBertClassifier, make_toy_loader
 
-from lrvd import AdapterSpec, TrainConfig, TrainPlan, get_method
+from lrvd import AdapterConfig, TrainConfig, TrainPlan, get_method
 
 
 def test_deepcopy_keeps_the_head_pointing_at_the_copys_own_parameters():
@@ -26,7 +26,7 @@ def test_deepcopy_keeps_the_head_pointing_at_the_copys_own_parameters():
 def test_a_method_attached_to_a_copy_trains_the_copys_head():
     plan = TrainPlan(total_steps=2, n_train=16, train=TrainConfig(lr=1e-2, max_steps=2))
     method = get_method("lora")()
-    model = method.attach(copy.deepcopy(TinyBertClassifier(seed=0)), AdapterSpec(r=2, alpha=4), plan)
+    model = method.attach(copy.deepcopy(TinyBertClassifier(seed=0)), AdapterConfig(r=2, alpha=4), plan)
     opt, _ = method.configure_optimizers(model, plan)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     head = list(model.head_parameters())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TinyBertClassifier, make_toy_loader
-from lrvd import AdapterSpec, LRVDError, TrainConfig, TrainPlan
+from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan
 from lrvd.methods.bayeslora import BayesLoRA
 from lrvd.training import fit, predict
 
@@ -24,7 +24,7 @@ class DivergingBayesLoRA(BayesLoRA):
 def test_nan_loss_raises_error_naming_step_and_method():
     plan = TrainPlan(5, 64, TrainConfig(max_steps=5, lr=1e-3))
     method = DivergingBayesLoRA()
-    model = method.attach(TinyBertClassifier(), AdapterSpec(r=2), plan)
+    model = method.attach(TinyBertClassifier(), AdapterConfig(r=2), plan)
     with pytest.raises(LRVDError, match=r"non-finite loss \(nan\) at step 2 for method 'diverging-bayeslora'"):
         fit(method, model, make_toy_loader(), plan, device="cpu", progress=False)
 
@@ -32,7 +32,7 @@ def test_nan_loss_raises_error_naming_step_and_method():
 def test_predict_returns_mc_probabilities_for_every_example():
     plan = TrainPlan(2, 16, TrainConfig(max_steps=2))
     method = BayesLoRA(n_samples=3)
-    model = method.attach(TinyBertClassifier(), AdapterSpec(r=2), plan)
+    model = method.attach(TinyBertClassifier(), AdapterConfig(r=2), plan)
     fit(method, model, make_toy_loader(n=16), plan, device="cpu", progress=False)
     probs, labels = predict(method, model, make_toy_loader(n=16, shuffle=False), device="cpu", progress=False)
     assert probs.shape == (16, 2) and labels.shape == (16,)
@@ -52,7 +52,7 @@ def test_train_step_accumulates_micro_batches_as_one_big_batch():
     grads = []
     for micro in ([batch], halves):
         method = get_method("lora")()
-        model = method.attach(TinyBertClassifier(), AdapterSpec(r=2), plan)
+        model = method.attach(TinyBertClassifier(), AdapterConfig(r=2), plan)
         with torch.no_grad():  # B = 0 at init would leave A without gradient
             for name, p in model.named_parameters():
                 if "lora_B" in name:

@@ -30,7 +30,7 @@ from peft.tuners.adalora.layer import RankAllocator
 from torch import nn
 
 from lrvd.errors import LRVDError
-from lrvd.protocol import AdapterSpec, TrainPlan, linear_warmup_decay
+from lrvd.protocol import AdapterConfig, TrainPlan, linear_warmup_decay
 from lrvd_baselines.peft_adapters import ADAPTER_NAME, PeftMethod, adapter_layers, adapter_module_name, peft_root
 
 #: the official AdaLoRA CoLA script (DeBERTa-v3-base): 8551 examples / batch 32 × 25 epochs
@@ -159,7 +159,7 @@ class AdaLoRA(PeftMethod):
     Params = AdaLoRAParams
     adaptive_rank = svd_triplets = True
 
-    def schedule(self, spec: AdapterSpec, plan: TrainPlan) -> dict[str, int]:
+    def schedule(self, spec: AdapterConfig, plan: TrainPlan) -> dict[str, int]:
         """Steps ``tinit``, ``tfinal``, ``deltaT`` of ``plan.total_steps``; an LRVDError if no budgeting phase."""
         p, total = self.params, plan.total_steps
         tinit, tfinal = int(round(p.tinit * total)), int(round(p.tfinal * total))
@@ -171,13 +171,13 @@ class AdaLoRA(PeftMethod):
         delta = max(1, int(round(p.deltaT * total)))
         return {"tinit": tinit, "tfinal": tfinal, "deltaT": delta, "total_step": total}
 
-    def target_rank(self, spec: AdapterSpec) -> int:
+    def target_rank(self, spec: AdapterConfig) -> int:
         target = self.params.target_r if self.params.target_r is not None else max(1, round(2 * spec.r / 3))
         if target >= spec.r and self.params.budget_total_rank is None:
             raise LRVDError(f"AdaLoRA target_r ({target}) must be < the initial rank spec.r ({spec.r})")
         return target
 
-    def peft_config(self, spec: AdapterSpec, plan: TrainPlan):
+    def peft_config(self, spec: AdapterConfig, plan: TrainPlan):
         from peft import AdaLoraConfig
 
         p = self.params

@@ -43,7 +43,7 @@ from lrvd.classifier import ClassifierModel, count_parameters, freeze_all_but
 from lrvd.errors import LRVDError
 from lrvd.inject import replace_modules
 from lrvd.layers import adapter_dtype, frozen_linear_shape
-from lrvd.protocol import AdapterSpec, MethodBase, TrainPlan
+from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan
 from lrvd_baselines.peft_adapters import mean_softmax, model_device, sample_seed, seeded
 
 
@@ -141,7 +141,7 @@ class BLoB(MethodBase):
         self.steps_per_epoch = 1
         self.last_kl = 0.0
 
-    def attach(self, model: ClassifierModel, spec: AdapterSpec, plan: TrainPlan) -> ClassifierModel:
+    def attach(self, model: ClassifierModel, spec: AdapterConfig, plan: TrainPlan) -> ClassifierModel:
         if plan.train.mixed_precision == "fp16":
             raise LRVDError("blob does not support mixed_precision=fp16 (use bf16 or no)")
         self.spec, self.plan = spec, plan

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lrvd.errors import LRVDError
-from lrvd.protocol import AdapterSpec, TrainPlan
+from lrvd.protocol import AdapterConfig, TrainPlan
 from lrvd_baselines.peft_adapters import PeftMethod
 
 
@@ -33,7 +33,7 @@ class LoRA(PeftMethod):
     description = "LoRA (maximum likelihood, deterministic prediction)"
     Params = LoRAParams
 
-    def peft_config(self, spec: AdapterSpec, plan: TrainPlan):
+    def peft_config(self, spec: AdapterConfig, plan: TrainPlan):
         from peft import LoraConfig
 
         return LoraConfig(

@@ -33,7 +33,7 @@ from torch import nn
 
 from lrvd.classifier import ClassifierModel, count_parameters, freeze_all_but
 from lrvd.errors import LRVDError, unknown_choice
-from lrvd.protocol import AdapterSpec, TrainPlan
+from lrvd.protocol import AdapterConfig, TrainPlan
 from lrvd_baselines.lora import LoRA, LoRAParams
 from lrvd_baselines.peft_adapters import adapter_layers, model_device, seeded
 
@@ -176,7 +176,7 @@ class LoRAEnsemble(LoRA):
     def member_seed(self, k: int) -> int:
         return 1000 * (self.plan.train.seed if self.plan is not None else 0) + k
 
-    def attach(self, model: ClassifierModel, spec: AdapterSpec, plan: TrainPlan) -> ClassifierModel:
+    def attach(self, model: ClassifierModel, spec: AdapterConfig, plan: TrainPlan) -> ClassifierModel:
         from peft import get_peft_model
 
         self.spec, self.plan = spec, plan

@@ -21,7 +21,7 @@ from torch import nn
 
 from lrvd.classifier import ClassifierModel, freeze_all_but
 from lrvd.errors import LRVDError
-from lrvd.protocol import AdapterSpec, MethodBase, TrainPlan
+from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan
 
 ADAPTER_NAME = "default"
 
@@ -108,10 +108,10 @@ class PeftMethod(MethodBase):
     #: how many samples ``predict_proba(n_samples=None)`` draws (0: deterministic)
     default_n_samples: int = 0
 
-    def peft_config(self, spec: AdapterSpec, plan: TrainPlan) -> Any:
+    def peft_config(self, spec: AdapterConfig, plan: TrainPlan) -> Any:
         raise NotImplementedError
 
-    def attach(self, model: ClassifierModel, spec: AdapterSpec, plan: TrainPlan) -> ClassifierModel:
+    def attach(self, model: ClassifierModel, spec: AdapterConfig, plan: TrainPlan) -> ClassifierModel:
         self.spec, self.plan = spec, plan
         return attach_peft(model, self.peft_config(spec, plan))
 

@@ -179,7 +179,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "trials").is_dir():
         raise BenchError(f"{run_dir} is not a bench run directory (no trials/ folder)")
-    rows = gather_rows(run_dir)
+    from lrvd_bench.runner import board_rows
+
+    rows = board_rows(run_dir, gather_rows(run_dir))  # the final stage (selection trials have no eval metrics)
     if args.reference:
         from lrvd_bench.config import available_methods
         from lrvd_bench.errors import unknown_choice

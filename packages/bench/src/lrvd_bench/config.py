@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lrvd.protocol import AdapterSpec, TrainConfig
+from lrvd.protocol import AdapterConfig, TrainConfig
 from lrvd_bench.errors import BenchError, LRVDError, unknown_choice
 from lrvd_bench.leaderboard import DEFAULT_REFERENCE
 
@@ -55,7 +55,7 @@ def _csv_ints(text: str) -> list[int]:
 class ExperimentConfig:
     """A sweep: methods × tasks × seeds (× search-space points) on one backbone.
 
-    ``adapter`` and ``train`` are the core's :class:`~lrvd.protocol.AdapterSpec` and
+    ``adapter`` and ``train`` are the core's :class:`~lrvd.protocol.AdapterConfig` and
     :class:`~lrvd.protocol.TrainConfig`, shared by every method so the comparison is fair;
     ``method_params`` holds each method's own hyper-parameters (its ``Params`` dataclass).
     """
@@ -68,34 +68,34 @@ class ExperimentConfig:
         default="minilm", metadata={"help": "backbone alias (minilm, smollm2-135m), HF id or local dir", "flag": str})
     seeds: list[int] = field(
         default_factory=lambda: [0], metadata={"help": "comma-separated seeds, e.g. 0,1,2", "flag": _csv_ints})
-    adapter: AdapterSpec = field(
-        default_factory=AdapterSpec, metadata={"help": "adapter placement and rank (target_modules, r, alpha)"})
+    adapter: AdapterConfig = field(
+        default_factory=AdapterConfig, metadata={"help": "adapter placement and rank (target_modules, r, alpha)"})
     train: TrainConfig = field(
         default_factory=TrainConfig, metadata={"help": "optimisation settings shared by all methods"})
     method_params: dict[str, dict[str, Any]] = field(
         default_factory=dict, metadata={"help": "per-method hyper-parameters: {method: {name: value}}"})
     data_dir: str | None = field(
-        default=None, metadata={"help": "directory with task data (default: bundled slices / HF cache)", "flag": str})
+        default=None, metadata={"per_trial": True, "help": "directory with task data (default: bundled slices / HF cache)", "flag": str})
     limit_train: int | None = field(
-        default=None, metadata={"help": "use at most N training examples", "flag": int})
+        default=None, metadata={"per_trial": True, "help": "use at most N training examples", "flag": int})
     limit_eval: int | None = field(
-        default=None, metadata={"help": "evaluate on at most N examples", "flag": int})
+        default=None, metadata={"per_trial": True, "help": "evaluate on at most N examples", "flag": int})
     validation_fraction: float = field(
         default=DEFAULT_VALIDATION_FRACTION,
-        metadata={"help": "fraction of the training examples held out once as the validation split every method "
+        metadata={"per_trial": True, "help": "fraction of the training examples held out once as the validation split every method "
                           "shares (temperature scaling, Laplace grid search, checkpoint and hyper-parameter "
                           "selection); every method trains on the rest; 0: none", "flag": float})
     split_seed: int = field(
-        default=0, metadata={"help": "seed of the data split (limit_train / limit_eval subsamples and the validation "
+        default=0, metadata={"per_trial": True, "help": "seed of the data split (limit_train / limit_eval subsamples and the validation "
                                      "split); not the trial seed, so every method and seed sees the same rows",
                              "flag": int})
-    max_length: int = field(default=64, metadata={"help": "max tokens per (question, choice) sequence", "flag": int})
-    eval_batch_size: int = field(default=16, metadata={"help": "examples per evaluation batch", "flag": int})
+    max_length: int = field(default=64, metadata={"per_trial": True, "help": "max tokens per (question, choice) sequence", "flag": int})
+    eval_batch_size: int = field(default=16, metadata={"per_trial": True, "help": "examples per evaluation batch", "flag": int})
     n_samples: int | None = field(
-        default=None, metadata={"help": "posterior samples at prediction (None: each method's default)", "flag": int})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (inside each trial)", "flag": str})
+        default=None, metadata={"per_trial": True, "help": "posterior samples at prediction (None: each method's default)", "flag": int})
+    device: str = field(default="auto", metadata={"per_trial": True, "help": "auto | cpu | cuda | cuda:N (inside each trial)", "flag": str})
     load_in_8bit: bool = field(
-        default=False, metadata={"help": "frozen base weights in 8-bit (bitsandbytes, CUDA only; BLoB's LLaMA "
+        default=False, metadata={"per_trial": True, "help": "frozen base weights in 8-bit (bitsandbytes, CUDA only; BLoB's LLaMA "
                                          "scripts); needs uv sync --extra int8"})
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs reserved per trial", "flag": float})
     gpus_per_trial: float | None = field(
@@ -119,6 +119,11 @@ class ExperimentConfig:
     scheduler: str | None = field(
         default=None, metadata={"help": "Ray Tune trial scheduler: fifo (default) | asha (stops trials early on the "
                                         "validation metric; needs train.eval_every)"})
+    selection: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "per-method selection on the validation split before the final seeds: {search_space: "
+                          "{METHOD: {KEY: [values]}}, metric: val_nll | val_accuracy, seeds: [0]} "
+                          "(lrvd_bench.selection)"})
     loggers: list[str] = field(
         default_factory=lambda: ["csv", "tensorboard"],
         metadata={"help": "experiment trackers fed every log_every steps: " + ", ".join(LOGGERS)
@@ -132,8 +137,8 @@ class ExperimentConfig:
         default=DEFAULT_REFERENCE,
         metadata={"help": "method the leaderboard's paired differences (delta_* columns with paired-bootstrap "
                           "intervals) compare every other method with", "flag": str})
-    save_adapter: bool = field(default=True, metadata={"help": "save each trial's adapter (safetensors)"})
-    save_predictions: bool = field(default=True, metadata={"help": "save each trial's eval probabilities (npz)"})
+    save_adapter: bool = field(default=True, metadata={"per_trial": True, "help": "save each trial's adapter (safetensors)"})
+    save_predictions: bool = field(default=True, metadata={"per_trial": True, "help": "save each trial's eval probabilities (npz)"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -176,6 +181,17 @@ class ExperimentConfig:
                              "load_in_8bit: false")
         if self.scheduler not in (None, "fifo", "asha"):
             raise unknown_choice("scheduler", self.scheduler, ["fifo", "asha"])
+        if self.scheduler == "asha" and not getattr(self.train, "eval_every", 0):
+            raise BenchError("scheduler asha stops trials on the validation metric: set train.eval_every > 0")
+        if self.selection:
+            from lrvd_bench import selection
+
+            if self.search_space:
+                raise BenchError("selection and search_space cannot be combined: put the grid under "
+                                 "selection.search_space.<method>")
+            if self.validation_fraction <= 0:
+                raise BenchError("selection scores on the validation split: set validation_fraction > 0 (got 0)")
+            selection.validate(self.selection, self.methods)
         if isinstance(self.loggers, str):
             self.loggers = _csv(self.loggers)
         for name in self.loggers or []:
@@ -241,18 +257,33 @@ class ExperimentConfig:
                 method=method, task=task, model=self.model, seed=seed,
                 adapter=dataclasses.asdict(self.adapter), train=train,
                 method_params=dict(self.method_params.get(method, {})),
-                data_dir=self.data_dir, limit_train=self.limit_train, limit_eval=self.limit_eval,
-                validation_fraction=self.validation_fraction, split_seed=self.split_seed, max_length=self.max_length, eval_batch_size=self.eval_batch_size, n_samples=self.n_samples,
-                load_in_8bit=self.load_in_8bit, device=self.device, save_adapter=self.save_adapter, save_predictions=self.save_predictions,
+                **{name: getattr(self, name) for name in PER_TRIAL},
             )
             specs.append(spec.with_overrides(point) if point else spec)
         return specs
 
 
 # -- trial spec ----------------------------------------------------------------------------------
+def _per_trial_fields() -> list[tuple[str, Any, Any]]:
+    """``ExperimentConfig``'s fields marked ``per_trial``, re-declared (fresh ``Field`` objects)."""
+    return [(f.name, f.type, field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
+            for f in dataclasses.fields(ExperimentConfig) if f.metadata.get("per_trial")]
+
+
+#: The settings every trial carries, with ExperimentConfig's defaults and help: a sweep sets them once
+#: and :meth:`ExperimentConfig.expand` copies them into each :class:`TrialSpec`.
+TrialSettings = dataclasses.make_dataclass("TrialSettings", _per_trial_fields(), frozen=True, kw_only=True)
+TrialSettings.__module__ = __name__
+PER_TRIAL: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialSettings))
+
+
 @dataclass(frozen=True)
-class TrialSpec:
-    """Everything one trial needs; plain data so it crosses to Ray workers as JSON."""
+class TrialSpec(TrialSettings):
+    """Everything one trial needs; plain data so it crosses to Ray workers as JSON.
+
+    The per-trial settings (``data_dir`` … ``save_predictions``) come from :class:`TrialSettings`,
+    i.e. from the ``ExperimentConfig`` fields marked ``per_trial``: declared once, there.
+    """
 
     method: str
     task: str
@@ -261,19 +292,9 @@ class TrialSpec:
     adapter: dict[str, Any]
     train: dict[str, Any]
     method_params: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    limit_train: int | None = None
-    limit_eval: int | None = None
-    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
-    split_seed: int = 0
-    max_length: int = 64
-    eval_batch_size: int = 16
-    n_samples: int | None = None
-    load_in_8bit: bool = False
-    device: str = "auto"
-    save_adapter: bool = True
-    save_predictions: bool = True
     search_point: dict[str, Any] = field(default_factory=dict)
+    #: "final" (scored on the evaluation split) or "selection" (validation split only, lrvd_bench.selection)
+    stage: str = "final"
 
     #: Fields that say *where* a trial runs, not *what* it computes: left out of the hash.
     UNHASHED = ("device", "save_adapter", "save_predictions")
@@ -293,6 +314,8 @@ class TrialSpec:
     def config_hash(self) -> str:
         """sha256 (first 12 hex digits) of the canonical JSON of everything that affects the result."""
         data = {k: v for k, v in self.to_dict().items() if k not in self.UNHASHED}
+        if data.get("stage") == "final":  # the usual stage leaves hashes as they were before stages existed
+            data.pop("stage")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -319,8 +342,11 @@ class TrialSpec:
         data["search_point"] = {**self.search_point, **point}
         return TrialSpec.from_dict(data)
 
-    def build_adapter(self) -> AdapterSpec:
-        return AdapterSpec(**self.adapter)
+    def with_stage(self, stage: str) -> "TrialSpec":
+        return dataclasses.replace(self, stage=stage)
+
+    def build_adapter(self) -> AdapterConfig:
+        return AdapterConfig(**self.adapter)
 
     def build_train(self) -> TrainConfig:
         return TrainConfig(**self.train)
@@ -348,7 +374,7 @@ def available_tasks() -> list[str]:
 
 # -- loading -------------------------------------------------------------------------------------
 TOP_KEYS = [f.name for f in dataclasses.fields(ExperimentConfig)]
-NESTED = {"adapter": AdapterSpec, "train": TrainConfig}
+NESTED = {"adapter": AdapterConfig, "train": TrainConfig}
 ALIASES = {"task": "tasks", "method": "methods", "seed": "seeds"}
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -397,17 +423,22 @@ SWEEP_WIDE = ("validation_fraction", "split_seed", "data_dir", "limit_eval")
 
 
 def _check_search_key(key: str) -> None:
+    check_search_key(key)
+
+
+def check_search_key(key: str, where: str = "search_space") -> None:
+    """A dotted key a search (``search_space`` or ``selection``) may vary; else a one-line error."""
     head, _, rest = key.partition(".")
     if head in NESTED:
         valid = [f.name for f in dataclasses.fields(NESTED[head])]
         if rest not in valid:
-            raise BenchError(f"unknown search_space key {key!r}; valid: {', '.join(head + '.' + v for v in valid)}")
+            raise BenchError(f"unknown {where} key {key!r}; valid: {', '.join(head + '.' + v for v in valid)}")
     elif head == "method_params":
         if rest.count(".") != 1:
-            raise BenchError(f"search_space key {key!r} must be method_params.<method>.<name>")
+            raise BenchError(f"{where} key {key!r} must be method_params.<method>.<name>")
     elif head not in TrialSpec.__dataclass_fields__ or rest or head in ("method", "task", "seed", *SWEEP_WIDE):
         raise BenchError(
-            f"unknown search_space key {key!r}; use train.<field>, adapter.<field>, method_params.<method>.<name>, "
+            f"unknown {where} key {key!r}; use train.<field>, adapter.<field>, method_params.<method>.<name>, "
             "or max_length / limit_train / eval_batch_size / n_samples (the data split keys "
             + ", ".join(SWEEP_WIDE) + " are fixed for the whole sweep)"
         )
@@ -474,7 +505,7 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Experiment
     for key, value in data.items():
         if key in NESTED:
             kwargs[key] = _nested(NESTED[key], key, value, source)
-        elif key in ("method_params", "search_space"):
+        elif key in ("method_params", "search_space", "selection"):
             if value is None:
                 value = {}
             if not isinstance(value, dict):

@@ -216,13 +216,18 @@ def make_loaders(
     split_seed: int = 0,
     num_workers: int = 0,
     validation_fraction: float = 0.0,
+    with_eval: bool = True,
 ) -> TaskData:
-    """Train and eval loaders for ``task`` tokenised for ``backbone`` (see the module docstring)."""
+    """Train and eval loaders for ``task`` tokenised for ``backbone`` (see the module docstring).
+
+    ``with_eval=False`` never loads the evaluation split (hyper-parameter selection scores on the
+    validation split only); ``eval_loader`` is then None.
+    """
     if batch_size < 1 or eval_batch_size < 1:
         raise LRVDError("batch sizes must be >= 1")
     src = task.resolve_source(data_dir, source)
     train = subsample(task.load("train", data_dir, split_seed, source), limit_train, split_seed)
-    eval_ = subsample(task.load("eval", data_dir, split_seed, source), limit_eval, split_seed)
+    eval_ = subsample(task.load("eval", data_dir, split_seed, source), limit_eval, split_seed) if with_eval else [None]
     if not train or not eval_:
         raise LRVDError(f"task {task.name!r}: empty {'train' if not train else 'eval'} split from {src.describe()}")
     val: list = []
@@ -232,7 +237,7 @@ def make_loaders(
     start = time.perf_counter()
     train_items = encode_examples(task, backbone.kind, backbone.tokenizer, train, max_length)
     val_items = encode_examples(task, backbone.kind, backbone.tokenizer, val, max_length) if val else []
-    eval_items = encode_examples(task, backbone.kind, backbone.tokenizer, eval_, max_length)
+    eval_items = encode_examples(task, backbone.kind, backbone.tokenizer, eval_, max_length) if with_eval else []
     seconds = time.perf_counter() - start
     pad_id = backbone.tokenizer.pad_token_id
     collate = Collator(backbone.kind, 0 if pad_id is None else pad_id, task.n_classes)
@@ -243,7 +248,7 @@ def make_loaders(
     eval_loader = DataLoader(
         EncodedDataset(eval_items), batch_size=eval_batch_size, shuffle=False, collate_fn=collate,
         num_workers=num_workers,
-    )
+    ) if with_eval else None
     val_loader = None
     if val_items:
         val_loader = DataLoader(

@@ -31,6 +31,7 @@ trials write their folders directly, and Ray Tune keeps its state there too.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -567,6 +568,10 @@ def run_sweep(
     _absolute_paths(config)
     if check:
         check_methods(config)
+        if config.selection:
+            from lrvd_bench import selection
+
+            selection.check_methods(config.selection, config.method_params)
         check_inputs(config)
     config.output = str(run_dir)
     return _sweep(run_dir, config, trial_fn=trial_fn, callbacks=callbacks, stream=stream, live=live, fresh=True)
@@ -600,9 +605,6 @@ def _sweep(run_dir: Path, config: ExperimentConfig, *, trial_fn: TrialFn | None,
     from lrvd_bench.run_record import finish_record, start_record
 
     out = stream or sys.stderr
-    specs, reused = config.expand(), {}
-    if not config.random_space():  # sampled points differ per trial: no two trials share a config
-        specs, reused = plan_reuse(specs)
     started = init_ray(config)
     try:
         gpus = resolve_gpus(config)
@@ -611,26 +613,34 @@ def _sweep(run_dir: Path, config: ExperimentConfig, *, trial_fn: TrialFn | None,
         run_dir.mkdir(parents=True, exist_ok=True)
         if fresh:
             (run_dir / "config.yaml").write_text(config.to_yaml())
-            (run_dir / "specs.json").write_text(json.dumps([s.to_dict() for s in specs], indent=1))
-            (run_dir / ENSEMBLES_FILE).write_text(json.dumps(reused, indent=1))
-        else:
-            reused_file = run_dir / ENSEMBLES_FILE
-            reused = json.loads(reused_file.read_text()) if reused_file.is_file() else {}
         record = start_record(run_dir, fresh)
-        ray_specs = [s for s in specs if s.trial_id not in reused]
-        random_keys = sorted(config.random_space())
-        pending = pending_specs(run_dir, ray_specs, random_keys, config.num_samples, retry_failed)
-        n_all = len(ray_specs) * config.num_samples
-        print(f"bench: {'' if fresh else 'resuming, '}{len(pending)} of {n_all} trials to run "
-              f"({len(config.methods)} methods × {len(config.tasks)} tasks × {len(config.seeds)} seeds"
-              f"{' × search space' if config.search_space else ''})"
-              f"{f', {len(reused)} ensembles from lora trials' if reused else ''} → {run_dir}", file=out, flush=True)
+        run = functools.partial(_run_stage, run_dir, config, gpus, trial_fn, [*trackers, *(callbacks or [])],
+                                stream, live, retry_failed)
+        selection_specs: list[TrialSpec] = []
         interrupted = False
-        if pending:
-            interrupted = _run_tuner(run_dir, config, pending, gpus, trial_fn, [*trackers, *(callbacks or [])],
-                                     stream, live)
-        if pending_specs(run_dir, ray_specs, random_keys, config.num_samples, retry_failed):
-            interrupted = True  # Tuner.fit returned with trials left: stopped by Ctrl+C / SIGUSR1
+        if config.selection:
+            from lrvd_bench import selection
+
+            selection_specs = selection.selection_specs(config)
+            _write_specs(run_dir, selection_specs)
+            interrupted = run(selection_specs, "selection stage: ")
+            if not interrupted:
+                chosen = selection.choose(run_dir, config, selection_specs)
+                selection.write_choice(run_dir, chosen)
+                for line in selection.summary_lines(chosen):
+                    print(f"bench: {line}", file=out, flush=True)
+                specs = selection.final_specs(config, chosen)
+        else:
+            specs = config.expand()
+        if not interrupted:
+            reused: dict[str, list[str]] = {}
+            if not config.random_space():  # sampled points differ per trial: no two trials share a config
+                specs, reused = plan_reuse(specs)
+            _write_specs(run_dir, selection_specs + specs)
+            (run_dir / ENSEMBLES_FILE).write_text(json.dumps(reused, indent=1))
+            note = f", {len(reused)} ensembles from lora trials" if reused else ""
+            interrupted = run([s for s in specs if s.trial_id not in reused],
+                              "final stage: " if config.selection else "", note)
         outcome = _finish(run_dir, interrupted, stream)
         finish_record(record, outcome)
         return outcome
@@ -639,6 +649,28 @@ def _sweep(run_dir: Path, config: ExperimentConfig, *, trial_fn: TrialFn | None,
             import ray
 
             ray.shutdown()
+
+
+def _write_specs(run_dir: Path, specs: list[TrialSpec]) -> None:
+    (run_dir / "specs.json").write_text(json.dumps([s.to_dict() for s in specs], indent=1))
+
+
+def _run_stage(run_dir: Path, config: ExperimentConfig, gpus: float, trial_fn: TrialFn | None, callbacks: list[Any],
+               stream: Any, live: bool | None, retry_failed: bool, specs: list[TrialSpec], label: str,
+               note: str = "") -> bool:
+    """Run what is pending of ``specs``; True when the sweep was stopped with trials left."""
+    random_keys = sorted(config.random_space())
+    pending = pending_specs(run_dir, specs, random_keys, config.num_samples, retry_failed)
+    methods = sorted({s.method for s in specs})
+    seeds = sorted({s.seed for s in specs})
+    print(f"bench: {label}{len(pending)} of {len(specs) * config.num_samples} trials to run "
+          f"({len(methods)} methods × {len(config.tasks)} tasks × {len(seeds)} seeds"
+          f"{' × search space' if config.search_space or label.startswith('selection') else ''}){note} → {run_dir}",
+          file=stream or sys.stderr, flush=True)
+    if pending:
+        _run_tuner(run_dir, config, pending, gpus, trial_fn, callbacks, stream, live)
+    # Tuner.fit returns with trials left only when the sweep was stopped (Ctrl+C, SIGUSR1)
+    return bool(pending_specs(run_dir, specs, random_keys, config.num_samples, retry_failed))
 
 
 def _run_tuner(run_dir: Path, config: ExperimentConfig, pending: list[TrialSpec], gpus: float,
@@ -720,6 +752,33 @@ def _finish(run_dir: Path, interrupted: bool, stream: Any) -> SweepOutcome:
 
 
 # -- gathering -----------------------------------------------------------------------------------
+def mark_stages(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every row its ``stage`` (rows of trials that never ran get it from specs.json)."""
+    specs_file = Path(run_dir) / "specs.json"
+    selection_ids = {TrialSpec.from_dict(d).trial_id for d in json.loads(specs_file.read_text())
+                     if d.get("stage") == "selection"} if specs_file.is_file() else set()
+    for row in rows:
+        row.setdefault("stage", "selection" if row.get("trial_id") in selection_ids else "final")
+    return rows
+
+
+def board_rows(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows the leaderboard aggregates: the final stage's (selection trials have no eval metrics)."""
+    return [r for r in mark_stages(run_dir, rows) if r["stage"] != "selection"]
+
+
+def _append_selection(run_dir: Path) -> None:
+    """Under the Markdown leaderboard: each method's selected values and its validation score."""
+    from lrvd_bench.selection import SELECTION_FILE, summary_lines
+
+    chosen_file, md = Path(run_dir) / SELECTION_FILE, Path(run_dir) / "leaderboard.md"
+    if chosen_file.is_file() and md.is_file():
+        lines = summary_lines(json.loads(chosen_file.read_text()))
+        md.write_text(md.read_text().rstrip("\n") + "\n\nHyper-parameters selected on the validation split "
+                      "(the final rows' search_point):\n\n" + "".join(f"- {ln}\n" for ln in lines))
+
+
+
 def load_run_config(run_dir: Path) -> ExperimentConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -738,13 +797,15 @@ def finalize(run_dir: str | Path) -> tuple[list[dict[str, Any]], Any]:
         materialize(run_dir, specs, json.loads(reused_file.read_text()))
     rows = gather_rows(run_dir)
     tmp = run_dir / "trials.csv.tmp"
-    rows_frame(rows).to_csv(tmp, index=False)
+    rows_frame(mark_stages(run_dir, rows)).to_csv(tmp, index=False)
     os.replace(tmp, run_dir / "trials.csv")
-    board = write_leaderboard(rows, run_dir)
+    final = board_rows(run_dir, rows)
+    board = write_leaderboard(final, run_dir)
+    _append_selection(run_dir)
     try:
         from lrvd_bench.plots import make_figures
 
-        make_figures(run_dir, rows)
+        make_figures(run_dir, final)
     except Exception as err:  # figures are a convenience: never lose the tables over a plot
         print(f"bench: figures skipped ({type(err).__name__}: {err})", file=sys.stderr)
     return rows, board

@@ -285,6 +285,30 @@ def _identity(spec: TrialSpec) -> dict[str, Any]:
         "trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": portable_model_name(spec.model),
         "seed": spec.seed, "config_hash": spec.config_hash,
         "search_point": json.dumps(spec.search_point, sort_keys=True) if spec.search_point else "",
+        "stage": spec.stage,
+    }
+
+
+def _selection_row(spec: TrialSpec, method: Any, model: Any, data: Any, fitted: Any, posthoc_time: float,
+                   device: Any, phase: Callable[[str], None]) -> dict[str, Any]:
+    """A selection-stage trial's row: the method's predictive scored on the validation split only
+    (``val_accuracy``, ``val_nll``, ``val_ece``, ``val_brier``); it has no evaluation metrics."""
+    from lrvd.metrics import classification_metrics
+    from lrvd.training import predict
+
+    if data.val_loader is None:
+        raise LRVDError("a selection trial needs the validation split: set validation_fraction > 0")
+    phase("predict (validation split)")
+    probs, labels = predict(method, model, data.val_loader, n_samples=spec.n_samples, device=device, progress=False,
+                            seed=spec.seed)
+    metrics = classification_metrics(probs, labels)
+    phase("done")
+    return {
+        **_identity(spec), "status": "ok", "error": "",
+        **{f"val_{k}": metrics[k] for k in ("accuracy", "nll", "ece", "brier")},
+        "final_train_loss": fitted.final_loss, "steps": fitted.steps, "train_time_s": fitted.wall_time_s,
+        "time_per_step_s": fitted.time_per_step_s, "posthoc_time_s": posthoc_time,
+        "n_train": data.n_train, "n_val": data.n_val, "n_eval": 0, "device": str(device), **node_info(),
     }
 
 
@@ -329,6 +353,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
         eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
         limit_eval=spec.limit_eval, seed=spec.seed, split_seed=spec.split_seed,
         validation_fraction=spec.validation_fraction,
+        with_eval=spec.stage != "selection",  # selection never loads the evaluation split
     )
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = None
@@ -347,6 +372,8 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
         posthoc_start = time.perf_counter()
         method.after_training(model, data.train_loader, val_loader=data.val_loader)
         posthoc_time = time.perf_counter() - posthoc_start
+        if spec.stage == "selection":
+            return _selection_row(spec, method, model, data, fitted, posthoc_time, device, phase)
         phase("predict")
         eval_start = time.perf_counter()
         # Seeded from the trial seed: a reloaded adapter reproduces these predictions (lrvd_bench.reload).

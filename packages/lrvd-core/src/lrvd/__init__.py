@@ -16,13 +16,13 @@ from lrvd.hf import BayesLoraConfig, bayeslora_step, get_bayeslora_model, kl_los
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, sampling
 from lrvd.kl import kl_log_uniform, total_kl
 from lrvd.layers import LRVDLinear
-from lrvd.protocol import AdapterMethod, AdapterSpec, MethodBase, TrainConfig, TrainPlan
+from lrvd.protocol import AdapterConfig, AdapterMethod, MethodBase, TrainConfig, TrainPlan
 from lrvd.pruning import effective_rank, fix_gauge, prune_ranks, rank_report, rank_statistics
 from lrvd.registry import METHODS, get_method, list_methods
 
 __all__ = [
+    "AdapterConfig",
     "AdapterMethod",
-    "AdapterSpec",
     "BayesLoraCallback",
     "BayesLoraConfig",
     "BayesLoraTrainer",
@@ -54,9 +54,14 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """``lrvd.BayesLoraTrainer`` / ``lrvd.BayesLoraCallback`` import transformers' Trainer on first use."""
+    """``lrvd.BayesLoraTrainer`` / ``lrvd.BayesLoraCallback`` import transformers' Trainer on first use;
+    ``lrvd.AdapterSpec`` is the deprecated alias of :class:`AdapterConfig` (its old name, kept for one release)."""
     if name in ("BayesLoraTrainer", "BayesLoraCallback"):
         from lrvd import hf_trainer
 
         return getattr(hf_trainer, name)
+    if name == "AdapterSpec":
+        from lrvd.protocol import deprecated_alias
+
+        return deprecated_alias(name)
     raise AttributeError(f"module 'lrvd' has no attribute {name!r}")

@@ -7,7 +7,7 @@ sidecar with what peft lacks::
     adapter_config.json          peft's config (LoraConfig / AdaLoraConfig; the task head as modules_to_save)
     adapter_model.safetensors    peft's weights (adapter means + the trained task head)
     <name>/adapter_config.json   named peft adapters (the ensemble's members), one folder each
-    lrvd_adapter.json            sidecar: method, hyper-parameters, AdapterSpec, method state (temperature,
+    lrvd_adapter.json            sidecar: method, hyper-parameters, AdapterConfig, method state (temperature,
                                  kept ranks, …), the evaluation settings, and where each tensor lives
     lrvd_posterior.safetensors   sidecar tensors peft has no place for: the posterior (BayesLoRA's per-rank
                                  log σ², BLoB's G, IVON's σ, Laplace's Kronecker factors)
@@ -234,6 +234,8 @@ def write_adapter(
     posterior.update({EXTRA_PREFIX + k: _cpu(v) for k, v in (extra_tensors or {}).items()})
     if posterior:
         save_file(posterior, str(path / POSTERIOR))
+    else:  # re-saving into a folder: no stale posterior from an earlier save
+        (path / POSTERIOR).unlink(missing_ok=True)
     sidecar = {"format": FORMAT, **_jsonable(dict(meta)), "peft_folders": sorted(export.configs),
                "native_in_peft": in_peft}
     (path / SIDECAR).write_text(json.dumps(sidecar, indent=2))

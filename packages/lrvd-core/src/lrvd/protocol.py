@@ -51,7 +51,7 @@ from lrvd.errors import LRVDError, unknown_choice
 
 
 @dataclass
-class AdapterSpec:
+class AdapterConfig:
     """What all methods share in one comparison: where adapters go and their rank budget."""
 
     target_modules: list[str] = field(
@@ -161,7 +161,7 @@ class AdapterMethod(Protocol):
     svd_triplets: ClassVar[bool]
     per_rank_log_alpha: ClassVar[bool]
 
-    def attach(self, model: ClassifierModel, spec: AdapterSpec, plan: TrainPlan) -> ClassifierModel: ...
+    def attach(self, model: ClassifierModel, spec: AdapterConfig, plan: TrainPlan) -> ClassifierModel: ...
 
     def configure_optimizers(
         self, model: ClassifierModel, plan: TrainPlan
@@ -271,11 +271,11 @@ class MethodBase:
 
     def __init__(self, **hyper_params: Any) -> None:
         self.params = build_params(self.Params, self.name, hyper_params)
-        self.spec: AdapterSpec | None = None
+        self.spec: AdapterConfig | None = None
         self.plan: TrainPlan | None = None
 
     # -- hooks ---------------------------------------------------------------------------------
-    def attach(self, model: ClassifierModel, spec: AdapterSpec, plan: TrainPlan) -> ClassifierModel:
+    def attach(self, model: ClassifierModel, spec: AdapterConfig, plan: TrainPlan) -> ClassifierModel:
         raise NotImplementedError
 
     def adapter_parameters(self, model: ClassifierModel) -> Iterator[nn.Parameter]:
@@ -382,3 +382,18 @@ class MethodBase:
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+def deprecated_alias(name: str, stacklevel: int = 2) -> Any:
+    """``AdapterSpec``: deprecated alias of :class:`AdapterConfig` (its old name), kept for one release (warns)."""
+    if name == "AdapterSpec":
+        import warnings
+
+        warnings.warn("AdapterSpec is deprecated; use AdapterConfig (same class)", DeprecationWarning,
+                      stacklevel=stacklevel + 1)
+        return AdapterConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __getattr__(name: str) -> Any:
+    return deprecated_alias(name)

@@ -58,6 +58,7 @@ class Entry:
     optimizer: Any
     scheduler: Any
     step_times: list[float] = field(default_factory=list)
+    step_cpu_times: list[float] = field(default_factory=list)
     hook_times: list[float] = field(default_factory=list)
     row: dict[str, Any] = field(default_factory=dict)
     error: str = ""
@@ -77,6 +78,15 @@ def timed(fn: Callable[[], Any], device: Any) -> float:
     fn()
     synchronize(device)
     return time.perf_counter() - t0
+
+
+def cpu_timed(fn: Callable[[], Any], device: Any) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of ``fn()``. On a shared CPU the wall time also
+    counts the time the process waited for a core; the CPU time does not, so its ratios between
+    interleaved methods stay readable when neighbours load the machine (on CUDA use the wall time)."""
+    c0 = time.process_time()
+    wall = timed(fn, device)
+    return wall, time.process_time() - c0
 
 
 def overrides(cls: type, hook: str) -> bool:
@@ -108,15 +118,15 @@ def load_inputs(cfg: CostConfig, backbone: Any = None, train_loader: Any = None,
 
 
 def plan_and_spec(cfg: CostConfig, total_steps: int, n_train: int) -> tuple[Any, Any]:
-    """The TrainPlan and AdapterSpec every method of one measurement shares."""
-    from lrvd.protocol import AdapterSpec, TrainConfig, TrainPlan
+    """The TrainPlan and AdapterConfig every method of one measurement shares."""
+    from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 
     train_cfg = TrainConfig(lr=cfg.lr, head_lr=cfg.head_lr, warmup_ratio=cfg.warmup_ratio, max_steps=total_steps,
                             batch_size=cfg.batch_size)
     spec_kwargs: dict[str, Any] = {"r": cfg.r, "alpha": cfg.alpha}
     if cfg.target_modules:
         spec_kwargs["target_modules"] = list(cfg.target_modules)
-    return TrainPlan(total_steps=total_steps, n_train=n_train, train=train_cfg), AdapterSpec(**spec_kwargs)
+    return TrainPlan(total_steps=total_steps, n_train=n_train, train=train_cfg), AdapterConfig(**spec_kwargs)
 
 
 def build_entry(name: str, cfg: CostConfig, base: Any, spec: Any, plan: Any, device: Any) -> Entry:

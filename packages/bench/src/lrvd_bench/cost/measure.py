@@ -31,6 +31,7 @@ from lrvd_bench.cost.harness import (
     CostConfig,
     Entry,
     build_entry,
+    cpu_timed,
     load_inputs,
     overrides,
     plan_and_spec,
@@ -191,14 +192,15 @@ def measure(
         for e in live():
             try:
                 hook: list[float] = []
-                elapsed = timed(lambda e=e, h=hook, step=offset + rnd: h.append(run_step(e, batch, step, device, plan)),
-                                device)
+                elapsed, cpu = cpu_timed(
+                    lambda e=e, h=hook, step=offset + rnd: h.append(run_step(e, batch, step, device, plan)), device)
             except Exception as err:
                 e.error = f"train: {type(err).__name__}: {err}"[:200]
                 log(f"bench cost: {e.name}: {e.error}")
                 continue
             if rnd >= cfg.warmup:
                 e.step_times.append(elapsed)
+                e.step_cpu_times.append(cpu)
                 e.hook_times.append(hook[0])
         if (rnd + 1) % 5 == 0 or rnd + 1 == rounds:
             log(f"bench cost: training round {rnd + 1}/{rounds}")
@@ -258,6 +260,8 @@ def measure(
     for e, row in zip(entries, rows):
         if ref is not None and not e.error:
             row["step_ratio_iqr"] = paired_ratio_iqr(e.step_times, ref.step_times)
+            row["step_cpu_ratio"] = median_iqr([ratio(a, b) for a, b in zip(e.step_cpu_times, ref.step_cpu_times)])[0]
+            row["step_cpu_ratio_iqr"] = paired_ratio_iqr(e.step_cpu_times, ref.step_cpu_times)
     info = run_info(cfg, device, n_train=n_train, steps_per_epoch=spe, batch=batch, total_steps=total_steps,
                     offset=offset)
     for e in entries:  # free before returning (the models hold the backbone copies)
@@ -274,7 +278,7 @@ def make_row(e: Entry, times: dict[tuple[str, str], list[float]], spe: int) -> d
         return row
     med, iqr = median_iqr(e.step_times)
     row.update(step_ms=1e3 * med, step_iqr_ms=1e3 * iqr, hook_ms=1e3 * median_iqr(e.hook_times)[0],
-               n_steps=len(e.step_times))
+               n_steps=len(e.step_times), step_cpu_ms=1e3 * median_iqr(e.step_cpu_times)[0])
     row.update({k: v for k, v in e.row.items() if k in ("peak_mib", "step_peak_mib")})
     counts = e.method.parameter_counts(e.model)
     row["trainable"], row["variational"] = int(counts.get("trainable", 0)), int(counts.get("variational", 0))

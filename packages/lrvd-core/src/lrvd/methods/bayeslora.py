@@ -43,7 +43,7 @@ from lrvd.errors import LRVDError, unknown_choice
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, set_sampling
 from lrvd.kl import total_kl
 from lrvd.layers import VARIANTS
-from lrvd.protocol import AdapterSpec, MethodBase, TrainPlan, head_groups
+from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan, head_groups
 from lrvd import pruning
 
 
@@ -144,7 +144,7 @@ class BayesLoRA(MethodBase):
         set_sampling(model, False if step < self._steps(self.params.sample_warmup) else None)
 
     # -- hooks -------------------------------------------------------------------------------------
-    def attach(self, model: ClassifierModel, spec: AdapterSpec, plan: TrainPlan) -> ClassifierModel:
+    def attach(self, model: ClassifierModel, spec: AdapterConfig, plan: TrainPlan) -> ClassifierModel:
         self.spec, self.plan = spec, plan
         p = self.params
         layers = inject_lrvd(

@@ -1,0 +1,177 @@
+"""Per-method hyper-parameter selection on the shared validation split, then the final stage.
+
+A sweep with a ``selection:`` block runs in two stages, both as Ray Tune trials::
+
+    selection:
+      search_space:                      # per method: KEY -> the grid values, in order
+        lora:      {train.lr: [3.0e-4, 1.0e-3, 3.0e-3]}
+        bayeslora: {train.lr: [3.0e-4, 1.0e-3], kl_scale: [1.0e-6, 1.0e-5]}
+      metric: val_nll                    # or val_accuracy
+      seeds: [0]
+
+1. **selection**: every grid point of every listed method, on every task, with the selection
+   seeds. These trials train on the training rows, score on the sweep's validation split and never
+   load the evaluation split (:func:`lrvd_bench.trial.run_trial`, ``stage == "selection"``).
+2. **final**: the sweep's own seeds, each method with the point that scored best on its task
+   (mean over selection seeds; ties go to the earlier grid point, grid order = the Cartesian product
+   in the order keys and values are written). Methods without a grid run with the config's values.
+
+A KEY is ``train.<field>`` (``train.lr``), ``adapter.<field>``, a top-level trial field such as
+``max_length``, or a bare name, which is the method's own hyper-parameter (``kl_scale`` means
+``method_params.bayeslora.kl_scale``). The choice is written to ``selection.json`` and travels
+with each final trial as its ``search_point`` (shown in the leaderboard).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from lrvd_bench.config import TrialSpec, check_search_key
+from lrvd_bench.errors import BenchError, unknown_choice
+
+#: selection metrics and whether higher is better
+METRICS = {"val_nll": False, "val_accuracy": True}
+SELECTION_FILE = "selection.json"
+KEYS = ("search_space", "metric", "seeds")
+
+
+def dotted_key(method: str, key: str) -> str:
+    """A selection KEY as the dotted key :meth:`TrialSpec.with_overrides` applies."""
+    head = key.partition(".")[0]
+    if "." in key or head in TrialSpec.__dataclass_fields__:
+        return key
+    return f"method_params.{method}.{key}"
+
+
+def validate(block: dict[str, Any], methods: list[str]) -> None:
+    """Check a ``selection:`` block; every mistake is one line naming the bad value and the choices."""
+    if not isinstance(block, dict):
+        raise BenchError("selection must be a mapping with keys " + ", ".join(KEYS))
+    for key in block:
+        if key not in KEYS:
+            raise unknown_choice("selection key", key, KEYS)
+    metric = block.get("metric", "val_nll")
+    if metric not in METRICS:
+        raise unknown_choice("selection metric", metric, list(METRICS))
+    seeds = block.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise BenchError(f"selection.seeds must list at least one integer seed, got {seeds!r}")
+    space = block.get("search_space") or {}
+    if not isinstance(space, dict) or not space:
+        raise BenchError("selection.search_space must map at least one method to {KEY: [values]}")
+    for method, grid in space.items():
+        if method not in methods:
+            raise unknown_choice("method in selection.search_space:", method, methods)
+        if not isinstance(grid, dict) or not grid:
+            raise BenchError(f"selection.search_space.{method} must map KEYs to lists of values")
+        for key, values in grid.items():
+            dotted = dotted_key(method, key)
+            if not dotted.startswith("method_params."):
+                check_search_key(dotted, f"selection.search_space.{method}")
+            if not isinstance(values, list) or not values:
+                raise BenchError(f"selection.search_space.{method}.{key} must be a non-empty list of values")
+
+
+def check_methods(block: dict[str, Any], method_params: dict[str, dict[str, Any]]) -> None:
+    """Build each method at every grid value of its own hyper-parameters, so an unknown name or a
+    bad value fails in the driver, before any trial."""
+    from lrvd.registry import get_method
+
+    for method, grid in (block.get("search_space") or {}).items():
+        cls = get_method(method)
+        for key, values in grid.items():
+            if dotted_key(method, key).startswith(f"method_params.{method}."):
+                name = dotted_key(method, key).rpartition(".")[2]
+                for value in values:
+                    cls(**{**method_params.get(method, {}), name: value})
+
+
+def grid_points(method: str, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The Cartesian product of ``grid`` in written order, as dotted-key points."""
+    keys = [dotted_key(method, k) for k in grid]
+    return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+
+
+def selection_specs(config: Any) -> list[TrialSpec]:
+    """Stage 1: method × task × grid point × selection seed, for the methods with a grid."""
+    block = config.selection
+    seeds = block.get("seeds", [0])
+    out = []
+    for spec in _base_specs(config, seeds):
+        grid = block["search_space"].get(spec.method)
+        if grid:
+            out += [spec.with_overrides(point).with_stage("selection") for point in grid_points(spec.method, grid)]
+    return out
+
+
+def _base_specs(config: Any, seeds: list[int]) -> list[TrialSpec]:
+    import dataclasses
+
+    return dataclasses.replace(config, seeds=list(seeds)).expand()
+
+
+def choose(run_dir: Path, config: Any, specs: list[TrialSpec]) -> dict[str, dict[str, Any]]:
+    """``{task: {method: {"point", "score", "n_seeds", "scores"}}}`` from the selection trials' rows.
+
+    Scores a point by the mean of its ok seeds' ``metric``; a point without one is skipped; the best
+    wins, ties (and NaN) going to the earlier grid point.
+    """
+    from lrvd_bench.runner import finished_row
+
+    block = config.selection
+    metric = block.get("metric", "val_nll")
+    higher = METRICS[metric]
+    out: dict[str, dict[str, Any]] = {}
+    for task in config.tasks:
+        for method, grid in block["search_space"].items():
+            best: dict[str, Any] | None = None
+            scores = []
+            for point in grid_points(method, grid):
+                values = []
+                for spec in specs:
+                    if spec.task == task and spec.method == method and \
+                            all(spec.search_point.get(k) == v for k, v in point.items()):
+                        row = finished_row(Path(run_dir) / "trials" / spec.trial_id, spec)
+                        value = (row or {}).get(metric)
+                        if isinstance(value, (int, float)) and math.isfinite(value):
+                            values.append(float(value))
+                score = sum(values) / len(values) if values else None
+                scores.append({"point": point, "score": score, "n_seeds": len(values)})
+                if score is not None and (best is None or (score > best["score"] if higher else score < best["score"])):
+                    best = {"point": point, "score": score, "n_seeds": len(values)}
+            out.setdefault(task, {})[method] = {
+                **(best or {"point": {}, "score": None, "n_seeds": 0,
+                            "note": "no selection trial succeeded: the final stage uses the config's values"}),
+                "metric": metric, "scores": scores,
+            }
+    return out
+
+
+def final_specs(config: Any, chosen: dict[str, dict[str, Any]]) -> list[TrialSpec]:
+    """Stage 2: the sweep's specs, each method with its chosen point on that task."""
+    out = []
+    for spec in config.expand():
+        point = chosen.get(spec.task, {}).get(spec.method, {}).get("point")
+        out.append(spec.with_overrides(point) if point else spec)
+    return out
+
+
+def write_choice(run_dir: Path, chosen: dict[str, dict[str, Any]]) -> None:
+    (Path(run_dir) / SELECTION_FILE).write_text(json.dumps(chosen, indent=2, default=str))
+
+
+def summary_lines(chosen: dict[str, dict[str, Any]]) -> list[str]:
+    """``selected for lora on arc-e: train.lr=0.001 (val_nll 1.2031)`` per method and task."""
+    lines = []
+    for task, methods in chosen.items():
+        for method, choice in methods.items():
+            point = ", ".join(f"{k.rpartition('.')[2] if k.startswith('method_params.') else k}={v}"
+                              for k, v in choice["point"].items()) or "config values"
+            score = f" ({choice['metric']} {choice['score']:.4f})" if choice.get("score") is not None else \
+                f" ({choice.get('note', '')})"
+            lines.append(f"selected for {method} on {task}: {point}{score}")
+    return lines
