@@ -14,6 +14,7 @@ shared machine changes the numbers little. Results: docs/performance.md, "Laplac
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -59,7 +60,7 @@ def main() -> None:
     fit(method, model, data.train_loader, plan, device="cpu", progress=False)
 
     # CPU seconds of one training step (forward + loss + backward), median of 10 after 2 warm-up steps
-    times, batches = [], iter(data.train_loader)
+    times, batches = [], itertools.cycle(data.train_loader)
     for _ in range(12):
         batch = next(batches)
         start = time.process_time()
