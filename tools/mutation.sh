@@ -16,7 +16,7 @@ python=(uv run --project "$root" --with "mutmut==3.8.1" python)
 # target -> "module file|tests"
 declare -A TARGETS=(
   [kl]="lrvd/kl.py|tests/core/test_kl.py"
-  [layers]="lrvd/layers.py|tests/core/test_layers.py tests/core/test_kl.py"
+  [layers]="lrvd/layers.py|tests/core/test_layers.py tests/core/test_kl.py tests/core/test_pruning.py"
   [pruning]="lrvd/pruning.py|tests/core/test_pruning.py"
   [metrics]="lrvd/metrics.py|tests/core/test_metrics.py"
   [blob]="lrvd_baselines/blob.py|tests/baselines/test_blob.py"

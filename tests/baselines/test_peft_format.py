@@ -100,7 +100,7 @@ def saved(tmp_path_factory):
         method.save_adapter(model, root / name)
         out[name] = (method, model, root / name)
     jobs = []
-    for name, (method, model, path) in out.items():
+    for name, (_method, _model, path) in out.items():
         if name == "lora-ensemble":
             jobs += [{"key": f"{name}/{m}", "base": str(root / "base"), "adapter": str(path / m), "adapter_name": m,
                       "batch": str(root / "batch.npz")} for m in ("member0", "member1")]

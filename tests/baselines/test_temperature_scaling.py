@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lrvd.errors import LRVDError
 from lrvd.metrics import accuracy, negative_log_likelihood
 from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 from lrvd.registry import get_method, list_methods
@@ -99,3 +100,25 @@ def test_predict_proba_divides_the_logits_by_t():
     method.temperature = 2.5
     probs = method.predict_proba(LogitsModel(), {"logits": logits, "labels": torch.tensor([0, 1])})
     torch.testing.assert_close(probs, torch.softmax(logits / 2.5, dim=-1))
+
+
+# -- written against surviving mutants (docs/testing.md) -------------------------------------------
+def test_params_bounds_and_message():
+    assert LoRATempScaling(max_iter=1).params.max_iter == 1  # one L-BFGS iteration is allowed
+    for bad in ({"max_iter": 0}, {"lbfgs_lr": 0.0}, {"max_iter": 5, "lbfgs_lr": -1.0}):
+        with pytest.raises(LRVDError, match=r"^max_iter must be >= 1 and lbfgs_lr > 0$"):
+            LoRATempScaling(**bad)
+
+
+def test_temperature_is_one_until_fitted_or_when_a_saved_adapter_has_none():
+    method = LoRATempScaling()
+    assert method.temperature == 1.0
+    method.temperature = 3.0
+    method.load_extra_state(None, {}, {})
+    assert method.temperature == 1.0
+
+
+def test_a_non_finite_fit_is_a_one_line_error():
+    logits = torch.tensor([[float("nan"), 0.0], [0.0, 1.0]])
+    with pytest.raises(LRVDError, match=r"^temperature scaling diverged \(non-finite T\)$"):
+        fit_temperature(logits, torch.tensor([0, 1]))

@@ -511,8 +511,8 @@ def test_bench_run_on_a_separate_ray_cluster_records_the_node(tiny_mc_model, tmp
     try:
         # Ray registers the node under the machine's IP whatever --node-ip-address says here, so ask
         # the cluster which node it has (this also waits until the head is up).
-        probe = ("import json, ray; ray.init(address='127.0.0.1:%d', log_to_driver=False); "
-                 "print(json.dumps([[n['NodeID'], n['NodeManagerAddress']] for n in ray.nodes()]))" % port)
+        probe = (f"import json, ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False); "
+                 "print(json.dumps([[n['NodeID'], n['NodeManagerAddress']] for n in ray.nodes()]))")
         listed = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180)
         assert listed.returncode == 0, listed.stderr[-2000:]
         [(node_id, node_ip)] = json.loads(listed.stdout.strip().splitlines()[-1])

@@ -156,7 +156,7 @@ def _poisoned_copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_selection_never_reads_the_evaluation_split(tiny_mc_model, tmp_path, monkeypatch):
+def test_selection_never_reads_the_evaluation_split(tiny_mc_model, tmp_path, monkeypatch):  # noqa: F811 (fixture)
     """Real selection trials on a tiny BERT: poisoning the evaluation labels changes no validation
     score and no selected value, and the evaluation split is never loaded at all."""
     import lrvd_bench

@@ -77,7 +77,7 @@ def test_training_loss_adds_scaled_kl():
 def test_fit_lowers_loss_and_moves_log_alpha():
     method, model = attached(total_steps=24, kl_scale=1e-4)
     before = method.rank_statistics(model)
-    sigma_before = [l.rank_log_sigma2.detach().clone() for l in lrvd_modules(model).values()]
+    sigma_before = [m.rank_log_sigma2.detach().clone() for m in lrvd_modules(model).values()]
     cfg = TrainConfig(lr=1e-2, max_steps=24, log_every=4, rank_log_interval=8, warmup_ratio=0.0)
     plan = TrainPlan(24, 64, cfg)
     method.plan = plan
@@ -86,7 +86,7 @@ def test_fit_lowers_loss_and_moves_log_alpha():
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
     after = method.rank_statistics(model)
     assert any(abs(a - b) > 1e-3 for n in after for a, b in zip(after[n], before[n]))
-    moved = [l.rank_log_sigma2.detach() for l in lrvd_modules(model).values()]
+    moved = [m.rank_log_sigma2.detach() for m in lrvd_modules(model).values()]
     assert any(not torch.allclose(a, b) for a, b in zip(moved, sigma_before))
     assert {"beta", "kl", "effective_rank"} <= set(result.step_logs[-1])
     assert len(result.rank_history) == 4 and len(method.log_alpha_history) == 4
@@ -98,7 +98,7 @@ def test_pruning_during_fit_keeps_training():
     method = BayesLoRA(prune_every=4, tau=-1e9, min_ranks=1, gauge_fix=True)  # prune all but 1 rank
     model = method.attach(TinyBertClassifier(), SPEC, plan)
     result = fit(method, model, make_toy_loader(), plan, device="cpu", progress=False)
-    assert all(l.r == 1 for l in lrvd_modules(model).values())
+    assert all(m.r == 1 for m in lrvd_modules(model).values())
     assert method.parameter_counts(model)["variational"] == 4
     assert result.step_logs[3]["pruned_ranks"] == 4 * (SPEC.r - 1)
     assert result.rank_history[-1]["bert.encoder.layer.0.attention.self.query"] == 0  # τ = −1e9

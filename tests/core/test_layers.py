@@ -170,7 +170,7 @@ def test_local_reparam_sample_equals_the_moment_formula_draw_for_draw():
         layer.rank_log_sigma2.copy_(torch.tensor([-6.0, -2.0, 0.5]))
         layer.B_mu.normal_()
     layer.train()
-    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
     s2 = torch.exp(layer.log_sigma2())
     m_s = x @ layer.A_mu.T
     v_s = x.square().sum(-1, keepdim=True) * s2
@@ -179,7 +179,14 @@ def test_local_reparam_sample_equals_the_moment_formula_draw_for_draw():
     torch.manual_seed(1)
     expected = 2.5 * (m_y + torch.sqrt(v_y + 1e-12) * torch.randn_like(m_y))
     torch.manual_seed(1)
-    torch.testing.assert_close(layer.adapter_delta(x), expected, rtol=1e-10, atol=1e-10)
+    got = layer.adapter_delta(x)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    # and the same gradients (the noise path's hand-written backward) for a non-linear loss
+    inputs = [x, layer.A_mu, layer.B_mu, layer.rank_log_sigma2]
+    grads = torch.autograd.grad((got + got.square()).sum(), inputs)
+    ref_grads = torch.autograd.grad((expected + expected.square()).sum(), inputs)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
 
 
 def test_grouped_samples_use_one_weight_draw_per_group():
@@ -240,7 +247,8 @@ def test_inject_reports_candidates_when_nothing_matches():
     from lrvd import LRVDError
 
     model = TinyBertClassifier()
-    with pytest.raises(LRVDError, match=r"no linear module matches target_modules=\['q_proj'\]; the model's linear module names: query, key, value, dense, classifier$"):
+    with pytest.raises(LRVDError, match=r"no linear module matches target_modules=\['q_proj'\]; "
+                                        r"the model's linear module names: query, key, value, dense, classifier$"):
         inject_lrvd(model.backbone, ["q_proj"], r=2, scaling=1.0)
 
 
@@ -297,8 +305,27 @@ def test_mc_predictive_chunks_samples_from_the_memory_budget(budget, passes):
     inject_lrvd(model.backbone, ["query", "value"], r=2, scaling=1.0, init_log_sigma2=-2.0, local_reparam=True)
     model.eval()
     calls = []
-    model.backbone.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    model.backbone.register_forward_hook(
+        lambda m, a, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
     batch = next(iter(make_toy_loader(n=4, batch_size=4, shuffle=False)))
     probs = mc_predict_proba(model, batch, 10, chunk=0, memory_budget=budget)
     assert len(calls) == passes and sum(calls) == 10 * 4
     torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+
+
+# -- written against surviving mutants (docs/testing.md) -------------------------------------------
+def test_frozen_shape_of_linear_and_conv1d_and_the_rank_one_layer():
+    import lrvd
+
+    from transformers.pytorch_utils import Conv1D
+
+    linear = lrvd.LRVDLinear(nn.Linear(3, 5), r=1, scaling=1.0)  # r = 1 is a valid rank
+    assert (linear.fan_in_fan_out, linear.in_features, linear.out_features, linear.r) == (False, 3, 5, 1)
+    conv = lrvd.LRVDLinear(Conv1D(5, 3), r=2, scaling=1.0)  # Conv1D(nf=out, nx=in): weight [in, out]
+    assert (conv.fan_in_fan_out, conv.in_features, conv.out_features) == (True, 3, 5)
+    with pytest.raises(ValueError, match="rank must be >= 1, got 0"):
+        lrvd.LRVDLinear(nn.Linear(3, 5), r=0, scaling=1.0)
+    with pytest.raises(ValueError, match="unknown LRVD variant 'gates'; valid: factor, gate"):
+        lrvd.LRVDLinear(nn.Linear(3, 5), r=1, scaling=1.0, variant="gates")
+    with pytest.raises(TypeError, match="LRVDLinear wraps nn.Linear or Conv1D, got Bilinear"):
+        lrvd.LRVDLinear(nn.Bilinear(3, 3, 5), r=1, scaling=1.0)

@@ -136,3 +136,25 @@ def test_optimizer_keeps_stepping_after_pruning():
         step()
     assert not torch.equal(before, layer.A_mu)
     assert float(opt.state[layer.A_mu]["step"]) == float(old_step) + 2
+
+
+# -- written against surviving mutants (docs/testing.md) -------------------------------------------
+def test_a_rank_exactly_at_tau_is_off_and_tau_defaults_to_3():
+    layer = small_layer()
+    log_alpha = layer.rank_log_alpha().detach()
+    at = float(log_alpha[0])  # rank 0 sits exactly at τ: log α_k ≥ τ is "off"
+    assert lrvd.effective_rank(layer, tau=at) == 0 and rank_report(layer, tau=at) == {"": 0}
+    assert lrvd.effective_rank(layer, tau=at + 1e-4) == 1
+    assert prune_ranks(small_layer(), tau=at) == {"": 2}
+    with torch.no_grad():  # rank 0 at log α ≈ 3.5: above the default τ = 3, below 4
+        layer.rank_log_sigma2[0] += 3.5 - at
+    assert 3.0 < float(layer.rank_log_alpha()[0]) < 4.0
+    assert prune_ranks(layer) == {"": 2} and layer.r == 0
+
+
+def test_prune_ranks_passes_the_optimizer_on_even_before_its_first_step():
+    layer = small_layer()
+    opt = torch.optim.AdamW([layer.A_mu, layer.B_mu, layer.rank_log_sigma2], lr=1e-2)
+    assert prune_ranks(layer, optimizer=opt) == {"": 1}  # no optimizer state yet: nothing to slice
+    assert [p.shape for p in opt.param_groups[0]["params"]] == [(1, 3), (5, 1), (1,)]
+    assert all(any(p is q for q in opt.param_groups[0]["params"]) for p in (layer.A_mu, layer.B_mu))

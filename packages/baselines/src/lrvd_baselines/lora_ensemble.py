@@ -18,7 +18,8 @@ Predictive: the mean of member softmaxes (:func:`ensemble_probs`); ``average = "
 takes softmax of the mean logits, which is what bayesian-peft's ``deepensemble.py`` evaluates.
 
 Reusing trials: :func:`ensemble_from_trials` builds the same predictive from M already-run ``lora``
-trials that differ only in their seed, at zero extra training cost (the bench's cheap path). Defaults and deviations: docs/methods.md.
+trials that differ only in their seed, at zero extra training cost (the bench's cheap path).
+Defaults and deviations: docs/methods.md.
 """
 
 from __future__ import annotations

@@ -223,7 +223,7 @@ class ExperimentConfig:
 
         for name in self.methods:
             method = get_method(name)(**self.method_params.get(name, {}))
-            if getattr(method, "needs_validation", False):
+            if method.needs_validation:
                 raise BenchError(f"method {name!r} fits on the validation split; set validation_fraction > 0 "
                                  "(got 0) or drop the method")
 

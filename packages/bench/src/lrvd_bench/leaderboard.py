@@ -41,7 +41,7 @@ COLUMNS: dict[str, str] = {
     "search_point": "search-space values of this row (JSON; empty without a search space)",
     "n_seeds": "successful seeds aggregated in this row",
     "n_failed": "seeds that crashed (see trials.csv for the error)",
-    "n_learned": "seeds whose final training NLL (without KL terms) fell below 0.985 × ln(#choices) and whose "
+    "n_learned": "seeds whose final training NLL (without KL terms) fell below ln(#choices) and whose "
                  "accuracy beat the majority class by 2 binomial standard errors",
     "accuracy_mean": "top-1 accuracy on the evaluation split (mean over seeds)",
     "accuracy_std": "standard deviation over seeds (ddof=1)",
@@ -57,7 +57,8 @@ COLUMNS: dict[str, str] = {
     "time_per_step_s_mean": "train_time_s / optimizer steps",
     "posthoc_time_s_mean": "after_training time (e.g. the Laplace fit), seconds",
     "eval_time_s_mean": "prediction time on the evaluation split (× posterior samples), seconds",
-    "peak_memory_mb_mean": "peak CUDA memory allocated, or on CPU the peak RSS above the trial start (after imports), MiB",
+    "peak_memory_mb_mean": "peak CUDA memory allocated, or on CPU the peak RSS above the trial start "
+                           "(after imports), MiB",
     "final_train_loss_mean": "smoothed training loss at the last step",
     "reference": "the method the delta_* columns compare with (config key reference, default lora)",
     "delta_accuracy": "paired difference method − reference in accuracy: mean over the seeds both ran of the "
@@ -67,7 +68,8 @@ COLUMNS: dict[str, str] = {
     "delta_accuracy_hi": "upper end of that interval; an interval that excludes 0 is marked * in leaderboard.md",
     "delta_ece": "paired difference in ECE (negative: better calibrated than the reference); _lo/_hi as for accuracy",
     "delta_nll": "paired difference in NLL (negative: better); delta_nll_lo / delta_nll_hi its 95 % interval",
-    "delta_brier": "paired difference in Brier score (negative: better); delta_brier_lo / delta_brier_hi its interval",
+    "delta_brier": "paired difference in Brier score (negative: better); "
+                   "delta_brier_lo / delta_brier_hi its interval",
     "delta_n_seeds": "seeds paired in the delta_* columns (seeds both the method and the reference completed)",
     "n_eval": "evaluation examples (the task's evaluation split, after limit_eval)",
     "n_train": "examples the methods trained on: the training split (after limit_train) minus the validation split",
@@ -291,7 +293,7 @@ def to_markdown(board) -> str:
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     notes = ["", "Mean ± std over seeds (ddof=1). acc SE = binomial standard error of the accuracy from the "
              "evaluation-set size, √(p(1−p)/n_eval). † = seeds that did not learn: final training NLL (the KL "
-             "terms of BayesLoRA and BLoB left out) ≥ 0.985 × ln(#choices), or accuracy not above the majority "
+             "terms of BayesLoRA and BLoB left out) ≥ ln(#choices), or accuracy not above the majority "
              "class m by 2 standard errors, m + 2·√(m(1−m)/n_eval). ECE: 15 bins, 0-1 scale."]
     notes += [f"Rows per stage, {task}: {n_train} training / {n_val} validation / {n_eval} evaluation."
               for task, n_train, n_val, n_eval in _stage_sizes(board)]

@@ -7,8 +7,8 @@
 - after every optimizer step :class:`BayesLoraCallback` runs :func:`lrvd.hf.bayeslora_step`, which
   prunes the ranks with log α ≥ τ when due (``prune_every`` / ``prune_start`` of the config) and keeps
   the optimizer in step with the smaller parameters;
-- every log record gains ``kl``, ``effective_rank`` and ``pruned_ranks`` (so far); ``rank_history`` keeps the per-module ranks
-  at every log step.
+- every log record gains ``kl``, ``effective_rank`` and ``pruned_ranks`` (so far); ``rank_history``
+  keeps the per-module ranks at every log step.
 
 Kept apart from :mod:`lrvd.hf` because importing ``transformers.Trainer`` is slow.
 Differences from the suite's ``bayeslora`` method: the Trainer's own optimizer and schedule (the log

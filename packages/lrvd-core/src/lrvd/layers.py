@@ -47,10 +47,8 @@ VARIANTS = ("factor", "gate")
 
 def is_conv1d(module: nn.Module) -> bool:
     """transformers' GPT-2 style ``Conv1D``: a linear map whose weight is stored [in, out]."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return False
+    from transformers.pytorch_utils import Conv1D  # transformers is a dependency of lrvd-core
+
     return isinstance(module, Conv1D)
 
 
@@ -72,6 +70,35 @@ def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
     """Adapter parameters live in fp32 unless the base is fp64 (as peft's autocast_adapter_dtype):
     log-variances near −20 and tiny B entries do not survive bf16/fp16/int8 storage."""
     return base_dtype if base_dtype == torch.float64 else torch.float32
+
+
+class _OutputNoise(torch.autograd.Function):
+    """√(c + q ⊗ w) · ε with ε ~ N(0, 1) of shape [..., d_out] (c, q: [..., 1]; w: [d_out]).
+
+    Autograd through sqrt and addcmul would keep both the std and ε of every adapted module until
+    backward and spend four [..., d_out] kernels there; the gradient only needs ε / (2 std), so this
+    keeps that one tensor (computed in place over ε) and spends one kernel plus three reductions.
+    """
+
+    @staticmethod
+    def forward(ctx, c: torch.Tensor, q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        std = torch.addcmul(c, q, w).sqrt_()
+        eps = torch.randn_like(std)
+        noise = std * eps
+        ctx.save_for_backward(eps.div_(std).mul_(0.5), q, w)  # d noise / d v = ε / (2 std)
+        return noise
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        half_eps_over_std, q, w = ctx.saved_tensors
+        grad_v = grad * half_eps_over_std  # [..., d_out]
+        grad_c = grad_v.sum(-1, keepdim=True) if ctx.needs_input_grad[0] else None
+        grad_q = (grad_v @ w).unsqueeze(-1) if ctx.needs_input_grad[1] else None
+        grad_w = None
+        if ctx.needs_input_grad[2]:
+            grad_w = (q.reshape(1, -1) @ grad_v.reshape(-1, grad_v.shape[-1])).reshape(-1)
+        return grad_c, grad_q, grad_w
 
 
 class LRVDLinear(nn.Module):
@@ -185,8 +212,7 @@ class LRVDLinear(nn.Module):
         m_y = (self.scaling * m_s) @ self.B_mu.T  # [..., d_out]
         w = (self.B_mu.square() @ s2).mul_(scale2)  # [d_out]
         c = (m_s.square() @ (scale2 * s2)).unsqueeze(-1) + q * (scale2 * s2.square().sum()) + 1e-12  # [..., 1]
-        std = torch.addcmul(c, q, w).sqrt_()  # [..., d_out]
-        return torch.addcmul(m_y, std, torch.randn_like(m_y))
+        return m_y + _OutputNoise.apply(c, q, w)
 
     def adapter_delta(self, x: torch.Tensor) -> torch.Tensor:
         """The adapter path s · B A x in the adapter dtype (means, or a posterior sample)."""

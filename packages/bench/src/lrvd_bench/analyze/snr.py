@@ -18,8 +18,9 @@ Triplet score as peft's RankAllocator combines element scores:
   that drove its masking. If the rebuild fails the correlation is reported as missing (one note).
 
 Per module (≥ 3 triplets) the Spearman rank correlation (:func:`scipy.stats.spearmanr`, ties
-averaged) of SNR vs |μ| (and SNR vs sensitivity when available). Outputs (``out/snr``): ``snr_scores.csv`` (per triplet),
-``snr_spearman.csv`` (per module and seed), ``snr_spearman.png`` (histogram of ρ per method).
+averaged) of SNR vs |μ| (and SNR vs sensitivity when available). Outputs (``out/snr``):
+``snr_scores.csv`` (per triplet), ``snr_spearman.csv`` (per module and seed), ``snr_spearman.png``
+(histogram of ρ per method).
 """
 
 from __future__ import annotations

@@ -89,14 +89,6 @@ def cpu_timed(fn: Callable[[], Any], device: Any) -> tuple[float, float]:
     return wall, time.process_time() - c0
 
 
-def overrides(cls: type, hook: str) -> bool:
-    """Whether ``cls`` overrides ``MethodBase.<hook>`` (only those get an after_training timing)."""
-    from lrvd.protocol import MethodBase
-
-    own = getattr(cls, hook, None)
-    return own is not None and own is not getattr(MethodBase, hook, None)
-
-
 def load_inputs(cfg: CostConfig, backbone: Any = None, train_loader: Any = None, n_train: int | None = None,
                 eval_loader: Any = None) -> Inputs:
     """The given model and loaders (tests: a config-built tiny model), else ``cfg.model`` on ``cfg.task``."""

@@ -8,7 +8,7 @@ window (0.12 T … 0.48 T) and past BayesLoRA's first KL-ramp steps, so schedule
 
 Then, in separate passes so the probes do not perturb the timings: the peak memory of one step
 (resident tensors + the step's transient peak; CUDA ``max_memory_allocated``, CPU peak RSS through
-:mod:`lrvd_bench.memory`), ``after_training`` for methods overriding it (seconds and training
+:mod:`lrvd_bench.memory`), ``after_training`` for ``posthoc_fit`` methods (seconds and training
 epochs), and prediction: one deterministic pass, the S-sample predictive as the method runs it by
 default, and for methods with ``mc_chunk`` also all S samples batched in one pass and one sample
 per pass; each timed (interleaved rounds) and its peak memory probed once.
@@ -33,7 +33,6 @@ from lrvd_bench.cost.harness import (
     build_entry,
     cpu_timed,
     load_inputs,
-    overrides,
     plan_and_spec,
     run_step,
     timed,
@@ -212,15 +211,15 @@ def measure(
         except Exception as err:
             log(f"bench cost: {e.name}: memory probe failed: {type(err).__name__}: {err}")
 
-    # 3. after_training (methods overriding it), timed once
+    # 3. after_training (methods with the posthoc_fit capability), timed once
     spe = steps_per_epoch(n_train, cfg.batch_size)
     for e in live():
-        if not overrides(type(e.method), "after_training"):
+        if not e.method.posthoc_fit:
             continue
         e.model.eval()
         try:
             args = (e.model, inputs.train_loader)
-            if getattr(e.method, "needs_validation", False):
+            if e.method.needs_validation:
                 args = (e.model, inputs.train_loader, inputs.train_loader)  # cost only: the train loader stands in
             e.row["after_training_s"] = timed(lambda a=args, m=e.method: m.after_training(*a), device)
             log(f"bench cost: {e.name} after_training {e.row['after_training_s']:.1f} s")

@@ -69,23 +69,44 @@ PROTOCOLS: dict[str, dict[str, float | int | bool]] = {
 class BayesLoRAParams:
     """Hyper-parameters; defaults are the authors' (mercury0100/bayeslora hf.py / GLUE bench)."""
 
-    kl_scale: float = field(default=1e-6, metadata={"help": "weight of the summed KL (per-dataset ELBO scaling; 1/N is the exact ELBO)"})
+    kl_scale: float = field(
+        default=1e-6, metadata={"help": "weight of the summed KL (per-dataset ELBO scaling; 1/N is the exact ELBO)"})
     kl_warmup: float = field(default=0.0, metadata={"help": "fraction of total steps with KL weight beta = 0"})
-    kl_ramp: float = field(default=0.0, metadata={"help": "fraction of total steps of the linear beta ramp 0 -> 1 after kl_warmup"})
-    tau: float = field(default=3.0, metadata={"help": "rank log-alpha threshold: ranks with log alpha >= tau are off / pruned"})
-    prune_every: int | None = field(default=None, metadata={"help": "steps between physical rank pruning, 0: never (default: protocol's, llm-scripts 200, glue-bench 2000)"})
-    prune_start: float | None = field(default=None, metadata={"help": "fraction of total steps before the first prune (default: kl_warmup + kl_ramp)"})
+    kl_ramp: float = field(
+        default=0.0, metadata={"help": "fraction of total steps of the linear beta ramp 0 -> 1 after kl_warmup"})
+    tau: float = field(
+        default=3.0, metadata={"help": "rank log-alpha threshold: ranks with log alpha >= tau are off / pruned"})
+    prune_every: int | None = field(
+        default=None, metadata={"help": "steps between physical rank pruning, 0: never (default: protocol's, llm-scripts 200,"
+                  " glue-bench 2000)"})
+    prune_start: float | None = field(
+        default=None, metadata={"help": "fraction of total steps before the first prune (default: kl_warmup + kl_ramp)"})
     min_ranks: int = field(default=0, metadata={"help": "ranks every module keeps when pruning"})
-    protocol: str = field(default="llm-scripts", metadata={"help": "authors' protocol: llm-scripts (sample from step 0, local reparameterisation, MC predictive) | glue-bench (train and predict at the posterior mean)"})
-    n_samples: int | None = field(default=None, metadata={"help": "MC samples of the predictive, 0: posterior-mean model (default: protocol's, llm-scripts 10, glue-bench 0)"})
-    mc_chunk: int = field(default=0, metadata={"help": "MC samples per forward pass (0: chosen from mc_memory_budget; 1: loop; n_samples: all at once)"})
-    mc_memory_budget: float = field(default=0.1, metadata={"help": "with mc_chunk 0: extra peak memory the MC predictive may use, as a fraction of one deterministic pass"})
-    local_reparam: bool | None = field(default=None, metadata={"help": "local reparameterisation trick whenever sampling, training and prediction (factor variant; default: protocol's)"})
-    variant: str = field(default="factor", metadata={"help": "noise model: factor (additive noise on A, B) | gate (multiplicative rank gates)"})
+    protocol: str = field(
+        default="llm-scripts", metadata={"help": "authors' protocol: llm-scripts (sample from step 0, local reparameterisation, MC "
+                  "predictive) | glue-bench (train and predict at the posterior mean)"})
+    n_samples: int | None = field(
+        default=None, metadata={"help": "MC samples of the predictive, 0: posterior-mean model (default: protocol's, llm-"
+                  "scripts 10, glue-bench 0)"})
+    mc_chunk: int = field(
+        default=0, metadata={"help": "MC samples per forward pass (0: chosen from mc_memory_budget; 1: loop; n_samples: "
+                  "all at once)"})
+    mc_memory_budget: float = field(
+        default=0.1, metadata={"help": "with mc_chunk 0: extra peak memory the MC predictive may use, as a fraction of one "
+                  "deterministic pass"})
+    local_reparam: bool | None = field(
+        default=None, metadata={"help": "local reparameterisation trick whenever sampling, training and prediction (factor "
+                  "variant; default: protocol's)"})
+    variant: str = field(
+        default="factor", metadata={"help": "noise model: factor (additive noise on A, B) | gate (multiplicative rank gates)"})
     init_log_sigma2: float = field(default=-8.0, metadata={"help": "initial per-rank log variance"})
-    log_sigma2_lr_mult: float = field(default=0.1, metadata={"help": "learning-rate multiplier of the log variances (no weight decay)"})
-    sample_warmup: float | None = field(default=None, metadata={"help": "fraction of total steps trained at the posterior mean before sampling (default: protocol's, llm-scripts 0, glue-bench 1 = never)"})
-    gauge_fix: bool = field(default=False, metadata={"help": "balance ||A_k|| and ||B_k|| before each prune (fix_gauge)"})
+    log_sigma2_lr_mult: float = field(
+        default=0.1, metadata={"help": "learning-rate multiplier of the log variances (no weight decay)"})
+    sample_warmup: float | None = field(
+        default=None, metadata={"help": "fraction of total steps trained at the posterior mean before sampling (default: "
+                  "protocol's, llm-scripts 0, glue-bench 1 = never)"})
+    gauge_fix: bool = field(
+        default=False, metadata={"help": "balance ||A_k|| and ||B_k|| before each prune (fix_gauge)"})
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
