@@ -3,8 +3,9 @@
 The reference values come from laplace-torch objects built here, the authors' protocol spelled out
 in the test (github adamxyang/laplace-lora, run_gpt_laplace.py / run_gpt_laplace.sh:
 ``Laplace(model, 'classification', prior_precision=1., subset_of_weights='all', hessian_structure='kron')``,
-``optimize_prior_precision(method='marglik', n_steps=100, lr=1e-1)`` over one scalar, GLM predictive),
-or from the definitions written out by hand.
+``optimize_prior_precision(method='marglik', n_steps=100, lr=1e-1)`` over one scalar, GLM predictive)
+with the suite's documented curvature (the sampled-Fisher KFAC, docs/methods.md), or from the
+definitions written out by hand.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import math
 
 import pytest
 import torch
-from conftest import TinyBertClassifier, collate, make_toy_dataset, make_toy_loader
 from torch.nn.utils import vector_to_parameters
 from torch.utils.data import DataLoader
 
+from conftest import TinyBertClassifier, collate, make_toy_dataset, make_toy_loader
 from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan, get_method
 from lrvd.training import fit, seed_everything
 from lrvd_baselines.laplace_lora import (
@@ -47,18 +48,20 @@ def trained_laplace(steps: int = 60, loader=None, **params):
 
 @pytest.fixture(scope="module")
 def fitted():
-    method, model, loader = trained_laplace()
+    # a fixed batch order: the sampled-Fisher KFAC draws its labels per batch from a fixed seed
+    method, model, loader = trained_laplace(loader=make_toy_loader(32, batch_size=8, seed=0, shuffle=False))
     method.after_training(model, loader)
     return method, model, loader
 
 
 def authors_laplace(model, loader):
-    """An independent laplace-torch Laplace-LoRA: stock backend and Jacobians, the authors' tuning."""
+    """An independent laplace-torch Laplace-LoRA: stock backend class and Jacobians, the authors' tuning."""
     from laplace import Laplace
+    from laplace.curvature import CurvlinopsGGN
 
     with head_frozen(model):
         la = Laplace(DictLogits(model), "classification", subset_of_weights="all", hessian_structure="kron",
-                     prior_precision=AUTHORS_PRIOR_INIT)
+                     prior_precision=AUTHORS_PRIOR_INIT, backend=CurvlinopsGGN, backend_kwargs={"stochastic": True})
         la.fit(loader)
         la.optimize_prior_precision(method="marglik", n_steps=AUTHORS_MARGLIK_STEPS, lr=AUTHORS_MARGLIK_LR,
                                     init_prior_prec=AUTHORS_PRIOR_INIT, prior_structure="scalar")
@@ -67,7 +70,7 @@ def authors_laplace(model, loader):
 
 def test_default_predictive_is_the_glm_probit_of_an_independent_laplace_torch_fit(fitted):
     method, model, loader = fitted
-    assert method.params.predictive == "glm"
+    assert method.params.predictive == "glm" and method.params.curvature == "ggn-mc"
     batch = next(iter(loader))
     ours = method.predict_proba(model, batch)
     la = authors_laplace(model, loader)
@@ -85,7 +88,8 @@ def test_marglik_moves_the_prior_precision_to_a_maximum_of_the_marginal_likeliho
     la = method.laplace
     tuned = float(la.prior_precision)
     assert abs(math.log(tuned / AUTHORS_PRIOR_INIT)) > 1.0  # far from where it started
-    at = {x: float(la.log_marginal_likelihood(torch.tensor([x]))) for x in (AUTHORS_PRIOR_INIT, tuned / 1.5, tuned, tuned * 1.5)}
+    points = (AUTHORS_PRIOR_INIT, tuned / 1.5, tuned, tuned * 1.5)
+    at = {x: float(la.log_marginal_likelihood(torch.tensor([x]))) for x in points}
     assert at[tuned] > max(at[AUTHORS_PRIOR_INIT], at[tuned / 1.5], at[tuned * 1.5])
 
 
@@ -203,11 +207,27 @@ def test_curvature_names_select_the_laplace_torch_backend(fitted):
     from laplace.curvature import CurvlinopsEF, CurvlinopsGGN
 
     _, model, _ = fitted
-    for name, cls, stochastic in (("ggn", CurvlinopsGGN, False), ("ggn-mc", CurvlinopsGGN, True), ("ef", CurvlinopsEF, None)):
+    cases = (("ggn", CurvlinopsGGN, False), ("ggn-mc", CurvlinopsGGN, True), ("ef", CurvlinopsEF, None))
+    for name, cls, stochastic in cases:
         la = get_method("laplace-lora")(curvature=name).build_laplace(model)
         assert isinstance(la.backend, cls)
         if stochastic is not None:
             assert la.backend.stochastic is stochastic
+
+
+@pytest.mark.parametrize("curvature, per_batch", [("ggn", 2), ("ggn-mc", 1), ("ef", 1)])
+def test_fit_backpropagates_once_per_class_only_for_the_exact_curvature(curvature, per_batch):
+    """The fit-cost claim (docs/performance.md): exact KFAC needs one backward pass per class (2 here),
+    the sampled and empirical Fisher one per batch; counted at every adapted layer's output."""
+    method, model, loader = trained_laplace(steps=3, curvature=curvature)
+    counts = []
+    layer = next(m for n, m in model.named_modules() if n.endswith("lora_B.default"))
+    hook = layer.register_full_backward_hook(lambda *_: counts.append(1))
+    try:
+        method.after_training(model, loader)
+    finally:
+        hook.remove()
+    assert len(counts) == per_batch * len(loader)
 
 
 @pytest.mark.parametrize("key, value, choices", [

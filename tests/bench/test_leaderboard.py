@@ -95,7 +95,7 @@ def test_learned_flag_uses_nll_and_two_standard_errors():
 
     labels = torch.tensor([0] * 28 + [1] * 24 + [2] * 24 + [3] * 24)
     probs = torch.full((100, 4), 0.25)
-    nll = 1.30  # the NLL part; BayesLoRA's total loss with the KL term was above 0.985 · ln 4
+    nll = 1.371  # the NLL part (a quickstart LoRA seed at 0.39); the total with BayesLoRA's KL can exceed ln 4
     assert learned_flag(nll, probs, labels, 0.39) == (True, pytest.approx(math.log(4)), 0.28)
     assert learned_flag(nll, probs, labels, 0.36)[0] is False  # above 0.28 but within 2 SE
-    assert learned_flag(1.37, probs, labels, 0.60)[0] is False  # training NLL still at ln 4
+    assert learned_flag(1.39, probs, labels, 0.60)[0] is False  # training NLL still at ln 4

@@ -6,6 +6,12 @@ weights, fits it on the training set and tunes one scalar prior precision, as th
 do (github ``adamxyang/laplace-lora``; every default and every deviation: ``docs/methods.md``,
 section Laplace-LoRA).
 
+Curvature (``curvature``): the authors' exact Fisher/GGN KFAC backpropagates once per class (about
+C + 1 training epochs per fit). The default ``ggn-mc`` estimates the same Fisher from one label sampled
+from the model's own predictive per example, one backward pass per batch (about 1.6 epochs for
+MiniLM), with the same tuned prior and GLM predictive on the quickstart data (``docs/performance.md``,
+"Laplace-LoRA fit cost").
+
 "LoRA-only" is enforced by freezing the task head while the Laplace object is built, fitted and
 queried (laplace-torch takes every ``requires_grad`` parameter), so memory is bounded by the
 adapter: Kronecker factors of size d_in² + r² (A) and r² + d_out² (B) per module.
@@ -73,9 +79,10 @@ class LaplaceLoRAParams:
                 "gridsearch replaces it by the best grid value"})
     prior_steps: int = field(default=100, metadata={
         "help": "Adam steps of marglik tuning (authors' run_gpt_laplace.sh: 100)"})
-    curvature: str = field(default="ggn", metadata={
-        "help": "KFAC curvature: ggn (exact, one backward pass per class; authors) | ggn-mc (sampled Fisher, "
-                "one backward pass) | ef (empirical Fisher, one backward pass)"})
+    curvature: str = field(default="ggn-mc", metadata={
+        "help": "KFAC curvature: ggn-mc (Fisher from one sampled label per example, one backward pass per batch; "
+                "default) | ggn (exact, one backward pass per class; authors) | ef (empirical Fisher at the true "
+                "labels, one backward pass)"})
     lora_dropout: float = field(default=0.0, metadata={
         "help": "LoRA dropout during training (authors' scripts: 0.1; 0 here, the same MAP as lora)"})
     fit_examples: int = field(
@@ -122,7 +129,9 @@ def linear_owners(model: nn.Module, params: list[nn.Parameter]) -> list[nn.Linea
     return owners if covered == {id(p) for p in params} else None
 
 
-def batched_jacobians(model: nn.Module, batch: Any, params: list[nn.Parameter]) -> tuple[torch.Tensor, torch.Tensor] | None:
+def batched_jacobians(
+    model: nn.Module, batch: Any, params: list[nn.Parameter]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per-example Jacobians ``[B, C, P]`` of the logits w.r.t. ``params`` (in order) and the logits ``[B, C]``.
 
     One forward pass records every adapted layer's input ``x`` and output; then, per class c, one

@@ -105,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # run.json records the command as typed (``bench`` + its arguments), also when called in-process
+    args.command_line = ["bench", *(sys.argv[1:] if argv is None else argv)]
     if args.command is None:
         parser.print_help()
         return 0
@@ -137,7 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                              + ", ".join(sorted(extra | ({"--config"} if args.config else set()))))
         from lrvd_bench.runner import resume_sweep
 
-        return _report(resume_sweep(args.resume, retry_failed=args.retry_failed, address=overrides.get("address")))
+        return _report(resume_sweep(args.resume, retry_failed=args.retry_failed, address=overrides.get("address"),
+                                    command=args.command_line))
     if args.retry_failed:
         raise BenchError("--retry-failed only makes sense with --resume RUN_DIR")
     path = args.config or default_config_path()
@@ -151,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from lrvd_bench.runner import run_sweep
 
-    return _report(run_sweep(config, config_path=path))
+    return _report(run_sweep(config, config_path=path, command=args.command_line))
 
 
 def _report(outcome) -> int:

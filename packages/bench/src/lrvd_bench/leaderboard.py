@@ -41,7 +41,7 @@ COLUMNS: dict[str, str] = {
     "search_point": "search-space values of this row (JSON; empty without a search space)",
     "n_seeds": "successful seeds aggregated in this row",
     "n_failed": "seeds that crashed (see trials.csv for the error)",
-    "n_learned": "seeds whose final training NLL (without KL terms) fell below 0.985 × ln(#choices) and whose "
+    "n_learned": "seeds whose final training NLL (without KL terms) fell below ln(#choices) and whose "
                  "accuracy beat the majority class by 2 binomial standard errors",
     "accuracy_mean": "top-1 accuracy on the evaluation split (mean over seeds)",
     "accuracy_std": "standard deviation over seeds (ddof=1)",
@@ -293,7 +293,7 @@ def to_markdown(board) -> str:
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     notes = ["", "Mean ± std over seeds (ddof=1). acc SE = binomial standard error of the accuracy from the "
              "evaluation-set size, √(p(1−p)/n_eval). † = seeds that did not learn: final training NLL (the KL "
-             "terms of BayesLoRA and BLoB left out) ≥ 0.985 × ln(#choices), or accuracy not above the majority "
+             "terms of BayesLoRA and BLoB left out) ≥ ln(#choices), or accuracy not above the majority "
              "class m by 2 standard errors, m + 2·√(m(1−m)/n_eval). ECE: 15 bins, 0-1 scale."]
     notes += [f"Rows per stage, {task}: {n_train} training / {n_val} validation / {n_eval} evaluation."
               for task, n_train, n_val, n_eval in _stage_sizes(board)]

@@ -558,6 +558,7 @@ def run_sweep(
     check: bool = True,
     stream: Any = None,
     live: bool | None = None,
+    command: list[str] | None = None,
 ) -> SweepOutcome:
     """Expand ``config``, run every trial under Ray Tune, then write trials.csv, leaderboard, figures."""
     run_dir = Path(config.output) if config.output else default_run_dir(config_path)
@@ -574,7 +575,8 @@ def run_sweep(
             selection.check_methods(config.selection, config.method_params)
         check_inputs(config)
     config.output = str(run_dir)
-    return _sweep(run_dir, config, trial_fn=trial_fn, callbacks=callbacks, stream=stream, live=live, fresh=True)
+    return _sweep(run_dir, config, trial_fn=trial_fn, callbacks=callbacks, stream=stream, live=live, fresh=True,
+                  command=command)
 
 
 def resume_sweep(
@@ -586,6 +588,7 @@ def resume_sweep(
     address: str | None = None,
     stream: Any = None,
     live: bool | None = None,
+    command: list[str] | None = None,
 ) -> SweepOutcome:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones run again."""
     run_dir = Path(run_dir).expanduser().resolve()
@@ -595,11 +598,12 @@ def resume_sweep(
     if address:
         config.address = address
     return _sweep(run_dir, config, trial_fn=trial_fn, callbacks=callbacks, stream=stream, live=live,
-                  fresh=False, retry_failed=retry_failed)
+                  fresh=False, retry_failed=retry_failed, command=command)
 
 
 def _sweep(run_dir: Path, config: ExperimentConfig, *, trial_fn: TrialFn | None, callbacks: list[Any] | None,
-           stream: Any, live: bool | None, fresh: bool, retry_failed: bool = False) -> SweepOutcome:
+           stream: Any, live: bool | None, fresh: bool, retry_failed: bool = False,
+           command: list[str] | None = None) -> SweepOutcome:
     """Both entry points: Ray up, resources checked, then the pending trials, then the tables."""
     from lrvd_bench.ensembles import plan_reuse
     from lrvd_bench.run_record import finish_record, start_record
@@ -613,7 +617,7 @@ def _sweep(run_dir: Path, config: ExperimentConfig, *, trial_fn: TrialFn | None,
         run_dir.mkdir(parents=True, exist_ok=True)
         if fresh:
             (run_dir / "config.yaml").write_text(config.to_yaml())
-        record = start_record(run_dir, fresh)
+        record = start_record(run_dir, fresh, command)
         run = functools.partial(_run_stage, run_dir, config, gpus, trial_fn, [*trackers, *(callbacks or [])],
                                 stream, live, retry_failed)
         selection_specs: list[TrialSpec] = []

@@ -53,11 +53,13 @@ Reporter = Callable[[dict[str, Any]], None]
 #: ``val_*`` metrics when the loop validates) completed with these keys.
 PROGRESS_KEYS = ("step", "total_steps", "loss", "lr", "effective_rank", "step_time_s")
 
-#: A run "learned" when the NLL part of its final training loss (without BayesLoRA's or BLoB's KL
-#: term) is below this fraction of the uniform-prediction loss ln(#choices) *and* its accuracy beats
-#: the majority class by ``LEARNED_SE_MARGIN`` binomial standard errors √(m(1−m)/n) of a majority-level
-#: classifier on the n evaluation examples. MiniLM runs can sit at ln 4 ≈ 1.386 for ~100 steps.
-LEARNED_LOSS_FRACTION = 0.985
+#: A run "learned" when its accuracy beats the majority class by ``LEARNED_SE_MARGIN`` binomial
+#: standard errors √(m(1−m)/n) of a majority-level classifier on the n evaluation examples (the
+#: statistical test) *and* the NLL part of its final training loss (without BayesLoRA's or BLoB's KL
+#: term) is below the uniform-prediction loss ln(#choices) (the fit left chance at all). A margin
+#: below ln k (0.985 · ln k before) marked a quickstart LoRA seed at 0.39 vs majority 0.28 whose
+#: smoothed batch-of-4 NLL was 1.371: the training NLL is too noisy for a tighter rule.
+LEARNED_LOSS_FRACTION = 1.0
 LEARNED_SE_MARGIN = 2.0
 
 #: Every library a method's number depends on (recorded per trial and in the run's ``run.json``).
