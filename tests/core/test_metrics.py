@@ -144,3 +144,19 @@ def test_mcc_three_classes_and_the_undefined_case():
     assert metrics.matthews_corrcoef(probs, labels) == pytest.approx(4 / math.sqrt(48))
     constant = torch.tensor([[0.9, 0.05, 0.05]] * 4)  # one predicted class: MCC undefined -> 0
     assert metrics.matthews_corrcoef(constant, labels) == 0.0
+
+
+def test_every_bin_count_defaults_to_15():
+    probs = torch.tensor([[0.97, 0.03], [0.52, 0.48], [0.7, 0.3]])
+    labels = torch.tensor([0, 1, 1])  # 15 bins: 0.97 -> 14, 0.52 -> 7, 0.7 -> 10 (16 bins: 15, 8, 11)
+    assert len(metrics.calibration_bins(probs, labels)[0]) == 15
+    idx, gap = metrics.calibration_gaps(probs, labels)
+    assert idx.tolist() == [14, 7, 10]
+    # three singleton bins: ECE = (0.03 + 0.52 + 0.7) / 3 (ece_from_gaps' own default only sizes the
+    # per-row slots: any n_bins above the largest index gives the same sums, an equivalent mutant)
+    rows = torch.stack([idx, torch.tensor([0, 0, 0])])
+    gaps = torch.stack([gap, torch.tensor([0.5, -0.5, 0.25])])
+    torch.testing.assert_close(metrics.ece_from_gaps(rows, gaps), torch.tensor([1.25 / 3, 0.25 / 3], dtype=torch.float64))
+    # 0.55 and 0.58 share bin 8 of 15 (ECE |1 − 1.13| / 2) but not of 16 (ECE (0.45 + 0.58) / 2)
+    pair, pair_labels = torch.tensor([[0.55, 0.45], [0.58, 0.42]]), torch.tensor([0, 1])
+    assert metrics.classification_metrics(pair, pair_labels)["ece"] == pytest.approx(0.065)

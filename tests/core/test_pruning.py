@@ -149,6 +149,7 @@ def test_a_rank_exactly_at_tau_is_off_and_tau_defaults_to_3():
     with torch.no_grad():  # rank 0 at log α ≈ 3.5: above the default τ = 3, below 4
         layer.rank_log_sigma2[0] += 3.5 - at
     assert 3.0 < float(layer.rank_log_alpha()[0]) < 4.0
+    assert rank_report(layer) == {"": 0} and lrvd.effective_rank(layer) == 0
     assert prune_ranks(layer) == {"": 2} and layer.r == 0
 
 
