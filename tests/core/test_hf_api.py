@@ -145,3 +145,18 @@ def test_the_example_fine_tunes_a_tiny_model_with_the_api():
     assert all("effective_rank" in r and "kl" in r for r in summary["log"])
     assert 0 <= summary["effective_rank"] <= summary["initial_rank"] == 32
     assert 0.0 <= summary["accuracy"] <= 1.0
+
+
+def test_hf_config_defaults_are_the_bayeslora_methods_under_its_default_protocol():
+    """The HF API trains the same model as ``bench run --methods bayeslora`` unless told otherwise."""
+    import dataclasses
+
+    from lrvd import BayesLoraConfig
+    from lrvd.methods.bayeslora import BayesLoRAParams
+
+    method = BayesLoRAParams()  # protocol llm-scripts: the authors' LLaMA/GPT scripts
+    hf = BayesLoraConfig()
+    shared = {f.name for f in dataclasses.fields(hf)} & {f.name for f in dataclasses.fields(method)}
+    shared -= {"prune_start"}  # a step count in the HF API, a fraction of the run in the method
+    assert {"kl_scale", "tau", "prune_every", "local_reparam", "n_samples", "init_log_sigma2"} <= shared
+    assert {k: getattr(hf, k) for k in shared} == {k: getattr(method, k) for k in shared}

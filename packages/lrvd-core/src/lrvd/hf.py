@@ -40,7 +40,11 @@ CONFIG_ATTR = "bayeslora_config"
 
 @dataclass
 class BayesLoraConfig:
-    """Where the adapters go and BayesLoRA's knobs (defaults as the ``bayeslora`` method's, docs/methods.md)."""
+    """Where the adapters go and BayesLoRA's knobs.
+
+    Defaults are the ``bayeslora`` method's under its default ``llm-scripts`` protocol (the authors'
+    LLaMA/GPT scripts: local reparameterisation, pruning every 200 steps); docs/methods.md lists them.
+    """
 
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
     r: int = 8
@@ -49,13 +53,13 @@ class BayesLoraConfig:
     modules_to_save: list[str] | None = None
     kl_scale: float = 1e-6
     tau: float = 3.0
-    prune_every: int = 0
+    prune_every: int = 200
     prune_start: int = 0
     min_ranks: int = 0
     n_samples: int = 10
     init_log_sigma2: float = -8.0
     variant: str = "factor"
-    local_reparam: bool = False
+    local_reparam: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
