@@ -45,9 +45,17 @@ class ToyTokens(Dataset):
 
 def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, num_labels=2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return BertForSequenceClassification(config)
 
 
@@ -63,10 +71,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     model = tiny_bert(args.seed)
-    config = lrvd.BayesLoraConfig(target_modules=["query", "value"], r=8, lora_alpha=16,
-                                  modules_to_save=["classifier"], kl_scale=args.kl_scale, tau=args.tau,
-                                  prune_every=args.prune_every, prune_start=args.prune_every,
-                                  n_samples=args.n_samples)
+    config = lrvd.BayesLoraConfig(
+        target_modules=["query", "value"],
+        r=8,
+        lora_alpha=16,
+        modules_to_save=["classifier"],
+        kl_scale=args.kl_scale,
+        tau=args.tau,
+        prune_every=args.prune_every,
+        prune_start=args.prune_every,
+        n_samples=args.n_samples,
+    )
     model = lrvd.get_bayeslora_model(model, config)
     trainable, total = lrvd.hf.trainable_summary(model)
     print(f"trainable params: {trainable:,} of {total:,}")
@@ -74,9 +89,17 @@ def main(argv: list[str] | None = None) -> dict:
     train, test = ToyTokens(512, seed=args.seed), ToyTokens(256, seed=args.seed + 1)
     with tempfile.TemporaryDirectory() as out:
         training_args = TrainingArguments(
-            output_dir=out, max_steps=args.max_steps, per_device_train_batch_size=16, learning_rate=args.lr,
-            warmup_steps=max(1, args.max_steps // 10), logging_steps=max(1, args.max_steps // 5),
-            save_strategy="no", report_to="none", use_cpu=True, seed=args.seed, disable_tqdm=True,
+            output_dir=out,
+            max_steps=args.max_steps,
+            per_device_train_batch_size=16,
+            learning_rate=args.lr,
+            warmup_steps=max(1, args.max_steps // 10),
+            logging_steps=max(1, args.max_steps // 5),
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            seed=args.seed,
+            disable_tqdm=True,
         )
         trainer = lrvd.BayesLoraTrainer(model=model, args=training_args, train_dataset=train)
         trainer.train()
@@ -92,8 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
         "nll": float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), test.labels)),
         "effective_rank": sum(lrvd.hf.rank_report(model).values()),
         "initial_rank": config.r * len(lrvd.lrvd_modules(model)),
-        "log": [{k: v for k, v in record.items() if k in ("step", "loss", "kl", "effective_rank", "pruned_ranks")}
-                for record in trainer.state.log_history if "loss" in record],
+        "log": [
+            {k: v for k, v in record.items() if k in ("step", "loss", "kl", "effective_rank", "pruned_ranks")}
+            for record in trainer.state.log_history
+            if "loss" in record
+        ],
     }
     print(json.dumps(summary, indent=2))
     return summary

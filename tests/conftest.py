@@ -28,9 +28,15 @@ class TinyBertClassifier(ClassifierModel):
 
         torch.manual_seed(seed)
         config = BertConfig(
-            vocab_size=64, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-            intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=n_classes,
-            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+            vocab_size=64,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=64,
+            num_labels=n_classes,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
         )
         backbone = BertForSequenceClassification(config)
         super().__init__(backbone, n_classes, head_params=list(backbone.classifier.parameters()))
@@ -56,7 +62,10 @@ def collate(rows):
 
 def make_toy_loader(n: int = 64, batch_size: int = 8, seed: int = 0, shuffle: bool = True) -> DataLoader:
     return DataLoader(
-        make_toy_dataset(n, seed=seed), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+        make_toy_dataset(n, seed=seed),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
     )
 

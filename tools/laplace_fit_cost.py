@@ -26,8 +26,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quickstart.yaml")
-    parser.add_argument("--options", default="ggn:0,ggn:64,ggn-mc:0,ggn-mc:64,ef:0",
-                        help="comma-separated curvature:fit_examples (0: the whole training set)")
+    parser.add_argument(
+        "--options",
+        default="ggn:0,ggn:64,ggn-mc:0,ggn-mc:64,ef:0",
+        help="comma-separated curvature:fit_examples (0: the whole training set)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -49,10 +52,19 @@ def main() -> None:
     seed_everything(spec.seed)
     task = get_task(spec.task)
     backbone = load_backbone(spec.model, task)
-    data = make_loaders(task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
-                        eval_batch_size=spec.eval_batch_size, max_length=spec.max_length,
-                        limit_train=spec.limit_train, limit_eval=spec.limit_eval, seed=spec.seed,
-                        split_seed=spec.split_seed, validation_fraction=spec.validation_fraction)
+    data = make_loaders(
+        task,
+        backbone,
+        data_dir=spec.data_dir,
+        batch_size=train_cfg.batch_size,
+        eval_batch_size=spec.eval_batch_size,
+        max_length=spec.max_length,
+        limit_train=spec.limit_train,
+        limit_eval=spec.limit_eval,
+        seed=spec.seed,
+        split_seed=spec.split_seed,
+        validation_fraction=spec.validation_fraction,
+    )
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     method = get_method("laplace-lora")()
     seed_everything(spec.seed)
@@ -84,13 +96,22 @@ def main() -> None:
         method.laplace = la
         probs, labels = predict(method, model, data.eval_loader, device="cpu", progress=False)
         metrics = classification_metrics(probs, labels)
-        print(json.dumps({
-            "curvature": curvature, "fit_examples": int(n_fit) or data.n_train, "fit_cpu_s": round(fit_s, 1),
-            "tune_cpu_s": round(tune_s, 2), "epochs": round((fit_s + tune_s) / epoch_cpu_s, 2),
-            "prior_precision": round(float(la.prior_precision), 3),
-            "log_marglik": round(float(la.log_marginal_likelihood()), 1),
-            "glm_accuracy": metrics["accuracy"], "glm_nll": round(metrics["nll"], 4),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "curvature": curvature,
+                    "fit_examples": int(n_fit) or data.n_train,
+                    "fit_cpu_s": round(fit_s, 1),
+                    "tune_cpu_s": round(tune_s, 2),
+                    "epochs": round((fit_s + tune_s) / epoch_cpu_s, 2),
+                    "prior_precision": round(float(la.prior_precision), 3),
+                    "log_marglik": round(float(la.log_marginal_likelihood()), 1),
+                    "glm_accuracy": metrics["accuracy"],
+                    "glm_nll": round(metrics["nll"], 4),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,11 @@ def test_adalora_schedule_defaults_are_the_cola_script_as_fractions():
     steps = method.schedule(SPEC, TrainPlan(total_steps=6700, n_train=8551))
     assert steps == {"tinit": 800, "tfinal": 3500, "deltaT": 10, "total_step": 6700}
     assert method.schedule(SPEC, TrainPlan(total_steps=100, n_train=400)) == {
-        "tinit": 12, "tfinal": 52, "deltaT": 1, "total_step": 100}
+        "tinit": 12,
+        "tfinal": 52,
+        "deltaT": 1,
+        "total_step": 100,
+    }
 
 
 @pytest.mark.parametrize("key, value", [("tinit", 800), ("tfinal", 1.0), ("deltaT", 0.0)])
@@ -55,7 +59,13 @@ def test_ivon_defaults_are_the_vilora_authors():
     """idiap/vilora argparse defaults and large-GLUE scripts (module docstring)."""
     p = get_method("adalora-ivon")().params
     assert (p.lr, p.clip_radius, p.weight_decay, p.hess_init, p.ivon_beta1, p.ivon_beta2) == (
-        0.4, 1e-3, 1e-8, 1.0, 0.9, 0.99999)
+        0.4,
+        1e-3,
+        1e-8,
+        1.0,
+        0.9,
+        0.99999,
+    )
     assert p.ess is None and p.lr_first is None
     assert p.criterion == "snr-abs"  # vilora --vilora_criterion SNR_mean_abs
     assert p.predictive == "mean"  # vilora --ivon_infer_mc_samples 0
@@ -249,8 +259,9 @@ def test_two_phase_schedule_follows_vilora_clr():
         sched.step()
     assert lrs[0] == pytest.approx(0.2) and lrs[9] == pytest.approx(2.0)  # warm-up: 2.0 · (t+1)/10
     assert lrs[10] == lrs[29] == pytest.approx(2.0)
-    assert lrs[30] == pytest.approx(0.4) and lrs[65] == pytest.approx(0.4 * 35 / 70) and lrs[99] == pytest.approx(
-        0.4 / 70)
+    assert (
+        lrs[30] == pytest.approx(0.4) and lrs[65] == pytest.approx(0.4 * 35 / 70) and lrs[99] == pytest.approx(0.4 / 70)
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")

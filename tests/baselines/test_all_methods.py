@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import TinyBertClassifier, make_toy_loader
 
+from conftest import TinyBertClassifier, make_toy_loader
 from lrvd import AdapterConfig, TrainConfig, TrainPlan, get_method, list_methods
 from lrvd.metrics import classification_metrics
 from lrvd.training import fit, predict, seed_everything

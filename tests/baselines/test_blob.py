@@ -19,7 +19,9 @@ SPEC = AdapterConfig(r=2, alpha=4)
 
 
 def plan(steps: int = 1, n_train: int = 32) -> TrainPlan:
-    return TrainPlan(total_steps=steps, n_train=n_train, train=TrainConfig(lr=1e-2, mixed_precision="no", warmup_ratio=0.0))
+    return TrainPlan(
+        total_steps=steps, n_train=n_train, train=TrainConfig(lr=1e-2, mixed_precision="no", warmup_ratio=0.0)
+    )
 
 
 def test_kl_equals_closed_form_by_hand():
@@ -28,9 +30,7 @@ def test_kl_equals_closed_form_by_hand():
         layer.lora_A.copy_(torch.tensor([[0.3, -0.5]]))
         layer.lora_A_std_sqrt.copy_(torch.tensor([[0.2, 0.4]]))  # std = 0.04, 0.16
     sp = 0.2
-    expected = sum(
-        math.log(sp / s) + (s**2 + m**2) / (2 * sp**2) - 0.5 for m, s in [(0.3, 0.04), (-0.5, 0.16)]
-    )
+    expected = sum(math.log(sp / s) + (s**2 + m**2) / (2 * sp**2) - 0.5 for m, s in [(0.3, 0.04), (-0.5, 0.16)])
     assert float(layer.kl(sp).detach()) == pytest.approx(expected, rel=1e-5)
 
 
@@ -188,12 +188,21 @@ def test_lm_head_is_adaptable_on_a_causal_lm():
     from lrvd_bench.tasks import get_task
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     backbone = build_backbone_from_config(config, get_task("arc-e"), tokenizer)
     method = BLoB()
-    model = method.attach(backbone.model, AdapterConfig(target_modules=["q_proj", "v_proj", "lm_head"], r=2, alpha=4),
-                          plan())
+    model = method.attach(
+        backbone.model, AdapterConfig(target_modules=["q_proj", "v_proj", "lm_head"], r=2, alpha=4), plan()
+    )
     head = model.backbone.lm_head
     assert isinstance(head, BLoBLinear) and head.lora_A_std_sqrt.requires_grad
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])

@@ -77,8 +77,18 @@ def test_members_have_different_init_and_m_times_lora_parameters():
 def test_ensemble_from_trials_groups_by_config_and_takes_smallest_seeds():
     labels = torch.tensor([0, 1])
     preds = {f"t{s}": (torch.tensor([[0.2 + 0.1 * s, 0.8 - 0.1 * s]] * 2), labels) for s in range(4)}
-    rows = [{"trial_id": f"t{s}", "method": "lora", "seed": s, "status": "ok", "task": "x", "model": "m", "search_point": ""}
-            for s in range(4)]
+    rows = [
+        {
+            "trial_id": f"t{s}",
+            "method": "lora",
+            "seed": s,
+            "status": "ok",
+            "task": "x",
+            "model": "m",
+            "search_point": "",
+        }
+        for s in range(4)
+    ]
     rows.append({"trial_id": "other", "method": "blob", "seed": 0, "task": "x", "model": "m", "search_point": ""})
     (ens,) = ensemble_from_trials(rows, preds, m=3)
     assert ens["seeds"] == [0, 1, 2] and ens["task"] == "x"

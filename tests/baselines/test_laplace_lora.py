@@ -37,8 +37,9 @@ def trained_laplace(steps: int = 60, loader=None, **params):
     """LoRA trained ``steps`` steps on the toy task (head trained too), then the Laplace fit."""
     seed_everything(0)
     loader = loader or make_toy_loader(32, batch_size=8, seed=0)
-    plan = TrainPlan.from_loader_length(len(loader), len(loader.dataset),
-                                        TrainConfig(lr=3e-2, max_steps=steps, seed=0, log_every=1))
+    plan = TrainPlan.from_loader_length(
+        len(loader), len(loader.dataset), TrainConfig(lr=3e-2, max_steps=steps, seed=0, log_every=1)
+    )
     method = get_method("laplace-lora")(**params)
     model = method.attach(TinyBertClassifier(seed=0), SPEC, plan)
     fit(method, model, loader, plan, device="cpu", progress=False)
@@ -60,11 +61,23 @@ def authors_laplace(model, loader):
     from laplace.curvature import CurvlinopsGGN
 
     with head_frozen(model):
-        la = Laplace(DictLogits(model), "classification", subset_of_weights="all", hessian_structure="kron",
-                     prior_precision=AUTHORS_PRIOR_INIT, backend=CurvlinopsGGN, backend_kwargs={"stochastic": True})
+        la = Laplace(
+            DictLogits(model),
+            "classification",
+            subset_of_weights="all",
+            hessian_structure="kron",
+            prior_precision=AUTHORS_PRIOR_INIT,
+            backend=CurvlinopsGGN,
+            backend_kwargs={"stochastic": True},
+        )
         la.fit(loader)
-        la.optimize_prior_precision(method="marglik", n_steps=AUTHORS_MARGLIK_STEPS, lr=AUTHORS_MARGLIK_LR,
-                                    init_prior_prec=AUTHORS_PRIOR_INIT, prior_structure="scalar")
+        la.optimize_prior_precision(
+            method="marglik",
+            n_steps=AUTHORS_MARGLIK_STEPS,
+            lr=AUTHORS_MARGLIK_LR,
+            init_prior_prec=AUTHORS_PRIOR_INIT,
+            prior_structure="scalar",
+        )
     return la
 
 
@@ -176,8 +189,14 @@ def test_batched_jacobians_equal_laplace_torch_jacobians_for_sequence_and_multip
 
     method, model, loader = trained_laplace(steps=3)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     hf = BertForMultipleChoice(config)
     mc = MultipleChoiceClassifier(hf, 5, head_params=list(hf.classifier.parameters()))
     mc_method = get_method("laplace-lora")()
@@ -190,9 +209,13 @@ def test_batched_jacobians_equal_laplace_torch_jacobians_for_sequence_and_multip
     ids = torch.randint(2, 64, (3, 4, 10), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[:, :, 8:] = 0
-    mc_batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
-                "choice_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]).bool(),
-                "labels": torch.tensor([0, 3, 1])}
+    mc_batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids),
+        "choice_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]).bool(),
+        "labels": torch.tensor([0, 3, 1]),
+    }
     for m, batch in ((model, next(iter(loader))), (mc, mc_batch)):
         with head_frozen(m):
             backend = CurvlinopsGGN(DictLogits(m), "classification")
@@ -230,12 +253,15 @@ def test_fit_backpropagates_once_per_class_only_for_the_exact_curvature(curvatur
     assert len(counts) == per_batch * len(loader)
 
 
-@pytest.mark.parametrize("key, value, choices", [
-    ("predictive", "probit", "glm, glm-mc, nn"),
-    ("predictive", "auto", "glm, glm-mc, nn"),
-    ("prior_tuning", "val_gd", "gridsearch, marglik"),
-    ("curvature", "kron", "ef, ggn, ggn-mc"),
-])
+@pytest.mark.parametrize(
+    "key, value, choices",
+    [
+        ("predictive", "probit", "glm, glm-mc, nn"),
+        ("predictive", "auto", "glm, glm-mc, nn"),
+        ("prior_tuning", "val_gd", "gridsearch, marglik"),
+        ("curvature", "kron", "ef, ggn, ggn-mc"),
+    ],
+)
 def test_unknown_names_are_one_line_errors_listing_the_valid_ones(key, value, choices):
     with pytest.raises(LRVDError) as err:
         get_method("laplace-lora")(**{key: value})
@@ -269,8 +295,17 @@ def test_fit_examples_is_validated():
 def test_bench_cli_rejects_an_unknown_predictive_in_one_line_with_exit_code_2(capsys, tmp_path):
     from lrvd_bench import cli
 
-    code = cli.main(["run", "--methods", "laplace-lora", "--set", "method_params.laplace-lora.predictive=probit",
-                     "--output", str(tmp_path / "run")])
+    code = cli.main(
+        [
+            "run",
+            "--methods",
+            "laplace-lora",
+            "--set",
+            "method_params.laplace-lora.predictive=probit",
+            "--output",
+            str(tmp_path / "run"),
+        ]
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1
     assert "unknown Laplace predictive 'probit'; valid choices: glm, glm-mc, nn" in lines[0]

@@ -10,8 +10,8 @@ import math
 
 import pytest
 import torch
-from conftest import TinyBertClassifier, make_toy_loader
 
+from conftest import TinyBertClassifier, make_toy_loader
 from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan, get_method, list_methods, lrvd_modules
 from lrvd.training import fit, seed_everything
 
@@ -87,8 +87,9 @@ def test_parameter_counts_follow_the_trainable_rule(trained):
     head = {id(p) for p in model.head_parameters()}
     assert all(p.requires_grad for p in model.head_parameters())
     lrvd = tuple(f"{m}." for m in lrvd_modules(model))
-    assert all("lora_" in n or n.startswith(lrvd) for n, p in model.named_parameters()
-               if p.requires_grad and id(p) not in head)
+    assert all(
+        "lora_" in n or n.startswith(lrvd) for n, p in model.named_parameters() if p.requires_grad and id(p) not in head
+    )
     assert (counts["variational"] > 0) == method.posterior_params
 
 
@@ -154,8 +155,10 @@ def test_adalora_ends_at_target_budget(name):
     ranks = method.rank_report(model)
     target = round(2 * SPEC.r / 3) * len(ranks)
     assert sum(ranks.values()) == target
-    kept = sum(int((layer.lora_E["default"] != 0).sum()) for layer in __import__(
-        "lrvd_baselines.peft_adapters", fromlist=["x"]).adapter_layers(model).values())
+    kept = sum(
+        int((layer.lora_E["default"] != 0).sum())
+        for layer in __import__("lrvd_baselines.peft_adapters", fromlist=["x"]).adapter_layers(model).values()
+    )
     assert kept <= target
 
 
@@ -196,13 +199,21 @@ def test_ivon_criteria_match_hand_formula(criterion):
     from lrvd_baselines.adalora_ivon import PosteriorRankAllocator
 
     torch.manual_seed(0)
-    net = get_peft_model(torch.nn.Sequential(torch.nn.Linear(6, 5)), AdaLoraConfig(
-        init_r=3, target_r=1, target_modules=["0"], total_step=10, tinit=1, tfinal=1))
+    net = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(6, 5)),
+        AdaLoraConfig(init_r=3, target_r=1, target_modules=["0"], total_step=10, tinit=1, tfinal=1),
+    )
     named = dict(net.base_model.model.named_parameters())
     group_a = [p for n, p in named.items() if "lora_A" in n or "lora_E" in n]
     group_b = [p for n, p in named.items() if "lora_B" in n]
-    opt = ivon.IVON([{"params": group_a, "ess": 100.0, "weight_decay": 1e-3},
-                     {"params": group_b, "ess": 50.0, "weight_decay": 1e-2}], lr=0.1, ess=10.0)
+    opt = ivon.IVON(
+        [
+            {"params": group_a, "ess": 100.0, "weight_decay": 1e-3},
+            {"params": group_b, "ess": 50.0, "weight_decay": 1e-2},
+        ],
+        lr=0.1,
+        ess=10.0,
+    )
     x = torch.randn(4, 6)
     with opt.sampled_params(train=True):
         net(x).pow(2).sum().backward()
@@ -224,8 +235,12 @@ def test_ivon_criteria_match_hand_formula(criterion):
             for i in range(p.numel()):
                 mu = float(p.flatten()[i])
                 sigma = 1 / math.sqrt(group["ess"] * (float(group["hess"][offset + i]) + group["weight_decay"]))
-                expected = {"snr-abs": _folded_snr(mu, sigma), "snr": abs(mu) / sigma, "mean": abs(mu),
-                            "inv-sigma": 1 / sigma}[criterion]
+                expected = {
+                    "snr-abs": _folded_snr(mu, sigma),
+                    "snr": abs(mu) / sigma,
+                    "mean": abs(mu),
+                    "inv-sigma": 1 / sigma,
+                }[criterion]
                 assert float(score[i]) == pytest.approx(expected, rel=1e-4)
             offset += p.numel()
 

@@ -15,8 +15,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import TinyBertClassifier, make_toy_loader
 
+from conftest import TinyBertClassifier, make_toy_loader
 from lrvd import AdapterConfig, TrainConfig, TrainPlan, get_method, list_methods
 from lrvd.inject import lrvd_modules, sampling
 from lrvd.pruning import prune_layer
@@ -102,13 +102,27 @@ def saved(tmp_path_factory):
     jobs = []
     for name, (_method, _model, path) in out.items():
         if name == "lora-ensemble":
-            jobs += [{"key": f"{name}/{m}", "base": str(root / "base"), "adapter": str(path / m), "adapter_name": m,
-                      "batch": str(root / "batch.npz")} for m in ("member0", "member1")]
+            jobs += [
+                {
+                    "key": f"{name}/{m}",
+                    "base": str(root / "base"),
+                    "adapter": str(path / m),
+                    "adapter_name": m,
+                    "batch": str(root / "batch.npz"),
+                }
+                for m in ("member0", "member1")
+            ]
         else:
-            jobs.append({"key": name, "base": str(root / "base"), "adapter": str(path), "batch": str(root / "batch.npz")})
+            jobs.append(
+                {"key": name, "base": str(root / "base"), "adapter": str(path), "batch": str(root / "batch.npz")}
+            )
     (root / "jobs.json").write_text(json.dumps(jobs))
-    done = subprocess.run([sys.executable, "-c", LOADER, str(root / "jobs.json"), str(root / "logits.npz")],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", LOADER, str(root / "jobs.json"), str(root / "logits.npz")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", "the fresh process must not import the suite"
     return out, dict(np.load(root / "logits.npz")), batch
@@ -142,7 +156,9 @@ def test_plain_peft_logits_equal_the_suite_posterior_mean(saved, name):
     expected = suite_logits(name, method, model, batch)
     got = torch.from_numpy(logits[name])
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    assert (expected - without_adapter(model, batch)).abs().max() > 1e-3, "the adapter itself must matter (100x the tolerance)"
+    assert (expected - without_adapter(model, batch)).abs().max() > 1e-3, (
+        "the adapter itself must matter (100x the tolerance)"
+    )
     peft_type = str(logits[name + ":type"])
     assert peft_type == ("ADALORA" if name == "adalora" else "LORA")
     if name == "lora-temp-scaling":
@@ -158,7 +174,9 @@ def test_ensemble_members_are_named_peft_adapters(saved):
     with torch.no_grad():
         members = model.forward_members(batch)
     for k in range(2):
-        torch.testing.assert_close(torch.from_numpy(logits[f"lora-ensemble/member{k}"]), members[k], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            torch.from_numpy(logits[f"lora-ensemble/member{k}"]), members[k], rtol=1e-5, atol=1e-5
+        )
     assert not torch.allclose(members[0], members[1], atol=1e-3)
 
 
@@ -173,8 +191,9 @@ def test_pruned_ranks_travel_as_rank_pattern_and_posterior_in_the_sidecar(saved)
     posterior = load_file(str(path / "lrvd_posterior.safetensors"))
     sigma_keys = [k for k in posterior if k.endswith("rank_log_sigma2")]
     assert len(sigma_keys) == len(lrvd_modules(model)), "every module's log sigma^2 is in the sidecar"
-    assert not any(k.endswith(("A_mu", "B_mu")) and posterior[k].numel() for k in posterior), \
+    assert not any(k.endswith(("A_mu", "B_mu")) and posterior[k].numel() for k in posterior), (
         "means live in the peft file, not twice"
+    )
 
 
 @pytest.mark.parametrize("name, sigma_suffix", [("blob", "lora_A_std_sqrt"), ("adalora-ivon", None)])

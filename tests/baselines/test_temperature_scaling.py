@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
+from conftest import TinyBertClassifier, make_toy_loader
 from lrvd.errors import LRVDError
 from lrvd.metrics import accuracy, negative_log_likelihood
 from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 from lrvd.registry import get_method, list_methods
 from lrvd.training import fit, predict
 from lrvd_baselines.lora_temp_scaling import LoRATempScaling, fit_temperature
-from conftest import TinyBertClassifier, make_toy_loader
 
 
 def overconfident_logits(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +76,7 @@ class LogitsModel(torch.nn.Module):
 
 
 def batches(logits: torch.Tensor, labels: torch.Tensor, size: int = 50) -> list[dict[str, torch.Tensor]]:
-    return [{"logits": logits[i:i + size], "labels": labels[i:i + size]} for i in range(0, len(labels), size)]
+    return [{"logits": logits[i : i + size], "labels": labels[i : i + size]} for i in range(0, len(labels), size)]
 
 
 def test_temperature_is_fitted_on_the_validation_loader_not_the_training_one():

@@ -22,8 +22,15 @@ def body(spec, trial_dir, progress, report=None, *, calls: str):
             report({"step": step, "total_steps": 3, "loss": 1.0 / step})
     with open(calls, "a") as fh:
         fh.write(f"{spec.trial_id} {os.getpid()}\n")
-    return {"status": "ok", "error": "", "accuracy": 0.25 + 0.1 * spec.seed, "ece": 0.1, "nll": 1.3, "n_eval": 10,
-            "finished_at": time.time()}
+    return {
+        "status": "ok",
+        "error": "",
+        "accuracy": 0.25 + 0.1 * spec.seed,
+        "ece": 0.1,
+        "nll": 1.3,
+        "n_eval": 10,
+        "finished_at": time.time(),
+    }
 
 
 def main() -> int:
@@ -35,9 +42,20 @@ def main() -> int:
     trial_fn = functools.partial(run_trial, body=functools.partial(body, calls=calls))
     if "--resume" in sys.argv:
         return resume_sweep(run_dir, trial_fn=trial_fn).exit_code
-    config = load_config(None, {"methods": "lora,bayeslora", "tasks": "arc-e", "seeds": [0, 1], "cpus_per_trial": 1,
-                                "gpus_per_trial": 0, "device": "cpu", "num_cpus": 1, "max_concurrent_trials": 1,
-                                "output": run_dir})
+    config = load_config(
+        None,
+        {
+            "methods": "lora,bayeslora",
+            "tasks": "arc-e",
+            "seeds": [0, 1],
+            "cpus_per_trial": 1,
+            "gpus_per_trial": 0,
+            "device": "cpu",
+            "num_cpus": 1,
+            "max_concurrent_trials": 1,
+            "output": run_dir,
+        },
+    )
     return run_sweep(config, trial_fn=trial_fn, check=False).exit_code
 
 

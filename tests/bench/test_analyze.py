@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lrvd_bench.analyze import analyze_run
-from lrvd_bench.analyze import calibration, gauge, rank_dynamics, snr, tau_sweep
+from lrvd_bench.analyze import analyze_run, calibration, gauge, rank_dynamics, snr, tau_sweep
 from lrvd_bench.analyze.common import layer_index, load_trials, module_type
 
 Q = "bert.encoder.layer.{}.attention.self.query"
@@ -19,8 +18,18 @@ V = "bert.encoder.layer.{}.attention.self.value"
 MLP = "bert.encoder.layer.{}.intermediate.dense"
 
 
-def make_trial(run: Path, method: str, seed: int, task: str = "toy", *, ranks=None, preds=None, adapter=None,
-               extra=None, config=None) -> Path:
+def make_trial(
+    run: Path,
+    method: str,
+    seed: int,
+    task: str = "toy",
+    *,
+    ranks=None,
+    preds=None,
+    adapter=None,
+    extra=None,
+    config=None,
+) -> Path:
     d = run / "trials" / f"{method}-{task}-s{seed}-0000000{seed}"
     d.mkdir(parents=True)
     (d / "result.json").write_text(json.dumps({"method": method, "task": task, "seed": seed, "status": "ok"}))
@@ -32,12 +41,16 @@ def make_trial(run: Path, method: str, seed: int, task: str = "toy", *, ranks=No
         from safetensors.torch import save_file
 
         (d / "adapter").mkdir()
-        save_file({k: torch.as_tensor(v).float().contiguous() for k, v in adapter.items()},
-                  str(d / "adapter" / "adapter.safetensors"))
+        save_file(
+            {k: torch.as_tensor(v).float().contiguous() for k, v in adapter.items()},
+            str(d / "adapter" / "adapter.safetensors"),
+        )
         (d / "adapter" / "adapter_config.json").write_text(json.dumps(config or {"method": method, "params": {}}))
         if extra is not None:
-            save_file({k: torch.as_tensor(v).float().contiguous() for k, v in extra.items()},
-                      str(d / "adapter" / "method_state.safetensors"))
+            save_file(
+                {k: torch.as_tensor(v).float().contiguous() for k, v in extra.items()},
+                str(d / "adapter" / "method_state.safetensors"),
+            )
     return d
 
 
@@ -56,13 +69,23 @@ def test_module_names_parse():
 # -- 1. rank dynamics ------------------------------------------------------------------------------
 def test_rank_dynamics_sums_and_seed_statistics(tmp_path):
     for seed, late in ((0, 1), (1, 3)):
-        rows = [(0, Q.format(0), 4), (0, V.format(0), 4), (0, Q.format(1), 4), (0, MLP.format(1), 4),
-                (10, Q.format(0), late), (10, V.format(0), 2), (10, Q.format(1), 0), (10, MLP.format(1), 4),
-                (10, MLP.format(1), 4)]  # a duplicated final record is counted once
+        rows = [
+            (0, Q.format(0), 4),
+            (0, V.format(0), 4),
+            (0, Q.format(1), 4),
+            (0, MLP.format(1), 4),
+            (10, Q.format(0), late),
+            (10, V.format(0), 2),
+            (10, Q.format(1), 0),
+            (10, MLP.format(1), 4),
+            (10, MLP.format(1), 4),
+        ]  # a duplicated final record is counted once
         make_trial(tmp_path, "bayeslora", seed, ranks=rows)
     make_trial(tmp_path, "lora", 0, ranks=[(0, Q.format(0), 4), (10, Q.format(0), 4)])
     make_trial(tmp_path, "adalora", 0, ranks=[(0, Q.format(0), 4), (10, Q.format(0), 4)])
-    la = "step,module,rank_index,log_alpha\n" + "".join(f"10,{Q.format(0)},{k},{v}\n" for k, v in enumerate([1, 2, 3, 4, 5]))
+    la = "step,module,rank_index,log_alpha\n" + "".join(
+        f"10,{Q.format(0)},{k},{v}\n" for k, v in enumerate([1, 2, 3, 4, 5])
+    )
     (tmp_path / "trials" / "bayeslora-toy-s0-00000000" / "log_alpha.csv").write_text(la)
     out = tmp_path / "out"
     files = rank_dynamics.run(load_trials(tmp_path), out)
@@ -123,10 +146,16 @@ def test_gauge_run_reads_a_bayeslora_adapter(tmp_path):
     # log σ² 8+ nats apart dominates the μ² terms of log α: ascending order is components 2, 0, 1
     ls2 = np.array([-8.0, 2.0, -18.0])
     prefix = "backbone." + Q.format(0)
-    make_trial(tmp_path, "bayeslora", 0, adapter={f"{prefix}.A_mu": A, f"{prefix}.B_mu": B,
-                                                  f"{prefix}.rank_log_sigma2": ls2})
+    make_trial(
+        tmp_path, "bayeslora", 0, adapter={f"{prefix}.A_mu": A, f"{prefix}.B_mu": B, f"{prefix}.rank_log_sigma2": ls2}
+    )
     files = gauge.run(load_trials(tmp_path), tmp_path / "g", n_perm=50)
-    assert {f.name for f in files} == {"gauge_curves.csv", "gauge_auc.csv", "gauge_curves_toy.png", "gauge_auc_hist.png"}
+    assert {f.name for f in files} == {
+        "gauge_curves.csv",
+        "gauge_auc.csv",
+        "gauge_curves_toy.png",
+        "gauge_auc_hist.png",
+    }
     import pandas as pd
 
     curves = pd.read_csv(tmp_path / "g" / "gauge_curves.csv")
@@ -251,8 +280,11 @@ def test_tau_sweep_known_effective_rank_and_unpruned_outputs():
     from lrvd.training import predict
 
     method = BayesLoRA(n_samples=3)
-    model = method.attach(TinyBertClassifier(), AdapterConfig(target_modules=["query", "value"], r=4, alpha=8.0),
-                          TrainPlan(10, 16, TrainConfig()))
+    model = method.attach(
+        TinyBertClassifier(),
+        AdapterConfig(target_modules=["query", "value"], r=4, alpha=8.0),
+        TrainPlan(10, 16, TrainConfig()),
+    )
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for layer in lrvd_modules(model).values():
@@ -283,8 +315,13 @@ def test_analyze_run_skips_missing_inputs_and_never_crashes(tmp_path, capsys):
     notes = analyze_run(tmp_path / "empty", tmp_path / "o1", log=print)
     assert all(isinstance(v, str) for v in notes.values())
     g = np.random.default_rng(0)
-    make_trial(tmp_path / "run", "bayeslora", 0, ranks=[(0, Q.format(0), 4), (5, Q.format(0), 2)],
-               preds=(g.dirichlet(np.ones(2), size=20), g.integers(0, 2, 20)))
+    make_trial(
+        tmp_path / "run",
+        "bayeslora",
+        0,
+        ranks=[(0, Q.format(0), 4), (5, Q.format(0), 2)],
+        preds=(g.dirichlet(np.ones(2), size=20), g.integers(0, 2, 20)),
+    )
     (tmp_path / "run" / "trials" / "broken").mkdir()  # no result.json / spec.json: ignored
     results = analyze_run(tmp_path / "run", tmp_path / "o2", n_boot=20)
     assert isinstance(results["rank_dynamics"], list) and isinstance(results["calibration"], list)
@@ -307,6 +344,7 @@ def test_cli_analyze(tmp_path, capsys):
     capsys.readouterr()
     assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "b"), "--only", "calibration,gauges"]) == 2
     err = capsys.readouterr().err
-    assert err == ("bench: error: unknown analysis 'gauges'; valid choices: calibration, gauge, rank_dynamics, "
-                   "snr, tau_sweep\n")
+    assert err == (
+        "bench: error: unknown analysis 'gauges'; valid choices: calibration, gauge, rank_dynamics, snr, tau_sweep\n"
+    )
     assert not (tmp_path / "b").exists()  # refused before any analysis ran

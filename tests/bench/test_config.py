@@ -28,7 +28,9 @@ def test_cli_overrides_win_over_yaml(tmp_path):
 
 
 def test_yaml_reads_1e_minus_3_as_a_number(tmp_path):
-    config = load_config(write(tmp_path, "methods: lora\ntrain:\n  lr: 1e-3\nmethod_params:\n  bayeslora: {kl_scale: 1e-6}\n"))
+    config = load_config(
+        write(tmp_path, "methods: lora\ntrain:\n  lr: 1e-3\nmethod_params:\n  bayeslora: {kl_scale: 1e-6}\n")
+    )
     assert config.train.lr == pytest.approx(1e-3)
     assert config.method_params["bayeslora"]["kl_scale"] == pytest.approx(1e-6)
 
@@ -74,10 +76,15 @@ def test_all_expands_to_every_registered_method():
 
 
 def test_expansion_is_method_by_task_by_seed_by_grid_point():
-    config = load_config(None, {
-        "methods": "lora,bayeslora", "tasks": "arc-e,cola", "seeds": [0, 1],
-        "search_space": {"adapter.r": {"grid_search": [4, 8]}, "train.lr": {"loguniform": [1e-4, 1e-2]}},
-    })
+    config = load_config(
+        None,
+        {
+            "methods": "lora,bayeslora",
+            "tasks": "arc-e,cola",
+            "seeds": [0, 1],
+            "search_space": {"adapter.r": {"grid_search": [4, 8]}, "train.lr": {"loguniform": [1e-4, 1e-2]}},
+        },
+    )
     specs = config.expand()
     assert len(specs) == 2 * 2 * 2 * 2
     assert {s.adapter["r"] for s in specs} == {4, 8}
@@ -87,8 +94,9 @@ def test_expansion_is_method_by_task_by_seed_by_grid_point():
 
 
 def test_trial_spec_round_trips_and_its_hash_is_stable():
-    spec = load_config(None, {"methods": "bayeslora", "tasks": "arc-e", "method_params": {"bayeslora": {"tau": 2.0}}}
-                       ).expand()[0]
+    spec = load_config(
+        None, {"methods": "bayeslora", "tasks": "arc-e", "method_params": {"bayeslora": {"tau": 2.0}}}
+    ).expand()[0]
     again = TrialSpec.from_dict(spec.to_dict())
     assert again == spec and again.config_hash == spec.config_hash
     assert spec.config_hash == TrialSpec.from_dict(dict(spec.to_dict(), device="cuda")).config_hash

@@ -23,9 +23,11 @@ def test_median_iqr_hand_computed():
 
 
 def test_ratios_to_the_lora_row():
-    rows = [{"method": "lora", "step_ms": 40.0, "peak_mib": 100.0},
-            {"method": "bayeslora", "step_ms": 42.0, "peak_mib": 101.0},
-            {"method": "broken"}]
+    rows = [
+        {"method": "lora", "step_ms": 40.0, "peak_mib": 100.0},
+        {"method": "bayeslora", "step_ms": 42.0, "peak_mib": 101.0},
+        {"method": "broken"},
+    ]
     cost.add_ratios(rows, ["step_ms", "peak_mib"])
     assert rows[0]["step_ms_ratio"] == 1.0
     assert rows[1]["step_ms_ratio"] == pytest.approx(1.05)
@@ -61,8 +63,10 @@ def test_ray_overhead_hand_computed():
 
 def test_ray_overhead_cli(tmp_path, capsys):
     (tmp_path / "trials.csv").write_text("method,train_time_s,posthoc_time_s,eval_time_s\nlora,10,0,2\n")
-    assert main(["cost", "--ray-overhead", str(tmp_path), "--sweep-seconds", "20", "--out",
-                 str(tmp_path / "ray.csv")]) == 0
+    assert (
+        main(["cost", "--ray-overhead", str(tmp_path), "--sweep-seconds", "20", "--out", str(tmp_path / "ray.csv")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "overhead_s" in out and "| 8 |" in out.replace("8.0", "8")
     assert (tmp_path / "ray.csv").exists() and (tmp_path / "ray.md").exists()
@@ -70,10 +74,18 @@ def test_ray_overhead_cli(tmp_path, capsys):
 
 
 def test_targets_and_markdown():
-    rows = [{"method": "lora", "step_ms": 10.0, "peak_mib": 100.0},
-            {"method": "bayeslora", "step_ms": 10.4, "peak_mib": 103.0, "pred_batched_ratio": 3.0,
-             "pred_s_peak_ratio": 1.12},
-            {"method": "adalora", "step_ms": 20.0}, {"method": "adalora-ivon", "step_ms": 17.0}]
+    rows = [
+        {"method": "lora", "step_ms": 10.0, "peak_mib": 100.0},
+        {
+            "method": "bayeslora",
+            "step_ms": 10.4,
+            "peak_mib": 103.0,
+            "pred_batched_ratio": 3.0,
+            "pred_s_peak_ratio": 1.12,
+        },
+        {"method": "adalora", "step_ms": 20.0},
+        {"method": "adalora-ivon", "step_ms": 17.0},
+    ]
     cost.add_ratios(rows, ["step_ms", "peak_mib"])
     # 1.04 > 1.03 (step), 1.03 > 1.02 (memory), 0.85 <= 0.9 (IVON), 1.12 > 1.1 (predictive peak), 3 <= 4
     met = [c["met"] for c in cost.targets(rows)]
@@ -89,8 +101,18 @@ def test_targets_and_markdown():
 
 # -- the measurement on a tiny model ---------------------------------------------------------------
 def _tiny_rows(methods=None):
-    cfg = cost.CostConfig(steps=2, warmup=1, pred_repeats=1, n_samples=2, r=4, alpha=8.0, lr=1e-2,
-                          batch_size=8, device="cpu", methods=methods)
+    cfg = cost.CostConfig(
+        steps=2,
+        warmup=1,
+        pred_repeats=1,
+        n_samples=2,
+        r=4,
+        alpha=8.0,
+        lr=1e-2,
+        batch_size=8,
+        device="cpu",
+        methods=methods,
+    )
     loader = make_toy_loader(16, batch_size=8)
     return cost.measure(cfg, backbone=TinyBertClassifier(), train_loader=loader, n_train=16, log=lambda m: None)
 
@@ -117,8 +139,15 @@ def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path)
     assert by["lora"]["step_cpu_ratio"] == 1.0 and by["bayeslora"]["step_cpu_ms"] > 0
     assert by["bayeslora"]["variational"] > 0
     # default, batched and sequential MC, each timed and with its peak memory beside the deterministic pass
-    assert {"pred_s_ms", "pred_batched_ms", "pred_seq_ms", "pred_seq_ratio", "pred_s_peak_ratio",
-            "pred_batched_peak_mib", "pred_det_peak_mib"} <= set(by["bayeslora"])
+    assert {
+        "pred_s_ms",
+        "pred_batched_ms",
+        "pred_seq_ms",
+        "pred_seq_ratio",
+        "pred_s_peak_ratio",
+        "pred_batched_peak_mib",
+        "pred_det_peak_mib",
+    } <= set(by["bayeslora"])
     assert "pred_s_ms" in by["mc-dropout-lora"] and "pred_s_ms" not in by["lora"]
     assert by["laplace-lora"]["after_training_epochs"] > 0
     assert "after_training_s" not in by["lora"]
@@ -150,12 +179,23 @@ def test_whole_run_prunes_bayeslora_and_reports_ratios_to_lora():
     from lrvd_bench.cost.whole_run import measure_whole_run
 
     # tau = -100: every rank's log α is above it, so the prune at step 4 removes all but min_ranks.
-    cfg = cost.CostConfig(batch_size=4, r=4, alpha=8, device="cpu", methods=["lora", "bayeslora"],
-                          method_params={"bayeslora": {"tau": -100.0, "prune_every": 4, "prune_start": 0.5,
-                                                       "min_ranks": 1}})
-    rows = measure_whole_run(cfg, steps=8, repeats=1, backbone=TinyBertClassifier(),
-                             train_loader=make_toy_loader(16, batch_size=4),
-                             eval_loader=make_toy_loader(12, batch_size=4, shuffle=False), log=lambda m: None)
+    cfg = cost.CostConfig(
+        batch_size=4,
+        r=4,
+        alpha=8,
+        device="cpu",
+        methods=["lora", "bayeslora"],
+        method_params={"bayeslora": {"tau": -100.0, "prune_every": 4, "prune_start": 0.5, "min_ranks": 1}},
+    )
+    rows = measure_whole_run(
+        cfg,
+        steps=8,
+        repeats=1,
+        backbone=TinyBertClassifier(),
+        train_loader=make_toy_loader(16, batch_size=4),
+        eval_loader=make_toy_loader(12, batch_size=4, shuffle=False),
+        log=lambda m: None,
+    )
     by = {r["method"]: r for r in rows}
     for row in rows:  # accuracy on 12 examples: a multiple of 1/12
         assert row["accuracy"] * 12 == pytest.approx(round(row["accuracy"] * 12))
@@ -167,8 +207,11 @@ def test_whole_run_prunes_bayeslora_and_reports_ratios_to_lora():
     # end = H + (start - H) / 4. H = LoRA's trainable count minus its lora_ factor entries.
     from lrvd import AdapterConfig, TrainConfig, TrainPlan, get_method
 
-    lora_model = get_method("lora")().attach(TinyBertClassifier(), AdapterConfig(r=4, alpha=8),
-                                            TrainPlan(total_steps=8, n_train=16, train=TrainConfig(max_steps=8)))
+    lora_model = get_method("lora")().attach(
+        TinyBertClassifier(),
+        AdapterConfig(r=4, alpha=8),
+        TrainPlan(total_steps=8, n_train=16, train=TrainConfig(max_steps=8)),
+    )
     head = by["lora"]["params_start"] - sum(p.numel() for n, p in lora_model.named_parameters() if "lora_" in n)
     start, end = by["bayeslora"]["params_start"], by["bayeslora"]["params_end"]
     assert 4 * (end - head) == start - head
@@ -184,9 +227,24 @@ def test_cost_flags_share_bench_runs_names():
     from lrvd_bench.cli import build_parser
     from lrvd_bench.cost.cli import config_from_args
 
-    args = build_parser().parse_args(["cost", "--rank", "64", "--lr", "2e-3", "--batch-size", "4",
-                                      "--target-modules", "query,key", "--param", "bayeslora.tau=2",
-                                      "--param", "bayeslora.prune_every=10", "lora.x=1"])
+    args = build_parser().parse_args(
+        [
+            "cost",
+            "--rank",
+            "64",
+            "--lr",
+            "2e-3",
+            "--batch-size",
+            "4",
+            "--target-modules",
+            "query,key",
+            "--param",
+            "bayeslora.tau=2",
+            "--param",
+            "bayeslora.prune_every=10",
+            "lora.x=1",
+        ]
+    )
     cfg = config_from_args(args)
     assert (cfg.r, cfg.lr, cfg.batch_size, cfg.target_modules) == (64, 2e-3, 4, ["query", "key"])
     assert cfg.method_params == {"bayeslora": {"tau": 2, "prune_every": 10}, "lora": {"x": 1}}

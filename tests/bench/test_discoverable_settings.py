@@ -21,8 +21,23 @@ def run(capsys, *argv):
 def test_knob_flags_reach_the_trial_specs(tmp_path):
     parser = argparse.ArgumentParser()
     add_knob_flags(parser)
-    args = parser.parse_args(["--lr", "3e-4", "--batch-size", "2", "--rank", "4", "--target-modules", "query, key",
-                              "--param", "bayeslora.tau=2.5", "lora.lora_dropout=0.2", "--param", "bayeslora.min_ranks=1"])
+    args = parser.parse_args(
+        [
+            "--lr",
+            "3e-4",
+            "--batch-size",
+            "2",
+            "--rank",
+            "4",
+            "--target-modules",
+            "query, key",
+            "--param",
+            "bayeslora.tau=2.5",
+            "lora.lora_dropout=0.2",
+            "--param",
+            "bayeslora.min_ranks=1",
+        ]
+    )
     overrides = knob_overrides(args)
     config = load_config(None, {"methods": ["lora", "bayeslora"], **overrides})
     specs = {s.method: s for s in config.expand()}
@@ -50,8 +65,9 @@ def test_malformed_param_is_one_line_exit_2(capsys, bad):
 
 
 def test_unknown_param_name_is_rejected_before_any_trial(capsys, tmp_path):
-    code, _, err = run(capsys, "run", "--methods", "bayeslora", "--param", "bayeslora.taux=1",
-                       "--output", str(tmp_path / "r"))
+    code, _, err = run(
+        capsys, "run", "--methods", "bayeslora", "--param", "bayeslora.taux=1", "--output", str(tmp_path / "r")
+    )
     assert code == 2 and "taux" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
 
@@ -74,8 +90,11 @@ def test_list_methods_params_all_covers_every_method(capsys):
 
     code, out, _ = run(capsys, "list-methods", "--params")
     assert code == 0
-    heads = [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ") and
-             not line.startswith("set with")]
+    heads = [
+        line.split()[0]
+        for line in out.splitlines()
+        if line and not line.startswith(" ") and not line.startswith("set with")
+    ]
     assert heads == list_methods()
     assert "  criterion" in out and "  kl_lr" in out  # AdaLoRA-IVON's and BLoB's own knobs
 

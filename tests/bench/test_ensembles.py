@@ -20,7 +20,9 @@ def spec(method, seed, **kw):
 
 
 def test_plan_reuse_takes_ensembles_out_of_ray_when_enough_lora_seeds_exist():
-    specs = [spec("lora", s) for s in (0, 1, 2, 3)] + [spec("lora-ensemble", s) for s in (0, 1)] + [spec("bayeslora", 0)]
+    specs = (
+        [spec("lora", s) for s in (0, 1, 2, 3)] + [spec("lora-ensemble", s) for s in (0, 1)] + [spec("bayeslora", 0)]
+    )
     keep, reused = plan_reuse(specs)
     lora = {s.seed: s.trial_id for s in specs if s.method == "lora"}
     ens = {s.seed: s.trial_id for s in specs if s.method == "lora-ensemble"}
@@ -30,12 +32,18 @@ def test_plan_reuse_takes_ensembles_out_of_ray_when_enough_lora_seeds_exist():
 
 
 def test_plan_reuse_drops_duplicate_member_sets_and_respects_opt_out_and_mismatch():
-    specs = [spec("lora", s) for s in (0, 1)] + [spec("lora-ensemble", s, method_params={"n_members": 2}) for s in (0, 1)]
+    specs = [spec("lora", s) for s in (0, 1)] + [
+        spec("lora-ensemble", s, method_params={"n_members": 2}) for s in (0, 1)
+    ]
     keep, reused = plan_reuse(specs)
     assert len(reused) == 1 and len(keep) == 3  # seed 1 would be the same two members
-    opt_out = [spec("lora", s) for s in (0, 1)] + [spec("lora-ensemble", 0, method_params={"n_members": 2, "reuse_trials": False})]
+    opt_out = [spec("lora", s) for s in (0, 1)] + [
+        spec("lora-ensemble", 0, method_params={"n_members": 2, "reuse_trials": False})
+    ]
     assert plan_reuse(opt_out)[1] == {}
-    other_lr = [spec("lora", s, train={"lr": 5e-4}) for s in (0, 1)] + [spec("lora-ensemble", 0, method_params={"n_members": 2})]
+    other_lr = [spec("lora", s, train={"lr": 5e-4}) for s in (0, 1)] + [
+        spec("lora-ensemble", 0, method_params={"n_members": 2})
+    ]
     assert plan_reuse(other_lr)[1] == {}
     too_few = [spec("lora", 0)] + [spec("lora-ensemble", 0)]
     assert plan_reuse(too_few)[1] == {}
@@ -46,9 +54,20 @@ def _member(trials, s, probs, train_time):
     folder.mkdir(parents=True)
     labels = np.array([0, 1, 1])
     np.savez_compressed(folder / "predictions.npz", probs=np.array(probs), labels=labels)
-    row = {"trial_id": s.trial_id, "method": "lora", "seed": s.seed, "status": "ok", "final_train_loss": 0.5,
-           "rank_per_module": {"q": 8}, "trainable_params": 100, "train_time_s": train_time,
-           "time_per_step_s": train_time / 10, "eval_time_s": 1.0, "peak_memory_mb": 50.0 + s.seed, "n_eval": 3}
+    row = {
+        "trial_id": s.trial_id,
+        "method": "lora",
+        "seed": s.seed,
+        "status": "ok",
+        "final_train_loss": 0.5,
+        "rank_per_module": {"q": 8},
+        "trainable_params": 100,
+        "train_time_s": train_time,
+        "time_per_step_s": train_time / 10,
+        "eval_time_s": 1.0,
+        "peak_memory_mb": 50.0 + s.seed,
+        "n_eval": 3,
+    }
     (folder / "result.json").write_text(json.dumps(row))
 
 

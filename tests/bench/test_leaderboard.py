@@ -12,12 +12,31 @@ from lrvd_bench.leaderboard import COLUMNS, build_leaderboard, gather_rows, to_m
 
 
 def row(method, task, seed, accuracy, ece, status="ok", learned=True, **extra):
-    base = {"trial_id": f"{method}-{task}-s{seed}", "method": method, "task": task, "model": "minilm", "seed": seed,
-            "status": status, "error": "" if status == "ok" else "RuntimeError: boom"}
+    base = {
+        "trial_id": f"{method}-{task}-s{seed}",
+        "method": method,
+        "task": task,
+        "model": "minilm",
+        "seed": seed,
+        "status": status,
+        "error": "" if status == "ok" else "RuntimeError: boom",
+    }
     if status == "ok":
-        base.update(accuracy=accuracy, ece=ece, nll=1.0 + seed, brier=0.5, mcc=0.1, learned=learned,
-                    effective_rank=10 + seed, trainable_params=1000, variational_params=0, train_time_s=2.0 * (seed + 1),
-                    n_eval=200, n_train=800, rank_per_module={"q": 8})
+        base.update(
+            accuracy=accuracy,
+            ece=ece,
+            nll=1.0 + seed,
+            brier=0.5,
+            mcc=0.1,
+            learned=learned,
+            effective_rank=10 + seed,
+            trainable_params=1000,
+            variational_params=0,
+            train_time_s=2.0 * (seed + 1),
+            n_eval=200,
+            n_train=800,
+            rank_per_module={"q": 8},
+        )
     base.update(extra)
     return base
 
@@ -80,8 +99,10 @@ def test_gather_reads_results_errors_and_unfinished_trials(tmp_path):
 
 
 def test_search_points_get_their_own_rows():
-    rows = [row("lora", "arc-e", 0, 0.4, 0.1, search_point='{"train.lr": 0.001}'),
-            row("lora", "arc-e", 0, 0.6, 0.1, search_point='{"train.lr": 0.01}')]
+    rows = [
+        row("lora", "arc-e", 0, 0.4, 0.1, search_point='{"train.lr": 0.001}'),
+        row("lora", "arc-e", 0, 0.6, 0.1, search_point='{"train.lr": 0.01}'),
+    ]
     board = build_leaderboard(rows)
     assert len(board) == 2 and list(board["accuracy_mean"]) == [0.6, 0.4]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoTokenizer, BertConfig, LlamaConfig
+
 from lrvd.classifier import freeze_all_but
 from lrvd.errors import LRVDError
 from lrvd.protocol import MethodBase, TrainConfig, TrainPlan
 from lrvd.training import fit, predict
-from transformers import AutoTokenizer, BertConfig, LlamaConfig
-
 from lrvd_bench.backbones import MASKED_LOGIT, build_backbone_from_config, resolve_model_path
 from lrvd_bench.loaders import Collator, TaskData, encode_examples, make_loaders, subsample
 from lrvd_bench.tasks import get_task
@@ -24,8 +24,12 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def bert_mc(tokenizer):
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     return build_backbone_from_config(config, get_task("arc-c"), tokenizer)
 
@@ -33,8 +37,14 @@ def bert_mc(tokenizer):
 @pytest.fixture(scope="module")
 def llama_boolq(tokenizer):
     config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
     )
     return build_backbone_from_config(config, get_task("boolq"), tokenizer)
 
@@ -157,8 +167,9 @@ def test_loaders_drive_the_shared_training_and_prediction_loop(bert_mc):
 
 def test_validation_fraction_holds_out_part_of_train_not_eval(bert_mc):
     full = make_loaders(get_task("arc-c"), bert_mc, batch_size=4, limit_train=20, limit_eval=10)
-    data = make_loaders(get_task("arc-c"), bert_mc, batch_size=4, limit_train=20, limit_eval=10,
-                        validation_fraction=0.25)
+    data = make_loaders(
+        get_task("arc-c"), bert_mc, batch_size=4, limit_train=20, limit_eval=10, validation_fraction=0.25
+    )
     assert (data.n_train, data.n_val, data.n_eval) == (15, 5, 10)
     train, val, evl = _rows(data.train_loader), _rows(data.val_loader), _rows(data.eval_loader)
     assert not set(val) & set(train) and not set(val) & set(evl)

@@ -9,8 +9,9 @@ import torch
 
 from lrvd_bench.memory import peak_memory_mb, proc_status_kib, reset_peak_memory, reset_peak_rss
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not reset_peak_rss(),
-                                reason="needs /proc/self/clear_refs (Linux)")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not reset_peak_rss(), reason="needs /proc/self/clear_refs (Linux)"
+)
 
 
 def test_reset_starts_a_new_peak_window_after_a_large_allocation():

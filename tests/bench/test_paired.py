@@ -35,8 +35,9 @@ def test_paired_bootstrap_matches_a_hand_computed_case():
     assert ref.point["ece"] == pytest.approx(0.4125) and own.point["ece"] == pytest.approx(0.3)
     assert (ref.resampled["ece"][1], own.resampled["ece"][1]) == pytest.approx((0.65, 0.25))
     for probs, scores in ((REF, ref), (METHOD, own)):  # every resample as the leaderboard's ECE would score it
-        expected = [expected_calibration_error(torch.tensor(probs[row]), torch.tensor(LABELS[row]))
-                    for row in RESAMPLES]
+        expected = [
+            expected_calibration_error(torch.tensor(probs[row]), torch.tensor(LABELS[row])) for row in RESAMPLES
+        ]
         np.testing.assert_allclose(scores.resampled["ece"], expected, rtol=0, atol=1e-12)
     nll_ref = -np.log([0.9, 0.35, 0.75, 0.35])
     nll_own = -np.log([0.85, 0.75, 0.85, 0.35])
@@ -87,8 +88,19 @@ def _trial(run, method, seed, correct, confidence):
     from lrvd.metrics import classification_metrics
 
     metrics = classification_metrics(torch.from_numpy(probs), torch.from_numpy(labels))
-    row = {"trial_id": trial_id, "method": method, "task": "arc-e", "model": "minilm", "seed": seed,
-           "status": "ok", "learned": True, "n_train": 360, "n_val": 40, "n_eval": N, **metrics}
+    row = {
+        "trial_id": trial_id,
+        "method": method,
+        "task": "arc-e",
+        "model": "minilm",
+        "seed": seed,
+        "status": "ok",
+        "learned": True,
+        "n_train": 360,
+        "n_val": 40,
+        "n_eval": N,
+        **metrics,
+    }
     (folder / "result.json").write_text(json.dumps(row))
 
 
@@ -96,8 +108,8 @@ def _trial(run, method, seed, correct, confidence):
 def run(tmp_path):
     rng = np.random.default_rng(0)
     for seed in (0, 1):
-        base = rng.random(N) < 0.5                      # the reference: right on about half
-        better = base | (rng.random(N) < 0.4)           # right wherever the reference is, and on more
+        base = rng.random(N) < 0.5  # the reference: right on about half
+        better = base | (rng.random(N) < 0.4)  # right wherever the reference is, and on more
         _trial(tmp_path, "lora", seed, base, 0.7)
         _trial(tmp_path, "bayeslora", seed, better, 0.7)
         _trial(tmp_path, "mc-dropout-lora", seed, base, 0.7)  # the reference's predictions exactly
@@ -125,8 +137,7 @@ def test_leaderboard_has_paired_columns_markers_and_forest_plot(run):
     assert "| acc | acc SE |" in md
     se = math.sqrt(bayes["accuracy_mean"] * (1 - bayes["accuracy_mean"]) / N)
     assert f"| {se:.3f} |" in md.split("\n")[2 + list(board["method"]).index("bayeslora")]
-    lines = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| arc-e | ")
-             and "[" in line}
+    lines = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| arc-e | ") and "[" in line}
     assert set(lines) == {"bayeslora", "mc-dropout-lora"}
     delta = f"{bayes['delta_accuracy']:+.3f} [{bayes['delta_accuracy_lo']:+.3f}, {bayes['delta_accuracy_hi']:+.3f}] *"
     assert delta in lines["bayeslora"]

@@ -10,9 +10,20 @@ import pytest
 from lrvd_bench.config import PER_TRIAL, ExperimentConfig, TrialSpec
 
 # a value other than the default for every per-trial setting: a new setting must be added here
-NON_DEFAULT = {"data_dir": "/data", "limit_train": 7, "limit_eval": 5, "validation_fraction": 0.25, "split_seed": 3,
-               "max_length": 32, "eval_batch_size": 4, "n_samples": 2, "device": "cuda", "load_in_8bit": True,
-               "save_adapter": False, "save_predictions": False}
+NON_DEFAULT = {
+    "data_dir": "/data",
+    "limit_train": 7,
+    "limit_eval": 5,
+    "validation_fraction": 0.25,
+    "split_seed": 3,
+    "max_length": 32,
+    "eval_batch_size": 4,
+    "n_samples": 2,
+    "device": "cuda",
+    "load_in_8bit": True,
+    "save_adapter": False,
+    "save_predictions": False,
+}
 
 
 def test_trial_spec_carries_exactly_the_per_trial_fields_with_their_defaults():

@@ -19,8 +19,15 @@ def fake_trial(run_dir, method, seed, rng):
     np.savez_compressed(folder / "predictions.npz", probs=probs.astype(np.float32), labels=labels)
     lines = ["step,module,rank"] + [f"{s},m{k},{8 - s // 10}" for s in (0, 10, 20) for k in range(2)]
     (folder / "ranks.csv").write_text("\n".join(lines) + "\n")
-    row = {"trial_id": trial_id, "method": method, "task": "arc-e", "seed": seed, "status": "ok",
-           "accuracy": float((probs.argmax(1) == labels).mean()), "ece": 0.1 + 0.01 * seed}
+    row = {
+        "trial_id": trial_id,
+        "method": method,
+        "task": "arc-e",
+        "seed": seed,
+        "status": "ok",
+        "accuracy": float((probs.argmax(1) == labels).mean()),
+        "ece": 0.1 + 0.01 * seed,
+    }
     (folder / "result.json").write_text(json.dumps(row))
     return row
 
@@ -74,8 +81,10 @@ def test_rank_curves_are_one_panel_per_method_with_the_seed_band():
 
     from lrvd_bench.figures import rank_curve_grid
 
-    curves = {m: pd.DataFrame({"step": [0, 10], "mean": [8.0, 4.0 + i], "std": [0.0, 1.0], "n_seeds": [2, 2]})
-              for i, m in enumerate(("a", "b", "c", "d"))}
+    curves = {
+        m: pd.DataFrame({"step": [0, 10], "mean": [8.0, 4.0 + i], "std": [0.0, 1.0], "n_seeds": [2, 2]})
+        for i, m in enumerate(("a", "b", "c", "d"))
+    }
     fig = rank_curve_grid(curves, "t")
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 4 and len(fig.axes) == 6  # 2 x 3, two empty cells hidden

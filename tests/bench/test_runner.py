@@ -43,8 +43,7 @@ def ray_session():
     """One local Ray for the whole test session (≈7 s to start on 2 cores)."""
     started = False
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
-                 log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
         started = True
     # Trials defined in this test module must travel to Ray workers by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -53,8 +52,17 @@ def ray_session():
         ray.shutdown()
 
 
-def fake_body(spec, trial_dir, progress, report=None, *, calls: str, fail: tuple[str, int] | None = None,
-              steps: int = 0, sleep: float = 0.0):
+def fake_body(
+    spec,
+    trial_dir,
+    progress,
+    report=None,
+    *,
+    calls: str,
+    fail: tuple[str, int] | None = None,
+    steps: int = 0,
+    sleep: float = 0.0,
+):
     """A trial without training: logs the call, reports ``steps`` progress records (``val_nll``
     falling with the step, higher for bayeslora), fails on demand, returns a plausible row."""
     import time
@@ -62,8 +70,15 @@ def fake_body(spec, trial_dir, progress, report=None, *, calls: str, fail: tuple
     for step in range(1, steps + 1):
         time.sleep(sleep)
         if report is not None:
-            report({"step": step, "total_steps": steps, "loss": 1.0 / step, "lr": 1e-3,
-                    "val_nll": 1.0 / step + (1.0 if spec.method == "bayeslora" else 0.0)})
+            report(
+                {
+                    "step": step,
+                    "total_steps": steps,
+                    "loss": 1.0 / step,
+                    "lr": 1e-3,
+                    "val_nll": 1.0 / step + (1.0 if spec.method == "bayeslora" else 0.0),
+                }
+            )
     with open(calls, "a") as fh:
         fh.write(spec.trial_id + "\n")
     with open(calls + ".pids", "a") as fh:
@@ -72,10 +87,25 @@ def fake_body(spec, trial_dir, progress, report=None, *, calls: str, fail: tuple
         raise RuntimeError("boom: deliberate failure")
     accuracy = 0.5 + 0.1 * spec.seed + (0.05 if spec.method == "lora" else 0.0)
     return {
-        "trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": spec.model, "seed": spec.seed,
-        "config_hash": spec.config_hash, "status": "ok", "error": "", "accuracy": accuracy, "ece": 0.1, "nll": 1.0,
-        "brier": 0.5, "mcc": 0.2, "learned": True, "effective_rank": 8, "trainable_params": 100, "n_eval": 100,
-        "train_time_s": 1.0, "node": ray.util.get_node_ip_address(),
+        "trial_id": spec.trial_id,
+        "method": spec.method,
+        "task": spec.task,
+        "model": spec.model,
+        "seed": spec.seed,
+        "config_hash": spec.config_hash,
+        "status": "ok",
+        "error": "",
+        "accuracy": accuracy,
+        "ece": 0.1,
+        "nll": 1.0,
+        "brier": 0.5,
+        "mcc": 0.2,
+        "learned": True,
+        "effective_rank": 8,
+        "trainable_params": 100,
+        "n_eval": 100,
+        "train_time_s": 1.0,
+        "node": ray.util.get_node_ip_address(),
     }
 
 
@@ -85,8 +115,15 @@ def fake_trial(calls: Path, fail=None, **kwargs):
 
 
 def _config(tmp_path: Path, **overrides):
-    base = {"methods": "lora,bayeslora", "tasks": "arc-e", "seeds": [0, 1], "cpus_per_trial": 1,
-            "gpus_per_trial": 0, "device": "cpu", "output": str(tmp_path / "run")}
+    base = {
+        "methods": "lora,bayeslora",
+        "tasks": "arc-e",
+        "seeds": [0, 1],
+        "cpus_per_trial": 1,
+        "gpus_per_trial": 0,
+        "device": "cpu",
+        "output": str(tmp_path / "run"),
+    }
     base.update(overrides)
     return load_config(None, base)
 
@@ -100,8 +137,9 @@ def test_failing_trial_is_recorded_and_the_others_finish(ray_session, tmp_path, 
     import io
 
     calls, console = tmp_path / "calls.txt", io.StringIO()
-    outcome = run_sweep(_config(tmp_path), trial_fn=fake_trial(calls, fail=("bayeslora", 1)), check=False,
-                        stream=console)
+    outcome = run_sweep(
+        _config(tmp_path), trial_fn=fake_trial(calls, fail=("bayeslora", 1)), check=False, stream=console
+    )
     assert (outcome.n_ok, outcome.n_failed, outcome.n_unfinished) == (3, 1, 0)
     # one line for the failure: method, task, seed, the error's first line, where its traceback is
     [line] = [ln for ln in console.getvalue().splitlines() if "FAILED" in ln]
@@ -164,16 +202,25 @@ def test_resume_reruns_only_unfinished_trials(ray_session, tmp_path):
 
     second = resume_sweep(first.run_dir, trial_fn=fake_trial(calls))
     assert (second.n_ok, second.n_failed, second.n_unfinished) == (4, 0, 0) and second.exit_code == 0
-    rerun = _calls(calls)[len(before):]
+    rerun = _calls(calls)[len(before) :]
     assert not set(rerun) & finished, "finished trials must not run again"
     assert set(rerun) | finished == {r for r in pd.read_csv(second.run_dir / "trials.csv")["trial_id"]}
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--cpus-per-trial", "3"], "cpus_per_trial 3 asks for more than this machine has: the largest node has 2 CPUs"),
-    (["--gpus-per-trial", "1"], "gpus_per_trial 1 asks for more than this machine has: the largest node has 0 GPUs"),
-    (["--device", "cuda"], "device 'cuda' requested but CUDA is not available on this machine"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (
+            ["--cpus-per-trial", "3"],
+            "cpus_per_trial 3 asks for more than this machine has: the largest node has 2 CPUs",
+        ),
+        (
+            ["--gpus-per-trial", "1"],
+            "gpus_per_trial 1 asks for more than this machine has: the largest node has 0 GPUs",
+        ),
+        (["--device", "cuda"], "device 'cuda' requested but CUDA is not available on this machine"),
+    ],
+)
 def test_impossible_resources_fail_before_any_trial(ray_session, tmp_path, capsys, flags, fragment):
     out = tmp_path / "run"
     code = cli.main(["run", "--methods", "lora", "--seeds", "0", "--output", str(out), *flags])
@@ -182,11 +229,14 @@ def test_impossible_resources_fail_before_any_trial(ray_session, tmp_path, capsy
     assert not out.exists(), "nothing may be written before the sweep can start"
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--data-dir", "/no/such/dir"], "data dir /no/such/dir does not exist"),
-    (["--model", "nobody-here/no-such-model"], "model 'nobody-here/no-such-model' is not a local directory"),
-    (["--model", "./no/such/checkpoint"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--data-dir", "/no/such/dir"], "data dir /no/such/dir does not exist"),
+        (["--model", "nobody-here/no-such-model"], "model 'nobody-here/no-such-model' is not a local directory"),
+        (["--model", "./no/such/checkpoint"], "does not exist"),
+    ],
+)
 def test_unreachable_data_or_model_fail_before_ray_starts(tmp_path, capsys, monkeypatch, flags, fragment):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "run"
@@ -206,9 +256,9 @@ def _tensorboard_points(folder: Path, tag: str) -> int:
     for path in folder.glob("events.out.tfevents.*"):
         data, i = path.read_bytes(), 0
         while i + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[i:i + 8])
+            (length,) = struct.unpack("<Q", data[i : i + 8])
             event = event_pb2.Event()
-            event.ParseFromString(data[i + 12:i + 12 + length])
+            event.ParseFromString(data[i + 12 : i + 12 + length])
             count += sum(v.tag == tag for v in event.summary.value)
             i += 12 + length + 4
     return count
@@ -250,8 +300,11 @@ def test_optional_trackers_get_every_progress_record_offline(ray_session, tmp_pa
     outcome = run_sweep(config, trial_fn=fake_trial(calls, steps=3), check=False)
     assert outcome.exit_code == 0
     if tracker == "mlflow":
-        [experiment] = [p.parent for p in (outcome.run_dir / "mlruns").glob("*/meta.yaml")
-                        if f"name: {outcome.run_dir.name}\n" in p.read_text()]  # one experiment per run directory
+        [experiment] = [
+            p.parent
+            for p in (outcome.run_dir / "mlruns").glob("*/meta.yaml")
+            if f"name: {outcome.run_dir.name}\n" in p.read_text()
+        ]  # one experiment per run directory
         [loss] = experiment.glob("*/metrics/loss")
         values = [float(line.split()[1]) for line in loss.read_text().splitlines()]
         assert values == [1.0, 0.5, pytest.approx(1 / 3)]
@@ -269,7 +322,9 @@ def test_a_tracker_without_its_extra_is_a_one_line_error(monkeypatch, tmp_path):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(BenchError, match="logger 'wandb' needs the optional extra: uv sync --all-packages --extra wandb"):
+    with pytest.raises(
+        BenchError, match="logger 'wandb' needs the optional extra: uv sync --all-packages --extra wandb"
+    ):
         tracker_callbacks(_config(tmp_path, loggers=["csv", "wandb"]), tmp_path)
 
 
@@ -307,8 +362,13 @@ def test_live_train_log_grows_while_training(tmp_path):
 @pytest.mark.slow
 def test_random_search_space_is_sampled_by_ray_and_recorded(ray_session, tmp_path):
     calls = tmp_path / "calls.txt"
-    config = _config(tmp_path, methods="lora", seeds=[0], num_samples=2,
-                     search_space={"train.lr": {"loguniform": [1e-4, 1e-2]}, "adapter.r": {"grid_search": [4, 8]}})
+    config = _config(
+        tmp_path,
+        methods="lora",
+        seeds=[0],
+        num_samples=2,
+        search_space={"train.lr": {"loguniform": [1e-4, 1e-2]}, "adapter.r": {"grid_search": [4, 8]}},
+    )
     outcome = run_sweep(config, trial_fn=fake_trial(calls), check=False)
     assert (outcome.n_ok, outcome.n_failed) == (4, 0)
     trials = pd.read_csv(outcome.run_dir / "trials.csv")
@@ -316,8 +376,7 @@ def test_random_search_space_is_sampled_by_ray_and_recorded(ray_session, tmp_pat
     assert sorted(p["adapter.r"] for p in points) == [4, 4, 8, 8]
     assert all(1e-4 <= p["train.lr"] <= 1e-2 for p in points)
     specs = [json.loads((outcome.run_dir / "trials" / t / "spec.json").read_text()) for t in trials["trial_id"]]
-    assert all(s["train"]["lr"] == p["train.lr"] and s["adapter"]["r"] == p["adapter.r"]
-               for s, p in zip(specs, points))
+    assert all(s["train"]["lr"] == p["train.lr"] and s["adapter"]["r"] == p["adapter.r"] for s, p in zip(specs, points))
     board = pd.read_csv(outcome.run_dir / "leaderboard.csv")
     assert len(board) == 4 and "search_point" in board.columns
 
@@ -328,8 +387,9 @@ CHILD = Path(__file__).with_name("sweep_child.py")
 def _hashes(run_dir: Path) -> dict[str, str]:
     import hashlib
 
-    return {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in (run_dir / "trials").glob("*/result.json")}
+    return {
+        p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (run_dir / "trials").glob("*/result.json")
+    }
 
 
 @pytest.mark.slow
@@ -341,11 +401,21 @@ def test_resume_after_a_kill_keeps_every_finished_trial(tmp_path, sig):
     import time
 
     run_dir, calls = tmp_path / "run", tmp_path / "calls.txt"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-           # 8 test processes share this machine: Ray's memory monitor must not kill trials mid-test
-           "RAY_memory_monitor_refresh_ms": "0"}
-    child = subprocess.Popen([sys.executable, str(CHILD), str(run_dir), str(calls)], env=env, cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        # 8 test processes share this machine: Ray's memory monitor must not kill trials mid-test
+        "RAY_memory_monitor_refresh_ms": "0",
+    }
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(run_dir), str(calls)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while not list((run_dir / "trials").glob("*/result.json")):
@@ -363,22 +433,33 @@ def test_resume_after_a_kill_keeps_every_finished_trial(tmp_path, sig):
     ran_first = [line.split()[0] for line in calls.read_text().splitlines()]
     assert finished and set(finished) <= set(ran_first) and len(finished) < 4
 
-    resumed = subprocess.run([sys.executable, str(CHILD), str(run_dir), str(calls), "--resume"], env=env,
-                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, str(CHILD), str(run_dir), str(calls), "--resume"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stderr
     after = _hashes(run_dir)
     assert {k: after[k] for k in finished} == finished, "finished results must stay byte-identical"
     ran = [line.split()[0] for line in calls.read_text().splitlines()]
-    rerun = ran[len(ran_first):]
+    rerun = ran[len(ran_first) :]
     assert not set(rerun) & set(finished), "a finished trial ran again"
     assert len(rerun) == len(set(rerun)) and set(rerun) | set(finished) == set(after) and len(after) == 4
     trials = pd.read_csv(run_dir / "trials.csv")
     assert (trials["status"] == "ok").all() and len(trials) == 4
     record = json.loads((run_dir / "run.json").read_text())
     assert len(record["attempts"]) == 2 and record["attempts"][1]["command"].endswith("--resume")
-    assert record["attempts"][1]["outcome"] == {"ok": 4, "failed": 0, "stopped": 0, "unfinished": 0,
-                                                "interrupted": False}
+    assert record["attempts"][1]["outcome"] == {
+        "ok": 4,
+        "failed": 0,
+        "stopped": 0,
+        "unfinished": 0,
+        "interrupted": False,
+    }
 
 
 def test_pending_specs_follow_the_trial_folders_not_ray(tmp_path):
@@ -388,8 +469,12 @@ def test_pending_specs_follow_the_trial_folders_not_ray(tmp_path):
 
     specs = _config(tmp_path).expand()
     a, b, c, d = specs
-    for spec, name, hash_ in ((a, "result.json", a.config_hash), (b, "error.json", b.config_hash),
-                              (c, "result.json", "0" * 12), (d, "stopped.json", d.config_hash)):
+    for spec, name, hash_ in (
+        (a, "result.json", a.config_hash),
+        (b, "error.json", b.config_hash),
+        (c, "result.json", "0" * 12),
+        (d, "stopped.json", d.config_hash),
+    ):
         folder = tmp_path / "run" / "trials" / spec.trial_id
         folder.mkdir(parents=True)
         (folder / name).write_text(json.dumps({"config_hash": hash_}))
@@ -402,8 +487,9 @@ def test_pending_specs_follow_the_trial_folders_not_ray(tmp_path):
 def test_pending_specs_with_random_search_count_samples_per_spec(tmp_path):
     from lrvd_bench.runner import pending_specs
 
-    config = _config(tmp_path, methods="lora", seeds=[0, 1], num_samples=3,
-                     search_space={"train.lr": {"loguniform": [1e-4, 1e-2]}})
+    config = _config(
+        tmp_path, methods="lora", seeds=[0, 1], num_samples=3, search_space={"train.lr": {"loguniform": [1e-4, 1e-2]}}
+    )
     s0, s1 = config.expand()
     for spec, lr in ((s0, 1e-3), (s0, 2e-3), (s1, 5e-4)):
         ran = spec.with_overrides({"train.lr": lr})
@@ -433,18 +519,51 @@ def tiny_mc_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-bert-mc")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertForMultipleChoice(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
 
 def _tiny_args(model: Path, output: Path, *extra: str) -> list[str]:
-    return ["run", "--methods", "lora,mc-dropout-lora", "--task", "arc-c", "--seeds", "0,1", "--model", str(model),
-            "--limit-train", "32", "--limit-eval", "32", "--max-steps", "3", "--max-length", "32", "--device", "cpu",
-            "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--output", str(output),
-            "--set", "train.batch_size=4", "n_samples=2", *extra]
+    return [
+        "run",
+        "--methods",
+        "lora,mc-dropout-lora",
+        "--task",
+        "arc-c",
+        "--seeds",
+        "0,1",
+        "--model",
+        str(model),
+        "--limit-train",
+        "32",
+        "--limit-eval",
+        "32",
+        "--max-steps",
+        "3",
+        "--max-length",
+        "32",
+        "--device",
+        "cpu",
+        "--cpus-per-trial",
+        "1",
+        "--gpus-per-trial",
+        "0",
+        "--output",
+        str(output),
+        "--set",
+        "train.batch_size=4",
+        "n_samples=2",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -462,8 +581,16 @@ def test_bench_run_end_to_end_writes_leaderboard_with_documented_columns(ray_ses
     assert record["command"].split()[:3] == ["bench", "run", "--methods"]  # as typed, not pytest's argv
     for key in ("started", "ended", "host", "python", "torch", "cuda", "cudnn", "git"):
         assert key in record, key
-    assert set(record["versions"]) >= {"torch", "transformers", "peft", "ivon-opt", "laplace-torch", "ray", "numpy",
-                                       "datasets"}
+    assert set(record["versions"]) >= {
+        "torch",
+        "transformers",
+        "peft",
+        "ivon-opt",
+        "laplace-torch",
+        "ray",
+        "numpy",
+        "datasets",
+    }
     assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)
     for path in (run_dir / "trials").glob("*/result.json"):  # no machine paths in the rows
         text = path.read_text()
@@ -484,10 +611,15 @@ def test_bench_run_end_to_end_writes_leaderboard_with_documented_columns(ray_ses
     folder = run_dir / "trials" / trials["trial_id"].iloc[0]
     for name in ("result.json", "spec.json", "ranks.csv", "train_log.csv", "predictions.npz", "log.txt"):
         assert (folder / name).is_file(), name
-    assert (folder / "adapter" / "adapter_model.safetensors").is_file() and (folder / "adapter" / "lrvd_adapter.json").is_file()
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file() and (
+        folder / "adapter" / "lrvd_adapter.json"
+    ).is_file()
     assert sorted(p.name for p in (run_dir / "figures").glob("*.png")) == [
-        "accuracy_vs_ece_arc-c.png", "effective_rank_arc-c.png", "paired_differences_arc-c.png",
-        "reliability_arc-c.png"]
+        "accuracy_vs_ece_arc-c.png",
+        "effective_rank_arc-c.png",
+        "paired_differences_arc-c.png",
+        "reliability_arc-c.png",
+    ]
     assert board.set_index("method").loc["mc-dropout-lora", "delta_n_seeds"] == 2  # paired with lora's seeds
 
 
@@ -504,15 +636,30 @@ def test_bench_run_on_a_separate_ray_cluster_records_the_node(tiny_mc_model, tmp
     # does not land in /tmp/ray/ray_current_cluster where every plain ray.init() would find it.
     temp_dir = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         # Ray registers the node under the machine's IP whatever --node-ip-address says here, so ask
         # the cluster which node it has (this also waits until the head is up).
-        probe = (f"import json, ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False); "
-                 "print(json.dumps([[n['NodeID'], n['NodeManagerAddress']] for n in ray.nodes()]))")
+        probe = (
+            f"import json, ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False); "
+            "print(json.dumps([[n['NodeID'], n['NodeManagerAddress']] for n in ray.nodes()]))"
+        )
         listed = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180)
         assert listed.returncode == 0, listed.stderr[-2000:]
         [(node_id, node_ip)] = json.loads(listed.stdout.strip().splitlines()[-1])
@@ -520,8 +667,9 @@ def test_bench_run_on_a_separate_ray_cluster_records_the_node(tiny_mc_model, tmp
         args = _tiny_args(tiny_mc_model, run_dir, "--address", f"127.0.0.1:{port}")
         args[args.index("lora,mc-dropout-lora")] = "lora"
         args[args.index("0,1")] = "0"
-        done = subprocess.run([str(BIN / "bench"), *args], env=env, capture_output=True, text=True, timeout=600,
-                              cwd=REPO)
+        done = subprocess.run(
+            [str(BIN / "bench"), *args], env=env, capture_output=True, text=True, timeout=600, cwd=REPO
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         trials = pd.read_csv(run_dir / "trials.csv")
         assert list(trials["status"]) == ["ok"]

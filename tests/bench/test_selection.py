@@ -21,13 +21,13 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 ray = pytest.importorskip("ray")
 
+from test_runner import InterruptAfter, ray_session, tiny_mc_model  # noqa: E402,F401
+
 from lrvd_bench import cli  # noqa: E402
 from lrvd_bench.config import load_config  # noqa: E402
 from lrvd_bench.runner import resume_sweep, run_sweep  # noqa: E402
 from lrvd_bench.selection import choose, grid_points, selection_specs  # noqa: E402
 from lrvd_bench.trial import run_trial  # noqa: E402
-
-from test_runner import InterruptAfter, ray_session, tiny_mc_model  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -36,6 +36,7 @@ def by_value(ray_session):  # noqa: F811
     import sys
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
 
 #: lora's validation NLL is lowest at lr 3e-3; bayeslora's is flat (a tie: the first grid point wins)
 def val_nll(method: str, lr: float) -> float:
@@ -52,11 +53,24 @@ def selection_body(spec, trial_dir, progress, report=None, *, calls: str):
 
 
 def _config(tmp_path: Path, **overrides):
-    base = {"methods": "lora,bayeslora", "tasks": "arc-e", "seeds": [0, 1], "cpus_per_trial": 1, "gpus_per_trial": 0,
-            "device": "cpu", "output": str(tmp_path / "run"), "max_concurrent_trials": 1,
-            "selection": {"search_space": {"lora": {"train.lr": [1e-3, 3e-3, 1e-2]},
-                                           "bayeslora": {"train.lr": [1e-3, 3e-3], "kl_scale": [1e-6]}},
-                          "metric": "val_nll", "seeds": [0]}}
+    base = {
+        "methods": "lora,bayeslora",
+        "tasks": "arc-e",
+        "seeds": [0, 1],
+        "cpus_per_trial": 1,
+        "gpus_per_trial": 0,
+        "device": "cpu",
+        "output": str(tmp_path / "run"),
+        "max_concurrent_trials": 1,
+        "selection": {
+            "search_space": {
+                "lora": {"train.lr": [1e-3, 3e-3, 1e-2]},
+                "bayeslora": {"train.lr": [1e-3, 3e-3], "kl_scale": [1e-6]},
+            },
+            "metric": "val_nll",
+            "seeds": [0],
+        },
+    }
     base.update(overrides)
     return load_config(None, base)
 
@@ -72,8 +86,15 @@ def test_grid_points_keep_the_written_order_and_name_method_params():
 
 
 def test_choose_takes_the_best_mean_and_breaks_ties_towards_the_earlier_point(tmp_path):
-    config = _config(tmp_path, seeds=[0], selection={"search_space": {"lora": {"train.lr": [1e-3, 2e-3, 3e-3]}},
-                                                     "metric": "val_accuracy", "seeds": [0, 1]})
+    config = _config(
+        tmp_path,
+        seeds=[0],
+        selection={
+            "search_space": {"lora": {"train.lr": [1e-3, 2e-3, 3e-3]}},
+            "metric": "val_accuracy",
+            "seeds": [0, 1],
+        },
+    )
     specs = selection_specs(config)
     assert {s.stage for s in specs} == {"selection"} and len(specs) == 6
     # mean val_accuracy per lr: 1e-3 -> 0.6, 2e-3 -> 0.7 (tie), 3e-3 -> 0.7 (tie, later: loses)
@@ -81,21 +102,27 @@ def test_choose_takes_the_best_mean_and_breaks_ties_towards_the_earlier_point(tm
     for spec in specs:
         folder = tmp_path / "run" / "trials" / spec.trial_id
         folder.mkdir(parents=True)
-        (folder / "result.json").write_text(json.dumps(
-            {"config_hash": spec.config_hash, "val_accuracy": scores[(spec.train["lr"], spec.seed)]}))
+        (folder / "result.json").write_text(
+            json.dumps({"config_hash": spec.config_hash, "val_accuracy": scores[(spec.train["lr"], spec.seed)]})
+        )
     chosen = choose(tmp_path / "run", config, specs)["arc-e"]["lora"]
     assert chosen["point"] == {"train.lr": 2e-3} and chosen["score"] == pytest.approx(0.7)
     assert [s["score"] for s in chosen["scores"]] == pytest.approx([0.6, 0.7, 0.7])
 
 
-@pytest.mark.parametrize("selection, fragment", [
-    ({"search_space": {"lora": {"train.lr": [1e-3]}}, "metric": "accuracy"},
-     "unknown selection metric 'accuracy'"),
-    ({"search_space": {"blob": {"train.lr": [1e-3]}}}, "unknown method in selection.search_space: 'blob'"),
-    ({"search_space": {"lora": {"train.lrr": [1e-3]}}}, "unknown selection.search_space.lora key 'train.lrr'"),
-    ({"search_space": {"lora": {"train.lr": 1e-3}}}, "selection.search_space.lora.train.lr must be a non-empty list"),
-    ({"search_space": {"lora": {"train.lr": [1e-3]}}, "seed": [0]}, "unknown selection key 'seed'"),
-])
+@pytest.mark.parametrize(
+    "selection, fragment",
+    [
+        ({"search_space": {"lora": {"train.lr": [1e-3]}}, "metric": "accuracy"}, "unknown selection metric 'accuracy'"),
+        ({"search_space": {"blob": {"train.lr": [1e-3]}}}, "unknown method in selection.search_space: 'blob'"),
+        ({"search_space": {"lora": {"train.lrr": [1e-3]}}}, "unknown selection.search_space.lora key 'train.lrr'"),
+        (
+            {"search_space": {"lora": {"train.lr": 1e-3}}},
+            "selection.search_space.lora.train.lr must be a non-empty list",
+        ),
+        ({"search_space": {"lora": {"train.lr": [1e-3]}}, "seed": [0]}, "unknown selection key 'seed'"),
+    ],
+)
 def test_bad_selection_is_one_line_before_any_trial(capsys, tmp_path, selection, fragment):
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps({"methods": ["lora", "bayeslora"], "selection": selection}))
@@ -106,8 +133,11 @@ def test_bad_selection_is_one_line_before_any_trial(capsys, tmp_path, selection,
 
 def test_unknown_method_hyper_parameter_in_selection_fails_before_any_trial(capsys, tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(json.dumps({"methods": ["lora", "bayeslora"],
-                                  "selection": {"search_space": {"bayeslora": {"kl_scal": [1e-6]}}}}))
+    config.write_text(
+        json.dumps(
+            {"methods": ["lora", "bayeslora"], "selection": {"search_space": {"bayeslora": {"kl_scal": [1e-6]}}}}
+        )
+    )
     code = cli.main(["run", "--config", str(config), "--output", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "kl_scal" in err[0], err
@@ -139,7 +169,9 @@ def test_selection_then_final_stage_and_resume_across_both(by_value, tmp_path):
     board = pd.read_csv(first.run_dir / "leaderboard.csv").set_index("method")
     assert json.loads(board.loc["lora", "search_point"]) == {"train.lr": 0.003}
     assert board.loc["lora", "n_seeds"] == 2 and len(board) == 2
-    assert "selected for lora on arc-e: train.lr=0.003 (val_nll 1.0000)" in (first.run_dir / "leaderboard.md").read_text()
+    assert (
+        "selected for lora on arc-e: train.lr=0.003 (val_nll 1.0000)" in (first.run_dir / "leaderboard.md").read_text()
+    )
 
 
 def _poisoned_copy(src: Path, dst: Path) -> Path:
@@ -178,11 +210,21 @@ def test_selection_never_reads_the_evaluation_split(tiny_mc_model, tmp_path, mon
     monkeypatch.setattr(Task, "load", guarded_load)
     chosen = {}
     for name, data_dir in (("clean", clean), ("poisoned", poisoned)):
-        config = load_config(None, {
-            "methods": "lora", "tasks": "arc-c", "model": str(tiny_mc_model), "data_dir": str(data_dir),
-            "limit_train": 40, "max_length": 32, "device": "cpu", "train": {"max_steps": 3, "batch_size": 4},
-            "output": str(tmp_path / name),
-            "selection": {"search_space": {"lora": {"train.lr": [1e-4, 3e-2]}}, "metric": "val_nll"}})
+        config = load_config(
+            None,
+            {
+                "methods": "lora",
+                "tasks": "arc-c",
+                "model": str(tiny_mc_model),
+                "data_dir": str(data_dir),
+                "limit_train": 40,
+                "max_length": 32,
+                "device": "cpu",
+                "train": {"max_steps": 3, "batch_size": 4},
+                "output": str(tmp_path / name),
+                "selection": {"search_space": {"lora": {"train.lr": [1e-4, 3e-2]}}, "metric": "val_nll"},
+            },
+        )
         specs = selection_specs(config)
         for spec in specs:
             run_trial(spec, tmp_path / name / "trials" / spec.trial_id)

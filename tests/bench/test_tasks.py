@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-from lrvd.errors import LRVDError
 
+from lrvd.errors import LRVDError
 from lrvd_bench.tasks import TASKS, get_task, list_tasks
 from lrvd_bench.tasks import base as task_base
 from lrvd_bench.tasks.base import BUNDLED_DATA_DIR, Carve
@@ -210,8 +210,14 @@ def test_auto_source_falls_back_to_the_hub_only_without_a_local_copy(fake_hub, m
 
 def test_hub_records_in_the_hub_schema_convert_like_bundled_ones():
     obqa = get_task("obqa").convert(
-        {"id": "7-1", "question_stem": "The sun is", "choices": {"text": ["a", "b", "c", "d"], "label": list("ABCD")},
-         "answerKey": "C"}, "x")
+        {
+            "id": "7-1",
+            "question_stem": "The sun is",
+            "choices": {"text": ["a", "b", "c", "d"], "label": list("ABCD")},
+            "answerKey": "C",
+        },
+        "x",
+    )
     assert (obqa.question, obqa.label) == ("The sun is", 2)
     wg = get_task("wg-s").convert({"sentence": "A _ b", "option1": "x", "option2": "y", "answer": "2"}, "train-0")
     assert (wg.label, wg.id) == (1, "train-0")
@@ -234,7 +240,9 @@ def test_unreachable_hub_without_local_copy_is_a_one_line_offline_error(monkeypa
 
 def test_encoder_and_causal_formatting_per_task():
     wg = get_task("wg-s")
-    ex = wg.convert({"sentence": "Sarah beat Maria so _ won.", "option1": "Sarah", "option2": "Maria", "answer": "1"}, "i")
+    ex = wg.convert(
+        {"sentence": "Sarah beat Maria so _ won.", "option1": "Sarah", "option2": "Maria", "answer": "1"}, "i"
+    )
     assert wg.encoder_inputs(ex) == [("Sarah beat Maria so Sarah", "won."), ("Sarah beat Maria so Maria", "won.")]
     assert wg.causal_prompt(ex) == (
         "Select one of the choices that answers the following question: Sarah beat Maria so _ won. "

@@ -27,8 +27,15 @@ def tiny_mc_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-bert-mc")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.1)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.1,
+    )
     BertModel(config).save_pretrained(out)  # no classifier: the multiple-choice head is new, as with MiniLM
     tokenizer.save_pretrained(out)
     return out
@@ -39,13 +46,28 @@ def run_dir_with_trials(root: Path, model: Path, methods: list[str], seeds=(0,))
     from lrvd_bench.config import load_config
     from lrvd_bench.trial import run_trial
 
-    config = load_config(None, {
-        "methods": methods, "tasks": ["arc-e"], "seeds": list(seeds), "model": str(model), "limit_train": 16,
-        "limit_eval": 12, "max_length": 32, "eval_batch_size": 4, "n_samples": N_SAMPLES, "device": "cpu",
-        "train.max_steps": 4, "train.batch_size": 4, "train.lr": 0.05,
-        "method_params": {"laplace-lora": {"predictive": "nn", "fit_examples": 8},
-                          "adalora-ivon": {"tinit": 0, "tfinal": 0.25, "deltaT": 0.25, "predictive": "bma"}},
-    })
+    config = load_config(
+        None,
+        {
+            "methods": methods,
+            "tasks": ["arc-e"],
+            "seeds": list(seeds),
+            "model": str(model),
+            "limit_train": 16,
+            "limit_eval": 12,
+            "max_length": 32,
+            "eval_batch_size": 4,
+            "n_samples": N_SAMPLES,
+            "device": "cpu",
+            "train.max_steps": 4,
+            "train.batch_size": 4,
+            "train.lr": 0.05,
+            "method_params": {
+                "laplace-lora": {"predictive": "nn", "fit_examples": 8},
+                "adalora-ivon": {"tinit": 0, "tfinal": 0.25, "deltaT": 0.25, "predictive": "bma"},
+            },
+        },
+    )
     run_dir = root / "run"
     (run_dir / "trials").mkdir(parents=True)
     (run_dir / "config.yaml").write_text(config.to_yaml())
@@ -60,7 +82,9 @@ def run_dir(tmp_path_factory, tiny_mc_model) -> Path:
 
 
 def trial_of(run_dir: Path, method: str) -> Path:
-    return next(p for p in (run_dir / "trials").iterdir() if json.loads((p / "spec.json").read_text())["method"] == method)
+    return next(
+        p for p in (run_dir / "trials").iterdir() if json.loads((p / "spec.json").read_text())["method"] == method
+    )
 
 
 @pytest.mark.parametrize("method", SAMPLED)
@@ -79,14 +103,14 @@ def test_predictions_are_sampled_and_the_seed_is_what_fixes_them(run_dir, method
     """The predictive really samples (another seed gives other probabilities), so the test above
     checks the seeding and not a deterministic path."""
     from lrvd.training import predict
-
     from lrvd_bench.reload import evaluation_settings, rebuild
 
     trial = trial_of(run_dir, method)
     settings = evaluation_settings(trial)
     m, model, loader = rebuild(trial)
-    other, _ = predict(m, model, loader, n_samples=settings["n_samples"], device="cpu", progress=False,
-                       seed=settings["seed"] + 1)
+    other, _ = predict(
+        m, model, loader, n_samples=settings["n_samples"], device="cpu", progress=False, seed=settings["seed"] + 1
+    )
     assert not np.array_equal(other.numpy(), np.load(trial / "predictions.npz")["probs"])
 
 
@@ -126,11 +150,22 @@ def exported(run_dir, tmp_path_factory):
 
 def test_export_folder_is_self_contained(exported):
     names = {p.name for p in exported.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "task_head.safetensors", "lrvd_adapter.json",
-            "lrvd_posterior.safetensors", "trial_spec.json", "result.json", "README.md"} <= names
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "task_head.safetensors",
+        "lrvd_adapter.json",
+        "lrvd_posterior.safetensors",
+        "trial_spec.json",
+        "result.json",
+        "README.md",
+    } <= names
     from safetensors.torch import load_file
 
-    head, peft = load_file(str(exported / "task_head.safetensors")), load_file(str(exported / "adapter_model.safetensors"))
+    head, peft = (
+        load_file(str(exported / "task_head.safetensors")),
+        load_file(str(exported / "adapter_model.safetensors")),
+    )
     assert sorted(head) == ["classifier.bias", "classifier.weight"]
     for k, v in head.items():
         assert np.array_equal(v.numpy(), peft["base_model.model." + k].numpy())
@@ -173,9 +208,20 @@ def test_exported_bayeslora_loads_with_plain_peft_in_a_fresh_process(exported, r
     with torch.no_grad(), sampling(model, False):
         expected = model(batch).numpy()
     np.savez(tmp_path / "batch.npz", **{k: batch[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")})
-    done = subprocess.run([sys.executable, "-c", EXPORT_LOADER, str(tiny_mc_model), str(exported),
-                           str(tmp_path / "batch.npz"), str(tmp_path / "logits.npy")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            EXPORT_LOADER,
+            str(tiny_mc_model),
+            str(exported),
+            str(tmp_path / "batch.npz"),
+            str(tmp_path / "logits.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
     got = np.load(tmp_path / "logits.npy")
@@ -183,10 +229,13 @@ def test_exported_bayeslora_loads_with_plain_peft_in_a_fresh_process(exported, r
     np.testing.assert_allclose(got, expected[:, : got.shape[1]], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--method", "lora"], "no finished trial with a saved adapter for method 'lora'"),
-    (["--method", "bayeslora", "--seed", "7"], "for method 'bayeslora' with seed 7"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--method", "lora"], "no finished trial with a saved adapter for method 'lora'"),
+        (["--method", "bayeslora", "--seed", "7"], "for method 'bayeslora' with seed 7"),
+    ],
+)
 def test_export_bad_input_is_one_line_exit_2(run_dir, tmp_path, capsys, argv, fragment):
     from lrvd_bench import cli
 

@@ -31,8 +31,14 @@ def tiny_mc_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-bert-mc")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertForMultipleChoice(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -40,8 +46,11 @@ def tiny_mc_model(tmp_path_factory) -> Path:
 
 def _rows(loader) -> list[tuple[int, ...]]:
     """Each example's (question, first choice) token ids: distinct questions give distinct rows."""
-    return [tuple(row[0][mask[0].bool()].tolist())
-            for batch in loader for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    return [
+        tuple(row[0][mask[0].bool()].tolist())
+        for batch in loader
+        for row, mask in zip(batch["input_ids"], batch["attention_mask"])
+    ]
 
 
 def test_every_method_and_seed_trains_and_validates_on_the_same_rows(tiny_mc_model, tmp_path, monkeypatch):
@@ -57,16 +66,29 @@ def test_every_method_and_seed_trains_and_validates_on_the_same_rows(tiny_mc_mod
         def after_training(self, model, train_loader, val_loader=None):
             handed[len(handed)] = val_loader
             return original(self, model, train_loader, val_loader)
+
         return after_training
 
     monkeypatch.setattr(loaders, "make_loaders", capture)
     monkeypatch.setattr(MethodBase, "after_training", spy(MethodBase.after_training))
     monkeypatch.setattr(LoRATempScaling, "after_training", spy(LoRATempScaling.after_training))
-    cfg = load_config(None, {
-        "methods": "lora,lora-temp-scaling", "tasks": "arc-c", "seeds": [0, 1], "model": str(tiny_mc_model),
-        "limit_train": 20, "limit_eval": 10, "validation_fraction": 0.25, "split_seed": 3, "max_length": 24,
-        "device": "cpu", "train": {"max_steps": 2, "batch_size": 4, "eval_every": 1}, "save_adapter": False,
-    })
+    cfg = load_config(
+        None,
+        {
+            "methods": "lora,lora-temp-scaling",
+            "tasks": "arc-c",
+            "seeds": [0, 1],
+            "model": str(tiny_mc_model),
+            "limit_train": 20,
+            "limit_eval": 10,
+            "validation_fraction": 0.25,
+            "split_seed": 3,
+            "max_length": 24,
+            "device": "cpu",
+            "train": {"max_steps": 2, "batch_size": 4, "eval_every": 1},
+            "save_adapter": False,
+        },
+    )
     specs = cfg.expand()
     assert len(specs) == 4
     rows = [run_trial(spec, tmp_path / spec.trial_id) for spec in specs]
@@ -85,11 +107,29 @@ def test_every_method_and_seed_trains_and_validates_on_the_same_rows(tiny_mc_mod
 
     # split_seed, not the trial seed, chooses the rows: another split_seed holds out other questions
     task = get_task("arc-c")
-    same = make(task, load_backbone(str(tiny_mc_model), task), batch_size=4, limit_train=20, limit_eval=10,
-                seed=1, split_seed=3, validation_fraction=0.25, max_length=24)
+    same = make(
+        task,
+        load_backbone(str(tiny_mc_model), task),
+        batch_size=4,
+        limit_train=20,
+        limit_eval=10,
+        seed=1,
+        split_seed=3,
+        validation_fraction=0.25,
+        max_length=24,
+    )
     assert _rows(same.val_loader) == val[0]
-    other = make(task, load_backbone(str(tiny_mc_model), task), batch_size=4, limit_train=20, limit_eval=10,
-                 seed=0, split_seed=4, validation_fraction=0.25, max_length=24)
+    other = make(
+        task,
+        load_backbone(str(tiny_mc_model), task),
+        batch_size=4,
+        limit_train=20,
+        limit_eval=10,
+        seed=0,
+        split_seed=4,
+        validation_fraction=0.25,
+        max_length=24,
+    )
     assert _rows(other.val_loader) != val[0]
 
 
@@ -98,11 +138,23 @@ def test_validation_fraction_is_validated_and_fixed_for_the_sweep():
         load_config(None, {"methods": "lora", "validation_fraction": 1.0})
     with pytest.raises(BenchError, match="method 'lora-temp-scaling' fits on the validation split"):
         load_config(None, {"methods": "lora,lora-temp-scaling", "validation_fraction": 0})
-    load_config(None, {"methods": "lora,laplace-lora", "validation_fraction": 0,
-                       "method_params": {"laplace-lora": {"prior_tuning": "marglik"}}})
+    load_config(
+        None,
+        {
+            "methods": "lora,laplace-lora",
+            "validation_fraction": 0,
+            "method_params": {"laplace-lora": {"prior_tuning": "marglik"}},
+        },
+    )
     with pytest.raises(BenchError, match="laplace-lora"):
-        load_config(None, {"methods": "laplace-lora", "validation_fraction": 0,
-                           "method_params": {"laplace-lora": {"prior_tuning": "gridsearch"}}})
+        load_config(
+            None,
+            {
+                "methods": "laplace-lora",
+                "validation_fraction": 0,
+                "method_params": {"laplace-lora": {"prior_tuning": "gridsearch"}},
+            },
+        )
     with pytest.raises(BenchError, match="train.eval_every=5 selects checkpoints on the validation split"):
         load_config(None, {"methods": "lora", "validation_fraction": 0, "train": {"eval_every": 5}})
     for key in ("validation_fraction", "split_seed"):

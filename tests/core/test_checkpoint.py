@@ -33,8 +33,9 @@ def _trainable(model):
 
 
 def _train(eval_every: int, metric: str = "val_accuracy", total: int = 30, n_samples: int = 0):
-    plan = TrainPlan(total, 64, TrainConfig(max_steps=total, lr=1e-2, eval_every=eval_every,
-                                            checkpoint_metric=metric, log_every=7))
+    plan = TrainPlan(
+        total, 64, TrainConfig(max_steps=total, lr=1e-2, eval_every=eval_every, checkpoint_metric=metric, log_every=7)
+    )
     method = SabotagedBayesLoRA(n_samples=n_samples)
     model = method.attach(TinyBertClassifier(), AdapterConfig(r=2), plan)
     val = make_toy_loader(n=32, seed=1, shuffle=False)
@@ -45,8 +46,7 @@ def _train(eval_every: int, metric: str = "val_accuracy", total: int = 30, n_sam
         if "val_accuracy" in record:  # the state that was just scored
             seen[record["step"]] = _trainable(model)
 
-    result = fit(method, model, make_toy_loader(), plan, device="cpu", progress=False, on_log=on_log,
-                 val_loader=val)
+    result = fit(method, model, make_toy_loader(), plan, device="cpu", progress=False, on_log=on_log, val_loader=val)
     return method, model, val, result, seen, logged
 
 
@@ -116,7 +116,7 @@ def test_best_checkpoint_ties_go_to_the_other_metric_then_the_earlier_step():
     best = BestCheckpoint("val_accuracy")
     assert best.offer(5, {"val_accuracy": 0.5, "val_nll": 0.9}, model)
     assert not best.offer(10, {"val_accuracy": 0.5, "val_nll": 0.9}, model)  # exact tie: keep the earlier
-    assert best.offer(15, {"val_accuracy": 0.5, "val_nll": 0.8}, model)      # tie on accuracy, lower NLL
+    assert best.offer(15, {"val_accuracy": 0.5, "val_nll": 0.8}, model)  # tie on accuracy, lower NLL
     assert not best.offer(20, {"val_accuracy": 0.4, "val_nll": 0.1}, model)
     assert best.step == 15
     by_nll = BestCheckpoint("val_nll")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from conftest import TinyBertClassifier, make_toy_loader
 
+from conftest import TinyBertClassifier, make_toy_loader
 from lrvd import AdapterConfig, TrainConfig, TrainPlan, get_method
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyBertClassifier, make_toy_dataset
 
 import lrvd
+from conftest import TinyBertClassifier, make_toy_dataset
 from lrvd.inject import lrvd_modules, sampling
 from lrvd.kl import total_kl
 
@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def hf_model(**config):
     model = TinyBertClassifier(seed=0).backbone  # a plain BertForSequenceClassification
-    return lrvd.get_bayeslora_model(model, lrvd.BayesLoraConfig(**{"r": 4, "modules_to_save": ["classifier"],
-                                                                    **config}))
+    return lrvd.get_bayeslora_model(
+        model, lrvd.BayesLoraConfig(**{"r": 4, "modules_to_save": ["classifier"], **config})
+    )
 
 
 def inputs(n=8):
@@ -50,7 +51,9 @@ def test_forward_returns_the_models_own_output_type():
 
 def test_no_matching_target_module_is_one_line_with_the_linear_module_names():
     with pytest.raises(lrvd.LRVDError) as err:
-        lrvd.get_bayeslora_model(TinyBertClassifier().backbone, lrvd.BayesLoraConfig(target_modules=["q_proj", "v_proj"]))
+        lrvd.get_bayeslora_model(
+            TinyBertClassifier().backbone, lrvd.BayesLoraConfig(target_modules=["q_proj", "v_proj"])
+        )
     message = str(err.value)
     assert "\n" not in message and "q_proj" in message
     assert message.endswith("the model's linear module names: query, key, value, dense, classifier")
@@ -74,8 +77,13 @@ def test_predict_proba_accepts_hf_inputs_and_outputs():
     got = lrvd.predict_proba(model, x, n_samples=5, seed=3)
     with torch.no_grad(), sampling(model, True):  # independent reference: a plain loop
         torch.manual_seed(3)
-        ref = sum(torch.softmax(model(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).logits, -1)
-                  for _ in range(5)) / 5
+        ref = (
+            sum(
+                torch.softmax(model(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).logits, -1)
+                for _ in range(5)
+            )
+            / 5
+        )
     torch.testing.assert_close(got, ref)
     assert not torch.allclose(got, mean, atol=1e-3)
     torch.testing.assert_close(lrvd.predict_proba(model, x, seed=3), got)  # config n_samples = 5
@@ -99,7 +107,9 @@ def test_step_hook_prunes_on_schedule_and_keeps_the_optimizer_working():
         assert ("pruned_ranks" in logs) == (step == 3)
     assert logs["effective_rank"] == 0.0  # tau = -inf: every kept rank counts as off
     assert [m.r for m in lrvd_modules(model).values()] == [1, 1, 1, 1]
-    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {
+        id(p) for p in model.parameters() if p.requires_grad
+    }
 
 
 def test_trainer_adds_the_kl_prunes_and_logs_ranks(tmp_path):
@@ -108,9 +118,17 @@ def test_trainer_adds_the_kl_prunes_and_logs_ranks(tmp_path):
     model = hf_model(kl_scale=1e-2, tau=-1e9, min_ranks=2, prune_every=2, prune_start=2)
     x = inputs(32)
     data = [{k: v[i] for k, v in x.items()} for i in range(32)]
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, logging_steps=1,
-                             learning_rate=1e-2, save_strategy="no", report_to="none", use_cpu=True,
-                             disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        logging_steps=1,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     trainer = lrvd.BayesLoraTrainer(model=model, args=args, train_dataset=data)
     batch = {k: v[:8] for k, v in x.items()}
     model.eval()  # posterior means: both sides see the same adapter weights
@@ -135,11 +153,26 @@ def test_the_trainer_refuses_a_model_without_adapters(tmp_path):
 
 
 def test_the_example_fine_tunes_a_tiny_model_with_the_api():
-    done = subprocess.run([sys.executable, str(REPO / "examples" / "hf_trainer_bayeslora.py"), "--max-steps", "12",
-                           "--prune-every", "6", "--tau", "2.0", "--n-samples", "2"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "hf_trainer_bayeslora.py"),
+            "--max-steps",
+            "12",
+            "--prune-every",
+            "6",
+            "--tau",
+            "2.0",
+            "--n-samples",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout[done.stdout.index("{\n"):])
+    summary = json.loads(done.stdout[done.stdout.index("{\n") :])
     assert summary["trainable_params"] < summary["total_params"] / 5
     assert [r["step"] for r in summary["log"]] == [2, 4, 6, 8, 10, 12]
     assert all("effective_rank" in r and "kl" in r for r in summary["log"])

@@ -18,8 +18,9 @@ def tiny_gpt2(seed: int = 0):
     from transformers import GPT2Config, GPT2Model
 
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=4,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
     return GPT2Model(config).eval()
 
 
@@ -247,8 +248,11 @@ def test_inject_reports_candidates_when_nothing_matches():
     from lrvd import LRVDError
 
     model = TinyBertClassifier()
-    with pytest.raises(LRVDError, match=r"no linear module matches target_modules=\['q_proj'\]; "
-                                        r"the model's linear module names: query, key, value, dense, classifier$"):
+    with pytest.raises(
+        LRVDError,
+        match=r"no linear module matches target_modules=\['q_proj'\]; "
+        r"the model's linear module names: query, key, value, dense, classifier$",
+    ):
         inject_lrvd(model.backbone, ["q_proj"], r=2, scaling=1.0)
 
 
@@ -305,8 +309,7 @@ def test_mc_predictive_chunks_samples_from_the_memory_budget(budget, passes):
     inject_lrvd(model.backbone, ["query", "value"], r=2, scaling=1.0, init_log_sigma2=-2.0, local_reparam=True)
     model.eval()
     calls = []
-    model.backbone.register_forward_hook(
-        lambda m, a, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    model.backbone.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
     batch = next(iter(make_toy_loader(n=4, batch_size=4, shuffle=False)))
     probs = mc_predict_proba(model, batch, 10, chunk=0, memory_budget=budget)
     assert len(calls) == passes and sum(calls) == 10 * 4
@@ -315,9 +318,9 @@ def test_mc_predictive_chunks_samples_from_the_memory_budget(budget, passes):
 
 # -- written against surviving mutants (docs/testing.md) -------------------------------------------
 def test_frozen_shape_of_linear_and_conv1d_and_the_rank_one_layer():
-    import lrvd
-
     from transformers.pytorch_utils import Conv1D
+
+    import lrvd
 
     linear = lrvd.LRVDLinear(nn.Linear(3, 5), r=1, scaling=1.0)  # r = 1 is a valid rank
     assert (linear.fan_in_fan_out, linear.in_features, linear.out_features, linear.r) == (False, 3, 5, 1)

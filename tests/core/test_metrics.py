@@ -60,7 +60,9 @@ L3 = torch.tensor([0, 2, 1, 1])  # argmax 0, 2, 0, 1: three of four right; class
 
 
 def test_accuracy_and_per_example_correct_on_an_asymmetric_case():
-    torch.testing.assert_close(metrics.per_example_correct(P3, L3), torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        metrics.per_example_correct(P3, L3), torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    )
     assert metrics.accuracy(P3, L3) == pytest.approx(0.75)
 
 
@@ -112,17 +114,24 @@ def test_ece_from_gaps_scores_each_row_of_a_batch():
 def test_brier_when_the_labels_miss_the_last_class():
     # labels only 0 and 1 of three classes: the one-hot still has three columns
     assert metrics.brier_score(P3[:1], L3[:1]) == pytest.approx(0.3**2 + 0.2**2 + 0.1**2)
-    torch.testing.assert_close(metrics.per_example_brier(P3[2:], torch.tensor([0, 0])),
-                               torch.tensor([0.25 + 0.16 + 0.01, 0.64 + 0.25 + 0.09], dtype=torch.float64))
+    torch.testing.assert_close(
+        metrics.per_example_brier(P3[2:], torch.tensor([0, 0])),
+        torch.tensor([0.25 + 0.16 + 0.01, 0.64 + 0.25 + 0.09], dtype=torch.float64),
+    )
 
 
 def test_classification_metrics_is_each_metric_with_its_bins():
     got = metrics.classification_metrics(PROBS, LABELS, n_bins=2)
-    assert got == {"accuracy": pytest.approx(0.5), "ece": pytest.approx(0.3),
-                   "nll": pytest.approx(metrics.negative_log_likelihood(PROBS, LABELS)),
-                   "brier": pytest.approx(metrics.brier_score(PROBS, LABELS)), "mcc": pytest.approx(0.0)}
+    assert got == {
+        "accuracy": pytest.approx(0.5),
+        "ece": pytest.approx(0.3),
+        "nll": pytest.approx(metrics.negative_log_likelihood(PROBS, LABELS)),
+        "brier": pytest.approx(metrics.brier_score(PROBS, LABELS)),
+        "mcc": pytest.approx(0.0),
+    }
     assert metrics.classification_metrics(PROBS, LABELS)["ece"] == pytest.approx(
-        metrics.expected_calibration_error(PROBS, LABELS, 15))
+        metrics.expected_calibration_error(PROBS, LABELS, 15)
+    )
 
 
 def test_calibration_bins_with_an_empty_last_bin_and_a_single_example_bin():
@@ -156,7 +165,9 @@ def test_every_bin_count_defaults_to_15():
     # per-row slots: any n_bins above the largest index gives the same sums, an equivalent mutant)
     rows = torch.stack([idx, torch.tensor([0, 0, 0])])
     gaps = torch.stack([gap, torch.tensor([0.5, -0.5, 0.25])])
-    torch.testing.assert_close(metrics.ece_from_gaps(rows, gaps), torch.tensor([1.25 / 3, 0.25 / 3], dtype=torch.float64))
+    torch.testing.assert_close(
+        metrics.ece_from_gaps(rows, gaps), torch.tensor([1.25 / 3, 0.25 / 3], dtype=torch.float64)
+    )
     # 0.55 and 0.58 share bin 8 of 15 (ECE |1 − 1.13| / 2) but not of 16 (ECE (0.45 + 0.58) / 2)
     pair, pair_labels = torch.tensor([[0.55, 0.45], [0.58, 0.42]]), torch.tensor([0, 1])
     assert metrics.classification_metrics(pair, pair_labels)["ece"] == pytest.approx(0.065)

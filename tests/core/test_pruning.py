@@ -105,10 +105,12 @@ def test_optimizer_keeps_stepping_after_pruning():
     torch.manual_seed(0)
     layer = lrvd.LRVDLinear(nn.Linear(6, 4), r=4, scaling=1.0, init_log_sigma2=-4.0).train()
     head = nn.Linear(4, 2)
-    opt = torch.optim.AdamW([
-        {"params": [layer.A_mu, layer.B_mu] + list(head.parameters()), "lr": 1e-2},
-        {"params": [layer.rank_log_sigma2], "lr": 1e-3, "weight_decay": 0.0},
-    ])
+    opt = torch.optim.AdamW(
+        [
+            {"params": [layer.A_mu, layer.B_mu] + list(head.parameters()), "lr": 1e-2},
+            {"params": [layer.rank_log_sigma2], "lr": 1e-3, "weight_decay": 0.0},
+        ]
+    )
     x, y = torch.randn(16, 6), torch.randint(0, 2, (16,))
 
     def step():

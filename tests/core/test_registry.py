@@ -65,7 +65,9 @@ def test_duplicate_name_is_refused_with_one_line(clean_registry):
     class Second(MethodBase):
         name = "toy-dup"
 
-    with pytest.raises(LRVDError, match=r"^method 'toy-dup' is already registered \(by .*First\); choose another name$"):
+    with pytest.raises(
+        LRVDError, match=r"^method 'toy-dup' is already registered \(by .*First\); choose another name$"
+    ):
         METHODS.register("toy-dup")(Second)
     assert get_method("toy-dup") is First
     assert METHODS.register("toy-dup")(First) is First  # the same object again is a no-op
@@ -88,10 +90,16 @@ def _plugin(tmp_path, monkeypatch, module: str, source: str, entry_points: str) 
 
 
 def test_entry_point_that_is_not_a_method_is_refused_on_load(tmp_path, monkeypatch, clean_registry):
-    _plugin(tmp_path, monkeypatch, "bad_lrvd_plugin", """
+    _plugin(
+        tmp_path,
+        monkeypatch,
+        "bad_lrvd_plugin",
+        """
         class NotAMethod:
             name = "not-a-method"
-    """, "[lrvd.methods]\nnot-a-method = bad_lrvd_plugin:NotAMethod\nclash = bad_lrvd_plugin:NotAMethod\n")
+    """,
+        "[lrvd.methods]\nnot-a-method = bad_lrvd_plugin:NotAMethod\nclash = bad_lrvd_plugin:NotAMethod\n",
+    )
     assert "not-a-method" in list_methods()  # listing does not import
     with pytest.raises(LRVDError, match=r"'not-a-method' \(bad_lrvd_plugin:NotAMethod\) does not implement"):
         get_method("not-a-method")
@@ -99,15 +107,24 @@ def test_entry_point_that_is_not_a_method_is_refused_on_load(tmp_path, monkeypat
 
 
 def test_two_packages_declaring_one_name_are_refused(tmp_path, monkeypatch, clean_registry):
-    _plugin(tmp_path, monkeypatch, "clash_lrvd_plugin", """
+    _plugin(
+        tmp_path,
+        monkeypatch,
+        "clash_lrvd_plugin",
+        """
         from lrvd.protocol import MethodBase
 
         class Clash(MethodBase):
             name = "bayeslora"
-    """, "[lrvd.methods]\nbayeslora = clash_lrvd_plugin:Clash\n")
+    """,
+        "[lrvd.methods]\nbayeslora = clash_lrvd_plugin:Clash\n",
+    )
     METHODS._loaded.pop("bayeslora", None)
-    with pytest.raises(LRVDError, match=r"'bayeslora' is declared by several installed packages "
-                                        r"\(clash_lrvd_plugin:Clash, lrvd.methods.bayeslora:BayesLoRA\)"):
+    with pytest.raises(
+        LRVDError,
+        match=r"'bayeslora' is declared by several installed packages "
+        r"\(clash_lrvd_plugin:Clash, lrvd.methods.bayeslora:BayesLoRA\)",
+    ):
         get_method("bayeslora")
     monkeypatch.delitem(sys.modules, "clash_lrvd_plugin", raising=False)
 
@@ -127,13 +144,15 @@ def test_capabilities_are_read_from_the_class():
 def test_third_party_entry_point_is_discovered_without_installing(tmp_path, monkeypatch, clean_registry):
     """A package that declares ``[project.entry-points."lrvd.methods"]`` is found through its
     ``*.dist-info/entry_points.txt`` on sys.path — exactly what ``pip install`` would leave behind."""
-    (tmp_path / "fake_lrvd_plugin.py").write_text(textwrap.dedent('''
+    (tmp_path / "fake_lrvd_plugin.py").write_text(
+        textwrap.dedent('''
         from lrvd.protocol import MethodBase
 
         class FakeMethod(MethodBase):
             """A third-party adapter method."""
             name = "fake-method"
-    '''))
+    ''')
+    )
     dist_info = tmp_path / "fake_lrvd_plugin-0.1.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-lrvd-plugin\nVersion: 0.1\n")

@@ -60,8 +60,9 @@ def test_train_step_accumulates_micro_batches_as_one_big_batch():
         optimizer, scheduler = method.configure_optimizers(model, plan)
         seen = []
         method.on_step_end = lambda model, opt, step, seen=seen: seen.append(step) or {"hook": 1.0}
-        out = train_step(method, model, optimizer, micro, 6, device=torch.device("cpu"), train=train,
-                         scheduler=scheduler)
+        out = train_step(
+            method, model, optimizer, micro, 6, device=torch.device("cpu"), train=train, scheduler=scheduler
+        )
         assert seen == [7] and out.step_logs == {"hook": 1.0}
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         grads[-1]["loss"] = torch.tensor(out.loss)

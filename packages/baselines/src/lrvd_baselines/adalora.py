@@ -63,8 +63,9 @@ class AdaLoRAParams:
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input (BayesLoRA bench: 0)"})
     lr: float | None = field(
         default=None,
-        metadata={"help": "AdamW adapter lr of this method (default: the shared train.lr); choose it on the "
-                          "validation split"},
+        metadata={
+            "help": "AdamW adapter lr of this method (default: the shared train.lr); choose it on the validation split"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -120,9 +121,9 @@ class ExactBudgetRankAllocator(RankAllocator):
             if n.endswith(f"lora_E{suffix}"):
                 a_name, b_name = n.replace("lora_E", "lora_A"), n.replace("lora_E", "lora_B")
                 scores[n] = (
-                    self.element_score(n).view(-1)                     # λ_k: [r, 1]
-                    + self.element_score(a_name).mean(dim=1)           # Q: [r, d_in]
-                    + self.element_score(b_name).mean(dim=0)           # P: [d_out, r]
+                    self.element_score(n).view(-1)  # λ_k: [r, 1]
+                    + self.element_score(a_name).mean(dim=1)  # Q: [r, d_in]
+                    + self.element_score(b_name).mean(dim=0)  # P: [d_out, r]
                 )
         return dict(sorted(scores.items()))
 

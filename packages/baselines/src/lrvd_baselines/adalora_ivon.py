@@ -59,34 +59,40 @@ STD_PREFIX = "ivon_std."
 @dataclass
 class AdaLoRAIVONParams(AdaLoRAParams):
     criterion: str = field(default="snr-abs", metadata={"help": "importance: snr-abs | snr | mean | inv-sigma"})
-    lr: float = field(
-        default=0.4, metadata={"help": "IVON learning rate (IVON scale; vilora large-GLUE scripts: 0.4)"})
+    lr: float = field(default=0.4, metadata={"help": "IVON learning rate (IVON scale; vilora large-GLUE scripts: 0.4)"})
     head_lr: float | None = field(
         default=None,
         metadata={"help": "IVON lr of the task head (default: lr × train.head_lr / train.lr; vilora: one lr for all)"},
     )
     lr_first: float | None = field(
         default=None,
-        metadata={"help": "vilora small-task schedule: after warm-up hold this lr for first_phase of the run, "
-                          "then drop to lr and decay linearly (CoLA/STS-B/MRPC/RTE scripts: 2.0); None: linear"},
+        metadata={
+            "help": "vilora small-task schedule: after warm-up hold this lr for first_phase of the run, "
+            "then drop to lr and decay linearly (CoLA/STS-B/MRPC/RTE scripts: 2.0); None: linear"
+        },
     )
     first_phase: float = field(
         default=500 / COLA_TOTAL_STEPS,
         metadata={"help": "fraction of the run at lr_first (vilora CoLA script: 500 of 6700 steps)"},
     )
     clip_radius: float = field(
-        default=1e-3, metadata={"help": "IVON clip radius of the preconditioned step (vilora default 1e-3)"})
+        default=1e-3, metadata={"help": "IVON clip radius of the preconditioned step (vilora default 1e-3)"}
+    )
     ess: float | None = field(
-        default=None, metadata={"help": "IVON effective sample size (default: the training-set size n_train)"})
+        default=None, metadata={"help": "IVON effective sample size (default: the training-set size n_train)"}
+    )
     hess_init: float = field(default=1.0, metadata={"help": "IVON initial Hessian (sets the initial σ; vilora: 1)"})
     ivon_beta1: float = field(default=0.9, metadata={"help": "IVON gradient momentum (vilora: 0.9)"})
     ivon_beta2: float = field(default=0.99999, metadata={"help": "IVON Hessian momentum (vilora: 0.99999)"})
     weight_decay: float = field(
-        default=1e-8, metadata={"help": "IVON weight decay δ (> 0: prior precision; vilora: 1e-8)"})
+        default=1e-8, metadata={"help": "IVON weight decay δ (> 0: prior precision; vilora: 1e-8)"}
+    )
     predictive: str = field(
         default="mean",
-        metadata={"help": "mean (authors' default: posterior mean) | mc-logits (authors' MC: mean logits, "
-                          "masked triplets noisy too) | bma (mean of softmaxes, masked triplets noise-free)"},
+        metadata={
+            "help": "mean (authors' default: posterior mean) | mc-logits (authors' MC: mean logits, "
+            "masked triplets noisy too) | bma (mean of softmaxes, masked triplets noise-free)"
+        },
     )
     n_samples: int = field(default=10, metadata={"help": "posterior samples of mc-logits / bma (0: posterior mean)"})
 
@@ -219,8 +225,13 @@ class AdaLoRAIVON(AdaLoRA):
         """Keyword arguments of ``ivon.IVON`` (one place, so tests can check the wiring of each default)."""
         p = self.params
         return dict(
-            lr=p.lr, ess=p.ess if p.ess is not None else plan.n_train, hess_init=p.hess_init,
-            beta1=p.ivon_beta1, beta2=p.ivon_beta2, weight_decay=p.weight_decay, clip_radius=p.clip_radius,
+            lr=p.lr,
+            ess=p.ess if p.ess is not None else plan.n_train,
+            hess_init=p.hess_init,
+            beta1=p.ivon_beta1,
+            beta2=p.ivon_beta2,
+            weight_decay=p.weight_decay,
+            clip_radius=p.clip_radius,
         )
 
     def configure_optimizers(self, model, plan):
@@ -248,8 +259,10 @@ class AdaLoRAIVON(AdaLoRA):
         logs = super().on_step_end(model, optimizer, step)
         hess = torch.cat([g["hess"].detach().float() for g in optimizer.param_groups])
         logs.update(
-            hess_mean=float(hess.mean()), hess_median=float(hess.median()),
-            hess_min=float(hess.min()), hess_max=float(hess.max()),
+            hess_mean=float(hess.mean()),
+            hess_median=float(hess.median()),
+            hess_min=float(hess.min()),
+            hess_max=float(hess.max()),
         )
         return logs
 
@@ -331,8 +344,12 @@ class AdaLoRAIVON(AdaLoRA):
                 keep = masks[name]
                 e = layer.lora_E[ADAPTER_NAME][keep, 0]  # [k]
                 scaling = float(layer.scaling[ADAPTER_NAME]) / float(layer.ranknum[ADAPTER_NAME] + 1e-5)
-                modules[name] = LoraFactors(layer.lora_A[ADAPTER_NAME][keep], layer.lora_B[ADAPTER_NAME][:, keep] * e,
-                                            scaling, bool(getattr(layer, "fan_in_fan_out", False)))
+                modules[name] = LoraFactors(
+                    layer.lora_A[ADAPTER_NAME][keep],
+                    layer.lora_B[ADAPTER_NAME][:, keep] * e,
+                    scaling,
+                    bool(getattr(layer, "fan_in_fan_out", False)),
+                )
         if not any(f.A.shape[0] for f in modules.values()):
             return None
         return lora_export(model, modules)

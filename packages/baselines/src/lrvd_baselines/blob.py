@@ -53,10 +53,16 @@ class BLoBParams:
 
     init_eps: float = field(default=0.05, metadata={"help": "G ~ U(eps/sqrt(2), eps), posterior std = G^2 (bayes_eps)"})
     prior_std: float = field(default=0.2, metadata={"help": "prior std sigma_p of A (bayes_beta)"})
-    kl_lr: float = field(default=0.01, metadata={"help": "SGD lr of the KL / std step (bayes_kllr; RoBERTa scripts: 0.002)"})
-    kl_reweighting: bool = field(default=True, metadata={"help": "BLoB's cyclic 2^i KL weights (else 1/steps-per-epoch)"})
+    kl_lr: float = field(
+        default=0.01, metadata={"help": "SGD lr of the KL / std step (bayes_kllr; RoBERTa scripts: 0.002)"}
+    )
+    kl_reweighting: bool = field(
+        default=True, metadata={"help": "BLoB's cyclic 2^i KL weights (else 1/steps-per-epoch)"}
+    )
     gamma: float = field(default=8.0, metadata={"help": "KL cycle length K = 100 N^(pi/gamma) / batch (bayes_gamma)"})
-    n_samples: int = field(default=10, metadata={"help": "posterior samples at prediction (0: posterior mean, 'BLoB N=0')"})
+    n_samples: int = field(
+        default=10, metadata={"help": "posterior samples at prediction (0: posterior mean, 'BLoB N=0')"}
+    )
 
     def __post_init__(self) -> None:
         if self.init_eps <= 0 or self.prior_std <= 0 or self.gamma <= 0:
@@ -96,7 +102,9 @@ class BLoBLinear(nn.Module):
     def kl(self, prior_std: float) -> torch.Tensor:
         """Σ_{A entries} KL(N(μ, σ²) ‖ N(0, σ_p²)) = log(σ_p/σ) + (σ² + μ²)/(2σ_p²) − ½."""
         std = self.A_std().clamp(min=1e-12)
-        return (math.log(prior_std) - torch.log(std) + (std.square() + self.lora_A.square()) / (2 * prior_std**2) - 0.5).sum()
+        return (
+            math.log(prior_std) - torch.log(std) + (std.square() + self.lora_A.square()) / (2 * prior_std**2) - 0.5
+        ).sum()
 
     def is_sampling(self) -> bool:
         return self.training if self.sampling is None else bool(self.sampling)
@@ -146,7 +154,9 @@ class BLoB(MethodBase):
             raise LRVDError("blob does not support mixed_precision=fp16 (use bf16 or no)")
         self.spec, self.plan = spec, plan
         layers = replace_modules(
-            model.backbone, spec.target_modules, lambda base: BLoBLinear(base, spec.r, spec.scaling, self.params.init_eps)
+            model.backbone,
+            spec.target_modules,
+            lambda base: BLoBLinear(base, spec.r, spec.scaling, self.params.init_eps),
         )
         keep = {id(t) for layer in layers.values() for t in (layer.lora_A, layer.lora_A_std_sqrt, layer.lora_B)}
         freeze_all_but(model, keep | {id(t) for t in model.head_parameters()})
@@ -224,10 +234,15 @@ class BLoB(MethodBase):
         from lrvd.adapter_io import LoraFactors, lora_export, native_names
 
         names = native_names(model)
-        return lora_export(model, {
-            n: LoraFactors(m.lora_A, m.lora_B, m.scaling, m.fan_in_fan_out, names[id(m.lora_A)], names[id(m.lora_B)])
-            for n, m in blob_layers(model.backbone).items()
-        })
+        return lora_export(
+            model,
+            {
+                n: LoraFactors(
+                    m.lora_A, m.lora_B, m.scaling, m.fan_in_fan_out, names[id(m.lora_A)], names[id(m.lora_B)]
+                )
+                for n, m in blob_layers(model.backbone).items()
+            },
+        )
 
     def parameter_counts(self, model) -> dict[str, int]:
         """``variational`` = the stds G, one per entry of A."""

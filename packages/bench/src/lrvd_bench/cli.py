@@ -43,23 +43,36 @@ def build_parser() -> argparse.ArgumentParser:
     from lrvd_bench.provenance import suite_version
 
     parser = argparse.ArgumentParser(
-        prog="bench", description="Compare Bayesian low-rank adapter methods: methods × tasks × seeds as Ray Tune "
-        "trials, with accuracy, calibration, rank and cost.", epilog=EXAMPLES,
+        prog="bench",
+        description="Compare Bayesian low-rank adapter methods: methods × tasks × seeds as Ray Tune "
+        "trials, with accuracy, calibration, rank and cost.",
+        epilog=EXAMPLES,
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {suite_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a sweep (default config: configs/quickstart.yaml)",
-                         formatter_class=HelpFormatter, epilog=nested_keys_help(),
-                         description="Run a sweep. A flag left out keeps the config file's value; keys the config "
-                         "file leaves out take the built-in defaults listed below. --set key=value reaches any "
-                         "config key (dotted: train.lr, adapter.r, method_params.<method>.<name>).")
+    run = sub.add_parser(
+        "run",
+        help="run a sweep (default config: configs/quickstart.yaml)",
+        formatter_class=HelpFormatter,
+        epilog=nested_keys_help(),
+        description="Run a sweep. A flag left out keeps the config file's value; keys the config "
+        "file leaves out take the built-in defaults listed below. --set key=value reaches any "
+        "config key (dotted: train.lr, adapter.r, method_params.<method>.<name>).",
+    )
     run.add_argument("--config", help="YAML config (default: configs/quickstart.yaml)")
     add_flags(run)
     add_knob_flags(run, default_note="default: the config's")
-    run.add_argument("--set", dest="set_items", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                     help="override any config key, e.g. train.lr=5e-4 adapter.target_modules=[query,value]")
+    run.add_argument(
+        "--set",
+        dest="set_items",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. train.lr=5e-4 adapter.target_modules=[query,value]",
+    )
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep (only unfinished trials run)")
     run.add_argument("--retry-failed", action="store_true", help="with --resume: also re-run failed trials")
     run.add_argument("--dry-run", action="store_true", help="print the expanded trials and exit")
@@ -69,11 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", help="leaderboard CSV path (default: RUN_DIR/leaderboard.csv; .md beside it)")
     board.add_argument("--markdown", action="store_true", help="print the Markdown table")
     board.add_argument("--figures", action="store_true", help="also redraw RUN_DIR/figures")
-    board.add_argument("--reference", help="method the paired differences compare with (default: the run's "
-                                           "config key reference, else lora)")
+    board.add_argument(
+        "--reference",
+        help="method the paired differences compare with (default: the run's config key reference, else lora)",
+    )
 
-    analyze = sub.add_parser("analyze", help="post-hoc analyses of a run (rank dynamics, tau sweep, gauge, "
-                             "calibration, SNR): CSV + PNG under RUN_DIR/analysis")
+    analyze = sub.add_parser(
+        "analyze",
+        help="post-hoc analyses of a run (rank dynamics, tau sweep, gauge, "
+        "calibration, SNR): CSV + PNG under RUN_DIR/analysis",
+    )
     analyze.add_argument("run_dir", help="run directory, e.g. runs/quickstart-...")
     analyze.add_argument("--out", help="output folder (default: RUN_DIR/analysis)")
     analyze.add_argument("--only", help="comma-separated subset: rank_dynamics,tau_sweep,gauge,calibration,snr")
@@ -81,21 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lrvd_bench.cost.cli import add_arguments as add_cost_arguments  # stdlib-only import: --help stays fast
 
-    add_cost_arguments(sub.add_parser(
-        "cost", help="step time, peak memory, prediction cost of every registered method (interleaved)",
-        description="Measure every registered method on one backbone and batch shape in one process, "
-        "round-robin; or, with --ray-overhead RUN_DIR, a finished sweep's Ray Tune overhead."))
+    add_cost_arguments(
+        sub.add_parser(
+            "cost",
+            help="step time, peak memory, prediction cost of every registered method (interleaved)",
+            description="Measure every registered method on one backbone and batch shape in one process, "
+            "round-robin; or, with --ray-overhead RUN_DIR, a finished sweep's Ray Tune overhead.",
+        )
+    )
 
-    export = sub.add_parser("export", help="one trial's adapter as a self-contained folder (peft adapter, task head, "
-                            "sidecar, README model card)", formatter_class=HelpFormatter)
+    export = sub.add_parser(
+        "export",
+        help="one trial's adapter as a self-contained folder (peft adapter, task head, sidecar, README model card)",
+        formatter_class=HelpFormatter,
+    )
     export.add_argument("run_dir", help="run directory, e.g. runs/quickstart-...")
     export.add_argument("--method", required=True, help="method of the trial to export")
     export.add_argument("--seed", type=int, help="seed of the trial (default: the lowest finished seed)")
     export.add_argument("--out", required=True, help="output folder (new or empty)")
 
     methods = sub.add_parser("list-methods", help="registered adapter methods (--params: their hyper-parameters)")
-    methods.add_argument("--params", nargs="?", const="", default=None, metavar="METHOD",
-                         help="print every hyper-parameter (type, default, help) of METHOD, or of all methods")
+    methods.add_argument(
+        "--params",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="METHOD",
+        help="print every hyper-parameter (type, default, help) of METHOD, or of all methods",
+    )
     sub.add_parser("list-tasks", help="registered tasks")
     return parser
 
@@ -126,21 +157,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # -- commands ------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from lrvd_bench.cli_knobs import knob_overrides
     from lrvd_bench.config import default_config_path, flag_overrides, load_config, parse_set
     from lrvd_bench.errors import BenchError
-
-    from lrvd_bench.cli_knobs import knob_overrides
 
     overrides = {**parse_set(args.set_items), **flag_overrides(args), **knob_overrides(args)}
     if args.resume:
         extra = set(overrides) - {"address"}
         if extra or args.config:
-            raise BenchError("--resume continues a run with its saved config.yaml; drop "
-                             + ", ".join(sorted(extra | ({"--config"} if args.config else set()))))
+            raise BenchError(
+                "--resume continues a run with its saved config.yaml; drop "
+                + ", ".join(sorted(extra | ({"--config"} if args.config else set())))
+            )
         from lrvd_bench.runner import resume_sweep
 
-        return _report(resume_sweep(args.resume, retry_failed=args.retry_failed, address=overrides.get("address"),
-                                    command=args.command_line))
+        return _report(
+            resume_sweep(
+                args.resume, retry_failed=args.retry_failed, address=overrides.get("address"), command=args.command_line
+            )
+        )
     if args.retry_failed:
         raise BenchError("--retry-failed only makes sense with --resume RUN_DIR")
     path = args.config or default_config_path()
@@ -167,9 +202,25 @@ def _report(outcome) -> int:
 
 def board_text(board) -> str:
     """The leaderboard's main columns as a plain-text table."""
-    keys = [c for c in ("task", "method", "search_point", "n_seeds", "n_failed", "n_learned", "accuracy_mean",
-                        "accuracy_std", "ece_mean", "nll_mean", "brier_mean", "effective_rank_mean",
-                        "train_time_s_mean") if c in board.columns]
+    keys = [
+        c
+        for c in (
+            "task",
+            "method",
+            "search_point",
+            "n_seeds",
+            "n_failed",
+            "n_learned",
+            "accuracy_mean",
+            "accuracy_std",
+            "ece_mean",
+            "nll_mean",
+            "brier_mean",
+            "effective_rank_mean",
+            "train_time_s_mean",
+        )
+        if c in board.columns
+    ]
     return board[keys].to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
@@ -278,10 +329,16 @@ def _describe_without_import(registry, name: str) -> str:
     for node in tree.body if tree else []:
         if isinstance(node, ast.ClassDef) and node.name == attr:
             for item in node.body:
-                targets = item.targets if isinstance(item, ast.Assign) else (
-                    [item.target] if isinstance(item, ast.AnnAssign) else [])
-                if any(isinstance(t, ast.Name) and t.id == "description" for t in targets) and \
-                        isinstance(item.value, ast.Constant) and isinstance(item.value.value, str):
+                targets = (
+                    item.targets
+                    if isinstance(item, ast.Assign)
+                    else ([item.target] if isinstance(item, ast.AnnAssign) else [])
+                )
+                if (
+                    any(isinstance(t, ast.Name) and t.id == "description" for t in targets)
+                    and isinstance(item.value, ast.Constant)
+                    and isinstance(item.value.value, str)
+                ):
                     return item.value.value
             doc = ast.get_docstring(node)
             return doc.strip().splitlines()[0] if doc else ""

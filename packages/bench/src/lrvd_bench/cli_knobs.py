@@ -9,9 +9,9 @@ them). Each knob maps to the dotted config key that ``bench run --set`` would us
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 def csv_list(text: str) -> list[str]:
@@ -33,14 +33,21 @@ KNOBS: tuple[Knob, ...] = (
     Knob("--lr", "lr", float, "train.lr", "adapter learning rate (AdamW scale; IVON's own lr is a --param)", "LR"),
     Knob("--batch-size", "batch_size", int, "train.batch_size", "training examples per micro-batch", "N"),
     Knob("--rank", "rank", int, "adapter.r", "LoRA rank r (the initial rank of adaptive methods)", "R"),
-    Knob("--target-modules", "target_modules", csv_list, "adapter.target_modules",
-         "comma-separated module-name suffixes to adapt (peft semantics), e.g. query,value", "NAMES"),
+    Knob(
+        "--target-modules",
+        "target_modules",
+        csv_list,
+        "adapter.target_modules",
+        "comma-separated module-name suffixes to adapt (peft semantics), e.g. query,value",
+        "NAMES",
+    ),
 )
 PARAM_FLAG = "--param"
 
 
-def add_knob_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None,
-                   *, default_note: str = "") -> None:
+def add_knob_flags(
+    parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None, *, default_note: str = ""
+) -> None:
     """Add the shared flags to ``parser``.
 
     ``defaults`` maps a knob's ``dest`` to its default (``bench cost``'s built-in values); knobs
@@ -53,12 +60,19 @@ def add_knob_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] 
         help_text = knob.help + (f" [{knob.key}]" if knob.key else "")
         if default is None and default_note:
             help_text += f" ({default_note})"
-        parser.add_argument(knob.flag, dest=knob.dest, type=knob.parse, default=default, metavar=knob.metavar,
-                            help=help_text)
-    parser.add_argument(PARAM_FLAG, dest="param", action="extend", nargs="+", default=[],
-                        metavar="METHOD.KEY=VALUE",
-                        help="a method hyper-parameter, e.g. bayeslora.tau=2.5 (repeatable; "
-                             "`bench list-methods --params METHOD` lists them) [method_params.METHOD.KEY]")
+        parser.add_argument(
+            knob.flag, dest=knob.dest, type=knob.parse, default=default, metavar=knob.metavar, help=help_text
+        )
+    parser.add_argument(
+        PARAM_FLAG,
+        dest="param",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="a method hyper-parameter, e.g. bayeslora.tau=2.5 (repeatable; "
+        "`bench list-methods --params METHOD` lists them) [method_params.METHOD.KEY]",
+    )
 
 
 def parse_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -61,84 +61,159 @@ class ExperimentConfig:
     """
 
     methods: list[str] | str = field(
-        default="all", metadata={"help": "comma-separated method names, or 'all'", "flag": _csv})
+        default="all", metadata={"help": "comma-separated method names, or 'all'", "flag": _csv}
+    )
     tasks: list[str] = field(
-        default_factory=lambda: ["arc-e"], metadata={"help": "comma-separated task names", "flag": _csv})
+        default_factory=lambda: ["arc-e"], metadata={"help": "comma-separated task names", "flag": _csv}
+    )
     model: str = field(
-        default="minilm", metadata={"help": "backbone alias (minilm, smollm2-135m), HF id or local dir", "flag": str})
+        default="minilm", metadata={"help": "backbone alias (minilm, smollm2-135m), HF id or local dir", "flag": str}
+    )
     seeds: list[int] = field(
-        default_factory=lambda: [0], metadata={"help": "comma-separated seeds, e.g. 0,1,2", "flag": _csv_ints})
+        default_factory=lambda: [0], metadata={"help": "comma-separated seeds, e.g. 0,1,2", "flag": _csv_ints}
+    )
     adapter: AdapterConfig = field(
-        default_factory=AdapterConfig, metadata={"help": "adapter placement and rank (target_modules, r, alpha)"})
+        default_factory=AdapterConfig, metadata={"help": "adapter placement and rank (target_modules, r, alpha)"}
+    )
     train: TrainConfig = field(
-        default_factory=TrainConfig, metadata={"help": "optimisation settings shared by all methods"})
+        default_factory=TrainConfig, metadata={"help": "optimisation settings shared by all methods"}
+    )
     method_params: dict[str, dict[str, Any]] = field(
-        default_factory=dict, metadata={"help": "per-method hyper-parameters: {method: {name: value}}"})
+        default_factory=dict, metadata={"help": "per-method hyper-parameters: {method: {name: value}}"}
+    )
     data_dir: str | None = field(
-        default=None, metadata={"per_trial": True, "help": "directory with task data (default: bundled slices / HF cache)", "flag": str})
+        default=None,
+        metadata={
+            "per_trial": True,
+            "help": "directory with task data (default: bundled slices / HF cache)",
+            "flag": str,
+        },
+    )
     limit_train: int | None = field(
-        default=None, metadata={"per_trial": True, "help": "use at most N training examples", "flag": int})
+        default=None, metadata={"per_trial": True, "help": "use at most N training examples", "flag": int}
+    )
     limit_eval: int | None = field(
-        default=None, metadata={"per_trial": True, "help": "evaluate on at most N examples", "flag": int})
+        default=None, metadata={"per_trial": True, "help": "evaluate on at most N examples", "flag": int}
+    )
     validation_fraction: float = field(
         default=DEFAULT_VALIDATION_FRACTION,
-        metadata={"per_trial": True, "help": "fraction of the training examples held out once as the validation split every method "
-                          "shares (temperature scaling, Laplace grid search, checkpoint and hyper-parameter "
-                          "selection); every method trains on the rest; 0: none", "flag": float})
+        metadata={
+            "per_trial": True,
+            "help": "fraction of the training examples held out once as the validation split every method "
+            "shares (temperature scaling, Laplace grid search, checkpoint and hyper-parameter "
+            "selection); every method trains on the rest; 0: none",
+            "flag": float,
+        },
+    )
     split_seed: int = field(
-        default=0, metadata={"per_trial": True, "help": "seed of the data split (limit_train / limit_eval subsamples and the validation "
-                                     "split); not the trial seed, so every method and seed sees the same rows",
-                             "flag": int})
-    max_length: int = field(default=64, metadata={"per_trial": True, "help": "max tokens per (question, choice) sequence", "flag": int})
-    eval_batch_size: int = field(default=16, metadata={"per_trial": True, "help": "examples per evaluation batch", "flag": int})
+        default=0,
+        metadata={
+            "per_trial": True,
+            "help": "seed of the data split (limit_train / limit_eval subsamples and the validation "
+            "split); not the trial seed, so every method and seed sees the same rows",
+            "flag": int,
+        },
+    )
+    max_length: int = field(
+        default=64, metadata={"per_trial": True, "help": "max tokens per (question, choice) sequence", "flag": int}
+    )
+    eval_batch_size: int = field(
+        default=16, metadata={"per_trial": True, "help": "examples per evaluation batch", "flag": int}
+    )
     n_samples: int | None = field(
-        default=None, metadata={"per_trial": True, "help": "posterior samples at prediction (None: each method's default)", "flag": int})
-    device: str = field(default="auto", metadata={"per_trial": True, "help": "auto | cpu | cuda | cuda:N (inside each trial)", "flag": str})
+        default=None,
+        metadata={
+            "per_trial": True,
+            "help": "posterior samples at prediction (None: each method's default)",
+            "flag": int,
+        },
+    )
+    device: str = field(
+        default="auto",
+        metadata={"per_trial": True, "help": "auto | cpu | cuda | cuda:N (inside each trial)", "flag": str},
+    )
     load_in_8bit: bool = field(
-        default=False, metadata={"per_trial": True, "help": "frozen base weights in 8-bit (bitsandbytes, CUDA only; BLoB's LLaMA "
-                                         "scripts); needs uv sync --extra int8"})
+        default=False,
+        metadata={
+            "per_trial": True,
+            "help": "frozen base weights in 8-bit (bitsandbytes, CUDA only; BLoB's LLaMA "
+            "scripts); needs uv sync --extra int8",
+        },
+    )
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs reserved per trial", "flag": float})
     gpus_per_trial: float | None = field(
         default=None,
-        metadata={"help": "GPUs per trial, fractional allowed (default: 1 if the cluster has GPUs, else 0)",
-                  "flag": float})
+        metadata={
+            "help": "GPUs per trial, fractional allowed (default: 1 if the cluster has GPUs, else 0)",
+            "flag": float,
+        },
+    )
     max_concurrent_trials: int | None = field(
-        default=None, metadata={"help": "cap on trials running at once (default: as resources allow)", "flag": int})
+        default=None, metadata={"help": "cap on trials running at once (default: as resources allow)", "flag": int}
+    )
     num_cpus: int | None = field(
-        default=None, metadata={"help": "CPUs of the local Ray instance (ignored with --address)", "flag": int})
+        default=None, metadata={"help": "CPUs of the local Ray instance (ignored with --address)", "flag": int}
+    )
     address: str | None = field(
-        default=None, metadata={"help": "Ray cluster address, e.g. auto or HOST:PORT (default: start a local Ray)",
-                                "flag": str})
+        default=None,
+        metadata={"help": "Ray cluster address, e.g. auto or HOST:PORT (default: start a local Ray)", "flag": str},
+    )
     output: str | None = field(
-        default=None, metadata={"help": "run directory (default: runs/<config name>-<timestamp>)", "flag": str})
+        default=None, metadata={"help": "run directory (default: runs/<config name>-<timestamp>)", "flag": str}
+    )
     search_space: dict[str, dict[str, Any]] = field(
         default_factory=dict,
-        metadata={"help": "Ray Tune search spaces by dotted key, e.g. {train.lr: {loguniform: [1e-4, 1e-2]}}"})
-    num_samples: int = field(default=1, metadata={"help": "samples of the search space (Ray Tune num_samples)",
-                                                  "flag": int})
+        metadata={"help": "Ray Tune search spaces by dotted key, e.g. {train.lr: {loguniform: [1e-4, 1e-2]}}"},
+    )
+    num_samples: int = field(
+        default=1, metadata={"help": "samples of the search space (Ray Tune num_samples)", "flag": int}
+    )
     scheduler: str | None = field(
-        default=None, metadata={"help": "Ray Tune trial scheduler: fifo (default) | asha (stops trials early on the "
-                                        "validation metric; needs train.eval_every)"})
+        default=None,
+        metadata={
+            "help": "Ray Tune trial scheduler: fifo (default) | asha (stops trials early on the "
+            "validation metric; needs train.eval_every)"
+        },
+    )
     selection: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "per-method selection on the validation split before the final seeds: {search_space: "
-                          "{METHOD: {KEY: [values]}}, metric: val_nll | val_accuracy, seeds: [0]} "
-                          "(lrvd_bench.selection)"})
+        metadata={
+            "help": "per-method selection on the validation split before the final seeds: {search_space: "
+            "{METHOD: {KEY: [values]}}, metric: val_nll | val_accuracy, seeds: [0]} "
+            "(lrvd_bench.selection)"
+        },
+    )
     loggers: list[str] = field(
         default_factory=lambda: ["csv", "tensorboard"],
-        metadata={"help": "experiment trackers fed every log_every steps: " + ", ".join(LOGGERS)
-                          + " (mlflow, wandb: optional extras)", "flag": _csv})
+        metadata={
+            "help": "experiment trackers fed every log_every steps: "
+            + ", ".join(LOGGERS)
+            + " (mlflow, wandb: optional extras)",
+            "flag": _csv,
+        },
+    )
     reuse_actors: bool = field(
         default=False,
-        metadata={"help": "run successive trials in one Ray worker process: saves ~8 s of imports per trial; "
-                          "peak memory stays per trial, but on CPU a worker's first trial also carries one-time "
-                          "lazy initialisation (~25 MiB on MiniLM)"})
+        metadata={
+            "help": "run successive trials in one Ray worker process: saves ~8 s of imports per trial; "
+            "peak memory stays per trial, but on CPU a worker's first trial also carries one-time "
+            "lazy initialisation (~25 MiB on MiniLM)"
+        },
+    )
     reference: str = field(
         default=DEFAULT_REFERENCE,
-        metadata={"help": "method the leaderboard's paired differences (delta_* columns with paired-bootstrap "
-                          "intervals) compare every other method with", "flag": str})
-    save_adapter: bool = field(default=True, metadata={"per_trial": True, "help": "save each trial's adapter (safetensors)"})
-    save_predictions: bool = field(default=True, metadata={"per_trial": True, "help": "save each trial's eval probabilities (npz)"})
+        metadata={
+            "help": "method the leaderboard's paired differences (delta_* columns with paired-bootstrap "
+            "intervals) compare every other method with",
+            "flag": str,
+        },
+    )
+    save_adapter: bool = field(
+        default=True, metadata={"per_trial": True, "help": "save each trial's adapter (safetensors)"}
+    )
+    save_predictions: bool = field(
+        default=True, metadata={"per_trial": True, "help": "save each trial's eval probabilities (npz)"}
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -177,8 +252,9 @@ class ExperimentConfig:
         if self.device not in {"auto", "cpu", "cuda"} and not re.fullmatch(r"cuda:\d+", self.device):
             raise unknown_choice("device", self.device, ["auto", "cpu", "cuda", "cuda:N"])
         if self.load_in_8bit and self.device == "cpu":
-            raise BenchError("load_in_8bit needs a CUDA device (bitsandbytes int8 kernels); set device: cuda or "
-                             "load_in_8bit: false")
+            raise BenchError(
+                "load_in_8bit needs a CUDA device (bitsandbytes int8 kernels); set device: cuda or load_in_8bit: false"
+            )
         if self.scheduler not in (None, "fifo", "asha"):
             raise unknown_choice("scheduler", self.scheduler, ["fifo", "asha"])
         if self.scheduler == "asha" and not getattr(self.train, "eval_every", 0):
@@ -187,8 +263,9 @@ class ExperimentConfig:
             from lrvd_bench import selection
 
             if self.search_space:
-                raise BenchError("selection and search_space cannot be combined: put the grid under "
-                                 "selection.search_space.<method>")
+                raise BenchError(
+                    "selection and search_space cannot be combined: put the grid under selection.search_space.<method>"
+                )
             if self.validation_fraction <= 0:
                 raise BenchError("selection scores on the validation split: set validation_fraction > 0 (got 0)")
             selection.validate(self.selection, self.methods)
@@ -205,8 +282,10 @@ class ExperimentConfig:
             raise BenchError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.validation_fraction == 0.0:
             if self.train.eval_every:
-                raise BenchError(f"train.eval_every={self.train.eval_every} selects checkpoints on the validation "
-                                 "split; set validation_fraction > 0 (got 0) or eval_every to 0")
+                raise BenchError(
+                    f"train.eval_every={self.train.eval_every} selects checkpoints on the validation "
+                    "split; set validation_fraction > 0 (got 0) or eval_every to 0"
+                )
             self._check_no_method_needs_validation()
         if self.num_samples < 1:
             raise BenchError(f"num_samples must be >= 1, got {self.num_samples}")
@@ -224,8 +303,10 @@ class ExperimentConfig:
         for name in self.methods:
             method = get_method(name)(**self.method_params.get(name, {}))
             if method.needs_validation:
-                raise BenchError(f"method {name!r} fits on the validation split; set validation_fraction > 0 "
-                                 "(got 0) or drop the method")
+                raise BenchError(
+                    f"method {name!r} fits on the validation split; set validation_fraction > 0 "
+                    "(got 0) or drop the method"
+                )
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -247,15 +328,19 @@ class ExperimentConfig:
         """Search-space entries Ray Tune samples (everything but ``grid_search``)."""
         return {k: v for k, v in self.search_space.items() if "grid_search" not in v}
 
-    def expand(self) -> list["TrialSpec"]:
+    def expand(self) -> list[TrialSpec]:
         """One :class:`TrialSpec` per method × task × seed × grid point, in a stable order."""
         specs = []
         for method, task, point, seed in itertools.product(self.methods, self.tasks, self.grid_points(), self.seeds):
             train = dataclasses.asdict(self.train)
             train["seed"] = seed
             spec = TrialSpec(
-                method=method, task=task, model=self.model, seed=seed,
-                adapter=dataclasses.asdict(self.adapter), train=train,
+                method=method,
+                task=task,
+                model=self.model,
+                seed=seed,
+                adapter=dataclasses.asdict(self.adapter),
+                train=train,
                 method_params=dict(self.method_params.get(method, {})),
                 **{name: getattr(self, name) for name in PER_TRIAL},
             )
@@ -266,8 +351,11 @@ class ExperimentConfig:
 # -- trial spec ----------------------------------------------------------------------------------
 def _per_trial_fields() -> list[tuple[str, Any, Any]]:
     """``ExperimentConfig``'s fields marked ``per_trial``, re-declared (fresh ``Field`` objects)."""
-    return [(f.name, f.type, field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
-            for f in dataclasses.fields(ExperimentConfig) if f.metadata.get("per_trial")]
+    return [
+        (f.name, f.type, field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
+        for f in dataclasses.fields(ExperimentConfig)
+        if f.metadata.get("per_trial")
+    ]
 
 
 #: The settings every trial carries, with ExperimentConfig's defaults and help: a sweep sets them once
@@ -303,7 +391,7 @@ class TrialSpec(TrialSettings):
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrialSpec":
+    def from_dict(cls, data: dict[str, Any]) -> TrialSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -323,7 +411,7 @@ class TrialSpec(TrialSettings):
         """Stable, readable folder name: ``<method>-<task>-s<seed>-<hash8>``."""
         return f"{self.method}-{self.task}-s{self.seed}-{self.config_hash[:8]}"
 
-    def with_overrides(self, point: dict[str, Any]) -> "TrialSpec":
+    def with_overrides(self, point: dict[str, Any]) -> TrialSpec:
         """Apply a search-space point given by dotted keys (``train.lr``, ``adapter.r``,
         ``method_params.<method>.<name>``, or a top-level field such as ``max_length``)."""
         data = self.to_dict()
@@ -342,7 +430,7 @@ class TrialSpec(TrialSettings):
         data["search_point"] = {**self.search_point, **point}
         return TrialSpec.from_dict(data)
 
-    def with_stage(self, stage: str) -> "TrialSpec":
+    def with_stage(self, stage: str) -> TrialSpec:
         return dataclasses.replace(self, stage=stage)
 
     def build_adapter(self) -> AdapterConfig:
@@ -394,8 +482,12 @@ def _number_or_value(value: Any) -> Any:
 def _coerce(value: Any, annotation: str, key: str) -> Any:
     """Convert YAML/CLI text to the field's declared scalar type; a bad value is a one-line error."""
     if value is None or not isinstance(value, str):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and annotation.startswith("int") \
-                and float(value).is_integer():
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and annotation.startswith("int")
+            and float(value).is_integer()
+        ):
             return int(value)
         return value
     text = value.strip()
@@ -440,7 +532,8 @@ def check_search_key(key: str, where: str = "search_space") -> None:
         raise BenchError(
             f"unknown {where} key {key!r}; use train.<field>, adapter.<field>, method_params.<method>.<name>, "
             "or max_length / limit_train / eval_batch_size / n_samples (the data split keys "
-            + ", ".join(SWEEP_WIDE) + " are fixed for the whole sweep)"
+            + ", ".join(SWEEP_WIDE)
+            + " are fixed for the whole sweep)"
         )
 
 
@@ -591,9 +684,14 @@ def add_flags(parser: Any) -> None:
         parse = f.metadata.get("flag")
         if parse is None:
             continue
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=parse, default=None,
-                            help=f.metadata["help"] + ("" if field_default(f) is None
-                                                       else f" (built-in default: {_shown(field_default(f))})"))
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=parse,
+            default=None,
+            help=f.metadata["help"]
+            + ("" if field_default(f) is None else f" (built-in default: {_shown(field_default(f))})"),
+        )
     for dest, (_, parse, help_text) in SHORTCUT_FLAGS.items():
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, type=parse, default=None, help=help_text)
 
@@ -601,13 +699,18 @@ def add_flags(parser: Any) -> None:
 def nested_keys_help() -> str:
     """The ``train.*`` and ``adapter.*`` keys with type, built-in default and help (``bench run --help``)."""
     lines = ["config keys shared by all methods (YAML, or --set KEY=VALUE; built-in defaults):"]
-    rows = [(f"{prefix}.{f.name}", str(f.type).replace("typing.", ""), _shown(field_default(f)),
-             f.metadata.get("help", "")) for prefix, cls in NESTED.items() for f in dataclasses.fields(cls)]
+    rows = [
+        (f"{prefix}.{f.name}", str(f.type).replace("typing.", ""), _shown(field_default(f)), f.metadata.get("help", ""))
+        for prefix, cls in NESTED.items()
+        for f in dataclasses.fields(cls)
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for key, kind, default, help_text in rows:
         lines.append(f"  {key:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {help_text}")
-    lines.append("method hyper-parameters: `bench list-methods --params [METHOD]`; set them with "
-                 "--param METHOD.KEY=VALUE or --set method_params.METHOD.KEY=VALUE")
+    lines.append(
+        "method hyper-parameters: `bench list-methods --params [METHOD]`; set them with "
+        "--param METHOD.KEY=VALUE or --set method_params.METHOD.KEY=VALUE"
+    )
     return "\n".join(lines)
 
 

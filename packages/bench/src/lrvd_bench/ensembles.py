@@ -77,9 +77,9 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
     """Write result.json (or error.json) for each reused ensemble from its members' files."""
     import numpy as np
     import torch
+
     from lrvd.metrics import classification_metrics
     from lrvd_baselines.lora_ensemble import ensemble_probs
-
     from lrvd_bench.trial import _identity, _jsonable, learned_flag
 
     trials = Path(run_dir) / "trials"
@@ -99,8 +99,11 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
                 with np.load(npz) as f:
                     preds.append((torch.as_tensor(f["probs"]), torch.as_tensor(f["labels"])))
         if len(rows) < len(member_ids):
-            error = {**_identity(spec), "status": "failed",
-                     "error": f"ensemble members did not all finish: {', '.join(member_ids)}"}
+            error = {
+                **_identity(spec),
+                "status": "failed",
+                "error": f"ensemble members did not all finish: {', '.join(member_ids)}",
+            }
             _write(folder / "error.json", _jsonable(error))
             continue
         probs, labels = ensemble_probs([p for p, _ in preds]), preds[0][1]
@@ -116,11 +119,18 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
         row = {
             **rows[0],  # shared facts: data, device, versions
             **_identity(spec),
-            "status": "ok", "error": "", **metrics,
-            "learned": learned, "final_train_loss": final_loss, "final_train_nll": final_nll, "uniform_loss": uniform_loss,
+            "status": "ok",
+            "error": "",
+            **metrics,
+            "learned": learned,
+            "final_train_loss": final_loss,
+            "final_train_nll": final_nll,
+            "uniform_loss": uniform_loss,
             "majority_accuracy": majority,
-            "effective_rank": sum(ranks.values()) if ranks else None, "rank_per_module": ranks,
-            "trainable_params": sum(int(r["trainable_params"]) for r in rows), "variational_params": 0,
+            "effective_rank": sum(ranks.values()) if ranks else None,
+            "rank_per_module": ranks,
+            "trainable_params": sum(int(r["trainable_params"]) for r in rows),
+            "variational_params": 0,
             "train_time_s": sum(r["train_time_s"] for r in rows),
             "time_per_step_s": sum(r["time_per_step_s"] for r in rows),
             "posthoc_time_s": sum(r.get("posthoc_time_s") or 0.0 for r in rows),

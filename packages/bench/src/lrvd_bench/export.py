@@ -47,13 +47,16 @@ def find_trial(run_dir: str | Path, method: str, seed: int | None = None) -> Pat
             found.append((int(spec["seed"]), trial.name, trial))
     if not found:
         wanted = f"method {method!r}" + (f" with seed {seed}" if seed is not None else "")
-        raise BenchError(f"{run_dir} has no finished trial with a saved adapter for {wanted}; available: "
-                         + (", ".join(sorted(available)) or "none"))
+        raise BenchError(
+            f"{run_dir} has no finished trial with a saved adapter for {wanted}; available: "
+            + (", ".join(sorted(available)) or "none")
+        )
     return min(found)[2]
 
 
-def bootstrap_intervals(probs: Any, labels: Any, n_boot: int = N_BOOT, level: float = 0.95, seed: int = 0
-                        ) -> dict[str, tuple[float, float, float]]:
+def bootstrap_intervals(
+    probs: Any, labels: Any, n_boot: int = N_BOOT, level: float = 0.95, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
     """metric -> (value, low, high): percentile bootstrap over evaluation examples (seeded)."""
     import torch
 
@@ -124,8 +127,14 @@ def export_trial(trial_dir: str | Path, out: str | Path, *, n_boot: int = N_BOOT
     return out
 
 
-def model_card(spec: dict[str, Any], result: dict[str, Any], meta: dict[str, Any],
-               intervals: dict[str, tuple[float, float, float]] | None, folders: list[str], heads: list[str]) -> str:
+def model_card(
+    spec: dict[str, Any],
+    result: dict[str, Any],
+    meta: dict[str, Any],
+    intervals: dict[str, tuple[float, float, float]] | None,
+    folders: list[str],
+    heads: list[str],
+) -> str:
     """The README model card (Markdown with the hub's YAML front matter)."""
     from lrvd_bench.provenance import suite_commit, suite_version
 
@@ -147,9 +156,11 @@ def model_card(spec: dict[str, Any], result: dict[str, Any], meta: dict[str, Any
         "",
         f"Trained and evaluated by the Bayesian low-rank adapter comparison suite (`bench run`), exported with "
         f"`bench export`. Method: **{method}**"
-        + (f" ({meta.get('description')})" if meta.get("description") else "") + ".",
+        + (f" ({meta.get('description')})" if meta.get("description") else "")
+        + ".",
         "",
-        "| | |", "|---|---|",
+        "| | |",
+        "|---|---|",
         f"| method | `{method}` |",
         f"| base model | `{model}` |",
         f"| task | `{task}` |",
@@ -159,21 +170,29 @@ def model_card(spec: dict[str, Any], result: dict[str, Any], meta: dict[str, Any
         f"prediction seed {evaluation.get('seed')} |",
         f"| suite | lrvd-bench {versions.get('lrvd-bench') or suite_version()}, commit "
         f"`{result.get('suite_commit') or 'not recorded'}` (export: {suite_version()}, `{suite_commit()}`) |",
-        f"| libraries | " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + " |",
+        "| libraries | " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + " |",
         "",
         "## Metrics",
         "",
     ]
     if intervals:
-        lines += ["95 % percentile-bootstrap intervals over the evaluation examples "
-                  f"({N_BOOT} resamples; the spread of one seed's predictions, not across seeds).", "",
-                  "| metric | value | 95 % interval |", "|---|---|---|"]
+        lines += [
+            "95 % percentile-bootstrap intervals over the evaluation examples "
+            f"({N_BOOT} resamples; the spread of one seed's predictions, not across seeds).",
+            "",
+            "| metric | value | 95 % interval |",
+            "|---|---|---|",
+        ]
         lines += [f"| {m} | {v:.4f} | [{lo:.4f}, {hi:.4f}] |" for m, (v, lo, hi) in intervals.items()]
     else:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {m} | {result[m]:.4f} |" for m in METRICS if isinstance(result.get(m), (int, float))]
-    lines += ["", f"Effective rank {result.get('effective_rank')}; trainable parameters "
-              f"{result.get('trainable_params')}; variational parameters {result.get('variational_params')}.", ""]
+    lines += [
+        "",
+        f"Effective rank {result.get('effective_rank')}; trainable parameters "
+        f"{result.get('trainable_params')}; variational parameters {result.get('variational_params')}.",
+        "",
+    ]
     lines += [
         "## Load it",
         "",
@@ -211,8 +230,14 @@ def model_card(spec: dict[str, Any], result: dict[str, Any], meta: dict[str, Any
         "## Configuration",
         "",
         "```json",
-        json.dumps({k: spec[k] for k in ("adapter", "train", "method_params", "max_length", "limit_train",
-                                         "limit_eval", "n_samples") if k in spec}, indent=2),
+        json.dumps(
+            {
+                k: spec[k]
+                for k in ("adapter", "train", "method_params", "max_length", "limit_train", "limit_eval", "n_samples")
+                if k in spec
+            },
+            indent=2,
+        ),
         "```",
         "",
     ]

@@ -47,8 +47,9 @@ def grid_shape(n_panels: int, per_row: int = MAX_PER_ROW) -> tuple[int, int]:
     return -(-max(1, n_panels) // cols), cols
 
 
-def reliability_grid(pooled: dict[str, tuple[Any, Any]], titles: dict[str, str], suptitle: str,
-                     n_bins: int = 15) -> Any:
+def reliability_grid(
+    pooled: dict[str, tuple[Any, Any]], titles: dict[str, str], suptitle: str, n_bins: int = 15
+) -> Any:
     """One reliability diagram per method (at most 3 per row), each over a strip of its per-bin counts.
 
     ``pooled``: method → (probs [N, C], labels [N]); bins, accuracies and counts come from
@@ -56,6 +57,7 @@ def reliability_grid(pooled: dict[str, tuple[Any, Any]], titles: dict[str, str],
     """
     import numpy as np
     import torch
+
     from lrvd.metrics import calibration_bins
 
     plt = pyplot()
@@ -70,8 +72,9 @@ def reliability_grid(pooled: dict[str, tuple[Any, Any]], titles: dict[str, str],
         probs, labels = (torch.as_tensor(np.asarray(x)) for x in pooled[method])
         counts, conf, acc = (t.numpy() for t in calibration_bins(probs.double(), labels.long(), n_bins))
         filled = counts > 0
-        ax.bar(edges[:-1][filled], acc[filled], width=1 / n_bins, align="edge", edgecolor="black",
-               linewidth=0.5, alpha=0.8)
+        ax.bar(
+            edges[:-1][filled], acc[filled], width=1 / n_bins, align="edge", edgecolor="black", linewidth=0.5, alpha=0.8
+        )
         ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
         ax.scatter(conf[filled], acc[filled], s=8, color="black", zorder=3)
         ax.set(xlim=(0, 1), ylim=(0, 1), xticklabels=[])
@@ -99,8 +102,9 @@ def rank_curve_grid(curves: dict[str, Any], suptitle: str) -> Any:
     plt = pyplot()
     methods = list(curves)
     rows, cols = grid_shape(len(methods))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.5 * rows + 0.4), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.3 * cols, 2.5 * rows + 0.4), sharex=True, sharey=True, squeeze=False
+    )
     for i, method in enumerate(methods):
         ax, g = axes[i // cols][i % cols], curves[method].sort_values("step")
         color = f"C{i % 10}"

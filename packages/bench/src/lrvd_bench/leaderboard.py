@@ -24,10 +24,20 @@ from typing import Any
 
 #: Metrics aggregated as ``<name>_mean`` and ``<name>_std`` over seeds, with higher_is_better.
 METRICS: dict[str, bool | None] = {
-    "accuracy": True, "ece": False, "nll": False, "brier": False, "mcc": True,
-    "effective_rank": None, "trainable_params": None, "variational_params": None,
-    "train_time_s": False, "time_per_step_s": False, "posthoc_time_s": False, "eval_time_s": False,
-    "peak_memory_mb": False, "final_train_loss": False,
+    "accuracy": True,
+    "ece": False,
+    "nll": False,
+    "brier": False,
+    "mcc": True,
+    "effective_rank": None,
+    "trainable_params": None,
+    "variational_params": None,
+    "train_time_s": False,
+    "time_per_step_s": False,
+    "posthoc_time_s": False,
+    "eval_time_s": False,
+    "peak_memory_mb": False,
+    "final_train_loss": False,
 }
 
 #: The method every other method is compared with (``delta_*`` columns) unless the config names another.
@@ -42,7 +52,7 @@ COLUMNS: dict[str, str] = {
     "n_seeds": "successful seeds aggregated in this row",
     "n_failed": "seeds that crashed (see trials.csv for the error)",
     "n_learned": "seeds whose final training NLL (without KL terms) fell below ln(#choices) and whose "
-                 "accuracy beat the majority class by 2 binomial standard errors",
+    "accuracy beat the majority class by 2 binomial standard errors",
     "accuracy_mean": "top-1 accuracy on the evaluation split (mean over seeds)",
     "accuracy_std": "standard deviation over seeds (ddof=1)",
     "accuracy_se_eval": "binomial standard error of accuracy_mean from the evaluation-set size: √(p(1−p)/n_eval)",
@@ -58,33 +68,70 @@ COLUMNS: dict[str, str] = {
     "posthoc_time_s_mean": "after_training time (e.g. the Laplace fit), seconds",
     "eval_time_s_mean": "prediction time on the evaluation split (× posterior samples), seconds",
     "peak_memory_mb_mean": "peak CUDA memory allocated, or on CPU the peak RSS above the trial start "
-                           "(after imports), MiB",
+    "(after imports), MiB",
     "final_train_loss_mean": "smoothed training loss at the last step",
     "reference": "the method the delta_* columns compare with (config key reference, default lora)",
     "delta_accuracy": "paired difference method − reference in accuracy: mean over the seeds both ran of the "
-                      "per-seed difference on the same evaluation questions (empty on the reference's own row)",
+    "per-seed difference on the same evaluation questions (empty on the reference's own row)",
     "delta_accuracy_lo": "lower end of the 95 % paired-bootstrap interval of delta_accuracy (1000 resamples of "
-                         "the evaluation questions, seeds kept paired, percentile interval)",
+    "the evaluation questions, seeds kept paired, percentile interval)",
     "delta_accuracy_hi": "upper end of that interval; an interval that excludes 0 is marked * in leaderboard.md",
     "delta_ece": "paired difference in ECE (negative: better calibrated than the reference); _lo/_hi as for accuracy",
     "delta_nll": "paired difference in NLL (negative: better); delta_nll_lo / delta_nll_hi its 95 % interval",
-    "delta_brier": "paired difference in Brier score (negative: better); "
-                   "delta_brier_lo / delta_brier_hi its interval",
+    "delta_brier": "paired difference in Brier score (negative: better); delta_brier_lo / delta_brier_hi its interval",
     "delta_n_seeds": "seeds paired in the delta_* columns (seeds both the method and the reference completed)",
     "n_eval": "evaluation examples (the task's evaluation split, after limit_eval)",
     "n_train": "examples the methods trained on: the training split (after limit_train) minus the validation split",
     "n_val": "validation examples: validation_fraction of the training split, held out once per sweep (split_seed) "
-             "and shared by every method (temperature scaling, Laplace grid search, checkpoint and "
-             "hyper-parameter selection); never part of n_train or n_eval",
+    "and shared by every method (temperature scaling, Laplace grid search, checkpoint and "
+    "hyper-parameter selection); never part of n_train or n_eval",
 }
 
 TRIAL_COLUMNS = [
-    "trial_id", "method", "task", "model", "seed", "status", "error", "accuracy", "ece", "nll", "brier", "mcc",
-    "learned", "final_train_loss", "final_train_nll", "uniform_loss", "majority_accuracy", "effective_rank",
-    "trainable_params", "variational_params", "steps", "best_step", "train_time_s", "time_per_step_s",
-    "posthoc_time_s", "eval_time_s", "peak_memory_mb", "n_train", "n_val", "n_eval", "n_samples", "split_note",
-    "data_source", "device", "device_name", "node", "hostname", "gpu_ids", "node_id", "config_hash", "search_point",
-    "rank_per_module", "versions", "wall_time_s",
+    "trial_id",
+    "method",
+    "task",
+    "model",
+    "seed",
+    "status",
+    "error",
+    "accuracy",
+    "ece",
+    "nll",
+    "brier",
+    "mcc",
+    "learned",
+    "final_train_loss",
+    "final_train_nll",
+    "uniform_loss",
+    "majority_accuracy",
+    "effective_rank",
+    "trainable_params",
+    "variational_params",
+    "steps",
+    "best_step",
+    "train_time_s",
+    "time_per_step_s",
+    "posthoc_time_s",
+    "eval_time_s",
+    "peak_memory_mb",
+    "n_train",
+    "n_val",
+    "n_eval",
+    "n_samples",
+    "split_note",
+    "data_source",
+    "device",
+    "device_name",
+    "node",
+    "hostname",
+    "gpu_ids",
+    "node_id",
+    "config_hash",
+    "search_point",
+    "rank_per_module",
+    "versions",
+    "wall_time_s",
 ]
 """Columns of ``trials.csv`` in order (one row per trial; dict-valued fields as JSON strings)."""
 
@@ -111,11 +158,13 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
         else:
             spec_file = folder / "spec.json"
             spec = TrialSpec.from_dict(json.loads(spec_file.read_text())) if spec_file.is_file() else None
-            rows.append({**_identity(folder.name, spec), "status": "incomplete",
-                         "error": "trial started but did not finish"})
+            rows.append(
+                {**_identity(folder.name, spec), "status": "incomplete", "error": "trial started but did not finish"}
+            )
     specs_file, config_file = run_dir / "specs.json", run_dir / "config.yaml"
     sampled = config_file.is_file() and any(
-        "grid_search" not in v for v in (read_yaml(config_file).get("search_space") or {}).values())
+        "grid_search" not in v for v in (read_yaml(config_file).get("search_space") or {}).values()
+    )
     if specs_file.is_file() and not sampled:  # with random search the trial ids are only known once sampled
         for data in json.loads(specs_file.read_text()):
             spec = TrialSpec.from_dict(data)
@@ -129,17 +178,23 @@ def _identity(trial_id: str, spec: Any) -> dict[str, Any]:
         return {"trial_id": trial_id}
     from lrvd_bench.config import portable_model_name
 
-    return {"trial_id": spec.trial_id, "method": spec.method, "task": spec.task,
-            "model": portable_model_name(spec.model),
-            "seed": spec.seed, "config_hash": spec.config_hash}
+    return {
+        "trial_id": spec.trial_id,
+        "method": spec.method,
+        "task": spec.task,
+        "model": portable_model_name(spec.model),
+        "seed": spec.seed,
+        "config_hash": spec.config_hash,
+    }
 
 
 def rows_frame(rows: list[dict[str, Any]]):
     """trials.csv as a DataFrame: :data:`TRIAL_COLUMNS` first, dict values as JSON strings."""
     import pandas as pd
 
-    flat = [{k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in r.items()}
-            for r in rows]
+    flat = [
+        {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in r.items()} for r in rows
+    ]
     frame = pd.DataFrame(flat)
     for column in TRIAL_COLUMNS:
         if column not in frame.columns:
@@ -149,8 +204,9 @@ def rows_frame(rows: list[dict[str, Any]]):
 
 
 # -- aggregation ---------------------------------------------------------------------------------
-def build_leaderboard(rows: list[dict[str, Any]], run_dir: str | Path | None = None,
-                      reference: str = DEFAULT_REFERENCE):
+def build_leaderboard(
+    rows: list[dict[str, Any]], run_dir: str | Path | None = None, reference: str = DEFAULT_REFERENCE
+):
     """One row per task × method × model (× search point): mean ± std over successful seeds, and
     with ``run_dir`` (the trials' ``predictions.npz``) each row's paired differences from ``reference``.
 
@@ -187,8 +243,9 @@ def build_leaderboard(rows: list[dict[str, Any]], run_dir: str | Path | None = N
     board = pd.DataFrame(out, columns=columns)
     board = add_paired_deltas(board, frame, run_dir, reference)
     if not board.empty:
-        board = board.sort_values(["task", "accuracy_mean", "method"], ascending=[True, False, True],
-                                  na_position="last").reset_index(drop=True)
+        board = board.sort_values(
+            ["task", "accuracy_mean", "method"], ascending=[True, False, True], na_position="last"
+        ).reset_index(drop=True)
     if not (board["search_point"] != "").any():
         board = board.drop(columns=["search_point"])
     return board
@@ -239,16 +296,18 @@ def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
         if row["method"] == reference:
             continue
         ref_points = {k[3]: v for k, v in seeds_of.items() if k[:3] == (row["task"], reference, row["model"])}
-        ref_ids = ref_points.get(row["search_point"]) or (next(iter(ref_points.values())) if len(ref_points) == 1
-                                                          else None)
+        ref_ids = ref_points.get(row["search_point"]) or (
+            next(iter(ref_points.values())) if len(ref_points) == 1 else None
+        )
         own_ids = seeds_of.get((row["task"], row["method"], row["model"], row["search_point"]), {})
         if not ref_ids or not own_ids:
             continue
         own = {s: scored(t, row["task"]) for s, t in own_ids.items()}
         ref = {s: scored(t, row["task"]) for s, t in ref_ids.items()}
         try:
-            deltas = paired_deltas({s: v for s, v in own.items() if v is not None},
-                                   {s: v for s, v in ref.items() if v is not None})
+            deltas = paired_deltas(
+                {s: v for s, v in own.items() if v is not None}, {s: v for s, v in ref.items() if v is not None}
+            )
         except ValueError:  # no shared seed with predictions, or different questions
             continue
         for metric, d in deltas.items():
@@ -267,9 +326,16 @@ def _pm(mean: float, std: float, digits: int) -> str:
 
 
 MARKDOWN_COLUMNS = [
-    ("accuracy", "acc", 3), ("ece", "ECE", 3), ("nll", "NLL", 3), ("brier", "Brier", 3), ("mcc", "MCC", 3),
-    ("effective_rank", "eff. rank", 1), ("trainable_params", "trainable", 0), ("train_time_s", "train s", 1),
-    ("eval_time_s", "eval s", 1), ("peak_memory_mb", "peak MiB", 0),
+    ("accuracy", "acc", 3),
+    ("ece", "ECE", 3),
+    ("nll", "NLL", 3),
+    ("brier", "Brier", 3),
+    ("mcc", "MCC", 3),
+    ("effective_rank", "eff. rank", 1),
+    ("trainable_params", "trainable", 0),
+    ("train_time_s", "train s", 1),
+    ("eval_time_s", "eval s", 1),
+    ("peak_memory_mb", "peak MiB", 0),
 ]
 
 
@@ -291,12 +357,17 @@ def to_markdown(board) -> str:
         cells += [_pm(row[f"{m}_mean"], row[f"{m}_std"], d) for m, _, d in MARKDOWN_COLUMNS]
         cells.insert(header.index("acc SE"), _pm(row.get("accuracy_se_eval", math.nan), None, 3))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    notes = ["", "Mean ± std over seeds (ddof=1). acc SE = binomial standard error of the accuracy from the "
-             "evaluation-set size, √(p(1−p)/n_eval). † = seeds that did not learn: final training NLL (the KL "
-             "terms of BayesLoRA and BLoB left out) ≥ ln(#choices), or accuracy not above the majority "
-             "class m by 2 standard errors, m + 2·√(m(1−m)/n_eval). ECE: 15 bins, 0-1 scale."]
-    notes += [f"Rows per stage, {task}: {n_train} training / {n_val} validation / {n_eval} evaluation."
-              for task, n_train, n_val, n_eval in _stage_sizes(board)]
+    notes = [
+        "",
+        "Mean ± std over seeds (ddof=1). acc SE = binomial standard error of the accuracy from the "
+        "evaluation-set size, √(p(1−p)/n_eval). † = seeds that did not learn: final training NLL (the KL "
+        "terms of BayesLoRA and BLoB left out) ≥ ln(#choices), or accuracy not above the majority "
+        "class m by 2 standard errors, m + 2·√(m(1−m)/n_eval). ECE: 15 bins, 0-1 scale.",
+    ]
+    notes += [
+        f"Rows per stage, {task}: {n_train} training / {n_val} validation / {n_eval} evaluation."
+        for task, n_train, n_val, n_eval in _stage_sizes(board)
+    ]
     return "\n".join(lines + notes + paired_markdown(board)) + "\n"
 
 
@@ -319,10 +390,15 @@ def paired_markdown(board) -> list[str]:
     search = "search_point" in board.columns
     header = ["task", "method"] + (["search point"] if search else []) + ["paired seeds"]
     header += [labels[m] for m in PAIRED_METRICS]
-    lines = ["", f"Paired differences from {reference} (method − {reference}; {LEVEL:.0%} paired-bootstrap "
-             f"interval: {N_RESAMPLES} resamples of the evaluation questions, seeds kept paired; "
-             "* = the interval excludes 0; accuracy up is better, ECE/NLL/Brier down is better):", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        "",
+        f"Paired differences from {reference} (method − {reference}; {LEVEL:.0%} paired-bootstrap "
+        f"interval: {N_RESAMPLES} resamples of the evaluation questions, seeds kept paired; "
+        "* = the interval excludes 0; accuracy up is better, ECE/NLL/Brier down is better):",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for _, row in board.iterrows():
         if row["method"] == reference or math.isnan(row["delta_accuracy"]):
             continue
@@ -349,8 +425,13 @@ def run_reference(run_dir: str | Path) -> str:
     return str((read_yaml(config) if config.is_file() else {}).get("reference") or DEFAULT_REFERENCE)
 
 
-def write_leaderboard(rows: list[dict[str, Any]], run_dir: str | Path, csv_path: str | Path | None = None,
-                      md_path: str | Path | None = None, reference: str | None = None):
+def write_leaderboard(
+    rows: list[dict[str, Any]],
+    run_dir: str | Path,
+    csv_path: str | Path | None = None,
+    md_path: str | Path | None = None,
+    reference: str | None = None,
+):
     """Write ``leaderboard.csv`` and ``leaderboard.md`` (atomically) and return the DataFrame.
 
     ``reference`` (default: the run's config, else ``lora``) is the method the paired differences
@@ -360,8 +441,10 @@ def write_leaderboard(rows: list[dict[str, Any]], run_dir: str | Path, csv_path:
     board = build_leaderboard(rows, run_dir, reference or run_reference(run_dir))
     csv_path = Path(csv_path) if csv_path else run_dir / "leaderboard.csv"
     md_path = Path(md_path) if md_path else csv_path.with_suffix(".md")
-    for path, write in ((csv_path, lambda p: board.to_csv(p, index=False)),
-                        (md_path, lambda p: Path(p).write_text(to_markdown(board)))):
+    for path, write in (
+        (csv_path, lambda p: board.to_csv(p, index=False)),
+        (md_path, lambda p: Path(p).write_text(to_markdown(board))),
+    ):
         tmp = path.with_name(path.name + ".tmp")
         write(tmp)
         os.replace(tmp, path)

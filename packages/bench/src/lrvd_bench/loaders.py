@@ -242,21 +242,42 @@ def make_loaders(
     pad_id = backbone.tokenizer.pad_token_id
     collate = Collator(backbone.kind, 0 if pad_id is None else pad_id, task.n_classes)
     train_loader = DataLoader(
-        EncodedDataset(train_items), batch_size=batch_size, shuffle=True, collate_fn=collate,
-        generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
-    )
-    eval_loader = DataLoader(
-        EncodedDataset(eval_items), batch_size=eval_batch_size, shuffle=False, collate_fn=collate,
+        EncodedDataset(train_items),
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
-    ) if with_eval else None
+    )
+    eval_loader = (
+        DataLoader(
+            EncodedDataset(eval_items),
+            batch_size=eval_batch_size,
+            shuffle=False,
+            collate_fn=collate,
+            num_workers=num_workers,
+        )
+        if with_eval
+        else None
+    )
     val_loader = None
     if val_items:
         val_loader = DataLoader(
-            EncodedDataset(val_items), batch_size=eval_batch_size, shuffle=False, collate_fn=collate,
+            EncodedDataset(val_items),
+            batch_size=eval_batch_size,
+            shuffle=False,
+            collate_fn=collate,
             num_workers=num_workers,
         )
     return TaskData(
-        train_loader=train_loader, eval_loader=eval_loader, n_train=len(train_items), n_eval=len(eval_items),
-        split_note=task.split_note(data_dir, source, split_seed), source=src.describe(),
-        n_classes=task.n_classes, tokenize_seconds=seconds, val_loader=val_loader, n_val=len(val_items),
+        train_loader=train_loader,
+        eval_loader=eval_loader,
+        n_train=len(train_items),
+        n_eval=len(eval_items),
+        split_note=task.split_note(data_dir, source, split_seed),
+        source=src.describe(),
+        n_classes=task.n_classes,
+        tokenize_seconds=seconds,
+        val_loader=val_loader,
+        n_val=len(val_items),
     )

@@ -25,8 +25,14 @@ def param_rows(method_name: str) -> list[dict[str, Any]]:
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = "(required)"
-        rows.append({"name": f.name, "type": str(f.type).replace("typing.", ""), "default": default,
-                     "help": f.metadata.get("help", "")})
+        rows.append(
+            {
+                "name": f.name,
+                "type": str(f.type).replace("typing.", ""),
+                "default": default,
+                "help": f.metadata.get("help", ""),
+            }
+        )
     return rows
 
 

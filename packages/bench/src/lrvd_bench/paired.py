@@ -66,8 +66,11 @@ def score_trial(probs: Any, labels: Any, resamples: np.ndarray, n_bins: int = N_
     labels_t = torch.as_tensor(np.asarray(labels).astype(np.int64))
     index = torch.as_tensor(resamples)
     point, resampled = {}, {}
-    for name, per_example in (("accuracy", per_example_correct), ("nll", per_example_nll),
-                              ("brier", per_example_brier)):
+    for name, per_example in (
+        ("accuracy", per_example_correct),
+        ("nll", per_example_nll),
+        ("brier", per_example_brier),
+    ):
         values = per_example(probs_t, labels_t)  # [n]
         point[name] = float(values.mean())
         resampled[name] = values[index].mean(-1).numpy()  # [B]
@@ -91,8 +94,9 @@ class PairedDelta:
         return bool(self.lo > 0 or self.hi < 0)
 
 
-def paired_deltas(method: dict[int, TrialScores], reference: dict[int, TrialScores],
-                  level: float = LEVEL) -> dict[str, PairedDelta]:
+def paired_deltas(
+    method: dict[int, TrialScores], reference: dict[int, TrialScores], level: float = LEVEL
+) -> dict[str, PairedDelta]:
     """Δ and its percentile interval per metric over the seeds both dicts (seed → scores) hold.
 
     Raises ``ValueError`` when no seed is shared or a shared seed's labels differ (the trials did not

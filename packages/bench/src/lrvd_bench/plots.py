@@ -35,6 +35,7 @@ def _by_task(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def reliability_diagrams(run_dir: Path, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import numpy as np
     import torch
+
     from lrvd.metrics import expected_calibration_error
 
     paths = []
@@ -50,10 +51,16 @@ def reliability_diagrams(run_dir: Path, rows: list[dict[str, Any]], out_dir: Pat
         if not parts:
             continue
         pooled = {m: (np.concatenate(parts[m][0]), np.concatenate(parts[m][1])) for m in sorted(parts)}
-        titles = {m: f"{m}\nECE {expected_calibration_error(torch.as_tensor(p), torch.as_tensor(y), N_BINS):.3f}, "
-                     f"n={len(y)}" for m, (p, y) in pooled.items()}
-        fig = reliability_grid(pooled, titles, f"Reliability, {task} (seeds pooled; bars: accuracy per "
-                               "confidence bin, strip: examples per bin)", N_BINS)
+        titles = {
+            m: f"{m}\nECE {expected_calibration_error(torch.as_tensor(p), torch.as_tensor(y), N_BINS):.3f}, n={len(y)}"
+            for m, (p, y) in pooled.items()
+        }
+        fig = reliability_grid(
+            pooled,
+            titles,
+            f"Reliability, {task} (seeds pooled; bars: accuracy per confidence bin, strip: examples per bin)",
+            N_BINS,
+        )
         paths.append(save_figure(fig, out_dir / f"reliability_{safe(task)}.png"))
     return paths
 
@@ -71,8 +78,16 @@ def accuracy_vs_ece(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             color = f"C{i % 10}"
             ax.scatter(pts[:, 0], pts[:, 1], color=color, alpha=0.4, s=18)
             std = pts.std(0, ddof=1) if len(pts) > 1 else np.zeros(2)
-            ax.errorbar(pts[:, 0].mean(), pts[:, 1].mean(), xerr=std[0], yerr=std[1], fmt="o", color=color,
-                        capsize=3, label=method)
+            ax.errorbar(
+                pts[:, 0].mean(),
+                pts[:, 1].mean(),
+                xerr=std[0],
+                yerr=std[1],
+                fmt="o",
+                color=color,
+                capsize=3,
+                label=method,
+            )
         ax.set_xlabel("ECE (lower is better)")
         ax.set_ylabel("accuracy")
         ax.set_title(f"Accuracy vs calibration, {task}", fontsize=10)
@@ -101,11 +116,17 @@ def effective_rank_curves(run_dir: Path, rows: list[dict[str, Any]], out_dir: Pa
         curves = {}
         for method, series in sorted(totals.items()):
             seeds = pd.concat(series, axis=1)
-            curves[method] = pd.DataFrame({"step": seeds.index, "mean": seeds.mean(axis=1).to_numpy(),
-                                           "std": seeds.std(axis=1).fillna(0.0).to_numpy(),
-                                           "n_seeds": seeds.notna().sum(axis=1).to_numpy()})
-        fig = rank_curve_grid(curves, f"Effective rank (sum over modules) during training, {task}: "
-                                      "mean ± std over seeds")
+            curves[method] = pd.DataFrame(
+                {
+                    "step": seeds.index,
+                    "mean": seeds.mean(axis=1).to_numpy(),
+                    "std": seeds.std(axis=1).fillna(0.0).to_numpy(),
+                    "n_seeds": seeds.notna().sum(axis=1).to_numpy(),
+                }
+            )
+        fig = rank_curve_grid(
+            curves, f"Effective rank (sum over modules) during training, {task}: mean ± std over seeds"
+        )
         paths.append(save_figure(fig, out_dir / f"effective_rank_{safe(task)}.png"))
     return paths
 
@@ -119,8 +140,12 @@ def paired_forest(board: Any, out_dir: Path) -> list[Path]:
     if "delta_accuracy" not in board.columns:
         return []
     plt = pyplot()
-    labels = {"accuracy": "Δ accuracy (higher is better)", "ece": "Δ ECE (lower is better)",
-              "nll": "Δ NLL (lower is better)", "brier": "Δ Brier (lower is better)"}
+    labels = {
+        "accuracy": "Δ accuracy (higher is better)",
+        "ece": "Δ ECE (lower is better)",
+        "nll": "Δ NLL (lower is better)",
+        "brier": "Δ Brier (lower is better)",
+    }
     paths = []
     for task, group in board.groupby("task", sort=True):
         group = group[group["delta_accuracy"].notna()]
@@ -129,8 +154,13 @@ def paired_forest(board: Any, out_dir: Path) -> list[Path]:
         points = group["search_point"] if "search_point" in group.columns else [""] * len(group)
         names = [f"{m} {sp}" if isinstance(sp, str) and sp else m for m, sp in zip(group["method"], points)]
         reference = group["reference"].iloc[0]
-        fig, axes = plt.subplots(1, len(PAIRED_METRICS), figsize=(3.3 * len(PAIRED_METRICS), 0.45 * len(group) + 1.6),
-                                 sharey=True, squeeze=False)
+        fig, axes = plt.subplots(
+            1,
+            len(PAIRED_METRICS),
+            figsize=(3.3 * len(PAIRED_METRICS), 0.45 * len(group) + 1.6),
+            sharey=True,
+            squeeze=False,
+        )
         y = list(range(len(group)))[::-1]
         for ax, metric in zip(axes[0], PAIRED_METRICS):
             for yi, (_, row) in zip(y, group.iterrows()):
@@ -138,14 +168,22 @@ def paired_forest(board: Any, out_dir: Path) -> list[Path]:
                 if math.isnan(delta):
                     continue
                 excludes = lo > 0 or hi < 0
-                ax.errorbar(delta, yi, xerr=[[delta - lo], [hi - delta]], fmt="o", capsize=3, color="C0",
-                            markerfacecolor="C0" if excludes else "white")
+                ax.errorbar(
+                    delta,
+                    yi,
+                    xerr=[[delta - lo], [hi - delta]],
+                    fmt="o",
+                    capsize=3,
+                    color="C0",
+                    markerfacecolor="C0" if excludes else "white",
+                )
             ax.axvline(0, color="grey", linestyle="--", linewidth=1)
             ax.set_xlabel(labels[metric], fontsize=8)
         axes[0][0].set_yticks(y)
         axes[0][0].set_yticklabels(names, fontsize=8)
-        fig.suptitle(f"Paired differences from {reference}, {task} (95 % paired bootstrap; filled: excludes 0)",
-                     fontsize=9)
+        fig.suptitle(
+            f"Paired differences from {reference}, {task} (95 % paired bootstrap; filled: excludes 0)", fontsize=9
+        )
         paths.append(save_figure(fig, out_dir / f"paired_differences_{safe(task)}.png"))
     return paths
 
@@ -166,6 +204,9 @@ def make_figures(run_dir: str | Path, rows: list[dict[str, Any]] | None = None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     if board is None and (run_dir / "leaderboard.csv").is_file():
         board = pd.read_csv(run_dir / "leaderboard.csv")
-    return (reliability_diagrams(run_dir, rows, out_dir) + accuracy_vs_ece(rows, out_dir)
-            + effective_rank_curves(run_dir, rows, out_dir)
-            + (paired_forest(board, out_dir) if board is not None else []))
+    return (
+        reliability_diagrams(run_dir, rows, out_dir)
+        + accuracy_vs_ece(rows, out_dir)
+        + effective_rank_curves(run_dir, rows, out_dir)
+        + (paired_forest(board, out_dir) if board is not None else [])
+    )

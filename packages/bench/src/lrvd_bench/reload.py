@@ -26,7 +26,6 @@ def rebuild(trial_dir: str | Path, *, with_data: bool = False):
     from lrvd.protocol import TrainPlan
     from lrvd.registry import get_method
     from lrvd.training import seed_everything
-
     from lrvd_bench.backbones import load_backbone
     from lrvd_bench.loaders import make_loaders
     from lrvd_bench.tasks import get_task
@@ -39,9 +38,16 @@ def rebuild(trial_dir: str | Path, *, with_data: bool = False):
     task = get_task(spec.task)
     backbone = load_backbone(spec.model, task)
     data = make_loaders(
-        task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
-        eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
-        limit_eval=spec.limit_eval, seed=spec.seed, split_seed=spec.split_seed,
+        task,
+        backbone,
+        data_dir=spec.data_dir,
+        batch_size=train_cfg.batch_size,
+        eval_batch_size=spec.eval_batch_size,
+        max_length=spec.max_length,
+        limit_train=spec.limit_train,
+        limit_eval=spec.limit_eval,
+        seed=spec.seed,
+        split_seed=spec.split_seed,
         validation_fraction=spec.validation_fraction,
     )
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
@@ -66,5 +72,6 @@ def repredict(trial_dir: str | Path, device: str = "cpu"):
 
     settings = evaluation_settings(trial_dir)
     method, model, loader = rebuild(trial_dir)
-    return predict(method, model, loader, n_samples=settings["n_samples"], device=device, progress=False,
-                   seed=settings["seed"])
+    return predict(
+        method, model, loader, n_samples=settings["n_samples"], device=device, progress=False, seed=settings["seed"]
+    )

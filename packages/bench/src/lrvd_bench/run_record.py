@@ -41,15 +41,21 @@ def environment() -> dict[str, Any]:
     from lrvd_bench.trial import package_versions
 
     info: dict[str, Any] = {
-        "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
     }
     try:
         import torch
 
-        info.update(torch=torch.__version__, cuda=torch.version.cuda or "", cuda_available=torch.cuda.is_available(),
-                    cudnn=str(torch.backends.cudnn.version() or ""),
-                    gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
+        info.update(
+            torch=torch.__version__,
+            cuda=torch.version.cuda or "",
+            cuda_available=torch.cuda.is_available(),
+            cudnn=str(torch.backends.cudnn.version() or ""),
+            gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        )
     except Exception as err:  # noqa: BLE001 - the record must not stop the sweep
         info["torch_error"] = f"{type(err).__name__}: {err}"
     info["versions"] = package_versions()
@@ -79,8 +85,13 @@ def finish_record(record: dict[str, Any], outcome: Any) -> None:
     path = Path(outcome.run_dir) / RUN_FILE
     entry = record["attempts"][-1]
     entry["ended"] = _now()
-    entry["outcome"] = {"ok": outcome.n_ok, "failed": outcome.n_failed, "stopped": outcome.n_stopped,
-                        "unfinished": outcome.n_unfinished, "interrupted": outcome.interrupted}
+    entry["outcome"] = {
+        "ok": outcome.n_ok,
+        "failed": outcome.n_failed,
+        "stopped": outcome.n_stopped,
+        "unfinished": outcome.n_unfinished,
+        "interrupted": outcome.interrupted,
+    }
     if len(record["attempts"]) == 1:
         record.update(ended=entry["ended"], outcome=entry["outcome"])
     record["last_ended"] = entry["ended"]

@@ -106,8 +106,9 @@ def trial_status(trial_dir: Path, spec: TrialSpec) -> str | None:
     return None
 
 
-def pending_specs(run_dir: Path, specs: list[TrialSpec], random_keys: list[str], num_samples: int,
-                  retry_failed: bool = False) -> list[TrialSpec]:
+def pending_specs(
+    run_dir: Path, specs: list[TrialSpec], random_keys: list[str], num_samples: int, retry_failed: bool = False
+) -> list[TrialSpec]:
     """The specs still to run, a spec listed once per missing sample.
 
     Without random search a spec is done when its own folder ended. With random search (trial ids
@@ -117,8 +118,7 @@ def pending_specs(run_dir: Path, specs: list[TrialSpec], random_keys: list[str],
     done = {"ok", "stopped"} if retry_failed else {"ok", "stopped", "failed"}
     trials = Path(run_dir) / "trials"
     if not random_keys:
-        return [s for s in specs for _ in range(num_samples)
-                if trial_status(trials / s.trial_id, s) not in done]
+        return [s for s in specs for _ in range(num_samples) if trial_status(trials / s.trial_id, s) not in done]
     counts = {s.trial_id: 0 for s in specs}
     for spec_file in sorted(trials.glob("*/spec.json")):
         try:
@@ -186,8 +186,11 @@ def make_trainable(run_dir: Path, trial_fn: TrialFn | None, threads: int) -> Cal
 
         # The trial's Python-level output (warnings, loading reports) goes to its own log file
         # rather than interleaving on the driver's console.
-        with open(trial_dir / "output.log", "a", buffering=1) as log, \
-                contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with (
+            open(trial_dir / "output.log", "a", buffering=1) as log,
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+        ):
             row = fn(spec, trial_dir, report=report)
         tune.report({**_scalars(row), "trial_done": True})
 
@@ -205,7 +208,7 @@ def _tune_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     out = {}
     for key, sampler in space.items():
-        (kind, args), = sampler.items()
+        ((kind, args),) = sampler.items()
         fn = getattr(tune, kind)
         out[key] = fn(args) if kind == "choice" else fn(*args) if isinstance(args, list) else fn(args)
     return out
@@ -213,8 +216,13 @@ def _tune_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def _duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+        if seconds >= 60
+        else f"{seconds}s"
+    )
 
 
 class ProgressLines(Callback):
@@ -228,8 +236,15 @@ class ProgressLines(Callback):
     stopped, ``error.json`` for one whose worker died.
     """
 
-    def __init__(self, total: int, stream: Any = None, run_dir: Path | None = None, *,
-                 live: bool | None = None, every_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        total: int,
+        stream: Any = None,
+        run_dir: Path | None = None,
+        *,
+        live: bool | None = None,
+        every_s: float = 30.0,
+    ) -> None:
         self.total = total
         self.run_dir = run_dir
         self.stream = stream
@@ -270,8 +285,10 @@ class ProgressLines(Callback):
         self.status.pop(trial.trial_id, None)
         spec = trial.config.get("spec", {})
         elapsed = time.time() - self.start
-        self._redraw(f"[{self.done}/{self.total} {elapsed:5.0f}s] {status:6s} {spec.get('method')} {spec.get('task')} "
-                     f"seed {spec.get('seed')}  {extra}")
+        self._redraw(
+            f"[{self.done}/{self.total} {elapsed:5.0f}s] {status:6s} {spec.get('method')} {spec.get('task')} "
+            f"seed {spec.get('seed')}  {extra}"
+        )
 
     def _trial_dir(self, trial: Any) -> Path | None:
         if self.run_dir is None:
@@ -309,8 +326,11 @@ class ProgressLines(Callback):
         if not r.get("trial_done"):
             self._stopped(trial, r)
             return
-        extra = "  ".join(f"{k} {r[k]:.4f}" for k in ("accuracy", "ece", "nll", "val_accuracy", "val_nll")
-                          if isinstance(r.get(k), float))
+        extra = "  ".join(
+            f"{k} {r[k]:.4f}"
+            for k in ("accuracy", "ece", "nll", "val_accuracy", "val_nll")
+            if isinstance(r.get(k), float)
+        )
         if isinstance(r.get("train_time_s"), float):
             extra += f"  train {r['train_time_s']:.0f}s"
         if r.get("learned") is False:
@@ -323,14 +343,21 @@ class ProgressLines(Callback):
         """A trial that ended without its final report: the scheduler stopped it early."""
         folder = self._trial_dir(trial)
         step = result.get("step")
-        metric = "  ".join(f"{k} {result[k]:.4f}" for k in ("val_accuracy", "val_nll") if isinstance(result.get(k), float))
+        metric = "  ".join(
+            f"{k} {result[k]:.4f}" for k in ("val_accuracy", "val_nll") if isinstance(result.get(k), float)
+        )
         if folder is not None:
             from lrvd_bench.trial import _identity, _jsonable
 
             spec = spec_of(trial.config)
             folder.mkdir(parents=True, exist_ok=True)
-            record = {**_identity(spec), "status": "stopped", "error": f"stopped early by the scheduler at step {step}",
-                      "steps": step, **{k: v for k, v in result.items() if k.startswith("val_")}}
+            record = {
+                **_identity(spec),
+                "status": "stopped",
+                "error": f"stopped early by the scheduler at step {step}",
+                "steps": step,
+                **{k: v for k, v in result.items() if k.startswith("val_")},
+            }
             (folder / STOPPED_FILE).write_text(json.dumps(_jsonable(record), indent=2))
         self._line(trial, "stopped", f"early at step {step}  {metric}".rstrip())
 
@@ -438,8 +465,10 @@ def check_resources(config: ExperimentConfig, gpus: float) -> None:
         largest = max((float(n.get(key, 0)) for n in nodes), default=0.0)
         if asked > largest:
             unit = f"{key}s"
-            raise BenchError(f"{flag} {asked:g} asks for more than {where} has: the largest node has "
-                             f"{largest:g} {unit} (cluster total {ray.cluster_resources().get(key, 0):g})")
+            raise BenchError(
+                f"{flag} {asked:g} asks for more than {where} has: the largest node has "
+                f"{largest:g} {unit} (cluster total {ray.cluster_resources().get(key, 0):g})"
+            )
     if config.device.startswith("cuda") and gpus <= 0:
         has = ray.cluster_resources().get("GPU", 0)
         why = "CUDA is not available on " + where if has == 0 else "gpus_per_trial is 0"
@@ -463,8 +492,9 @@ def check_methods(config: ExperimentConfig) -> None:
         try:
             cls = get_method(name)
         except ImportError as err:  # a registered entry point whose module is missing or broken
-            raise BenchError(f"method {name!r} is registered but cannot be imported: "
-                             f"{type(err).__name__}: {err}") from None
+            raise BenchError(
+                f"method {name!r} is registered but cannot be imported: {type(err).__name__}: {err}"
+            ) from None
         cls(**config.method_params.get(name, {}))
 
 
@@ -489,8 +519,10 @@ def check_inputs(config: ExperimentConfig) -> None:
         hf_hub_download(model, "config.json")
     except Exception as err:  # noqa: BLE001 - any hub/network/cache failure becomes one line
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise BenchError(f"model {model!r} is not a local directory and cannot be fetched from the Hugging Face "
-                         f"hub ({type(err).__name__}: {reason}); offline: pass a downloaded model directory") from None
+        raise BenchError(
+            f"model {model!r} is not a local directory and cannot be fetched from the Hugging Face "
+            f"hub ({type(err).__name__}: {reason}); offline: pass a downloaded model directory"
+        ) from None
 
 
 def tracker_callbacks(config: ExperimentConfig, run_dir: Path) -> list[Any]:
@@ -527,8 +559,15 @@ def tracker_callbacks(config: ExperimentConfig, run_dir: Path) -> list[Any]:
             # WANDB_MODE is read here and passed on: Ray starts the logging actor with only the API key
             # of the driver's environment, so a cluster's workers would otherwise try to go online.
             mode = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
-            out.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", "lrvd-bench"),
-                                           group=run_dir.name, log_config=False, dir=str(run_dir), **mode))
+            out.append(
+                WandbLoggerCallback(
+                    project=os.environ.get("WANDB_PROJECT", "lrvd-bench"),
+                    group=run_dir.name,
+                    log_config=False,
+                    dir=str(run_dir),
+                    **mode,
+                )
+            )
     return out
 
 
@@ -564,8 +603,10 @@ def run_sweep(
     run_dir = Path(config.output) if config.output else default_run_dir(config_path)
     run_dir = run_dir.expanduser().resolve()
     if (run_dir / "config.yaml").exists() or (run_dir / TUNE_DIR).exists():
-        raise BenchError(f"run directory {run_dir} already holds a sweep; continue it with --resume {run_dir} "
-                         "or choose another --output")
+        raise BenchError(
+            f"run directory {run_dir} already holds a sweep; continue it with --resume {run_dir} "
+            "or choose another --output"
+        )
     _absolute_paths(config)
     if check:
         check_methods(config)
@@ -575,8 +616,9 @@ def run_sweep(
             selection.check_methods(config.selection, config.method_params)
         check_inputs(config)
     config.output = str(run_dir)
-    return _sweep(run_dir, config, trial_fn=trial_fn, callbacks=callbacks, stream=stream, live=live, fresh=True,
-                  command=command)
+    return _sweep(
+        run_dir, config, trial_fn=trial_fn, callbacks=callbacks, stream=stream, live=live, fresh=True, command=command
+    )
 
 
 def resume_sweep(
@@ -597,13 +639,31 @@ def resume_sweep(
         raise BenchError(f"nothing to resume in {run_dir}: no specs.json (the sweep never started)")
     if address:
         config.address = address
-    return _sweep(run_dir, config, trial_fn=trial_fn, callbacks=callbacks, stream=stream, live=live,
-                  fresh=False, retry_failed=retry_failed, command=command)
+    return _sweep(
+        run_dir,
+        config,
+        trial_fn=trial_fn,
+        callbacks=callbacks,
+        stream=stream,
+        live=live,
+        fresh=False,
+        retry_failed=retry_failed,
+        command=command,
+    )
 
 
-def _sweep(run_dir: Path, config: ExperimentConfig, *, trial_fn: TrialFn | None, callbacks: list[Any] | None,
-           stream: Any, live: bool | None, fresh: bool, retry_failed: bool = False,
-           command: list[str] | None = None) -> SweepOutcome:
+def _sweep(
+    run_dir: Path,
+    config: ExperimentConfig,
+    *,
+    trial_fn: TrialFn | None,
+    callbacks: list[Any] | None,
+    stream: Any,
+    live: bool | None,
+    fresh: bool,
+    retry_failed: bool = False,
+    command: list[str] | None = None,
+) -> SweepOutcome:
     """Both entry points: Ray up, resources checked, then the pending trials, then the tables."""
     from lrvd_bench.ensembles import plan_reuse
     from lrvd_bench.run_record import finish_record, start_record
@@ -618,8 +678,9 @@ def _sweep(run_dir: Path, config: ExperimentConfig, *, trial_fn: TrialFn | None,
         if fresh:
             (run_dir / "config.yaml").write_text(config.to_yaml())
         record = start_record(run_dir, fresh, command)
-        run = functools.partial(_run_stage, run_dir, config, gpus, trial_fn, [*trackers, *(callbacks or [])],
-                                stream, live, retry_failed)
+        run = functools.partial(
+            _run_stage, run_dir, config, gpus, trial_fn, [*trackers, *(callbacks or [])], stream, live, retry_failed
+        )
         selection_specs: list[TrialSpec] = []
         interrupted = False
         if config.selection:
@@ -643,8 +704,9 @@ def _sweep(run_dir: Path, config: ExperimentConfig, *, trial_fn: TrialFn | None,
             _write_specs(run_dir, selection_specs + specs)
             (run_dir / ENSEMBLES_FILE).write_text(json.dumps(reused, indent=1))
             note = f", {len(reused)} ensembles from lora trials" if reused else ""
-            interrupted = run([s for s in specs if s.trial_id not in reused],
-                              "final stage: " if config.selection else "", note)
+            interrupted = run(
+                [s for s in specs if s.trial_id not in reused], "final stage: " if config.selection else "", note
+            )
         outcome = _finish(run_dir, interrupted, stream)
         finish_record(record, outcome)
         return outcome
@@ -659,26 +721,47 @@ def _write_specs(run_dir: Path, specs: list[TrialSpec]) -> None:
     (run_dir / "specs.json").write_text(json.dumps([s.to_dict() for s in specs], indent=1))
 
 
-def _run_stage(run_dir: Path, config: ExperimentConfig, gpus: float, trial_fn: TrialFn | None, callbacks: list[Any],
-               stream: Any, live: bool | None, retry_failed: bool, specs: list[TrialSpec], label: str,
-               note: str = "") -> bool:
+def _run_stage(
+    run_dir: Path,
+    config: ExperimentConfig,
+    gpus: float,
+    trial_fn: TrialFn | None,
+    callbacks: list[Any],
+    stream: Any,
+    live: bool | None,
+    retry_failed: bool,
+    specs: list[TrialSpec],
+    label: str,
+    note: str = "",
+) -> bool:
     """Run what is pending of ``specs``; True when the sweep was stopped with trials left."""
     random_keys = sorted(config.random_space())
     pending = pending_specs(run_dir, specs, random_keys, config.num_samples, retry_failed)
     methods = sorted({s.method for s in specs})
     seeds = sorted({s.seed for s in specs})
-    print(f"bench: {label}{len(pending)} of {len(specs) * config.num_samples} trials to run "
-          f"({len(methods)} methods × {len(config.tasks)} tasks × {len(seeds)} seeds"
-          f"{' × search space' if config.search_space or label.startswith('selection') else ''}){note} → {run_dir}",
-          file=stream or sys.stderr, flush=True)
+    print(
+        f"bench: {label}{len(pending)} of {len(specs) * config.num_samples} trials to run "
+        f"({len(methods)} methods × {len(config.tasks)} tasks × {len(seeds)} seeds"
+        f"{' × search space' if config.search_space or label.startswith('selection') else ''}){note} → {run_dir}",
+        file=stream or sys.stderr,
+        flush=True,
+    )
     if pending:
         _run_tuner(run_dir, config, pending, gpus, trial_fn, callbacks, stream, live)
     # Tuner.fit returns with trials left only when the sweep was stopped (Ctrl+C, SIGUSR1)
     return bool(pending_specs(run_dir, specs, random_keys, config.num_samples, retry_failed))
 
 
-def _run_tuner(run_dir: Path, config: ExperimentConfig, pending: list[TrialSpec], gpus: float,
-               trial_fn: TrialFn | None, callbacks: list[Any], stream: Any, live: bool | None) -> bool:
+def _run_tuner(
+    run_dir: Path,
+    config: ExperimentConfig,
+    pending: list[TrialSpec],
+    gpus: float,
+    trial_fn: TrialFn | None,
+    callbacks: list[Any],
+    stream: Any,
+    live: bool | None,
+) -> bool:
     """One Ray Tune experiment over ``pending`` (a spec once per sample to draw); True if stopped early."""
     from ray import tune
 
@@ -698,8 +781,11 @@ def _run_tuner(run_dir: Path, config: ExperimentConfig, pending: list[TrialSpec]
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            num_samples=1, max_concurrent_trials=config.max_concurrent_trials,
-            scheduler=make_scheduler(config), trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+            num_samples=1,
+            max_concurrent_trials=config.max_concurrent_trials,
+            scheduler=make_scheduler(config),
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
             # reuse: successive trials skip the ~8 s of torch/transformers imports; each trial
             # still resets its own peak-memory window (lrvd_bench.memory) and frees its model.
             reuse_actors=config.reuse_actors,
@@ -725,8 +811,9 @@ def make_scheduler(config: ExperimentConfig) -> Any:
 
     metric, mode = asha_metric(config)
     grace = max(1, int(getattr(config.train, "eval_every", None) or config.train.log_every))
-    return ASHAScheduler(time_attr="step", metric=metric, mode=mode, grace_period=grace,
-                         max_t=max(grace, 10**9), stop_last_trials=False)
+    return ASHAScheduler(
+        time_attr="step", metric=metric, mode=mode, grace_period=grace, max_t=max(grace, 10**9), stop_last_trials=False
+    )
 
 
 def asha_metric(config: ExperimentConfig) -> tuple[str, str]:
@@ -740,16 +827,31 @@ def _finish(run_dir: Path, interrupted: bool, stream: Any) -> SweepOutcome:
     rows, board = finalize(run_dir)
     n_unfinished = sum(r.get("status") not in ("ok", "failed", "stopped") for r in rows)
     interrupted = interrupted and n_unfinished > 0
-    outcome = SweepOutcome(run_dir, len(rows), sum(r.get("status") == "ok" for r in rows),
-                           sum(r.get("status") == "failed" for r in rows), n_unfinished, interrupted,
-                           n_stopped=sum(r.get("status") == "stopped" for r in rows), board=board)
+    outcome = SweepOutcome(
+        run_dir,
+        len(rows),
+        sum(r.get("status") == "ok" for r in rows),
+        sum(r.get("status") == "failed" for r in rows),
+        n_unfinished,
+        interrupted,
+        n_stopped=sum(r.get("status") == "stopped" for r in rows),
+        board=board,
+    )
     out = stream or sys.stderr
     stopped = f", {outcome.n_stopped} stopped early" if outcome.n_stopped else ""
-    print(f"bench: {outcome.n_ok} ok, {outcome.n_failed} failed{stopped}, {outcome.n_unfinished} unfinished; "
-          f"results in {run_dir}", file=out, flush=True)
+    print(
+        f"bench: {outcome.n_ok} ok, {outcome.n_failed} failed{stopped}, {outcome.n_unfinished} unfinished; "
+        f"results in {run_dir}",
+        file=out,
+        flush=True,
+    )
     if outcome.n_failed:
-        print(f"bench: failed trials are listed in {run_dir / 'trials.csv'} (column error); rerun them with "
-              f"bench run --resume {run_dir} --retry-failed", file=out, flush=True)
+        print(
+            f"bench: failed trials are listed in {run_dir / 'trials.csv'} (column error); rerun them with "
+            f"bench run --resume {run_dir} --retry-failed",
+            file=out,
+            flush=True,
+        )
     if interrupted:
         print(f"bench: interrupted; continue with: bench run --resume {run_dir}", file=out, flush=True)
     return outcome
@@ -759,8 +861,11 @@ def _finish(run_dir: Path, interrupted: bool, stream: Any) -> SweepOutcome:
 def mark_stages(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Give every row its ``stage`` (rows of trials that never ran get it from specs.json)."""
     specs_file = Path(run_dir) / "specs.json"
-    selection_ids = {TrialSpec.from_dict(d).trial_id for d in json.loads(specs_file.read_text())
-                     if d.get("stage") == "selection"} if specs_file.is_file() else set()
+    selection_ids = (
+        {TrialSpec.from_dict(d).trial_id for d in json.loads(specs_file.read_text()) if d.get("stage") == "selection"}
+        if specs_file.is_file()
+        else set()
+    )
     for row in rows:
         row.setdefault("stage", "selection" if row.get("trial_id") in selection_ids else "final")
     return rows
@@ -778,9 +883,10 @@ def _append_selection(run_dir: Path) -> None:
     chosen_file, md = Path(run_dir) / SELECTION_FILE, Path(run_dir) / "leaderboard.md"
     if chosen_file.is_file() and md.is_file():
         lines = summary_lines(json.loads(chosen_file.read_text()))
-        md.write_text(md.read_text().rstrip("\n") + "\n\nHyper-parameters selected on the validation split "
-                      "(the final rows' search_point):\n\n" + "".join(f"- {ln}\n" for ln in lines))
-
+        md.write_text(
+            md.read_text().rstrip("\n") + "\n\nHyper-parameters selected on the validation split "
+            "(the final rows' search_point):\n\n" + "".join(f"- {ln}\n" for ln in lines)
+        )
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:

@@ -58,7 +58,11 @@ def validate(block: dict[str, Any], methods: list[str]) -> None:
     if metric not in METRICS:
         raise unknown_choice("selection metric", metric, list(METRICS))
     seeds = block.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise BenchError(f"selection.seeds must list at least one integer seed, got {seeds!r}")
     space = block.get("search_space") or {}
     if not isinstance(space, dict) or not space:
@@ -133,8 +137,11 @@ def choose(run_dir: Path, config: Any, specs: list[TrialSpec]) -> dict[str, dict
             for point in grid_points(method, grid):
                 values = []
                 for spec in specs:
-                    if spec.task == task and spec.method == method and \
-                            all(spec.search_point.get(k) == v for k, v in point.items()):
+                    if (
+                        spec.task == task
+                        and spec.method == method
+                        and all(spec.search_point.get(k) == v for k, v in point.items())
+                    ):
                         row = finished_row(Path(run_dir) / "trials" / spec.trial_id, spec)
                         value = (row or {}).get(metric)
                         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -144,9 +151,17 @@ def choose(run_dir: Path, config: Any, specs: list[TrialSpec]) -> dict[str, dict
                 if score is not None and (best is None or (score > best["score"] if higher else score < best["score"])):
                     best = {"point": point, "score": score, "n_seeds": len(values)}
             out.setdefault(task, {})[method] = {
-                **(best or {"point": {}, "score": None, "n_seeds": 0,
-                            "note": "no selection trial succeeded: the final stage uses the config's values"}),
-                "metric": metric, "scores": scores,
+                **(
+                    best
+                    or {
+                        "point": {},
+                        "score": None,
+                        "n_seeds": 0,
+                        "note": "no selection trial succeeded: the final stage uses the config's values",
+                    }
+                ),
+                "metric": metric,
+                "scores": scores,
             }
     return out
 
@@ -169,9 +184,17 @@ def summary_lines(chosen: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     for task, methods in chosen.items():
         for method, choice in methods.items():
-            point = ", ".join(f"{k.rpartition('.')[2] if k.startswith('method_params.') else k}={v}"
-                              for k, v in choice["point"].items()) or "config values"
-            score = f" ({choice['metric']} {choice['score']:.4f})" if choice.get("score") is not None else \
-                f" ({choice.get('note', '')})"
+            point = (
+                ", ".join(
+                    f"{k.rpartition('.')[2] if k.startswith('method_params.') else k}={v}"
+                    for k, v in choice["point"].items()
+                )
+                or "config values"
+            )
+            score = (
+                f" ({choice['metric']} {choice['score']:.4f})"
+                if choice.get("score") is not None
+                else f" ({choice.get('note', '')})"
+            )
             lines.append(f"selected for {method} on {task}: {point}{score}")
     return lines

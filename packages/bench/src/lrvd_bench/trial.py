@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 from lrvd.errors import LRVDError
-
 from lrvd_bench.config import TrialSpec, portable_model_name
 from lrvd_bench.provenance import suite_commit
 
@@ -63,8 +62,19 @@ LEARNED_LOSS_FRACTION = 1.0
 LEARNED_SE_MARGIN = 2.0
 
 #: Every library a method's number depends on (recorded per trial and in the run's ``run.json``).
-PACKAGES = ("lrvd-core", "lrvd-baselines", "lrvd-bench", "torch", "transformers", "peft", "ivon-opt",
-            "laplace-torch", "ray", "numpy", "datasets")
+PACKAGES = (
+    "lrvd-core",
+    "lrvd-baselines",
+    "lrvd-bench",
+    "torch",
+    "transformers",
+    "peft",
+    "ivon-opt",
+    "laplace-torch",
+    "ray",
+    "numpy",
+    "datasets",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -87,8 +97,9 @@ def node_info() -> dict[str, Any]:
             # The address the node registered with the cluster (``ray start --node-ip-address``),
             # which is what ``ray status`` shows; get_node_ip_address() guesses a routable one.
             node_id = ray.get_runtime_context().get_node_id()
-            info["node"] = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id),
-                                ray.util.get_node_ip_address())
+            info["node"] = next(
+                (n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id), ray.util.get_node_ip_address()
+            )
             info["node_id"] = node_id
             info["gpu_ids"] = ",".join(str(g) for g in ray.get_gpu_ids())
     except Exception:  # outside Ray, or Ray without a worker context
@@ -166,8 +177,9 @@ class LiveTrainLog:
     per-step logs (:func:`write_train_log_csv`).
     """
 
-    def __init__(self, path: Path, total_steps: int, effective_rank: Callable[[], int | None],
-                 report: Reporter | None = None) -> None:
+    def __init__(
+        self, path: Path, total_steps: int, effective_rank: Callable[[], int | None], report: Reporter | None = None
+    ) -> None:
         self.path, self.total_steps, self.effective_rank, self.report = path, total_steps, effective_rank, report
         self.records: list[dict[str, Any]] = []
         self.columns: list[str] = []
@@ -177,8 +189,12 @@ class LiveTrainLog:
         import csv
 
         now, step = time.perf_counter(), int(record["step"])
-        full = {**record, "total_steps": self.total_steps, "effective_rank": self.effective_rank(),
-                "step_time_s": (now - self.last_time) / max(1, step - self.last_step)}
+        full = {
+            **record,
+            "total_steps": self.total_steps,
+            "effective_rank": self.effective_rank(),
+            "step_time_s": (now - self.last_time) / max(1, step - self.last_step),
+        }
         self.last_step, self.last_time = step, now
         self.records.append(full)
         if set(full) - set(self.columns):  # a new column (the first record, a first validation): rewrite
@@ -234,8 +250,9 @@ def learned_flag(final_nll: float, probs: Any, labels: Any, accuracy: float) -> 
     uniform_loss = float(torch.log(n_valid).mean())
     majority = float(torch.bincount(labels).max()) / max(1, len(labels))
     margin = LEARNED_SE_MARGIN * math.sqrt(majority * (1.0 - majority) / max(1, len(labels)))
-    learned = bool(math.isfinite(final_nll) and final_nll < LEARNED_LOSS_FRACTION * uniform_loss
-                   and accuracy > majority + margin)
+    learned = bool(
+        math.isfinite(final_nll) and final_nll < LEARNED_LOSS_FRACTION * uniform_loss and accuracy > majority + margin
+    )
     return learned, uniform_loss, majority
 
 
@@ -270,10 +287,13 @@ def run_trial(
     except BaseException as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         error = {
-            **_identity(spec), "status": "failed", "error": f"{type(err).__name__}: {message}"[:500],
+            **_identity(spec),
+            "status": "failed",
+            "error": f"{type(err).__name__}: {message}"[:500],
             # LRVDError: bad input met inside the trial (a NaN loss, an unreachable hub, …)
             "user_error": isinstance(err, LRVDError),
-            "wall_time_s": time.time() - started, **node_info(),
+            "wall_time_s": time.time() - started,
+            **node_info(),
         }
         (trial_dir / "error.txt").write_text(traceback.format_exc())
         _atomic_write(trial_dir / "error.json", json.dumps(_jsonable(error), indent=2))
@@ -284,15 +304,27 @@ def run_trial(
 
 def _identity(spec: TrialSpec) -> dict[str, Any]:
     return {
-        "trial_id": spec.trial_id, "method": spec.method, "task": spec.task, "model": portable_model_name(spec.model),
-        "seed": spec.seed, "config_hash": spec.config_hash,
+        "trial_id": spec.trial_id,
+        "method": spec.method,
+        "task": spec.task,
+        "model": portable_model_name(spec.model),
+        "seed": spec.seed,
+        "config_hash": spec.config_hash,
         "search_point": json.dumps(spec.search_point, sort_keys=True) if spec.search_point else "",
         "stage": spec.stage,
     }
 
 
-def _selection_row(spec: TrialSpec, method: Any, model: Any, data: Any, fitted: Any, posthoc_time: float,
-                   device: Any, phase: Callable[[str], None]) -> dict[str, Any]:
+def _selection_row(
+    spec: TrialSpec,
+    method: Any,
+    model: Any,
+    data: Any,
+    fitted: Any,
+    posthoc_time: float,
+    device: Any,
+    phase: Callable[[str], None],
+) -> dict[str, Any]:
     """A selection-stage trial's row: the method's predictive scored on the validation split only
     (``val_accuracy``, ``val_nll``, ``val_ece``, ``val_brier``); it has no evaluation metrics."""
     from lrvd.metrics import classification_metrics
@@ -301,27 +333,37 @@ def _selection_row(spec: TrialSpec, method: Any, model: Any, data: Any, fitted: 
     if data.val_loader is None:
         raise LRVDError("a selection trial needs the validation split: set validation_fraction > 0")
     phase("predict (validation split)")
-    probs, labels = predict(method, model, data.val_loader, n_samples=spec.n_samples, device=device, progress=False,
-                            seed=spec.seed)
+    probs, labels = predict(
+        method, model, data.val_loader, n_samples=spec.n_samples, device=device, progress=False, seed=spec.seed
+    )
     metrics = classification_metrics(probs, labels)
     phase("done")
     return {
-        **_identity(spec), "status": "ok", "error": "",
+        **_identity(spec),
+        "status": "ok",
+        "error": "",
         **{f"val_{k}": metrics[k] for k in ("accuracy", "nll", "ece", "brier")},
-        "final_train_loss": fitted.final_loss, "steps": fitted.steps, "train_time_s": fitted.wall_time_s,
-        "time_per_step_s": fitted.time_per_step_s, "posthoc_time_s": posthoc_time,
-        "n_train": data.n_train, "n_val": data.n_val, "n_eval": 0, "device": str(device), **node_info(),
+        "final_train_loss": fitted.final_loss,
+        "steps": fitted.steps,
+        "train_time_s": fitted.wall_time_s,
+        "time_per_step_s": fitted.time_per_step_s,
+        "posthoc_time_s": posthoc_time,
+        "n_train": data.n_train,
+        "n_val": data.n_val,
+        "n_eval": 0,
+        "device": str(device),
+        **node_info(),
     }
 
 
 def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | None = None) -> dict[str, Any]:
     import numpy as np
     import torch
+
     from lrvd.metrics import classification_metrics
     from lrvd.protocol import TrainPlan
     from lrvd.registry import get_method
     from lrvd.training import fit, predict, resolve_device, seed_everything
-
     from lrvd_bench.backbones import load_backbone
     from lrvd_bench.loaders import make_loaders
     from lrvd_bench.memory import peak_memory_mb, reset_peak_memory
@@ -351,26 +393,46 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
     phase("load backbone")
     backbone = load_backbone(spec.model, task, load_in_8bit=spec.load_in_8bit)
     data = make_loaders(
-        task, backbone, data_dir=spec.data_dir, batch_size=train_cfg.batch_size,
-        eval_batch_size=spec.eval_batch_size, max_length=spec.max_length, limit_train=spec.limit_train,
-        limit_eval=spec.limit_eval, seed=spec.seed, split_seed=spec.split_seed,
+        task,
+        backbone,
+        data_dir=spec.data_dir,
+        batch_size=train_cfg.batch_size,
+        eval_batch_size=spec.eval_batch_size,
+        max_length=spec.max_length,
+        limit_train=spec.limit_train,
+        limit_eval=spec.limit_eval,
+        seed=spec.seed,
+        split_seed=spec.split_seed,
         validation_fraction=spec.validation_fraction,
         with_eval=spec.stage != "selection",  # selection never loads the evaluation split
     )
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = None
     try:
-        phase(f"attach {spec.method} ({data.n_train} train / {data.n_val} validation / {data.n_eval} eval examples, "
-              f"{plan.total_steps} steps)")
+        phase(
+            f"attach {spec.method} ({data.n_train} train / {data.n_val} validation / {data.n_eval} eval examples, "
+            f"{plan.total_steps} steps)"
+        )
         seed_everything(spec.seed)
         model = method.attach(backbone.model, adapter_spec, plan)
         counts = method.parameter_counts(model)
         phase("fit")
-        live = LiveTrainLog(trial_dir / "train_log.csv", plan.total_steps,
-                            lambda: sum(method.rank_report(model).values()) or None,  # noqa: F821 (del'd after fit)
-                            report)
-        fitted = fit(method, model, data.train_loader, plan, device=device, progress=progress,
-                     val_loader=data.val_loader, on_log=live)
+        live = LiveTrainLog(
+            trial_dir / "train_log.csv",
+            plan.total_steps,
+            lambda: sum(method.rank_report(model).values()) or None,  # noqa: F821 (del'd after fit)
+            report,
+        )
+        fitted = fit(
+            method,
+            model,
+            data.train_loader,
+            plan,
+            device=device,
+            progress=progress,
+            val_loader=data.val_loader,
+            on_log=live,
+        )
         phase("after_training")
         posthoc_start = time.perf_counter()
         method.after_training(model, data.train_loader, val_loader=data.val_loader)
@@ -380,8 +442,9 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
         phase("predict")
         eval_start = time.perf_counter()
         # Seeded from the trial seed: a reloaded adapter reproduces these predictions (lrvd_bench.reload).
-        probs, labels = predict(method, model, data.eval_loader, n_samples=spec.n_samples, device=device,
-                                progress=progress, seed=spec.seed)
+        probs, labels = predict(
+            method, model, data.eval_loader, n_samples=spec.n_samples, device=device, progress=progress, seed=spec.seed
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         eval_time = time.perf_counter() - eval_start
@@ -399,8 +462,13 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
             from lrvd.adapter_io import record_evaluation
 
             method.save_adapter(model, trial_dir / "adapter")
-            record_evaluation(trial_dir / "adapter", n_samples=evaluated_n_samples(method, spec.n_samples),
-                              seed=spec.seed, eval_batch_size=spec.eval_batch_size, device=str(device))
+            record_evaluation(
+                trial_dir / "adapter",
+                n_samples=evaluated_n_samples(method, spec.n_samples),
+                seed=spec.seed,
+                eval_batch_size=spec.eval_batch_size,
+                device=str(device),
+            )
         row = {
             **_identity(spec),
             "status": "ok",

@@ -45,7 +45,11 @@ FORMAT = "lrvd-adapter/1"
 EXTRA_PREFIX = "extra."
 PEFT_PREFIX = "base_model.model."
 # Layout written before the adapters became peft adapters; still read.
-LEGACY_WEIGHTS, LEGACY_EXTRA, LEGACY_EXTRA_CONFIG = "adapter.safetensors", "method_state.safetensors", "method_state.json"
+LEGACY_WEIGHTS, LEGACY_EXTRA, LEGACY_EXTRA_CONFIG = (
+    "adapter.safetensors",
+    "method_state.safetensors",
+    "method_state.json",
+)
 
 
 @dataclass
@@ -96,7 +100,9 @@ def peft_key(hf_name: str, adapter_name: str | None = None) -> str:
     return PEFT_PREFIX + ".".join(parts)
 
 
-def head_tensors(model: nn.Module, hf_model: nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, str]]]:
+def head_tensors(
+    model: nn.Module, hf_model: nn.Module | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, str]]]:
     """The trained head as peft ``modules_to_save`` tensors, and its native-key aliases (root folder)."""
     names = native_names(model)
     tensors, aliases = {}, {}
@@ -120,7 +126,9 @@ class LoraFactors:
     native_B: str | None = None
 
 
-def lora_export(model: nn.Module, modules: Mapping[str, LoraFactors], *, base_model_name: str | None = None) -> PeftExport:
+def lora_export(
+    model: nn.Module, modules: Mapping[str, LoraFactors], *, base_model_name: str | None = None
+) -> PeftExport:
     """A plain peft LoRA of ``modules`` (names relative to the transformers model) plus the task head.
 
     Ranks may differ per module (pruning): peft's ``rank_pattern``; the scaling s stays per module
@@ -159,8 +167,14 @@ def lora_export(model: nn.Module, modules: Mapping[str, LoraFactors], *, base_mo
     return PeftExport(configs={"": config}, tensors={"": tensors}, aliases=aliases)
 
 
-def peft_model_export(model: nn.Module, peft_model: nn.Module, adapters: Iterable[str] = ("default",),
-                      *, folders: Mapping[str, str] | None = None, head: bool = True) -> PeftExport:
+def peft_model_export(
+    model: nn.Module,
+    peft_model: nn.Module,
+    adapters: Iterable[str] = ("default",),
+    *,
+    folders: Mapping[str, str] | None = None,
+    head: bool = True,
+) -> PeftExport:
     """The adapters of a live ``peft.PeftModel`` in peft's own saved form (``get_peft_model_state_dict``,
     which also applies AdaLoRA's ``rank_pattern``), plus the task head as ``modules_to_save`` when the
     method trained it in place (``head``; False when the peft config already has its own
@@ -220,14 +234,21 @@ def write_adapter(
         target = path / folder if folder else path
         target.mkdir(parents=True, exist_ok=True)
         config.save_pretrained(str(target))
-        save_file({k: _cpu(v) for k, v in export.tensors[folder].items()}, str(target / PEFT_WEIGHTS),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: _cpu(v) for k, v in export.tensors[folder].items()},
+            str(target / PEFT_WEIGHTS),
+            metadata={"format": "pt"},
+        )
     in_peft, posterior = {}, {}
     for key, value in native.items():
         alias = export.aliases.get(key)
         stored = export.tensors.get(alias[0], {}).get(alias[1]) if alias else None
-        if stored is not None and stored.shape == value.shape and stored.dtype == value.dtype \
-                and torch.equal(_cpu(stored), _cpu(value)):
+        if (
+            stored is not None
+            and stored.shape == value.shape
+            and stored.dtype == value.dtype
+            and torch.equal(_cpu(stored), _cpu(value))
+        ):
             in_peft[key] = f"{alias[0]}/{alias[1]}"
         else:
             posterior[key] = _cpu(value)
@@ -236,8 +257,12 @@ def write_adapter(
         save_file(posterior, str(path / POSTERIOR))
     else:  # re-saving into a folder: no stale posterior from an earlier save
         (path / POSTERIOR).unlink(missing_ok=True)
-    sidecar = {"format": FORMAT, **_jsonable(dict(meta)), "peft_folders": sorted(export.configs),
-               "native_in_peft": in_peft}
+    sidecar = {
+        "format": FORMAT,
+        **_jsonable(dict(meta)),
+        "peft_folders": sorted(export.configs),
+        "native_in_peft": in_peft,
+    }
     (path / SIDECAR).write_text(json.dumps(sidecar, indent=2))
     return path
 
@@ -277,7 +302,7 @@ def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
         return meta, load_file(str(path / LEGACY_WEIGHTS)), extra
     posterior = load_file(str(path / POSTERIOR)) if (path / POSTERIOR).is_file() else {}
     native = {k: v for k, v in posterior.items() if not k.startswith(EXTRA_PREFIX)}
-    extra = {k[len(EXTRA_PREFIX):]: v for k, v in posterior.items() if k.startswith(EXTRA_PREFIX)}
+    extra = {k[len(EXTRA_PREFIX) :]: v for k, v in posterior.items() if k.startswith(EXTRA_PREFIX)}
     files: dict[str, dict[str, torch.Tensor]] = {}
     for key, ref in meta.get("native_in_peft", {}).items():
         folder, _, peft_name = ref.partition("/")

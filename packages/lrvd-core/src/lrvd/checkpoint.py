@@ -70,8 +70,9 @@ class BestCheckpoint:
     scores: dict[str, float] = field(default_factory=dict)
     state: dict[str, Any] | None = None
 
-    def offer(self, step: int, scores: dict[str, float], model: nn.Module,
-              optimizer: torch.optim.Optimizer | None = None) -> bool:
+    def offer(
+        self, step: int, scores: dict[str, float], model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+    ) -> bool:
         """Keep ``model``'s state if ``scores`` beat the best so far; returns whether it did."""
         key = CHECKPOINT_METRICS[self.metric]
         if self.step is not None and not key(scores) > key(self.scores):

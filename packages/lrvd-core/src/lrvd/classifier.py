@@ -35,7 +35,7 @@ class ClassifierModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # [batch, n_classes]
         raise NotImplementedError
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "ClassifierModel":
+    def __deepcopy__(self, memo: dict[int, Any]) -> ClassifierModel:
         """A copy whose head is the *copy's* head parameters (the ids are remapped through ``memo``).
 
         Without this the copy's head set names the original's objects, so ``head_parameters()`` of the

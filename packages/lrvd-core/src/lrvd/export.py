@@ -29,10 +29,14 @@ def peft_lora_config(model: nn.Module) -> tuple[Any, dict[str, tuple[torch.Tenso
     from lrvd.adapter_io import PEFT_PREFIX, LoraFactors, lora_export
 
     layers = lrvd_modules(model.backbone)
-    export = lora_export(model, {n: LoraFactors(m.A_mu, m.B_mu, m.scaling, m.fan_in_fan_out) for n, m in layers.items()})
+    export = lora_export(
+        model, {n: LoraFactors(m.A_mu, m.B_mu, m.scaling, m.fan_in_fan_out) for n, m in layers.items()}
+    )
     config, tensors = export.configs[""], export.tensors[""]
-    weights = {n: (tensors[f"{PEFT_PREFIX}{n}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{n}.lora_B.weight"])
-               for n in config.target_modules}
+    weights = {
+        n: (tensors[f"{PEFT_PREFIX}{n}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{n}.lora_B.weight"])
+        for n in config.target_modules
+    }
     config.inference_mode = False
     return config, weights
 

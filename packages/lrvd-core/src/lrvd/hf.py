@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrvd import pruning
 from lrvd.errors import LRVDError, unknown_choice
 from lrvd.inject import inject_lrvd, lrvd_modules, matches_target, mc_predict_proba, set_sampling
 from lrvd.kl import total_kl
 from lrvd.layers import VARIANTS
-from lrvd import pruning
 
 CONFIG_ATTR = "bayeslora_config"
 
@@ -90,9 +90,15 @@ def get_bayeslora_model(model: nn.Module, config: BayesLoraConfig | None = None)
     config = config or BayesLoraConfig()
     if lrvd_modules(model):
         raise LRVDError("the model already has BayesLoRA adapters (get_bayeslora_model was applied twice)")
-    layers = inject_lrvd(model, config.target_modules, config.r, config.scaling,
-                         init_log_sigma2=config.init_log_sigma2, variant=config.variant,
-                         local_reparam=config.local_reparam)
+    layers = inject_lrvd(
+        model,
+        config.target_modules,
+        config.r,
+        config.scaling,
+        init_log_sigma2=config.init_log_sigma2,
+        variant=config.variant,
+        local_reparam=config.local_reparam,
+    )
     keep = {id(t) for layer in layers.values() for t in (layer.A_mu, layer.B_mu, layer.rank_log_sigma2)}
     saved_modules = config.modules_to_save or []
     matched = set()
@@ -132,8 +138,11 @@ def bayeslora_step(model: nn.Module, step: int, optimizer: torch.optim.Optimizer
     optimizer's parameters and moments in place) and returns the rank logs."""
     config = bayeslora_config(model)
     logs: dict[str, float] = {}
-    if config.prune_every > 0 and step >= max(1, config.prune_start) \
-            and (step - config.prune_start) % config.prune_every == 0:
+    if (
+        config.prune_every > 0
+        and step >= max(1, config.prune_start)
+        and (step - config.prune_start) % config.prune_every == 0
+    ):
         removed = pruning.prune_ranks(model, config.tau, config.min_ranks, optimizer)
         logs["pruned_ranks"] = float(sum(removed.values()))
     logs["effective_rank"] = float(pruning.effective_rank(model, config.tau))
@@ -171,8 +180,9 @@ class _Logits(nn.Module):
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, inputs: Any, n_samples: int | None = None, *, chunk: int = 1,
-                  seed: int | None = None) -> torch.Tensor:
+def predict_proba(
+    model: nn.Module, inputs: Any, n_samples: int | None = None, *, chunk: int = 1, seed: int | None = None
+) -> torch.Tensor:
     """Posterior predictive: mean of softmax over ``n_samples`` adapter-posterior draws (0: the mean
     model), over the last axis of the model's logits. ``inputs``: the model's keyword inputs (a dict
     or tokenizer ``BatchEncoding``; ``labels`` are ignored). ``chunk`` = samples per forward pass
@@ -187,8 +197,11 @@ def predict_proba(model: nn.Module, inputs: Any, n_samples: int | None = None, *
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if seed is not None \
+    fork = (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        if seed is not None
         else contextlib.nullcontext()
+    )
     try:
         with fork:
             if seed is not None:

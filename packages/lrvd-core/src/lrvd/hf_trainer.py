@@ -57,7 +57,11 @@ class BayesLoraTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         ranks = rank_report(self.model)
-        logs = {**logs, "kl": self.last_kl, "effective_rank": float(sum(ranks.values())),
-                "pruned_ranks": float(self.bayeslora_callback.pruned_total)}
+        logs = {
+            **logs,
+            "kl": self.last_kl,
+            "effective_rank": float(sum(ranks.values())),
+            "pruned_ranks": float(self.bayeslora_callback.pruned_total),
+        }
         self.rank_history.append({"step": self.state.global_step, **ranks})
         super().log(logs, *args, **kwargs)

@@ -67,8 +67,10 @@ def replace_modules(
         and ".base_layer" not in name
     ]
     if not names:
-        raise LRVDError(f"no linear module matches target_modules={target_modules}; the model's linear module "
-                        f"names: {', '.join(linear_module_names(model)) or 'none'}")
+        raise LRVDError(
+            f"no linear module matches target_modules={target_modules}; the model's linear module "
+            f"names: {', '.join(linear_module_names(model)) or 'none'}"
+        )
     replaced = {}
     for name in names:
         replaced[name] = factory(model.get_submodule(name))
@@ -123,8 +125,7 @@ def replicate_batch(batch: dict[str, Any], n: int) -> dict[str, Any]:
     """Concatenate ``n`` copies along dim 0 (sample-major) of every tensor whose dim 0 is the batch."""
     size = batch_size_of(batch)
     return {
-        k: (torch.cat([v] * n) if torch.is_tensor(v) and v.ndim and v.shape[0] == size else v)
-        for k, v in batch.items()
+        k: (torch.cat([v] * n) if torch.is_tensor(v) and v.ndim and v.shape[0] == size else v) for k, v in batch.items()
     }
 
 
@@ -181,7 +182,10 @@ def auto_chunk(n_samples: int, resident: int, activation: int, memory_budget: fl
 
 @torch.no_grad()
 def mc_predict_proba(
-    model: Callable[[dict[str, Any]], torch.Tensor], batch: dict[str, Any], n_samples: int, chunk: int = 0,
+    model: Callable[[dict[str, Any]], torch.Tensor],
+    batch: dict[str, Any],
+    n_samples: int,
+    chunk: int = 0,
     memory_budget: float = 0.1,
 ) -> torch.Tensor:
     """Posterior predictive ``[batch, n_classes]``: mean of softmax over ``n_samples`` adapter draws.

@@ -93,11 +93,18 @@ class TrainConfig:
     log_every: int = field(default=10, metadata={"help": "steps between loss log records"})
     rank_log_interval: int = field(default=20, metadata={"help": "steps between rank snapshots"})
     eval_every: int = field(
-        default=0, metadata={"help": "checkpoint selection: steps between scorings on the validation split; the "
-                                     "best checkpoint is restored after training (0: off, keep the last state)"})
+        default=0,
+        metadata={
+            "help": "checkpoint selection: steps between scorings on the validation split; the "
+            "best checkpoint is restored after training (0: off, keep the last state)"
+        },
+    )
     checkpoint_metric: str = field(
-        default="val_accuracy", metadata={"help": "val_accuracy | val_nll: what picks the checkpoint (ties: the "
-                                                  "other one, then the earlier step)"})
+        default="val_accuracy",
+        metadata={
+            "help": "val_accuracy | val_nll: what picks the checkpoint (ties: the other one, then the earlier step)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in {"auto", "bf16", "fp16", "no"}:
@@ -123,7 +130,7 @@ class TrainPlan:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
-    def from_loader_length(cls, n_batches: int, n_train: int, train: TrainConfig) -> "TrainPlan":
+    def from_loader_length(cls, n_batches: int, n_train: int, train: TrainConfig) -> TrainPlan:
         steps_per_epoch = max(1, n_batches // train.grad_accum)
         total = train.max_steps if train.max_steps else max(1, math.ceil(steps_per_epoch * train.epochs))
         return cls(total_steps=int(total), n_train=int(n_train), train=train)
@@ -193,7 +200,9 @@ class AdapterMethod(Protocol):
 #: What a class must provide to be registered as a method: every hook and class attribute of the
 #: protocol (``params`` is set per instance, so it is not checked on the class).
 PROTOCOL_MEMBERS: tuple[str, ...] = tuple(
-    sorted(({n for n in vars(AdapterMethod) if not n.startswith("_")} | set(AdapterMethod.__annotations__)) - {"params"})
+    sorted(
+        ({n for n in vars(AdapterMethod) if not n.startswith("_")} | set(AdapterMethod.__annotations__)) - {"params"}
+    )
 )
 
 
@@ -332,7 +341,9 @@ class MethodBase:
         """Method state beyond the trainable tensors: (tensors, JSON-able config) for the sidecar."""
         return {}, {}
 
-    def load_extra_state(self, model: ClassifierModel, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    def load_extra_state(
+        self, model: ClassifierModel, tensors: dict[str, torch.Tensor], config: dict[str, Any]
+    ) -> None:
         return None
 
     def peft_export(self, model: ClassifierModel) -> Any:
@@ -346,10 +357,13 @@ class MethodBase:
         from lrvd.adapter_io import transformers_model
 
         hf_model = transformers_model(model)
-        meta: dict[str, Any] = {"method": self.name, "description": self.description,
-                                "params": _jsonable(dataclasses.asdict(self.params)),
-                                "base_model_class": type(hf_model).__name__,
-                                "base_model": getattr(getattr(hf_model, "config", None), "_name_or_path", None)}
+        meta: dict[str, Any] = {
+            "method": self.name,
+            "description": self.description,
+            "params": _jsonable(dataclasses.asdict(self.params)),
+            "base_model_class": type(hf_model).__name__,
+            "base_model": getattr(getattr(hf_model, "config", None), "_name_or_path", None),
+        }
         if self.spec is not None:
             meta["spec"] = dataclasses.asdict(self.spec)
         try:
@@ -363,8 +377,13 @@ class MethodBase:
         from lrvd.adapter_io import write_adapter
 
         tensors, config = self.extra_state(model)
-        write_adapter(path, self.adapter_state_dict(model), {**self.adapter_meta(model), "extra": config},
-                      export=self.peft_export(model), extra_tensors=tensors)
+        write_adapter(
+            path,
+            self.adapter_state_dict(model),
+            {**self.adapter_meta(model), "extra": config},
+            export=self.peft_export(model),
+            extra_tensors=tensors,
+        )
 
     def load_adapter(self, model: ClassifierModel, path: str | Path) -> None:
         """Load a saved adapter into ``model`` (freshly attached by this method with the same spec)."""
@@ -389,8 +408,9 @@ def deprecated_alias(name: str, stacklevel: int = 2) -> Any:
     if name == "AdapterSpec":
         import warnings
 
-        warnings.warn("AdapterSpec is deprecated; use AdapterConfig (same class)", DeprecationWarning,
-                      stacklevel=stacklevel + 1)
+        warnings.warn(
+            "AdapterSpec is deprecated; use AdapterConfig (same class)", DeprecationWarning, stacklevel=stacklevel + 1
+        )
         return AdapterConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

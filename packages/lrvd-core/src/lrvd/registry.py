@@ -56,11 +56,13 @@ class Registry(Generic[T]):
             taken = self._local.get(name)
             ep = self._entry_points().get(name)
             if taken is not None and taken is not obj:
-                raise LRVDError(f"{self.kind} {name!r} is already registered (by {_origin(taken)}); "
-                                "choose another name")
+                raise LRVDError(
+                    f"{self.kind} {name!r} is already registered (by {_origin(taken)}); choose another name"
+                )
             if ep is not None and ep.value != _origin(obj):
-                raise LRVDError(f"{self.kind} {name!r} is already registered (entry point {ep.value}); "
-                                "choose another name")
+                raise LRVDError(
+                    f"{self.kind} {name!r} is already registered (entry point {ep.value}); choose another name"
+                )
             if self.check is not None:
                 self.check(name, obj)
             self._local[name] = obj
@@ -85,8 +87,10 @@ class Registry(Generic[T]):
         if not eps:
             raise unknown_choice(self.kind, name, self.names())
         if len({ep.value for ep in eps}) > 1:
-            raise LRVDError(f"{self.kind} {name!r} is declared by several installed packages "
-                            f"({', '.join(sorted({ep.value for ep in eps}))}); uninstall all but one")
+            raise LRVDError(
+                f"{self.kind} {name!r} is declared by several installed packages "
+                f"({', '.join(sorted({ep.value for ep in eps}))}); uninstall all but one"
+            )
         obj = eps[0].load()
         if self.check is not None:
             self.check(name, obj)
@@ -110,12 +114,16 @@ def check_method_class(name: str, obj: Any) -> None:
     from lrvd.protocol import missing_protocol_members
 
     if not isinstance(obj, type):
-        raise LRVDError(f"method {name!r} must be a class implementing AdapterMethod, got {_origin(obj)} "
-                        f"({type(obj).__name__}); subclass lrvd.MethodBase")
+        raise LRVDError(
+            f"method {name!r} must be a class implementing AdapterMethod, got {_origin(obj)} "
+            f"({type(obj).__name__}); subclass lrvd.MethodBase"
+        )
     missing = missing_protocol_members(obj)
     if missing:
-        raise LRVDError(f"method {name!r} ({_origin(obj)}) does not implement the AdapterMethod protocol: "
-                        f"missing {', '.join(missing)}; subclass lrvd.MethodBase")
+        raise LRVDError(
+            f"method {name!r} ({_origin(obj)}) does not implement the AdapterMethod protocol: "
+            f"missing {', '.join(missing)}; subclass lrvd.MethodBase"
+        )
 
 
 METHODS: Registry[type] = Registry("method", "lrvd.methods", check=check_method_class)

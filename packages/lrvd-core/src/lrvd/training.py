@@ -195,8 +195,10 @@ def fit(
     """
     cfg = plan.train
     if cfg.eval_every and val_loader is None:
-        raise LRVDError(f"train.eval_every={cfg.eval_every} needs a validation split (val_loader); "
-                        "hold one out (validation_fraction > 0) or set eval_every to 0")
+        raise LRVDError(
+            f"train.eval_every={cfg.eval_every} needs a validation split (val_loader); "
+            "hold one out (validation_fraction > 0) or set eval_every to 0"
+        )
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     model.to(device)
     model.train()
@@ -215,8 +217,17 @@ def fit(
         micro = [next(batches) for _ in range(cfg.grad_accum)]
         epoch = micro[-1][0]
         lr = float(optimizer.param_groups[0]["lr"])  # the rate this step uses (the scheduler moves it after)
-        out = train_step(method, model, optimizer, [b for _, b in micro], step, device=device, train=cfg,
-                         scheduler=scheduler, scaler=scaler)
+        out = train_step(
+            method,
+            model,
+            optimizer,
+            [b for _, b in micro],
+            step,
+            device=device,
+            train=cfg,
+            scheduler=scheduler,
+            scaler=scaler,
+        )
         loss_value, logs, step_logs = out.loss, out.logs, out.step_logs
         running = loss_value if step == 0 else 0.9 * running + 0.1 * loss_value
         nll = float(logs.get("nll", loss_value))
@@ -248,8 +259,15 @@ def fit(
     return result
 
 
-def _score_checkpoint(method: AdapterMethod, model: ClassifierModel, val_loader: Iterable[Any],
-                      device: torch.device, step: int, seed: int, result: TrainResult) -> dict[str, float]:
+def _score_checkpoint(
+    method: AdapterMethod,
+    model: ClassifierModel,
+    val_loader: Iterable[Any],
+    device: torch.device,
+    step: int,
+    seed: int,
+    result: TrainResult,
+) -> dict[str, float]:
     """``val_*`` metrics of the method's predictive now, train mode restored after.
 
     ``predict(seed=...)`` forks the RNG (training draws stay as without scoring) and gives every

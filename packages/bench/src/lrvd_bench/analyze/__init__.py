@@ -58,8 +58,11 @@ def analyze_run(
             if not trials:
                 raise SkipAnalysis(f"no trials in {run_dir / 'trials'}")
             module = import_module(f"lrvd_bench.analyze.{name}")
-            kwargs = {"tau_sweep": {"taus": tuple(taus)} if taus else {}, "gauge": {"n_perm": n_perm},
-                      "calibration": {"n_boot": n_boot}}.get(name, {})
+            kwargs = {
+                "tau_sweep": {"taus": tuple(taus)} if taus else {},
+                "gauge": {"n_perm": n_perm},
+                "calibration": {"n_boot": n_boot},
+            }.get(name, {})
             out = module.run(trials, out_dir / name, **kwargs)
             files, notes = out if isinstance(out, tuple) else (out, [])
             for note in notes:

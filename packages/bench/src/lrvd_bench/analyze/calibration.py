@@ -41,11 +41,19 @@ def reliability_bins(probs, labels, n_bins: int = N_BINS) -> dict[str, np.ndarra
     return {"count": count.numpy(), "confidence": confidence.numpy(), "accuracy": accuracy.numpy()}
 
 
-def ece_bootstrap(probs, labels, n_boot: int = N_BOOT, level: float = 0.95, seed: int = 0,
-                  n_bins: int = N_BINS, return_mean: bool = False) -> tuple[float, ...]:
+def ece_bootstrap(
+    probs,
+    labels,
+    n_boot: int = N_BOOT,
+    level: float = 0.95,
+    seed: int = 0,
+    n_bins: int = N_BINS,
+    return_mean: bool = False,
+) -> tuple[float, ...]:
     """(ECE, CI low, CI high[, bootstrap mean]): scipy's percentile interval over ``n_boot`` resamples."""
-    from lrvd.metrics import expected_calibration_error
     from scipy.stats import bootstrap
+
+    from lrvd.metrics import expected_calibration_error
 
     probs, labels = _tensors(probs, labels)
     n = len(labels)
@@ -56,8 +64,15 @@ def ece_bootstrap(probs, labels, n_boot: int = N_BOOT, level: float = 0.95, seed
     def resampled_ece(idx: np.ndarray) -> float:
         return expected_calibration_error(probs[idx], labels[idx], n_bins)
 
-    res = bootstrap((np.arange(n),), resampled_ece, n_resamples=n_boot, confidence_level=level,
-                    method="percentile", vectorized=False, rng=np.random.default_rng(seed))
+    res = bootstrap(
+        (np.arange(n),),
+        resampled_ece,
+        n_resamples=n_boot,
+        confidence_level=level,
+        method="percentile",
+        vectorized=False,
+        rng=np.random.default_rng(seed),
+    )
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     mean = float(np.mean(res.bootstrap_distribution))
     return (point, lo, hi, mean) if return_mean else (point, lo, hi)
@@ -81,29 +96,66 @@ def run(trials: list[Trial], out: Path, n_boot: int = N_BOOT, seed: int = 0) -> 
     for (task, method), items in sorted(preds.items()):
         for s, probs, labels in sorted(items, key=lambda x: x[0]):
             point, lo, hi, mean = ece_bootstrap(probs, labels, n_boot, seed=seed, return_mean=True)
-            rows.append({"method": method, "task": task, "seed": s, "n": len(labels), "ece": point,
-                         "ci_low": lo, "ci_high": hi, "boot_mean": mean})
+            rows.append(
+                {
+                    "method": method,
+                    "task": task,
+                    "seed": s,
+                    "n": len(labels),
+                    "ece": point,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "boot_mean": mean,
+                }
+            )
         width = max(p.shape[1] for _, p, _ in items)  # pad missing choices with probability 0
         probs = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for _, p, _ in items])
         labels = np.concatenate([y for _, _, y in items])
         pooled[(task, method)] = (probs, labels)
         point, lo, hi, mean = ece_bootstrap(probs, labels, n_boot, seed=seed, return_mean=True)
-        rows.append({"method": method, "task": task, "seed": "pooled", "n": len(labels), "ece": point,
-                     "ci_low": lo, "ci_high": hi, "boot_mean": mean})
+        rows.append(
+            {
+                "method": method,
+                "task": task,
+                "seed": "pooled",
+                "n": len(labels),
+                "ece": point,
+                "ci_low": lo,
+                "ci_high": hi,
+                "boot_mean": mean,
+            }
+        )
         b = reliability_bins(probs, labels)
         for i in range(N_BINS):
-            bins_rows.append({"method": method, "task": task, "bin": i, "lo": i / N_BINS, "hi": (i + 1) / N_BINS,
-                              "count": int(b["count"][i]), "confidence": b["confidence"][i],
-                              "accuracy": b["accuracy"][i]})
-    files = [write_csv(pd.DataFrame(rows), out / "ece_bootstrap.csv"),
-             write_csv(pd.DataFrame(bins_rows), out / "reliability_bins.csv")]
+            bins_rows.append(
+                {
+                    "method": method,
+                    "task": task,
+                    "bin": i,
+                    "lo": i / N_BINS,
+                    "hi": (i + 1) / N_BINS,
+                    "count": int(b["count"][i]),
+                    "confidence": b["confidence"][i],
+                    "accuracy": b["accuracy"][i],
+                }
+            )
+    files = [
+        write_csv(pd.DataFrame(rows), out / "ece_bootstrap.csv"),
+        write_csv(pd.DataFrame(bins_rows), out / "reliability_bins.csv"),
+    ]
     ece_rows = {(r["task"], r["method"]): r for r in rows if r["seed"] == "pooled"}
     for task in sorted({t for t, _ in pooled}):
         methods = sorted(m for t, m in pooled if t == task)
-        titles = {m: f"{m}\nECE {r['ece']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}], n={r['n']}"
-                  for m in methods for r in [ece_rows[(task, m)]]}
-        fig = reliability_grid({m: pooled[(task, m)] for m in methods}, titles,
-                               f"{task}: reliability (all seeds pooled, 95% bootstrap CI; strip: examples per bin)",
-                               N_BINS)
+        titles = {
+            m: f"{m}\nECE {r['ece']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}], n={r['n']}"
+            for m in methods
+            for r in [ece_rows[(task, m)]]
+        }
+        fig = reliability_grid(
+            {m: pooled[(task, m)] for m in methods},
+            titles,
+            f"{task}: reliability (all seeds pooled, 95% bootstrap CI; strip: examples per bin)",
+            N_BINS,
+        )
         files.append(save_figure(fig, out / f"reliability_{safe(task)}.png"))
     return files

@@ -42,8 +42,16 @@ def load_trials(run_dir: str | Path) -> list[Trial]:
                 continue
         if not info.get("method"):
             continue
-        trials.append(Trial(folder, str(info["method"]), str(info.get("task", "")), int(info.get("seed", 0) or 0),
-                            info.get("status") == "ok", info if (folder / "result.json").exists() else {}))
+        trials.append(
+            Trial(
+                folder,
+                str(info["method"]),
+                str(info.get("task", "")),
+                int(info.get("seed", 0) or 0),
+                info.get("status") == "ok",
+                info if (folder / "result.json").exists() else {},
+            )
+        )
     return trials
 
 
@@ -52,8 +60,25 @@ _TYPES = (  # (type, patterns) checked in order on the lower-cased module name's
     ("k", ("key", "k_proj", "k_lin", ".k")),
     ("v", ("value", "v_proj", "v_lin", ".v")),
     ("o", ("attention.output.dense", "o_proj", "out_proj", "out_lin", "attn.c_proj", "dense_proj", ".o")),
-    ("mlp", ("intermediate", "output.dense", "mlp", "fc1", "fc2", "c_fc", "gate_proj", "up_proj", "down_proj",
-             "ffn", "lin1", "lin2", "wi", "wo")),
+    (
+        "mlp",
+        (
+            "intermediate",
+            "output.dense",
+            "mlp",
+            "fc1",
+            "fc2",
+            "c_fc",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+            "ffn",
+            "lin1",
+            "lin2",
+            "wi",
+            "wo",
+        ),
+    ),
 )
 
 

@@ -68,8 +68,15 @@ def alignment(A, B, log_alpha, n_perm: int = N_PERM, seed: int = 0) -> dict:
     random = order_curve(A, B, perms)
     bayes = order_curve(A, B, np.argsort(np.asarray(log_alpha), kind="stable"))
     svd = svd_curve(A, B)
-    out = {"svd": svd, "bayes": bayes, "random_mean": random.mean(0), "random_std": random.std(0),
-           "auc_svd": float(auc(svd)), "auc_bayes": float(auc(bayes)), "auc_random": float(auc(random).mean())}
+    out = {
+        "svd": svd,
+        "bayes": bayes,
+        "random_mean": random.mean(0),
+        "random_std": random.std(0),
+        "auc_svd": float(auc(svd)),
+        "auc_bayes": float(auc(bayes)),
+        "auc_random": float(auc(random).mean()),
+    }
     out["auc_improvement"] = out["auc_bayes"] - out["auc_random"]
     return out
 
@@ -113,11 +120,24 @@ def run(trials: list[Trial], out: Path, n_perm: int = N_PERM) -> list[Path]:
         for i, (module, (A, B, la)) in enumerate(sorted(factors.items())):
             res = alignment(A, B, la, n_perm=n_perm, seed=1000 * t.seed + i)
             ident = {"method": t.method, "task": t.task, "seed": t.seed, "module": module}
-            aucs.append({**ident, "r": A.shape[0], **{k: res[k] for k in ("auc_svd", "auc_bayes", "auc_random",
-                                                                         "auc_improvement")}})
+            aucs.append(
+                {
+                    **ident,
+                    "r": A.shape[0],
+                    **{k: res[k] for k in ("auc_svd", "auc_bayes", "auc_random", "auc_improvement")},
+                }
+            )
             for k in range(A.shape[0]):
-                curves.append({**ident, "k": k + 1, "svd": res["svd"][k], "bayes": res["bayes"][k],
-                               "random_mean": res["random_mean"][k], "random_std": res["random_std"][k]})
+                curves.append(
+                    {
+                        **ident,
+                        "k": k + 1,
+                        "svd": res["svd"][k],
+                        "bayes": res["bayes"][k],
+                        "random_mean": res["random_mean"][k],
+                        "random_std": res["random_std"][k],
+                    }
+                )
     if not aucs:
         raise SkipAnalysis("no BayesLoRA adapter (adapter/ with A_mu/B_mu) in any trial")
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from lrvd.registry import method_capability
-
 from lrvd_bench.analyze.common import SkipAnalysis, Trial, layer_index, module_type, write_csv
 from lrvd_bench.figures import pyplot, rank_curve_grid, safe, save_figure
 
@@ -79,21 +78,40 @@ def run(trials: list[Trial], out: Path) -> list[Path]:
     ranks = load_ranks(trials)
     out.mkdir(parents=True, exist_ok=True)
     by_layer, by_type, effective = aggregate(ranks)
-    files = [write_csv(by_layer, out / "rank_by_layer.csv"), write_csv(by_type, out / "rank_by_type.csv"),
-             write_csv(effective, out / "effective_rank.csv")]
-    changing = set(ranks.groupby(["method", "task", "seed", "module"])["rank"].nunique().loc[lambda s: s > 1]
-                   .index.get_level_values("method"))
+    files = [
+        write_csv(by_layer, out / "rank_by_layer.csv"),
+        write_csv(by_type, out / "rank_by_type.csv"),
+        write_csv(effective, out / "effective_rank.csv"),
+    ]
+    changing = set(
+        ranks.groupby(["method", "task", "seed", "module"])["rank"]
+        .nunique()
+        .loc[lambda s: s > 1]
+        .index.get_level_values("method")
+    )
     for (method, task), group in by_layer.groupby(["method", "task"]):
         if method not in changing and not method_capability(method, "adaptive_rank"):
             continue
         table = group.groupby(["layer", "step"])["rank"].mean().unstack("step").sort_index()
-        files.append(_heatmap(table, f"{method} on {task}: active rank per layer", "layer",
-                              out / f"heatmap_layer_{safe(method)}_{safe(task)}.png"))
+        files.append(
+            _heatmap(
+                table,
+                f"{method} on {task}: active rank per layer",
+                "layer",
+                out / f"heatmap_layer_{safe(method)}_{safe(task)}.png",
+            )
+        )
         sub = by_type[(by_type.method == method) & (by_type.task == task)]
         table = sub.groupby(["type", "step"])["rank"].mean().unstack("step")
         table = table.reindex([t for t in TYPE_ORDER if t in table.index])
-        files.append(_heatmap(table, f"{method} on {task}: active rank per module type", "module type",
-                              out / f"heatmap_type_{safe(method)}_{safe(task)}.png"))
+        files.append(
+            _heatmap(
+                table,
+                f"{method} on {task}: active rank per module type",
+                "module type",
+                out / f"heatmap_type_{safe(method)}_{safe(task)}.png",
+            )
+        )
     files += _log_alpha(trials, out)
     for task, group in effective.groupby("task"):
         curves = {method: g for method, g in group.groupby("method")}
@@ -113,8 +131,17 @@ def _log_alpha(trials: list[Trial], out: Path) -> list[Path]:
         frame = pd.read_csv(file).drop_duplicates(["step", "module", "rank_index"], keep="last")
         for step, g in frame.groupby("step"):
             q = g["log_alpha"].quantile([0.1, 0.5, 0.9]).to_numpy()
-            rows.append({"method": t.method, "task": t.task, "seed": t.seed, "step": step,
-                         "q10": q[0], "q50": q[1], "q90": q[2]})
+            rows.append(
+                {
+                    "method": t.method,
+                    "task": t.task,
+                    "seed": t.seed,
+                    "step": step,
+                    "q10": q[0],
+                    "q50": q[1],
+                    "q90": q[2],
+                }
+            )
     if not rows:
         return []
     table = pd.DataFrame(rows)

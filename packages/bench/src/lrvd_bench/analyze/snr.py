@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from lrvd.registry import method_capability
-
 from lrvd_bench.analyze.common import SkipAnalysis, Trial, write_csv
 from lrvd_bench.figures import pyplot, save_figure
 
@@ -89,8 +88,9 @@ def recompute_sensitivity(trial_dir: Path, max_batches: int = 16) -> dict[str, n
         loss = torch.nn.functional.cross_entropy(model(batch).float(), batch["labels"])
         loss.backward()
         for n, p in params.items():
-            ipts[n].append((p.detach() * p.grad).abs().double().numpy() if p.grad is not None
-                           else np.zeros(tuple(p.shape)))
+            ipts[n].append(
+                (p.detach() * p.grad).abs().double().numpy() if p.grad is not None else np.zeros(tuple(p.shape))
+            )
     return {n: ema_sensitivity(v, beta1, beta2) for n, v in ipts.items() if v}
 
 
@@ -114,15 +114,24 @@ def module_correlations(mu: dict, sigma: dict | None, sensitivity: dict | None, 
 
     rows = []
     for prefix, names in sorted(_modules(mu).items()):
+
         def score(fn, names=names) -> np.ndarray:
             return triplet_scores(*(fn(names[f]) for f in ("E", "A", "B")))
 
         magnitude = score(lambda n: np.abs(np.asarray(mu[n], dtype=np.float64)))
-        row: dict = {"module": prefix.removeprefix("backbone.").removeprefix("base_model.model."),
-                     "r": len(magnitude), "magnitude": magnitude}
+        row: dict = {
+            "module": prefix.removeprefix("backbone.").removeprefix("base_model.model."),
+            "r": len(magnitude),
+            "magnitude": magnitude,
+        }
         if sigma is not None and all(names[f] in sigma for f in "EAB"):
-            row["snr"] = score(lambda n: importance(criterion, torch.as_tensor(np.asarray(mu[n], np.float64)),
-                                                    torch.as_tensor(np.asarray(sigma[n], np.float64))).numpy())
+            row["snr"] = score(
+                lambda n: importance(
+                    criterion,
+                    torch.as_tensor(np.asarray(mu[n], np.float64)),
+                    torch.as_tensor(np.asarray(sigma[n], np.float64)),
+                ).numpy()
+            )
         if sensitivity is not None and all(names[f] in sensitivity for f in "EAB"):
             row["sensitivity"] = score(lambda n: np.asarray(sensitivity[n], dtype=np.float64))
         for a, b in (("snr", "magnitude"), ("snr", "sensitivity"), ("magnitude", "sensitivity")):
@@ -153,16 +162,18 @@ def run(trials: list[Trial], out: Path, recompute: bool = True, max_batches: int
         adapter = t.path / "adapter"
         meta, mu, extra = read_adapter(adapter)
         mu, extra = ({k: v.double().numpy() for k, v in d.items()} for d in (mu, extra))
-        sigma = {k[len(STD_PREFIX):]: v for k, v in extra.items() if k.startswith(STD_PREFIX)} or None
+        sigma = {k[len(STD_PREFIX) :]: v for k, v in extra.items() if k.startswith(STD_PREFIX)} or None
         sens = _load(adapter / SENSITIVITY_FILE) if (adapter / SENSITIVITY_FILE).exists() else None
         if sens is None and recompute and (t.path / "spec.json").exists():
             try:
                 sens = recompute_sensitivity(t.path, max_batches)
-                notes.append(f"snr: {t.label}: sensitivity recomputed at the trained weights "
-                             f"({max_batches} batches max)")
+                notes.append(
+                    f"snr: {t.label}: sensitivity recomputed at the trained weights ({max_batches} batches max)"
+                )
             except Exception as err:
-                notes.append(f"snr: {t.label}: sensitivity not recomputed ({type(err).__name__}: "
-                             f"{str(err).strip()[:100]})")
+                notes.append(
+                    f"snr: {t.label}: sensitivity not recomputed ({type(err).__name__}: {str(err).strip()[:100]})"
+                )
         missing_sigma += sigma is None
         try:
             criterion = meta["params"].get("criterion", "snr-abs")
@@ -172,15 +183,24 @@ def run(trials: list[Trial], out: Path, recompute: bool = True, max_batches: int
         for row in module_correlations(mu, sigma, sens, criterion):
             ident = {"method": t.method, "task": t.task, "seed": t.seed, "module": row["module"]}
             for k in range(row["r"]):
-                score_rows.append({**ident, "triplet": k, **{c: row[c][k] for c in ("snr", "magnitude", "sensitivity")
-                                                               if c in row}})
-            rho_rows.append({**ident, "r": row["r"], "criterion": criterion if sigma is not None else "",
-                             **{c: v for c, v in row.items() if c.startswith("rho_")}})
+                score_rows.append(
+                    {**ident, "triplet": k, **{c: row[c][k] for c in ("snr", "magnitude", "sensitivity") if c in row}}
+                )
+            rho_rows.append(
+                {
+                    **ident,
+                    "r": row["r"],
+                    "criterion": criterion if sigma is not None else "",
+                    **{c: v for c, v in row.items() if c.startswith("rho_")},
+                }
+            )
     if missing_sigma:
         notes.append(f"snr: {missing_sigma} trial(s) without IVON posterior std (adalora has none): SNR not computed")
     if missing_sens:
-        notes.append(f"snr: {missing_sens} trial(s) without AdaLoRA sensitivity (not saved by trials and not "
-                     "recomputed): SNR-vs-sensitivity missing there")
+        notes.append(
+            f"snr: {missing_sens} trial(s) without AdaLoRA sensitivity (not saved by trials and not "
+            "recomputed): SNR-vs-sensitivity missing there"
+        )
     out.mkdir(parents=True, exist_ok=True)
     rho = pd.DataFrame(rho_rows)
     files = [write_csv(pd.DataFrame(score_rows), out / "snr_scores.csv"), write_csv(rho, out / "snr_spearman.csv")]

@@ -54,8 +54,9 @@ def sweep_model(method, model, loader, taus=TAU_GRID, device: Any = "cpu") -> li
                     kept += int(keep.sum())
                     layer.A_mu.copy_(saved[name] * keep[:, None].to(saved[name].dtype))
             probs, labels = predict(method, model, loader, n_samples=0, device=device, progress=False)
-            rows.append({"tau": float(tau), "effective_rank": kept, "full_rank": full,
-                         **classification_metrics(probs, labels)})
+            rows.append(
+                {"tau": float(tau), "effective_rank": kept, "full_rank": full, **classification_metrics(probs, labels)}
+            )
     finally:
         with torch.no_grad():
             for name, layer in layers.items():
@@ -104,7 +105,9 @@ def run(trials: list[Trial], out: Path, taus=TAU_GRID, device: str = "cpu") -> t
             ax.set_xlabel("kept rank fraction (effective / attached rank)")
             ax.set_ylabel(f"{metric} (mean model)")
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"{task}: prune at τ ∈ {{{', '.join(f'{x:g}' for x in sorted(g['tau'].unique()))}}}, "
-                     "no retraining", fontsize=8)
+        fig.suptitle(
+            f"{task}: prune at τ ∈ {{{', '.join(f'{x:g}' for x in sorted(g['tau'].unique()))}}}, no retraining",
+            fontsize=8,
+        )
         files.append(save_figure(fig, out / f"tau_sweep_{safe(task)}.png"))
     return files, notes

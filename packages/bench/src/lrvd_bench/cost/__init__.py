@@ -22,7 +22,21 @@ from lrvd_bench.cost.stats import REFERENCE, add_ratios, epoch_units, median_iqr
 from lrvd_bench.cost.whole_run import measure_whole_run
 
 __all__ = [
-    "COLUMNS", "REFERENCE", "WHOLE_RUN_COLUMNS", "CostConfig", "add_ratios", "epoch_units", "measure",
-    "measure_whole_run", "median_iqr", "ratio", "ray_overhead", "ray_overhead_from_run", "steps_per_epoch",
-    "targets", "targets_markdown", "to_markdown", "write_rows",
+    "COLUMNS",
+    "REFERENCE",
+    "WHOLE_RUN_COLUMNS",
+    "CostConfig",
+    "add_ratios",
+    "epoch_units",
+    "measure",
+    "measure_whole_run",
+    "median_iqr",
+    "ratio",
+    "ray_overhead",
+    "ray_overhead_from_run",
+    "steps_per_epoch",
+    "targets",
+    "targets_markdown",
+    "to_markdown",
+    "write_rows",
 ]

@@ -20,37 +20,67 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=d.warmup, help="discarded warm-up rounds (default 3)")
     parser.add_argument("--n-samples", type=int, default=d.n_samples, help="S of the sampled predictive (default 10)")
     parser.add_argument("--pred-repeats", type=int, default=d.pred_repeats, help="timed prediction rounds")
-    parser.add_argument("--limit-train", type=int, default=d.limit_train,
-                        help="training examples for after_training, the epoch unit and --whole-run (default 64)")
-    parser.add_argument("--limit-eval", type=int, default=d.limit_eval,
-                        help="with --whole-run: evaluation examples for the accuracy (default 200)")
+    parser.add_argument(
+        "--limit-train",
+        type=int,
+        default=d.limit_train,
+        help="training examples for after_training, the epoch unit and --whole-run (default 64)",
+    )
+    parser.add_argument(
+        "--limit-eval",
+        type=int,
+        default=d.limit_eval,
+        help="with --whole-run: evaluation examples for the accuracy (default 200)",
+    )
     parser.add_argument("--methods", help="comma-separated subset (default: every registered method)")
     parser.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N]")
     parser.add_argument("--data-dir", help="task data directory (default: bundled/auto)")
     parser.add_argument("--out", help="CSV path (Markdown written beside it as .md); a .md path writes only Markdown")
-    parser.add_argument("--whole-run", type=int, metavar="STEPS",
-                        help="instead: whole training runs of STEPS steps (default methods: lora,bayeslora)")
+    parser.add_argument(
+        "--whole-run",
+        type=int,
+        metavar="STEPS",
+        help="instead: whole training runs of STEPS steps (default methods: lora,bayeslora)",
+    )
     parser.add_argument("--run-repeats", type=int, default=2, help="with --whole-run: alternating repeats")
     parser.add_argument("--r", dest="rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old --rank
     parser.add_argument("--head-lr", type=float, default=None, help="task-head learning rate (default: --lr)")
     parser.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="LR warm-up fraction")
-    add_knob_flags(parser, {"lr": d.lr, "batch_size": d.batch_size, "rank": d.r},
-                   default_note="default: the backbone's")
+    add_knob_flags(
+        parser, {"lr": d.lr, "batch_size": d.batch_size, "rank": d.r}, default_note="default: the backbone's"
+    )
     parser.add_argument("--ray-overhead", metavar="RUN_DIR", help="instead: Ray Tune overhead of a finished sweep")
     parser.add_argument("--sweep-seconds", type=float, help="with --ray-overhead: the sweep's wall time")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="with --ray-overhead: trials run at once (default: the run's max_concurrent_trials)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="with --ray-overhead: trials run at once (default: the run's max_concurrent_trials)",
+    )
 
 
 def config_from_args(args) -> CostConfig:
     """The :class:`CostConfig` of parsed flags."""
     return CostConfig(
-        model=args.model, task=args.task, batch_size=args.batch_size, max_length=args.max_length, steps=args.steps,
-        warmup=args.warmup, n_samples=args.n_samples, pred_repeats=args.pred_repeats, limit_train=args.limit_train,
+        model=args.model,
+        task=args.task,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        steps=args.steps,
+        warmup=args.warmup,
+        n_samples=args.n_samples,
+        pred_repeats=args.pred_repeats,
+        limit_train=args.limit_train,
         limit_eval=args.limit_eval,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
-        device=args.device, data_dir=args.data_dir, r=args.rank, lr=args.lr, head_lr=args.head_lr,
-        warmup_ratio=args.warmup_ratio, method_params=parse_params(args.param), target_modules=args.target_modules,
+        device=args.device,
+        data_dir=args.data_dir,
+        r=args.rank,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        warmup_ratio=args.warmup_ratio,
+        method_params=parse_params(args.param),
+        target_modules=args.target_modules,
     )
 
 
@@ -72,8 +102,10 @@ def main_whole_run(cfg: CostConfig, args) -> int:
     from lrvd_bench.cost.whole_run import measure_whole_run
 
     rows = measure_whole_run(cfg, args.whole_run, args.run_repeats)
-    header = (f"<!-- bench cost --whole-run {args.whole_run}: batch {cfg.batch_size} x {cfg.max_length} tokens, "
-              f"r={cfg.r}, {cfg.limit_train} training examples, {args.run_repeats} repeats -->\n")
+    header = (
+        f"<!-- bench cost --whole-run {args.whole_run}: batch {cfg.batch_size} x {cfg.max_length} tokens, "
+        f"r={cfg.r}, {cfg.limit_train} training examples, {args.run_repeats} repeats -->\n"
+    )
     print(header + to_markdown(rows, WHOLE_RUN_COLUMNS), end="")
     if args.out:
         for path in write_rows(rows, args.out, header=header, columns=WHOLE_RUN_COLUMNS):
@@ -92,8 +124,10 @@ def main(args) -> int:
     from lrvd_bench.cost.report import targets, targets_markdown, to_markdown, write_rows
 
     rows, info = measure(cfg)
-    header = (f"<!-- bench cost: {info['device']}, torch {info.get('torch')}, transformers {info.get('transformers')}, "
-              f"peft {info.get('peft')}, {info['torch_threads']} torch threads, batch {info.get('batch_shape')} -->\n")
+    header = (
+        f"<!-- bench cost: {info['device']}, torch {info.get('torch')}, transformers {info.get('transformers')}, "
+        f"peft {info.get('peft')}, {info['torch_threads']} torch threads, batch {info.get('batch_shape')} -->\n"
+    )
     print(header + to_markdown(rows), end="")
     print("\n" + targets_markdown(targets(rows)), end="")
     if args.out:

@@ -89,8 +89,9 @@ def cpu_timed(fn: Callable[[], Any], device: Any) -> tuple[float, float]:
     return wall, time.process_time() - c0
 
 
-def load_inputs(cfg: CostConfig, backbone: Any = None, train_loader: Any = None, n_train: int | None = None,
-                eval_loader: Any = None) -> Inputs:
+def load_inputs(
+    cfg: CostConfig, backbone: Any = None, train_loader: Any = None, n_train: int | None = None, eval_loader: Any = None
+) -> Inputs:
     """The given model and loaders (tests: a config-built tiny model), else ``cfg.model`` on ``cfg.task``."""
     if backbone is None:
         from lrvd_bench.backbones import load_backbone
@@ -99,8 +100,15 @@ def load_inputs(cfg: CostConfig, backbone: Any = None, train_loader: Any = None,
 
         task = get_task(cfg.task)
         backbone = load_backbone(cfg.model, task)
-        data = make_loaders(task, backbone, data_dir=cfg.data_dir, batch_size=cfg.batch_size,
-                            max_length=cfg.max_length, limit_train=cfg.limit_train, limit_eval=cfg.limit_eval)
+        data = make_loaders(
+            task,
+            backbone,
+            data_dir=cfg.data_dir,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            limit_train=cfg.limit_train,
+            limit_eval=cfg.limit_eval,
+        )
         train_loader, n_train, eval_loader = data.train_loader, data.n_train, data.eval_loader
     from lrvd_bench.backbones import Backbone
 
@@ -113,8 +121,9 @@ def plan_and_spec(cfg: CostConfig, total_steps: int, n_train: int) -> tuple[Any,
     """The TrainPlan and AdapterConfig every method of one measurement shares."""
     from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 
-    train_cfg = TrainConfig(lr=cfg.lr, head_lr=cfg.head_lr, warmup_ratio=cfg.warmup_ratio, max_steps=total_steps,
-                            batch_size=cfg.batch_size)
+    train_cfg = TrainConfig(
+        lr=cfg.lr, head_lr=cfg.head_lr, warmup_ratio=cfg.warmup_ratio, max_steps=total_steps, batch_size=cfg.batch_size
+    )
     spec_kwargs: dict[str, Any] = {"r": cfg.r, "alpha": cfg.alpha}
     if cfg.target_modules:
         spec_kwargs["target_modules"] = list(cfg.target_modules)
@@ -137,6 +146,15 @@ def run_step(entry: Entry, batch: dict[str, Any], step: int, device: Any, plan: 
     """One optimizer step of ``entry`` exactly as ``fit`` runs it; returns the on_step_end seconds."""
     from lrvd.training import train_step
 
-    out = train_step(entry.method, entry.model, entry.optimizer, [batch] * plan.train.grad_accum, step,
-                     device=device, train=plan.train, scheduler=entry.scheduler, time_hook=True)
+    out = train_step(
+        entry.method,
+        entry.model,
+        entry.optimizer,
+        [batch] * plan.train.grad_accum,
+        step,
+        device=device,
+        train=plan.train,
+        scheduler=entry.scheduler,
+        time_hook=True,
+    )
     return out.hook_s

@@ -139,8 +139,14 @@ def prediction_modes(e: Entry, batch, n_samples: int) -> list[tuple[str, Callabl
         modes.append(("pred_s", lambda: e.method.predict_proba(e.model, batch, n_samples)))
         if "mc_chunk" in fields:
             for mode, chunk in (("pred_batched", n_samples), ("pred_seq", 1)):
-                modes.append((mode, lambda c=chunk: with_param(
-                    e.method, "mc_chunk", c, lambda: e.method.predict_proba(e.model, batch, n_samples))))
+                modes.append(
+                    (
+                        mode,
+                        lambda c=chunk: with_param(
+                            e.method, "mc_chunk", c, lambda: e.method.predict_proba(e.model, batch, n_samples)
+                        ),
+                    )
+                )
     return modes
 
 
@@ -192,7 +198,8 @@ def measure(
             try:
                 hook: list[float] = []
                 elapsed, cpu = cpu_timed(
-                    lambda e=e, h=hook, step=offset + rnd: h.append(run_step(e, batch, step, device, plan)), device)
+                    lambda e=e, h=hook, step=offset + rnd: h.append(run_step(e, batch, step, device, plan)), device
+                )
             except Exception as err:
                 e.error = f"train: {type(err).__name__}: {err}"[:200]
                 log(f"bench cost: {e.name}: {e.error}")
@@ -261,8 +268,9 @@ def measure(
             row["step_ratio_iqr"] = paired_ratio_iqr(e.step_times, ref.step_times)
             row["step_cpu_ratio"] = median_iqr([ratio(a, b) for a, b in zip(e.step_cpu_times, ref.step_cpu_times)])[0]
             row["step_cpu_ratio_iqr"] = paired_ratio_iqr(e.step_cpu_times, ref.step_cpu_times)
-    info = run_info(cfg, device, n_train=n_train, steps_per_epoch=spe, batch=batch, total_steps=total_steps,
-                    offset=offset)
+    info = run_info(
+        cfg, device, n_train=n_train, steps_per_epoch=spe, batch=batch, total_steps=total_steps, offset=offset
+    )
     for e in entries:  # free before returning (the models hold the backbone copies)
         e.model = e.optimizer = e.method = None
     gc.collect()
@@ -276,8 +284,13 @@ def make_row(e: Entry, times: dict[tuple[str, str], list[float]], spe: int) -> d
         row["error"] = e.error
         return row
     med, iqr = median_iqr(e.step_times)
-    row.update(step_ms=1e3 * med, step_iqr_ms=1e3 * iqr, hook_ms=1e3 * median_iqr(e.hook_times)[0],
-               n_steps=len(e.step_times), step_cpu_ms=1e3 * median_iqr(e.step_cpu_times)[0])
+    row.update(
+        step_ms=1e3 * med,
+        step_iqr_ms=1e3 * iqr,
+        hook_ms=1e3 * median_iqr(e.hook_times)[0],
+        n_steps=len(e.step_times),
+        step_cpu_ms=1e3 * median_iqr(e.step_cpu_times)[0],
+    )
     row.update({k: v for k, v in e.row.items() if k in ("peak_mib", "step_peak_mib")})
     counts = e.method.parameter_counts(e.model)
     row["trainable"], row["variational"] = int(counts.get("trainable", 0)), int(counts.get("variational", 0))
@@ -307,8 +320,10 @@ def run_info(cfg: CostConfig, device, **extra: Any) -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-        "config": dataclasses.asdict(cfg), **package_versions(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "config": dataclasses.asdict(cfg),
+        **package_versions(),
     }
     batch = extra.pop("batch", None)
     if batch is not None and "input_ids" in batch:

@@ -39,8 +39,12 @@ def ray_overhead(rows: Sequence[dict[str, Any]], sweep_wall_s: float, concurrenc
         compute_s += compute
     overhead = sweep_wall_s - trial_s / max(1, concurrency)
     return {
-        "n_trials": float(len(rows)), "sweep_wall_s": float(sweep_wall_s), "concurrency": float(concurrency),
-        "trial_s": trial_s, "compute_s": compute_s, "overhead_s": overhead,
+        "n_trials": float(len(rows)),
+        "sweep_wall_s": float(sweep_wall_s),
+        "concurrency": float(concurrency),
+        "trial_s": trial_s,
+        "compute_s": compute_s,
+        "overhead_s": overhead,
         "overhead_fraction": ratio(overhead, sweep_wall_s),
     }
 

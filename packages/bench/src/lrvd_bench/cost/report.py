@@ -12,27 +12,50 @@ from lrvd_bench.cost.stats import ratio
 
 #: (row key, Markdown header) of the per-step table.
 COLUMNS = [
-    ("method", "method"), ("step_ms", "step ms (median)"), ("step_iqr_ms", "IQR ms"),
-    ("step_ms_ratio", "× LoRA"), ("step_ratio_iqr", "IQR of × LoRA"), ("step_cpu_ms", "step CPU ms"),
-    ("step_cpu_ratio", "CPU × LoRA"), ("step_cpu_ratio_iqr", "IQR"), ("hook_ms", "on_step_end ms"),
+    ("method", "method"),
+    ("step_ms", "step ms (median)"),
+    ("step_iqr_ms", "IQR ms"),
+    ("step_ms_ratio", "× LoRA"),
+    ("step_ratio_iqr", "IQR of × LoRA"),
+    ("step_cpu_ms", "step CPU ms"),
+    ("step_cpu_ratio", "CPU × LoRA"),
+    ("step_cpu_ratio_iqr", "IQR"),
+    ("hook_ms", "on_step_end ms"),
     ("peak_mib", "peak MiB"),
-    ("peak_mib_ratio", "× LoRA"), ("trainable", "trainable"), ("variational", "variational"),
-    ("pred_det_ms", "predict det. ms"), ("pred_s_ms", "predict S ms"), ("pred_s_ratio", "S / det."),
-    ("pred_s_iqr_ratio", "IQR"), ("pred_batched_ms", "S batched ms"), ("pred_batched_ratio", "batched / det."),
-    ("pred_seq_ms", "S seq. ms"), ("pred_seq_ratio", "seq. / det."),
-    ("pred_det_peak_mib", "predict det. peak MiB"), ("pred_s_peak_mib", "predict S peak MiB"),
-    ("pred_s_peak_ratio", "S / det. peak"), ("pred_batched_peak_mib", "S batched peak MiB"),
+    ("peak_mib_ratio", "× LoRA"),
+    ("trainable", "trainable"),
+    ("variational", "variational"),
+    ("pred_det_ms", "predict det. ms"),
+    ("pred_s_ms", "predict S ms"),
+    ("pred_s_ratio", "S / det."),
+    ("pred_s_iqr_ratio", "IQR"),
+    ("pred_batched_ms", "S batched ms"),
+    ("pred_batched_ratio", "batched / det."),
+    ("pred_seq_ms", "S seq. ms"),
+    ("pred_seq_ratio", "seq. / det."),
+    ("pred_det_peak_mib", "predict det. peak MiB"),
+    ("pred_s_peak_mib", "predict S peak MiB"),
+    ("pred_s_peak_ratio", "S / det. peak"),
+    ("pred_batched_peak_mib", "S batched peak MiB"),
     ("pred_batched_peak_ratio", "batched / det. peak"),
-    ("after_training_s", "after_training s"), ("after_training_epochs", "epochs"),
+    ("after_training_s", "after_training s"),
+    ("after_training_epochs", "epochs"),
 ]
 
 #: (row key, Markdown header) of ``--whole-run``.
 WHOLE_RUN_COLUMNS = [
-    ("method", "method"), ("run_s", "run s (median)"), ("run_iqr_s", "IQR s"), ("run_s_ratio", "× LoRA"),
+    ("method", "method"),
+    ("run_s", "run s (median)"),
+    ("run_iqr_s", "IQR s"),
+    ("run_s_ratio", "× LoRA"),
     ("run_ratio_iqr", "IQR of × LoRA"),
-    ("early_step_ms", "first-quarter step ms"), ("late_step_ms", "last-quarter step ms"),
-    ("late_over_early", "late / early"), ("params_start", "trainable at start"), ("params_end", "trainable at end"),
-    ("ranks_end", "effective rank at end"), ("accuracy", "accuracy"),
+    ("early_step_ms", "first-quarter step ms"),
+    ("late_step_ms", "last-quarter step ms"),
+    ("late_over_early", "late / early"),
+    ("params_start", "trainable at start"),
+    ("params_end", "trainable at end"),
+    ("ranks_end", "effective rank at end"),
+    ("accuracy", "accuracy"),
     ("repeats", "repeats"),
 ]
 
@@ -91,13 +114,21 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         ("BayesLoRA train step ≤ 1.03 × LoRA", get("bayeslora", "step_ms_ratio"), 1.03),
         ("BayesLoRA peak memory ≤ 1.02 × LoRA", get("bayeslora", "peak_mib_ratio"), 1.02),
         ("AdaLoRA-IVON step ≤ 0.9 × AdaLoRA", ratio(get("adalora-ivon", "step_ms"), get("adalora", "step_ms")), 0.9),
-        ("BayesLoRA S-sample predictive peak ≤ 1.1 × one deterministic pass", get("bayeslora", "pred_s_peak_ratio"),
-         1.1),
-        ("BayesLoRA 10-sample predictive ≤ 4 × deterministic (batched; a GPU target)",
-         get("bayeslora", "pred_batched_ratio"), 4.0),
+        (
+            "BayesLoRA S-sample predictive peak ≤ 1.1 × one deterministic pass",
+            get("bayeslora", "pred_s_peak_ratio"),
+            1.1,
+        ),
+        (
+            "BayesLoRA 10-sample predictive ≤ 4 × deterministic (batched; a GPU target)",
+            get("bayeslora", "pred_batched_ratio"),
+            4.0,
+        ),
     ]
-    return [{"target": t, "observed": v, "limit": lim, "met": (v <= lim) if math.isfinite(v) else None}
-            for t, v, lim in checks]
+    return [
+        {"target": t, "observed": v, "limit": lim, "met": (v <= lim) if math.isfinite(v) else None}
+        for t, v, lim in checks
+    ]
 
 
 def targets_markdown(checks: Sequence[dict[str, Any]]) -> str:

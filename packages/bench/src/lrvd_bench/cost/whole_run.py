@@ -30,9 +30,14 @@ def summarize(name: str, runs: Sequence[Sequence[float]], params_start: int, par
     totals = [sum(r) for r in runs]
     early, late = zip(*(quarter_medians(r) for r in runs)) if runs else ((), ())
     row = {
-        "method": name, "run_s": median_iqr(totals)[0], "run_iqr_s": median_iqr(totals)[1],
-        "early_step_ms": 1e3 * median_iqr(early)[0], "late_step_ms": 1e3 * median_iqr(late)[0],
-        "params_start": params_start, "params_end": params_end, "repeats": len(runs),
+        "method": name,
+        "run_s": median_iqr(totals)[0],
+        "run_iqr_s": median_iqr(totals)[1],
+        "early_step_ms": 1e3 * median_iqr(early)[0],
+        "late_step_ms": 1e3 * median_iqr(late)[0],
+        "params_start": params_start,
+        "params_end": params_end,
+        "repeats": len(runs),
     }
     row["late_over_early"] = ratio(row["late_step_ms"], row["early_step_ms"])
     return row
@@ -91,8 +96,10 @@ def measure_whole_run(
             if inputs.eval_loader is not None:
                 end["accuracy"] = evaluate(entry, inputs.eval_loader, device)
             ends[name].append(end)
-            log(f"bench cost --whole-run: {name} repeat {rep + 1}/{repeats}: {sum(times):.1f} s, "
-                f"trainable {sizes[name][0]} → {sizes[name][1]}, {end}")
+            log(
+                f"bench cost --whole-run: {name} repeat {rep + 1}/{repeats}: {sum(times):.1f} s, "
+                f"trainable {sizes[name][0]} → {sizes[name][1]}, {end}"
+            )
             del entry
     rows = []
     for n in names:

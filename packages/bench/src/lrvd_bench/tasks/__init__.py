@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from lrvd.errors import LRVDError
 from lrvd.registry import Registry
-
 from lrvd_bench.tasks.base import BUNDLED_DATA_DIR, Carve, DataSource, Example, Task
 
 TASKS: Registry[Task] = Registry("task", "lrvd.tasks")

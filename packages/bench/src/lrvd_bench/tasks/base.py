@@ -166,7 +166,9 @@ class Task:
             if found is not None:
                 return found
             if source == "local":
-                raise LRVDError(f"task {self.name!r}: no local copy in {BUNDLED_DATA_DIR / self.folder}; use --data-dir")
+                raise LRVDError(
+                    f"task {self.name!r}: no local copy in {BUNDLED_DATA_DIR / self.folder}; use --data-dir"
+                )
         return DataSource("hub", self.hub_id + (f"/{self.hub_config}" if self.hub_config else ""))
 
     def _local_source(self, kind: str, folder: Path) -> DataSource | None:
@@ -177,7 +179,9 @@ class Task:
             return DataSource(kind, str(folder), carved=True)
         return None
 
-    def split_note(self, data_dir: str | os.PathLike[str] | None = None, source: str = "auto", seed: int = 0) -> str | None:
+    def split_note(
+        self, data_dir: str | os.PathLike[str] | None = None, source: str = "auto", seed: int = 0
+    ) -> str | None:
         """``None`` for the task's documented splits; a short note when eval is carved from dev."""
         src = self.resolve_source(data_dir, source)
         if not src.carved:

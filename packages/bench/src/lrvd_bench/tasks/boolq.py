@@ -40,10 +40,7 @@ class BoolQ(Task):
         )
 
     def causal_prompt(self, example: Example) -> str:
-        return (
-            f"Answer the question with only True or False: {example.question} "
-            f"Context: {example.context}. Answer:"
-        )
+        return f"Answer the question with only True or False: {example.question} Context: {example.context}. Answer:"
 
     def option_words(self) -> list[str]:
         return list(CLASS_NAMES)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrvd.errors import LRVDError
-
 from lrvd_bench.tasks.base import Example, Task
 
 _SPLITS = {"train": "train", "eval": "validation", "test": "test"}
@@ -34,8 +33,12 @@ class MultipleChoiceQA(Task):
         if answer not in labels:
             raise LRVDError(f"task {self.name!r}: answer {answer!r} of {record.get('id', fallback_id)} not in {labels}")
         if len(texts) > self.n_classes:
-            raise LRVDError(f"task {self.name!r}: {record.get('id', fallback_id)} has {len(texts)} > {self.n_classes} choices")
-        return Example(question=question, choices=texts, label=labels.index(answer), id=str(record.get("id", fallback_id)))
+            raise LRVDError(
+                f"task {self.name!r}: {record.get('id', fallback_id)} has {len(texts)} > {self.n_classes} choices"
+            )
+        return Example(
+            question=question, choices=texts, label=labels.index(answer), id=str(record.get("id", fallback_id))
+        )
 
 
 ARC_CHALLENGE = MultipleChoiceQA(

@@ -38,14 +38,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lrvd import pruning
 from lrvd.classifier import ClassifierModel, count_parameters, freeze_all_but
 from lrvd.errors import LRVDError, unknown_choice
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, set_sampling
 from lrvd.kl import total_kl
 from lrvd.layers import VARIANTS
 from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan, head_groups
-from lrvd import pruning
-
 
 #: The authors' two protocols: what ``sample_warmup``, ``local_reparam``, ``n_samples`` and ``prune_every``
 #: default to.
@@ -53,15 +52,23 @@ PROTOCOLS: dict[str, dict[str, float | int | bool]] = {
     # bayeslora_llama.py / bayeslora_gpt.py: set_bayeslora_sampling(model, True) every step from step
     # 0, apply_bayeslora(local_reparam=True), MC evaluation with sampling (and so LRT) on. The scripts
     # use mc_eval = 5; 10 is the suite's M for every sampled predictive (BLoB, Laplace-LoRA use 10).
-    "llm-scripts": {"sample_warmup": 0.0, "local_reparam": True, "n_samples": 10,
-                    # bayeslora_llama.py: --prune-every 200 from --prune-start-step 0 (argparse defaults;
-                    # bayeslora_gpt.py's README command passes the same 200): prune-as-you-go.
-                    "prune_every": 200},
+    "llm-scripts": {
+        "sample_warmup": 0.0,
+        "local_reparam": True,
+        "n_samples": 10,
+        # bayeslora_llama.py: --prune-every 200 from --prune-start-step 0 (argparse defaults;
+        # bayeslora_gpt.py's README command passes the same 200): prune-as-you-go.
+        "prune_every": 200,
+    },
     # run_glue_bench.py / glue_helpers.py: sampling is never switched on (LRVDLinear._sample stays
     # False), evaluate_accuracy / evaluate_metrics run the mean model.
-    "glue-bench": {"sample_warmup": 1.0, "local_reparam": False, "n_samples": 0,
-                   # run_glue_bench.py: --prune_every 2000 (argparse default), from the LR warm-up's end.
-                   "prune_every": 2000},
+    "glue-bench": {
+        "sample_warmup": 1.0,
+        "local_reparam": False,
+        "n_samples": 0,
+        # run_glue_bench.py: --prune_every 2000 (argparse default), from the LR warm-up's end.
+        "prune_every": 2000,
+    },
 }
 
 
@@ -70,43 +77,78 @@ class BayesLoRAParams:
     """Hyper-parameters; defaults are the authors' (mercury0100/bayeslora hf.py / GLUE bench)."""
 
     kl_scale: float = field(
-        default=1e-6, metadata={"help": "weight of the summed KL (per-dataset ELBO scaling; 1/N is the exact ELBO)"})
+        default=1e-6, metadata={"help": "weight of the summed KL (per-dataset ELBO scaling; 1/N is the exact ELBO)"}
+    )
     kl_warmup: float = field(default=0.0, metadata={"help": "fraction of total steps with KL weight beta = 0"})
     kl_ramp: float = field(
-        default=0.0, metadata={"help": "fraction of total steps of the linear beta ramp 0 -> 1 after kl_warmup"})
+        default=0.0, metadata={"help": "fraction of total steps of the linear beta ramp 0 -> 1 after kl_warmup"}
+    )
     tau: float = field(
-        default=3.0, metadata={"help": "rank log-alpha threshold: ranks with log alpha >= tau are off / pruned"})
+        default=3.0, metadata={"help": "rank log-alpha threshold: ranks with log alpha >= tau are off / pruned"}
+    )
     prune_every: int | None = field(
-        default=None, metadata={"help": "steps between physical rank pruning, 0: never (default: protocol's, llm-scripts 200,"
-                  " glue-bench 2000)"})
+        default=None,
+        metadata={
+            "help": "steps between physical rank pruning, 0: never (default: protocol's, llm-scripts 200,"
+            " glue-bench 2000)"
+        },
+    )
     prune_start: float | None = field(
-        default=None, metadata={"help": "fraction of total steps before the first prune (default: kl_warmup + kl_ramp)"})
+        default=None, metadata={"help": "fraction of total steps before the first prune (default: kl_warmup + kl_ramp)"}
+    )
     min_ranks: int = field(default=0, metadata={"help": "ranks every module keeps when pruning"})
     protocol: str = field(
-        default="llm-scripts", metadata={"help": "authors' protocol: llm-scripts (sample from step 0, local reparameterisation, MC "
-                  "predictive) | glue-bench (train and predict at the posterior mean)"})
+        default="llm-scripts",
+        metadata={
+            "help": "authors' protocol: llm-scripts (sample from step 0, local reparameterisation, MC "
+            "predictive) | glue-bench (train and predict at the posterior mean)"
+        },
+    )
     n_samples: int | None = field(
-        default=None, metadata={"help": "MC samples of the predictive, 0: posterior-mean model (default: protocol's, llm-"
-                  "scripts 10, glue-bench 0)"})
+        default=None,
+        metadata={
+            "help": "MC samples of the predictive, 0: posterior-mean model (default: protocol's, llm-"
+            "scripts 10, glue-bench 0)"
+        },
+    )
     mc_chunk: int = field(
-        default=0, metadata={"help": "MC samples per forward pass (0: chosen from mc_memory_budget; 1: loop; n_samples: "
-                  "all at once)"})
+        default=0,
+        metadata={
+            "help": "MC samples per forward pass (0: chosen from mc_memory_budget; 1: loop; n_samples: all at once)"
+        },
+    )
     mc_memory_budget: float = field(
-        default=0.1, metadata={"help": "with mc_chunk 0: extra peak memory the MC predictive may use, as a fraction of one "
-                  "deterministic pass"})
+        default=0.1,
+        metadata={
+            "help": "with mc_chunk 0: extra peak memory the MC predictive may use, as a fraction of one "
+            "deterministic pass"
+        },
+    )
     local_reparam: bool | None = field(
-        default=None, metadata={"help": "local reparameterisation trick whenever sampling, training and prediction (factor "
-                  "variant; default: protocol's)"})
+        default=None,
+        metadata={
+            "help": "local reparameterisation trick whenever sampling, training and prediction (factor "
+            "variant; default: protocol's)"
+        },
+    )
     variant: str = field(
-        default="factor", metadata={"help": "noise model: factor (additive noise on A, B) | gate (multiplicative rank gates)"})
+        default="factor",
+        metadata={"help": "noise model: factor (additive noise on A, B) | gate (multiplicative rank gates)"},
+    )
     init_log_sigma2: float = field(default=-8.0, metadata={"help": "initial per-rank log variance"})
     log_sigma2_lr_mult: float = field(
-        default=0.1, metadata={"help": "learning-rate multiplier of the log variances (no weight decay)"})
+        default=0.1, metadata={"help": "learning-rate multiplier of the log variances (no weight decay)"}
+    )
     sample_warmup: float | None = field(
-        default=None, metadata={"help": "fraction of total steps trained at the posterior mean before sampling (default: "
-                  "protocol's, llm-scripts 0, glue-bench 1 = never)"})
+        default=None,
+        metadata={
+            "help": "fraction of total steps trained at the posterior mean before sampling (default: "
+            "protocol's, llm-scripts 0, glue-bench 1 = never)"
+        },
+    )
     gauge_fix: bool = field(
-        default=False, metadata={"help": "balance ||A_k|| and ||B_k|| before each prune (fix_gauge)"})
+        default=False, metadata={"help": "balance ||A_k|| and ||B_k|| before each prune (fix_gauge)"}
+    )
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -121,8 +163,15 @@ class BayesLoRAParams:
                 raise LRVDError(f"{name} is a fraction of training steps in [0, 1], got {getattr(self, name)}")
         if self.prune_start is not None and not 0.0 <= self.prune_start <= 1.0:
             raise LRVDError(f"prune_start is a fraction in [0, 1], got {self.prune_start}")
-        for name in ("kl_scale", "prune_every", "min_ranks", "n_samples", "mc_chunk", "mc_memory_budget",
-                     "log_sigma2_lr_mult"):
+        for name in (
+            "kl_scale",
+            "prune_every",
+            "min_ranks",
+            "n_samples",
+            "mc_chunk",
+            "mc_memory_budget",
+            "log_sigma2_lr_mult",
+        ):
             if getattr(self, name) < 0:
                 raise LRVDError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -131,7 +180,9 @@ class BayesLoRA(MethodBase):
     """LoRA with a rank-wise variational posterior (LRVD): KL-driven rank selection + MC predictive."""
 
     name = "bayeslora"
-    description = "BayesLoRA / Low-Rank Variational Dropout: rank-wise Gaussian LoRA posterior, ARD rank pruning, MC predictive"
+    description = (
+        "BayesLoRA / Low-Rank Variational Dropout: rank-wise Gaussian LoRA posterior, ARD rank pruning, MC predictive"
+    )
     Params = BayesLoRAParams
     adaptive_rank = sampled_predictive = posterior_params = per_rank_log_alpha = True
 
@@ -169,8 +220,13 @@ class BayesLoRA(MethodBase):
         self.spec, self.plan = spec, plan
         p = self.params
         layers = inject_lrvd(
-            model.backbone, spec.target_modules, spec.r, spec.scaling,
-            init_log_sigma2=p.init_log_sigma2, variant=p.variant, local_reparam=p.local_reparam,
+            model.backbone,
+            spec.target_modules,
+            spec.r,
+            spec.scaling,
+            init_log_sigma2=p.init_log_sigma2,
+            variant=p.variant,
+            local_reparam=p.local_reparam,
         )
         keep = {id(t) for layer in layers.values() for t in (layer.A_mu, layer.B_mu, layer.rank_log_sigma2)}
         freeze_all_but(model, keep | {id(t) for t in model.head_parameters()})
@@ -252,8 +308,10 @@ class BayesLoRA(MethodBase):
 
     def extra_state(self, model):
         """Sidecar: every module's (possibly pruned) rank and its scaling."""
-        return {}, {"ranks": self.module_ranks(model),
-                    "scaling": {n: m.scaling for n, m in lrvd_modules(model.backbone).items()}}
+        return {}, {
+            "ranks": self.module_ranks(model),
+            "scaling": {n: m.scaling for n, m in lrvd_modules(model.backbone).items()},
+        }
 
     def peft_export(self, model):
         """Posterior means as a plain peft LoRA (kept ranks via ``rank_pattern``); the per-rank log σ²
@@ -263,10 +321,13 @@ class BayesLoRA(MethodBase):
         names = native_names(model)
         if not any(m.r for m in lrvd_modules(model.backbone).values()):
             return None  # every rank pruned: no LoRA left for peft; the sidecar keeps the state
-        return lora_export(model, {
-            n: LoraFactors(m.A_mu, m.B_mu, m.scaling, m.fan_in_fan_out, names[id(m.A_mu)], names[id(m.B_mu)])
-            for n, m in lrvd_modules(model.backbone).items()
-        })
+        return lora_export(
+            model,
+            {
+                n: LoraFactors(m.A_mu, m.B_mu, m.scaling, m.fan_in_fan_out, names[id(m.A_mu)], names[id(m.B_mu)])
+                for n, m in lrvd_modules(model.backbone).items()
+            },
+        )
 
     def load_adapter(self, model, path) -> None:
         """Shrink freshly attached layers to the saved ranks, then load the tensors."""
@@ -278,7 +339,9 @@ class BayesLoRA(MethodBase):
             if name not in layers:
                 raise LRVDError(f"adapter at {path} has module {name!r} that this model does not adapt")
             if r > layers[name].r:
-                raise LRVDError(f"adapter at {path} has rank {r} for {name!r}, above the attached rank {layers[name].r}")
+                raise LRVDError(
+                    f"adapter at {path} has rank {r} for {name!r}, above the attached rank {layers[name].r}"
+                )
             if r < layers[name].r:
                 pruning.prune_layer(layers[name], torch.arange(r))
         super().load_adapter(model, path)
