@@ -44,7 +44,7 @@ def main() -> None:
     from lrvd_baselines.laplace_lora import fit_on_subset, head_frozen
     from lrvd_bench.backbones import load_backbone
     from lrvd_bench.config import load_config
-    from lrvd_bench.loaders import make_loaders
+    from lrvd_bench.loaders import loaders_for_trial
     from lrvd_bench.tasks import get_task
 
     spec = next(s for s in load_config(args.config).expand() if s.method == "laplace-lora" and s.seed == args.seed)
@@ -52,19 +52,7 @@ def main() -> None:
     seed_everything(spec.seed)
     task = get_task(spec.task)
     backbone = load_backbone(spec.model, task)
-    data = make_loaders(
-        task,
-        backbone,
-        data_dir=spec.data_dir,
-        batch_size=train_cfg.batch_size,
-        eval_batch_size=spec.eval_batch_size,
-        max_length=spec.max_length,
-        limit_train=spec.limit_train,
-        limit_eval=spec.limit_eval,
-        seed=spec.seed,
-        split_seed=spec.split_seed,
-        validation_fraction=spec.validation_fraction,
-    )
+    data = loaders_for_trial(task, backbone, spec)
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     method = get_method("laplace-lora")()
     seed_everything(spec.seed)

@@ -201,6 +201,28 @@ def subsample(examples: list[Example], limit: int | None, seed: int = 0) -> list
     return [examples[i] for i in keep]
 
 
+def loaders_for_trial(task: Task, backbone: Backbone, spec: Any, *, with_eval: bool = True) -> TaskData:
+    """:func:`make_loaders` with a :class:`~lrvd_bench.config.TrialSpec`'s data settings.
+
+    The one place a trial's rows are chosen from its spec: the trial itself, a reloaded adapter
+    (:mod:`lrvd_bench.reload`) and the measurement tools must see exactly the same split.
+    """
+    return make_loaders(
+        task,
+        backbone,
+        data_dir=spec.data_dir,
+        batch_size=spec.build_train().batch_size,
+        eval_batch_size=spec.eval_batch_size,
+        max_length=spec.max_length,
+        limit_train=spec.limit_train,
+        limit_eval=spec.limit_eval,
+        seed=spec.seed,
+        split_seed=spec.split_seed,
+        validation_fraction=spec.validation_fraction,
+        with_eval=with_eval,
+    )
+
+
 def make_loaders(
     task: Task,
     backbone: Backbone,

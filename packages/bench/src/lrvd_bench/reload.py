@@ -27,7 +27,7 @@ def rebuild(trial_dir: str | Path, *, with_data: bool = False):
     from lrvd.registry import get_method
     from lrvd.training import seed_everything
     from lrvd_bench.backbones import load_backbone
-    from lrvd_bench.loaders import make_loaders
+    from lrvd_bench.loaders import loaders_for_trial
     from lrvd_bench.tasks import get_task
 
     trial_dir = Path(trial_dir)
@@ -37,19 +37,7 @@ def rebuild(trial_dir: str | Path, *, with_data: bool = False):
     seed_everything(spec.seed)
     task = get_task(spec.task)
     backbone = load_backbone(spec.model, task)
-    data = make_loaders(
-        task,
-        backbone,
-        data_dir=spec.data_dir,
-        batch_size=train_cfg.batch_size,
-        eval_batch_size=spec.eval_batch_size,
-        max_length=spec.max_length,
-        limit_train=spec.limit_train,
-        limit_eval=spec.limit_eval,
-        seed=spec.seed,
-        split_seed=spec.split_seed,
-        validation_fraction=spec.validation_fraction,
-    )
+    data = loaders_for_trial(task, backbone, spec)
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = method.attach(backbone.model, adapter_spec, plan)
     method.load_adapter(model, trial_dir / "adapter")

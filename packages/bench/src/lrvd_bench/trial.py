@@ -365,7 +365,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
     from lrvd.registry import get_method
     from lrvd.training import fit, predict, resolve_device, seed_everything
     from lrvd_bench.backbones import load_backbone
-    from lrvd_bench.loaders import make_loaders
+    from lrvd_bench.loaders import loaders_for_trial
     from lrvd_bench.memory import peak_memory_mb, reset_peak_memory
     from lrvd_bench.tasks import get_task
 
@@ -392,18 +392,10 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
     source, source_sha256 = data_fingerprint(task, spec.data_dir)
     phase("load backbone")
     backbone = load_backbone(spec.model, task, load_in_8bit=spec.load_in_8bit)
-    data = make_loaders(
+    data = loaders_for_trial(
         task,
         backbone,
-        data_dir=spec.data_dir,
-        batch_size=train_cfg.batch_size,
-        eval_batch_size=spec.eval_batch_size,
-        max_length=spec.max_length,
-        limit_train=spec.limit_train,
-        limit_eval=spec.limit_eval,
-        seed=spec.seed,
-        split_seed=spec.split_seed,
-        validation_fraction=spec.validation_fraction,
+        spec,
         with_eval=spec.stage != "selection",  # selection never loads the evaluation split
     )
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
