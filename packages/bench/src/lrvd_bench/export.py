@@ -57,26 +57,19 @@ def find_trial(run_dir: str | Path, method: str, seed: int | None = None) -> Pat
 def bootstrap_intervals(
     probs: Any, labels: Any, n_boot: int = N_BOOT, level: float = 0.95, seed: int = 0
 ) -> dict[str, tuple[float, float, float]]:
-    """metric -> (value, low, high): percentile bootstrap over evaluation examples (seeded)."""
-    import torch
+    """metric -> (value, low, high): percentile bootstrap over evaluation examples (seeded).
 
-    from lrvd.metrics import classification_metrics
+    The leaderboard's resampling (:mod:`lrvd_bench.paired`) on one trial: the same resamples of the
+    questions and the same per-question metric parts, without a reference to subtract.
+    """
+    import numpy as np
 
-    probs, labels = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.long)
-    point = classification_metrics(probs, labels)
-    g = torch.Generator().manual_seed(seed)
-    draws = {m: [] for m in METRICS}
-    for _ in range(n_boot):
-        idx = torch.randint(0, len(labels), (len(labels),), generator=g)
-        sample = classification_metrics(probs[idx], labels[idx])
-        for m in METRICS:
-            draws[m].append(sample[m])
-    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
-    out = {}
-    for m in METRICS:
-        values = torch.tensor(draws[m], dtype=torch.float64)
-        out[m] = (float(point[m]), float(values.quantile(lo)), float(values.quantile(hi)))
-    return out
+    from lrvd_bench.paired import resample_questions, score_trial
+
+    labels = np.asarray(labels)
+    scores = score_trial(probs, labels, resample_questions(len(labels), n_boot, seed))
+    quantiles = [(1 - level) / 2, (1 + level) / 2]
+    return {m: (scores.point[m], *(float(q) for q in np.quantile(scores.resampled[m], quantiles))) for m in METRICS}
 
 
 def head_tensors_from_peft(folder: Path) -> dict[str, Any]:
