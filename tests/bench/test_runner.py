@@ -21,12 +21,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# as lrvd_bench.runner does before Ray is first imported: workers use this venv, not a copy rebuilt
-# from uv.lock by Ray's `uv run` hook (which would lack the optional extras)
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-
 ray = pytest.importorskip("ray")
 
 from lrvd_bench import cli  # noqa: E402
