@@ -105,6 +105,42 @@ def test_choose_takes_the_best_mean_and_breaks_ties_towards_the_earlier_point(tm
     assert [s["score"] for s in chosen["scores"]] == pytest.approx([0.6, 0.7, 0.7])
 
 
+def test_methods_trained_as_lora_take_loras_training_point_but_not_its_own_params(tmp_path):
+    """Temperature scaling, Laplace-LoRA and the ensemble post-process a LoRA adapter: without a grid
+    of their own they get LoRA's chosen lr (so the ensemble can reuse LoRA's trials); LoRA's own
+    method_params and an explicitly gridded method are left alone."""
+    from lrvd_bench.selection import final_specs
+
+    config = _config(
+        tmp_path,
+        methods="lora,lora-temp-scaling,laplace-lora,lora-ensemble,mc-dropout-lora",
+        seeds=[0],
+        selection={
+            "search_space": {
+                "lora": {"train.lr": [1e-3, 3e-3], "lora_dropout": [0.0]},
+                "lora-temp-scaling": {"train.lr": [1e-2]},
+            },
+            "seeds": [0],
+        },
+    )
+    specs = selection_specs(config)
+    for spec in specs:
+        folder = tmp_path / "run" / "trials" / spec.trial_id
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(
+            json.dumps({"config_hash": spec.config_hash, "val_nll": val_nll(spec.method, spec.train["lr"])})
+        )
+    chosen = choose(tmp_path / "run", config, specs)["arc-e"]
+    assert chosen["lora"]["point"] == {"train.lr": 3e-3, "method_params.lora.lora_dropout": 0.0}
+    for method in ("laplace-lora", "lora-ensemble"):
+        assert chosen[method]["point"] == {"train.lr": 3e-3} and "lora's choice" in chosen[method]["note"]
+    assert chosen["lora-temp-scaling"]["point"] == {"train.lr": 1e-2}  # its own grid wins
+    assert "mc-dropout-lora" not in chosen  # trained differently (dropout): config values
+    lrs = {s.method: s.train["lr"] for s in final_specs(config, {"arc-e": chosen})}
+    assert lrs["laplace-lora"] == lrs["lora-ensemble"] == lrs["lora"] == 3e-3
+    assert lrs["mc-dropout-lora"] == config.train.lr != 3e-3
+
+
 @pytest.mark.parametrize(
     "selection, fragment",
     [

@@ -293,6 +293,7 @@ class LaplaceLoRA(LoRA):
     """LoRA + post-hoc Kronecker-factored Laplace over the adapter weights."""
 
     name = "laplace-lora"
+    trains_like = "lora"  # its adapter is trained as LoRA's: selection reuses LoRA's chosen training settings
     description = "Laplace-LoRA (post-hoc KFAC Laplace over LoRA weights, laplace-torch)"
     Params = LaplaceLoRAParams
     posthoc_fit = posterior_params = sampled_predictive = True

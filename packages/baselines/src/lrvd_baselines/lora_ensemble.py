@@ -177,6 +177,7 @@ class LoRAEnsemble(LoRA):
     """M independently seeded LoRA adapters (each with its own head) trained side by side; mean softmax."""
 
     name = "lora-ensemble"
+    trains_like = "lora"  # its adapter is trained as LoRA's: selection reuses LoRA's chosen training settings
     description = "Ensemble of M independently seeded LoRA adapters + heads on one backbone (mean of softmaxes)"
     Params = LoRAEnsembleParams
 

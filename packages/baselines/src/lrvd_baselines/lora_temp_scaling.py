@@ -78,6 +78,7 @@ class LoRATempScaling(LoRA):
     """LoRA, then one temperature fitted by NLL on a held-out split; prediction softmax(logits / T)."""
 
     name = "lora-temp-scaling"
+    trains_like = "lora"  # its adapter is trained as LoRA's: selection reuses LoRA's chosen training settings
     description = "LoRA + temperature scaling (one T fitted by NLL on a held-out training split)"
     Params = LoRATempScalingParams
     posthoc_fit = True

@@ -163,7 +163,31 @@ def choose(run_dir: Path, config: Any, specs: list[TrialSpec]) -> dict[str, dict
                 "metric": metric,
                 "scores": scores,
             }
+        _inherit(out.setdefault(task, {}), config, metric)
     return out
+
+
+def _inherit(chosen: dict[str, dict[str, Any]], config: Any, metric: str) -> None:
+    """Give each method without a grid whose adapter is trained as another method's
+    (``trains_like``: temperature scaling, Laplace-LoRA and the ensemble on LoRA) that method's chosen
+    training settings, so it post-processes the same adapter LoRA's row reports; the other
+    method's own hyper-parameters (``method_params.*``) are not carried over."""
+    from lrvd.registry import get_method
+
+    for method in dict.fromkeys(s.method for s in _base_specs(config, [0])):
+        source = get_method(method).trains_like
+        if method in chosen or source not in chosen or not chosen[source].get("n_seeds"):
+            continue
+        point = {k: v for k, v in chosen[source]["point"].items() if not k.startswith("method_params.")}
+        if point:
+            chosen[method] = {
+                "point": point,
+                "score": None,
+                "n_seeds": 0,
+                "note": f"{source}'s choice (trained as {source})",
+                "metric": metric,
+                "scores": [],
+            }
 
 
 def final_specs(config: Any, chosen: dict[str, dict[str, Any]]) -> list[TrialSpec]:

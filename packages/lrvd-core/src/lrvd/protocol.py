@@ -167,6 +167,9 @@ class AdapterMethod(Protocol):
     posterior_params: ClassVar[bool]
     svd_triplets: ClassVar[bool]
     per_rank_log_alpha: ClassVar[bool]
+    #: the method whose trained adapter this one reuses as is (a post-hoc step on it, or an ensemble
+    #: of it), else None; hyper-parameter selection gives it that method's chosen training point
+    trains_like: ClassVar[str | None]
 
     def attach(self, model: ClassifierModel, spec: AdapterConfig, plan: TrainPlan) -> ClassifierModel: ...
 
@@ -277,6 +280,8 @@ class MethodBase:
     posterior_params: ClassVar[bool] = False
     svd_triplets: ClassVar[bool] = False
     per_rank_log_alpha: ClassVar[bool] = False
+    #: see :class:`AdapterMethod`: e.g. ``"lora"`` for Laplace-LoRA, whose MAP is a LoRA adapter
+    trains_like: ClassVar[str | None] = None
 
     def __init__(self, **hyper_params: Any) -> None:
         self.params = build_params(self.Params, self.name, hyper_params)
