@@ -22,7 +22,7 @@ declare -A TARGETS=(
   [blob]="lrvd_baselines/blob.py|tests/baselines/test_blob.py"
   [ivon]="lrvd_baselines/adalora_ivon.py|tests/baselines/test_adalora.py tests/baselines/test_adalora_ivon.py tests/baselines/test_methods.py::test_ivon_criteria_match_hand_formula"
   [temp]="lrvd_baselines/lora_temp_scaling.py|tests/baselines/test_temperature_scaling.py"
-  [laplace]="lrvd_baselines/laplace_lora.py|tests/baselines/test_laplace_lora.py"
+  [laplace]="lrvd_baselines/laplace_lora.py|tests/baselines/test_laplace_lora.py tests/baselines/test_laplace_lora_parts.py"
 )
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(kl layers pruning metrics blob ivon temp laplace)

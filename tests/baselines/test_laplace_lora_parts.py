@@ -210,13 +210,13 @@ def test_subset_loader_takes_a_seeded_permutation_in_order_with_the_same_batchin
 
 
 # -- the fit: subset seed, prior tuning on the validation split -------------------------------------
-def attached(seed=3, **params):
+def attached(seed=3, layers=2, **params):
     """Laplace-LoRA on the tiny BERT with every adapter weight O(0.3) (no training: B starts at 0)."""
     seed_everything(0)
     loader = make_toy_loader(32, batch_size=8, seed=0, shuffle=False)
     plan = TrainPlan.from_loader_length(len(loader), 32, TrainConfig(lr=3e-2, max_steps=1, seed=seed))
     method = get_method("laplace-lora")(**params)
-    model = method.attach(TinyBertClassifier(seed=0), SPEC, plan)
+    model = method.attach(TinyBertClassifier(seed=0, layers=layers), SPEC, plan)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_" in n:
@@ -295,3 +295,44 @@ def test_gridsearch_picks_laplace_torchs_grid_optimum_of_the_predictive(predicti
         )
     assert method.laplace.prior_precision.numel() == 1
     assert float(method.laplace.prior_precision) == pytest.approx(float(la.prior_precision), rel=1e-6)
+
+
+# -- counts and persistence ------------------------------------------------------------------------
+def test_variational_count_is_the_kronecker_factor_entries_of_the_lora_matrices():
+    method, model, _ = attached()
+    counts = method.parameter_counts(model)
+    # 4 adapted modules (query, value × 2 layers), d = 32, r = 4: A [4, 32] and B [32, 4] each
+    # have factors of 4² + 32² entries; the task head (32 × 2 + 2) is not in the posterior
+    assert counts["variational"] == 4 * 2 * (4 * 4 + 32 * 32)
+    assert counts["trainable"] == 4 * (4 * 32 + 32 * 4) + 32 * 2 + 2
+
+
+def test_saved_posterior_reloads_exactly(tmp_path):
+    """Three layers (12 Kronecker-factored matrices: keys 10 and 11 sort before 2 as text), a tuned
+    prior and a fitted loss: the reloaded Laplace object is the saved one, factor by factor."""
+    method, model, loader = attached(layers=3, curvature="ggn", prior_steps=5)
+    method.after_training(model, loader)
+    method.save_adapter(model, tmp_path / "fitted")
+    unfitted, unfitted_model, _ = attached(layers=3)
+    unfitted.save_adapter(unfitted_model, tmp_path / "unfitted")
+
+    fresh, fresh_model, _ = attached(layers=3, curvature="ggn", prior_steps=5)
+    with torch.no_grad():  # scrambled: the load must restore every tensor
+        for p in fresh_model.parameters():
+            if p.requires_grad:
+                p.add_(0.5)
+    fresh.load_adapter(fresh_model, tmp_path / "fitted")
+    ours, theirs = method.laplace, fresh.laplace
+    assert len(ours.H_facs.kfacs) == 12
+    for got, want in zip(theirs.H_facs.kfacs, ours.H_facs.kfacs):
+        assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want))
+    assert torch.equal(theirs.mean, ours.mean) and torch.equal(theirs.prior_precision, ours.prior_precision)
+    assert (float(theirs.loss), theirs.n_data, theirs.n_outputs) == (float(ours.loss), 32, 2)
+    assert float(theirs.sigma_noise) == float(ours.sigma_noise) and theirs.temperature == ours.temperature
+    assert float(theirs.log_marginal_likelihood()) == pytest.approx(float(ours.log_marginal_likelihood()), rel=1e-6)
+    batch = next(iter(loader))
+    torch.testing.assert_close(fresh.predict_proba(fresh_model, batch), method.predict_proba(model, batch))
+
+    again, again_model, _ = attached(layers=3)
+    again.load_adapter(again_model, tmp_path / "unfitted")
+    assert again.laplace is None  # nothing fitted, nothing loaded: the MAP predictive
