@@ -9,6 +9,7 @@ than by the code under test.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
@@ -229,16 +230,20 @@ def test_parameter_counts_one_posterior_variance_per_trainable_weight():
     assert counts["trainable"] == counts["variational"] == adapter + 32 * 2 + 2
 
 
-def test_saved_adapter_carries_sigma_and_a_loaded_posterior_replaces_the_live_one(tmp_path):
+def test_saved_adapter_carries_sigma_and_ranks_and_a_loaded_posterior_replaces_the_live_one(tmp_path):
     method, model, loader, plan = attached(predictive="bma", n_samples=3)
     optimizer, _ = method.configure_optimizers(model, plan)
     distinct_hessians(optimizer)
+    root = peft_root(model)  # masked triplets: the rank pattern travels too (bma keeps them noise-free)
+    total = sum(layer.lora_E["default"].shape[0] for layer in adapter_layers(model).values())
+    root.peft_config["default"].rank_pattern = root.rankallocator.mask_to_budget(root.model, total // 2 + 1)
     sigma = method.posterior_stds(model)
     method.save_adapter(model, tmp_path)
     fresh, fresh_model, _, _ = attached(predictive="bma", n_samples=3)
     fresh.configure_optimizers(fresh_model, plan)  # a live posterior (σ from hess_init) the load must replace
     fresh.load_adapter(fresh_model, tmp_path)
     assert fresh.optimizer is None
+    assert fresh.rank_report(fresh_model) == method.rank_report(model) != {n: SPEC.r for n in method.rank_report(model)}
     loaded = fresh.posterior_stds(fresh_model)
     assert sorted(loaded) == sorted(sigma) and len(sigma) == sum(1 for p in model.parameters() if p.requires_grad)
     for name, s in sigma.items():
@@ -307,5 +312,19 @@ def test_exported_peft_lora_reproduces_the_posterior_mean_with_masked_triplets(t
         got = plain(**inputs).logits.float()
         untouched = make().backbone.eval()(**inputs).logits.float()
     assert str(plain.peft_config["default"].peft_type.value) == "LORA"
+    # peft repairs a wrong flag for Conv1D at load (with a warning); the saved config must be right
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["fan_in_fan_out"] is (backbone == "gpt2")
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert (expected - untouched).abs().max() > 1e-2
+
+
+def test_no_kept_triplet_anywhere_has_no_peft_form():
+    """A budget of 0 masks every triplet: a rank-0 LoRA is not a peft adapter, so there is no export
+    (the native state still goes to the sidecar)."""
+    method, model, _, plan = attached()
+    method.configure_optimizers(model, plan)
+    root = peft_root(model)
+    root.peft_config["default"].rank_pattern = root.rankallocator.mask_to_budget(root.model, 0)
+    assert set(method.rank_report(model).values()) == {0}
+    assert method.peft_export(model) is None

@@ -209,6 +209,35 @@ def test_subset_loader_takes_a_seeded_permutation_in_order_with_the_same_batchin
     assert torch.cat(list(subset)).flatten().tolist() == expected.tolist()  # not reshuffled per epoch
 
 
+# -- parameters ------------------------------------------------------------------------------------
+COUNTS = "n_samples must be >= 0 and prior_precision > 0"
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"prior_tuning": "val_gd"}, "unknown Laplace prior tuning 'val_gd'; valid choices: gridsearch, marglik"),
+        ({"curvature": "kron"}, "unknown Laplace curvature 'kron'; valid choices: ef, ggn, ggn-mc"),
+        ({"n_samples": -1}, COUNTS),
+        ({"prior_precision": 0.0}, COUNTS),
+        ({"logit_samples": 0}, "logit_samples must be >= 1 and prior_steps >= 0, got 0, 100"),
+        ({"prior_steps": -1}, "logit_samples must be >= 1 and prior_steps >= 0, got 100000, -1"),
+    ],
+)
+def test_each_bound_is_rejected_at_the_boundary_with_its_message(params, message):
+    with pytest.raises(LRVDError) as err:
+        get_method("laplace-lora")(**params)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "params", [{"n_samples": 0}, {"logit_samples": 1}, {"prior_steps": 0}, {"prior_precision": 0.5}]
+)
+def test_values_at_the_closed_ends_are_accepted(params):
+    p = get_method("laplace-lora")(**params).params
+    assert all(getattr(p, k) == v for k, v in params.items())
+
+
 # -- the fit: subset seed, prior tuning on the validation split -------------------------------------
 def attached(seed=3, layers=2, **params):
     """Laplace-LoRA on the tiny BERT with every adapter weight O(0.3) (no training: B starts at 0)."""
@@ -336,3 +365,24 @@ def test_saved_posterior_reloads_exactly(tmp_path):
     again, again_model, _ = attached(layers=3)
     again.load_adapter(again_model, tmp_path / "unfitted")
     assert again.laplace is None  # nothing fitted, nothing loaded: the MAP predictive
+
+
+def test_before_the_fit_the_predictive_is_the_map_lora():
+    method, model, loader = attached()
+    batch = next(iter(loader))
+    with torch.no_grad():
+        expected = torch.softmax(model(batch).float(), dim=-1)
+    torch.testing.assert_close(method.predict_proba(model, batch), expected, rtol=0, atol=0)
+
+
+def test_a_one_example_subset_is_a_subset_fit_rescaled_to_n():
+    """fit_examples=1 is a real subset (the bound is n <= 0 for "all"): loss and KFAC of that one
+    example, scaled by N = 32; the full fit differs."""
+    method, model, loader = attached(curvature="ggn")
+    with head_frozen(model):
+        one, full, sub = method.build_laplace(model), method.build_laplace(model), method.build_laplace(model)
+        one.fit(subset_loader(loader, 1, seed=0))
+        full.fit(loader)
+        fit_on_subset(sub, loader, 1, seed=0)
+    assert sub.n_data == 32 and float(sub.loss) == pytest.approx(32 * float(one.loss), rel=1e-6)
+    assert float(sub.loss) != pytest.approx(float(full.loss), rel=1e-3)
