@@ -55,6 +55,20 @@ class SplitHead(nn.Module):
         return torch.cat([self.a(x), self.b(x)], dim=-1)
 
 
+class DeadBranch(nn.Module):
+    """An adapted layer called first but outside the logits' graph (say an auxiliary head): its
+    output has no gradient, its Jacobian columns are 0, and the layers after it still count."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(7)
+        self.aux, self.head = nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, x):
+        self.aux(x)
+        return self.head(x)
+
+
 class SharedLayer(nn.Module):
     """One Linear called twice in the forward pass: its Jacobian is the sum of both calls' terms."""
 
@@ -111,6 +125,7 @@ CASES = {
     "tokens": (TokenMLP, lambda: torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(4))),
     "split": (SplitHead, lambda: torch.randn(4, 3, generator=torch.Generator().manual_seed(5))),
     "shared": (SharedLayer, lambda: torch.randn(4, 3, generator=torch.Generator().manual_seed(6))),
+    "dead": (DeadBranch, lambda: torch.randn(4, 3, generator=torch.Generator().manual_seed(7))),
 }
 
 
@@ -126,6 +141,8 @@ def test_batched_jacobians_equal_per_example_autograd(case):
     torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got[1], f_want)
     assert want.abs().sum(-1).min() > 0  # every (example, class) row has a non-zero Jacobian
+    if case == "dead":
+        assert want[:, :, :8].abs().max() == 0  # aux's 3 × 2 weight and 2 biases
 
 
 @pytest.mark.parametrize("model_cls, x", [(ScaledLinear, torch.randn(4, 3)), (MixesExamples, torch.randn(4, 3))])
@@ -172,9 +189,11 @@ def test_backend_falls_back_to_laplace_torch_for_other_parameters(base_calls):
 
 def test_backend_with_backprop_is_laplace_torchs_and_keeps_the_graph(base_calls):
     model, x = TokenMLP(), CASES["tokens"][1]()
-    js, f = backend_class("ggn")(model, "classification").jacobians(x, enable_backprop=True)
-    assert base_calls == [True] and f.requires_grad
-    torch.testing.assert_close(js.detach(), reference_jacobians(model, x)[0], rtol=1e-5, atol=1e-6)
+    backend = backend_class("ggn")(model, "classification")
+    for js, f in (backend.jacobians(x, enable_backprop=True), backend.functorch_jacobians(x, enable_backprop=True)):
+        assert f.requires_grad
+        torch.testing.assert_close(js.detach(), reference_jacobians(model, x)[0], rtol=1e-5, atol=1e-6)
+    assert base_calls == [True, True]
 
 
 # -- joint logit Monte Carlo -----------------------------------------------------------------------
