@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from conftest import TinyBertClassifier, make_toy_loader
+from lrvd.errors import LRVDError
 from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 from lrvd.registry import get_method, list_methods
 from lrvd.training import fit
-from lrvd_baselines.blob import BLoB, BLoBLinear, kl_weight
+from lrvd_baselines.blob import BLoB, BLoBLinear, BLoBParams, kl_weight
 from lrvd_baselines.lora import LoRA
 
 SPEC = AdapterConfig(r=2, alpha=4)
@@ -157,11 +159,14 @@ def test_g_is_stepped_by_sgd_on_nll_plus_weighted_kl_and_m_gets_the_kl_gradient(
     nll_grad = torch.full_like(g0, 0.3)
     for other in layers:
         other.lora_A_std_sqrt.grad = nll_grad.clone()
+        other.lora_A.grad = torch.full_like(m0, 0.7)  # M's NLL gradient is AdamW's, not this step's
     step = method.kl_cycle  # the cycle's last step: π ≈ 1/2, so the KL step on M is visible
     pi = method.kl_weight(step)
     assert pi == pytest.approx(0.5)
     lr = 0.1 * (p.total_steps - (step - 1)) / p.total_steps  # linear decay, no warm-up
-    method.on_step_end(model, optimizer, step)
+    kl = float(sum(other.kl(0.2) for other in layers))  # logged: the KL before the step
+    logs = method.on_step_end(model, optimizer, step)
+    assert logs == pytest.approx({"kl": kl, "kl_weight": pi})
     sp2 = 0.2**2
     expected_g = g0 - lr * (nll_grad + pi * (-2.0 / g0 + 2.0 * g0**3 / sp2))
     expected_m = m0 - lr * pi * m0 / sp2
@@ -212,3 +217,191 @@ def test_lm_head_is_adaptable_on_a_causal_lm():
     with torch.no_grad():
         head.lora_B.normal_()
     assert not torch.allclose(model(batch), before)  # the head's adapter moves the letter logits
+
+
+# -- written against surviving mutants (docs/testing.md, `tools/mutation.sh blob`) --------------------
+def blob_layers_of(model) -> list[BLoBLinear]:
+    return [m for m in model.modules() if isinstance(m, BLoBLinear)]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"init_eps": 0.0}, "init_eps, prior_std and gamma must be > 0"),
+        ({"prior_std": 0.0}, "init_eps, prior_std and gamma must be > 0"),
+        ({"gamma": 0.0}, "init_eps, prior_std and gamma must be > 0"),
+        ({"kl_lr": -0.1}, "kl_lr and n_samples must be >= 0"),
+        ({"n_samples": -1}, "kl_lr and n_samples must be >= 0"),
+    ],
+)
+def test_params_reject_each_out_of_range_value_alone(bad, message):
+    with pytest.raises(LRVDError, match=f"^{re.escape(message)}$"):
+        BLoBParams(**bad)
+
+
+def test_params_accept_the_boundary_values():
+    """γ in (0, 1] is a (short-cycle) γ, kl_lr = 0 switches the KL/std step off, n_samples = 0 is BLoB (N=0)."""
+    p = BLoBParams(gamma=0.5, kl_lr=0.0, n_samples=0)
+    assert (p.gamma, p.kl_lr, p.n_samples) == (0.5, 0.0, 0)
+
+
+def test_layer_defaults_initialisation_dtype_and_wrapper_error():
+    """Default init_eps 0.05 (G ~ U(0.035, 0.05)); M ~ kaiming_uniform(a=√5), i.e. U(±1/√d_in) as LoRA's
+    A (2048 draws reach past 0.95 of the bound); adapter parameters in the base's fp64."""
+    torch.manual_seed(0)
+    layer = BLoBLinear(nn.Linear(256, 4), r=8, scaling=1.0)
+    g = layer.lora_A_std_sqrt.detach()
+    assert float(g.min()) >= 0.05 / math.sqrt(2) and float(g.max()) <= 0.05
+    largest, bound = float(layer.lora_A.detach().abs().max()), 1 / math.sqrt(256)
+    assert 0.95 * bound < largest <= bound
+    double = BLoBLinear(nn.Linear(4, 3).double(), r=2, scaling=1.0)
+    assert {p.dtype for p in (double.lora_A, double.lora_A_std_sqrt, double.lora_B)} == {torch.float64}
+    with pytest.raises(TypeError, match="^BLoBLinear wraps nn.Linear or Conv1D, got Bilinear$"):
+        BLoBLinear(nn.Bilinear(3, 3, 5), r=1, scaling=1.0)
+
+
+def test_adapter_runs_in_fp32_under_a_bf16_base_and_returns_bf16():
+    """y = W x + b + s·B M x: the adapter path in fp32 (x cast up), the sum cast back to the base's bf16."""
+    torch.manual_seed(0)
+    layer = BLoBLinear(nn.Linear(4, 3).to(torch.bfloat16), r=2, scaling=2.0).eval()
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(5, 4).to(torch.bfloat16)
+    out = layer(x)
+    assert layer.lora_A.dtype == torch.float32 and out.dtype == torch.bfloat16
+    expected = layer.base_layer(x).float() + 2.0 * (x.float() @ layer.lora_A.T @ layer.lora_B.T)
+    torch.testing.assert_close(out.float(), expected.detach(), rtol=2e-2, atol=2e-2)
+
+
+def test_sampled_forward_equals_flipout_draw_for_draw():
+    """With the same noise: y = W x + b + s·B(M x + ((x ∘ r) Eᵀ) ∘ t), E = G² ∘ ε (one per pass),
+    r ∈ {±1}^{d_in} and t ∈ {±1}^r per row, drawn in that order."""
+    torch.manual_seed(0)
+    layer = BLoBLinear(nn.Linear(6, 4), r=3, scaling=2.0, init_eps=0.5)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    layer.sampling = True
+    x = torch.randn(2, 5, 6)
+    torch.manual_seed(1)
+    got = layer(x)
+    torch.manual_seed(1)
+    e = layer.lora_A_std_sqrt.detach().square() * torch.randn(3, 6)
+    r = torch.empty(2, 5, 6).bernoulli_(0.5) * 2 - 1
+    t = torch.empty(2, 5, 3).bernoulli_(0.5) * 2 - 1
+    z = x @ layer.lora_A.T + ((x * r) @ e.T) * t
+    expected = layer.base_layer(x) + 2.0 * z @ layer.lora_B.T
+    torch.testing.assert_close(got, expected.detach())
+
+
+def test_flipout_noise_lives_on_the_adapters_device():
+    """The sign vectors are drawn on x's device (the meta device stands in for an accelerator here:
+    a CPU tensor cannot be multiplied with it)."""
+    layer = BLoBLinear(nn.Linear(4, 3, device="meta"), r=2, scaling=1.0)
+    layer.sampling = True
+    out = layer(torch.empty(5, 4, device="meta"))
+    assert out.device.type == "meta" and out.shape == (5, 3)
+
+
+class _ScaledLinear(nn.Linear):
+    """A base layer with extra forward arguments (as quantised or peft-wrapped bases have)."""
+
+    def forward(self, x, scale=1.0, *, shift=0.0):
+        return super().forward(x) * scale + shift
+
+
+def test_extra_forward_arguments_reach_the_base_layer():
+    torch.manual_seed(0)
+    layer = BLoBLinear(_ScaledLinear(4, 3), r=2, scaling=1.0).eval()
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(layer(x, 3.0, shift=0.5), 3.0 * layer.base_layer(x) + 0.5)  # B = 0 at init
+
+
+def test_attach_refuses_fp16_with_one_line():
+    p = TrainPlan(total_steps=1, n_train=32, train=TrainConfig(mixed_precision="fp16"))
+    with pytest.raises(LRVDError, match=r"^blob does not support mixed_precision=fp16 \(use bf16 or no\)$"):
+        BLoB().attach(TinyBertClassifier(), SPEC, p)
+
+
+def test_attach_passes_scaling_and_init_eps_and_counts_the_effective_batch():
+    """Every layer gets s = alpha / r = 2 and G ~ U(0.2/√2, 0.2) for init_eps = 0.2; batch 4 with
+    gradient accumulation 2 is an effective batch of 8: N = 1000 gives 125 steps per epoch, a
+    188-step KL cycle (as batch 8), and without re-weighting π = 1/125 at every step."""
+    method = BLoB(init_eps=0.2, kl_reweighting=False)
+    train = TrainConfig(batch_size=4, grad_accum=2, mixed_precision="no")
+    model = method.attach(TinyBertClassifier(), SPEC, TrainPlan(total_steps=10, n_train=1000, train=train))
+    layers = blob_layers_of(model)
+    assert [layer.scaling for layer in layers] == [2.0] * 4
+    g = torch.cat([layer.lora_A_std_sqrt.detach().flatten() for layer in layers])
+    assert float(g.min()) >= 0.2 / math.sqrt(2) and float(g.max()) <= 0.2
+    assert (method.steps_per_epoch, method.kl_cycle) == (125, 188)
+    assert [method.kl_weight(s) for s in (1, 7, 188)] == [1 / 125] * 3
+
+
+@pytest.mark.parametrize("reweighting, weight", [(True, 2 / 3), (False, 1.0)])
+def test_a_tiny_training_set_has_one_step_epochs_and_one_step_cycles(reweighting, weight):
+    """N = 2, batch 256: ⌈2/256⌉ = 1 step per epoch (π = 1/1) and int(100 · 2^(π/8) / 256) = 0, floored
+    to a one-step cycle, whose single weight is π_1 = 2 / (2² − 1)."""
+    method = BLoB(kl_reweighting=reweighting)
+    train = TrainConfig(batch_size=256, mixed_precision="no")
+    method.attach(TinyBertClassifier(), SPEC, TrainPlan(total_steps=3, n_train=2, train=train))
+    assert (method.steps_per_epoch, method.kl_cycle) == (1, 1)
+    assert [method.kl_weight(s) for s in (1, 2, 3)] == pytest.approx([weight] * 3)
+
+
+def test_kl_lr_follows_the_main_schedule():
+    """BLoB's scheduler2 is the main schedule (lrvd.protocol.linear_warmup_decay) applied to kl_lr: 100
+    steps, warm-up 0.1 → 0.1 (s + 1)/10 for s < 10, then 0.1 (100 − s)/90; a one-step run gets kl_lr."""
+    method = BLoB(kl_lr=0.1)
+    train = TrainConfig(warmup_ratio=0.1, mixed_precision="no")
+    method.attach(TinyBertClassifier(), SPEC, TrainPlan(total_steps=100, n_train=32, train=train))
+    assert [method.kl_lr(s) for s in (0, 4, 9, 10, 55, 100)] == pytest.approx([0.01, 0.05, 0.1, 0.1, 0.05, 0.0])
+    one = BLoB(kl_lr=0.1)
+    one.attach(TinyBertClassifier(), SPEC, plan(steps=1))
+    assert one.kl_lr(0) == pytest.approx(0.1)
+
+
+def test_a_non_finite_nll_gradient_on_g_skips_the_kl_step_and_clears_it():
+    """An inf in G's gradient (an overflowed backward) must reach neither G nor M."""
+    method = BLoB(kl_lr=0.1)
+    model = method.attach(TinyBertClassifier(), SPEC, plan(steps=100))
+    layers = blob_layers_of(model)
+    before = [(layer.lora_A.detach().clone(), layer.lora_A_std_sqrt.detach().clone()) for layer in layers]
+    for layer in layers:
+        layer.lora_A_std_sqrt.grad = torch.full_like(layer.lora_A_std_sqrt, 0.3)
+    layers[0].lora_A_std_sqrt.grad[0, 0] = float("inf")
+    method.on_step_end(model, None, method.kl_cycle)
+    for layer, (m, g) in zip(layers, before):
+        assert torch.equal(layer.lora_A.detach(), m) and torch.equal(layer.lora_A_std_sqrt.detach(), g)
+        assert layer.lora_A_std_sqrt.grad is None
+
+
+def test_saved_adapter_is_the_posterior_mean_as_plain_peft_lora(tmp_path):
+    """The peft files hold (M, B) and the head: peft's LoRA on a fresh backbone reproduces BLoB (N=0),
+    and BLoB's own load restores the same mean predictive and the stds G."""
+    from peft import PeftModel
+
+    method = BLoB()
+    model = method.attach(TinyBertClassifier(), SPEC, plan())
+    with torch.no_grad():
+        for layer in blob_layers_of(model):
+            layer.lora_B.normal_()
+            layer.lora_A_std_sqrt.uniform_(0.1, 0.3)
+        for p in model.head_parameters():
+            p.add_(0.5)  # a trained head must travel with the adapter
+    model.eval()
+    b = next(iter(make_toy_loader(8, shuffle=False)))
+    expected = model(b)
+    method.save_adapter(model, tmp_path)
+    reloaded = PeftModel.from_pretrained(TinyBertClassifier().backbone, str(tmp_path)).eval()
+    logits = reloaded(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
+    fresh_method = BLoB()
+    fresh = fresh_method.attach(TinyBertClassifier(), SPEC, plan())
+    with torch.no_grad():  # scramble, so the load must restore everything
+        for p in fresh.parameters():
+            if p.requires_grad:
+                p.add_(0.5)
+    fresh_method.load_adapter(fresh, tmp_path)
+    torch.testing.assert_close(fresh.eval()(b), expected)
+    for a, c in zip(blob_layers_of(fresh), blob_layers_of(model)):
+        torch.testing.assert_close(a.lora_A_std_sqrt, c.lora_A_std_sqrt)

@@ -253,6 +253,42 @@ def test_fit_backpropagates_once_per_class_only_for_the_exact_curvature(curvatur
     assert len(counts) == per_batch * len(loader)
 
 
+@pytest.mark.parametrize("curvature", ["ggn", "ef"])
+def test_kfac_fit_runs_the_network_once_per_batch_with_laplace_torchs_loss_and_factors(curvature):
+    """laplace-torch's kron forwards each batch twice (KFAC pass, then the loss alone); the suite's
+    backend reuses the KFAC pass's logits: one forward per batch, and the same loss (which enters the
+    marginal likelihood) and Kronecker factors as the stock backend (deterministic curvatures)."""
+    from laplace import Laplace
+    from laplace.curvature import CurvlinopsEF, CurvlinopsGGN
+
+    method, model, loader = trained_laplace(steps=3, curvature=curvature)
+    model.eval()
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with head_frozen(model):
+            ours = method.build_laplace(model)
+            ours.fit(loader)
+            ours_calls, calls[:] = len(calls), []
+            stock = Laplace(
+                DictLogits(model),
+                "classification",
+                subset_of_weights="all",
+                hessian_structure="kron",
+                prior_precision=1.0,
+                backend={"ggn": CurvlinopsGGN, "ef": CurvlinopsEF}[curvature],
+            )
+            stock.fit(loader)
+    finally:
+        hook.remove()
+    # laplace-torch's fit also probes the output size with one forward of the first batch
+    assert (ours_calls, len(calls)) == (len(loader) + 1, 2 * len(loader) + 1)
+    assert float(ours.loss) == pytest.approx(float(stock.loss), rel=1e-6)
+    for got, want in zip(ours.H_facs.kfacs, stock.H_facs.kfacs, strict=True):
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize(
     "key, value, choices",
     [

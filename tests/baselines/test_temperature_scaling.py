@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import math
+
 import pytest
 import torch
 
@@ -121,3 +124,64 @@ def test_a_non_finite_fit_is_a_one_line_error():
     logits = torch.tensor([[float("nan"), 0.0], [0.0, 1.0]])
     with pytest.raises(LRVDError, match=r"^temperature scaling diverged \(non-finite T\)$"):
         fit_temperature(logits, torch.tensor([0, 1]))
+
+
+def exact_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The NLL minimiser by bisection on its stationarity condition mean(z_y − E_softmax(z/T)[z]) = 0
+    (∂NLL/∂T = −mean(z_y − E_p[z]) / T²), independent of any optimiser."""
+    z, y = logits.double(), labels.long()
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+
+    def excess(log_t: float) -> float:  # > 0 where T is too large (NLL falls with smaller T)
+        p = torch.softmax(z / math.exp(log_t), -1)
+        return float((z_y - (p * z).sum(-1)).mean())
+
+    lo, hi = -10.0, 10.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if excess(mid) > 0 else (mid, hi)
+    return math.exp(0.5 * (lo + hi))
+
+
+@pytest.mark.parametrize("scale", [10.0, 100.0])
+def test_fit_reaches_the_exact_minimiser_far_from_t_one(scale):
+    """T* ≈ 12.5 and ≈ 125: the strong-Wolfe L-BFGS from T = 1 lands within 1e-4 of the exact optimum
+    in its 100 iterations (its own gradient tolerance leaves ~1e-5)."""
+    logits, labels = overconfident_logits()
+    logits = logits * (scale / 10.0)
+    t_star = exact_temperature(logits, labels)
+    assert t_star == pytest.approx(1.25 * scale, rel=0.01)
+    assert fit_temperature(logits, labels) == pytest.approx(t_star, rel=1e-4)
+
+
+@pytest.mark.parametrize("lr", [0.05, 0.3])
+def test_one_lbfgs_iteration_moves_log_t_by_lr_downhill(lr):
+    """lbfgs_lr is the step size on log T: L-BFGS' first direction is −g scaled to |g|₁ = 1 (g here
+    ≈ −4), and the strong-Wolfe search accepts that step, so one iteration gives T = exp(lr)."""
+    logits, labels = overconfident_logits()
+    assert fit_temperature(logits, labels, max_iter=1, lr=lr) == pytest.approx(math.exp(lr), rel=1e-12)
+
+
+def test_after_training_fits_with_the_methods_max_iter_and_lbfgs_lr():
+    logits, labels = overconfident_logits(seed=1)
+    method = LoRATempScaling(max_iter=1, lbfgs_lr=0.05)
+    method.after_training(LogitsModel(), batches(*overconfident_logits(seed=0)), batches(logits, labels))
+    assert method.temperature == pytest.approx(math.exp(0.05), rel=1e-12)
+
+
+def test_fit_temperature_defaults_are_the_methods():
+    """A direct call fits what the method fits: max_iter 100 and lbfgs_lr 0.1 (docs/methods.md)."""
+    defaults = inspect.signature(fit_temperature).parameters
+    params = LoRATempScaling().params
+    assert (defaults["max_iter"].default, defaults["lr"].default) == (params.max_iter, params.lbfgs_lr) == (100, 0.1)
+
+
+def test_missing_val_loader_warning_names_the_fix_and_points_at_the_caller():
+    method = LoRATempScaling()
+    with pytest.warns(UserWarning) as record:
+        method.after_training(LogitsModel(), batches(*overconfident_logits()))
+    assert len(record) == 1 and record[0].filename == __file__  # stacklevel=2: the caller's line
+    assert str(record[0].message) == (
+        "lora-temp-scaling: no validation loader given; fitting the temperature on the training set "
+        "(hold out a validation split in the caller)"
+    )

@@ -150,6 +150,10 @@ def test_every_registered_method_and_a_fake_one_get_a_row(monkeypatch, tmp_path)
     } <= set(by["bayeslora"])
     assert "pred_s_ms" in by["mc-dropout-lora"] and "pred_s_ms" not in by["lora"]
     assert by["laplace-lora"]["after_training_epochs"] > 0
+    laplace = by["laplace-lora"]  # the fit in epochs of CPU time: fit CPU s / (step CPU s x 2 steps per epoch)
+    assert laplace["after_training_cpu_epochs"] == pytest.approx(
+        laplace["after_training_cpu_s"] / (laplace["step_cpu_ms"] / 1e3 * info["steps_per_epoch"]), rel=1e-9
+    )
     assert "after_training_s" not in by["lora"]
     assert info["steps_per_epoch"] == 2
     paths = cost.write_rows(rows, tmp_path / "cost.csv")

@@ -332,3 +332,88 @@ def test_frozen_shape_of_linear_and_conv1d_and_the_rank_one_layer():
         lrvd.LRVDLinear(nn.Linear(3, 5), r=1, scaling=1.0, variant="gates")
     with pytest.raises(TypeError, match="LRVDLinear wraps nn.Linear or Conv1D, got Bilinear"):
         lrvd.LRVDLinear(nn.Bilinear(3, 3, 5), r=1, scaling=1.0)
+
+
+def _float64_layer(variant: str) -> LRVDLinear:
+    """A float64 layer with distinct per-rank variances and real (not ~1e-3) B means."""
+    torch.manual_seed(0)
+    layer = LRVDLinear(nn.Linear(6, 5).double(), r=3, scaling=2.5, variant=variant)
+    with torch.no_grad():
+        layer.rank_log_sigma2.copy_(torch.tensor([-6.0, -2.0, 0.5]))
+        layer.B_mu.normal_()
+    return layer.eval()
+
+
+@pytest.mark.parametrize("variant", ["factor", "gate"])
+def test_grouped_sample_equals_the_posterior_draw_for_draw(variant):
+    """With the same noise, replica group s of a sampled forward is s·x ΔW_s^T with, per group,
+    factor: ΔW_s = (B_mu + σ ε_B) (A_mu + σ ε_A), σ_k = exp(½ log σ²_k), ε in float64 like the adapter;
+    gate:   ΔW_s = B_mu diag(z_s) A_mu, z_s,k = 1 + √α_k ε_k.
+    The reference is written per group and per matrix, not through the layer's batched einsums."""
+    layer = _float64_layer(variant)
+    x = torch.randn(4, 3, 6, dtype=torch.float64)  # 2 groups of 2 sequences of 3 tokens
+    torch.manual_seed(1)
+    with sampling(layer, True, n_weight_samples=2):
+        got = layer.adapter_delta(x)
+    torch.manual_seed(1)
+    sigma = torch.exp(0.5 * layer.rank_log_sigma2.detach())
+    if variant == "factor":
+        eps_A = torch.randn(2, 3, 6, dtype=torch.float64)
+        eps_B = torch.randn(2, 5, 3, dtype=torch.float64)
+        deltas = [(layer.B_mu + sigma * eps_B[s]) @ (layer.A_mu + sigma[:, None] * eps_A[s]) for s in range(2)]
+    else:
+        z = 1.0 + torch.exp(0.5 * layer.rank_log_alpha()) * torch.randn(2, 3, dtype=torch.float64)
+        deltas = [layer.B_mu @ torch.diag(z[s]) @ layer.A_mu for s in range(2)]
+    expected = torch.cat([2.5 * x[2 * s : 2 * s + 2] @ deltas[s].T for s in range(2)])
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-10, atol=1e-12)
+    torch.manual_seed(1)
+    with sampling(layer, False):  # and the means differ from every draw: the noise is not negligible
+        assert not torch.allclose(layer.adapter_delta(x), got, rtol=1e-3, atol=0)
+
+
+def test_sampling_noise_lives_on_the_adapters_device_one_draw_by_default():
+    """Noise is drawn on the adapter's device (the meta device stands in for an accelerator here: a
+    CPU noise tensor cannot be added to it), and ``sample_*()`` without ``n`` is one draw."""
+    layer = LRVDLinear(nn.Linear(6, 5, device="meta"), r=3, scaling=1.0, variant="gate")
+    A, B = layer.sample_factors()
+    gates = layer.sample_gates()
+    assert (A.shape, B.shape, gates.shape) == ((1, 3, 6), (1, 5, 3), (1, 3))
+    assert {A.device.type, B.device.type, gates.device.type} == {"meta"}
+
+
+def test_local_reparam_keeps_an_all_zero_input_row_finite():
+    """A zero input row (after a ReLU or dropout) has zero output variance; the 1e-12 floor keeps
+    √v and the noise gradient ε / (2√v) finite, and the row's update stays ~1e-6."""
+    torch.manual_seed(0)
+    layer = LRVDLinear(nn.Linear(6, 5), r=3, scaling=2.0, init_log_sigma2=-1.0, local_reparam=True).train()
+    x = torch.randn(3, 6)
+    x[1] = 0.0
+    x.requires_grad_(True)
+    delta = layer.adapter_delta(x)
+    assert torch.isfinite(delta).all() and delta[1].abs().max() < 1e-4
+    delta.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in (x, layer.A_mu, layer.B_mu, layer.rank_log_sigma2))
+
+
+def test_grouped_sampling_rejects_a_batch_that_does_not_split_into_the_groups():
+    layer = LRVDLinear(nn.Linear(3, 2), r=1, scaling=1.0)
+    with (
+        sampling(layer, True, n_weight_samples=2),
+        pytest.raises(ValueError, match=r"^leading dim 5 is not a multiple of n_weight_samples=2$"),
+    ):
+        layer(torch.randn(5, 3))
+
+
+class _ScaledLinear(nn.Linear):
+    """A base layer with extra forward arguments (as quantised or peft-wrapped bases have)."""
+
+    def forward(self, x, scale=1.0, *, shift=0.0):
+        return super().forward(x) * scale + shift
+
+
+def test_extra_forward_arguments_reach_the_base_layer():
+    torch.manual_seed(0)
+    layer = LRVDLinear(_ScaledLinear(4, 3), r=2, scaling=1.0).eval()
+    x = torch.randn(2, 4)
+    delta = x @ layer.delta_weight().T
+    torch.testing.assert_close(layer(x, 3.0, shift=0.5), 3.0 * layer.base_layer(x) + 0.5 + delta)

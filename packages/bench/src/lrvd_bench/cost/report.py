@@ -40,6 +40,7 @@ COLUMNS = [
     ("pred_batched_peak_ratio", "batched / det. peak"),
     ("after_training_s", "after_training s"),
     ("after_training_epochs", "epochs"),
+    ("after_training_cpu_epochs", "epochs (CPU time)"),
 ]
 
 #: (row key, Markdown header) of ``--whole-run``.
