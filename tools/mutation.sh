@@ -20,9 +20,9 @@ declare -A TARGETS=(
   [pruning]="lrvd/pruning.py|tests/core/test_pruning.py"
   [metrics]="lrvd/metrics.py|tests/core/test_metrics.py"
   [blob]="lrvd_baselines/blob.py|tests/baselines/test_blob.py"
-  [ivon]="lrvd_baselines/adalora_ivon.py|tests/baselines/test_adalora.py tests/baselines/test_methods.py::test_ivon_criteria_match_hand_formula"
+  [ivon]="lrvd_baselines/adalora_ivon.py|tests/baselines/test_adalora.py tests/baselines/test_adalora_ivon.py tests/baselines/test_methods.py::test_ivon_criteria_match_hand_formula"
   [temp]="lrvd_baselines/lora_temp_scaling.py|tests/baselines/test_temperature_scaling.py"
-  [laplace]="lrvd_baselines/laplace_lora.py|tests/baselines/test_laplace_lora.py"
+  [laplace]="lrvd_baselines/laplace_lora.py|tests/baselines/test_laplace_lora.py tests/baselines/test_laplace_lora_parts.py"
 )
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(kl layers pruning metrics blob ivon temp laplace)
