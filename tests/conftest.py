@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,6 +50,14 @@ class TinyBertClassifier(ClassifierModel):
 
     def forward(self, batch):
         return self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+class ScaledLinear(nn.Linear):
+    """A base layer with extra forward arguments (as quantised or peft-wrapped bases have): adapter
+    layers must pass them through to it."""
+
+    def forward(self, x, scale=1.0, *, shift=0.0):
+        return super().forward(x) * scale + shift
 
 
 def make_toy_dataset(n: int = 64, seq_len: int = 12, seed: int = 0) -> TensorDataset:

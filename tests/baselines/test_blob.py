@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TinyBertClassifier, make_toy_loader
+from conftest import ScaledLinear, TinyBertClassifier, make_toy_loader
 from lrvd.errors import LRVDError
 from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 from lrvd.registry import get_method, list_methods
@@ -302,16 +302,9 @@ def test_flipout_noise_lives_on_the_adapters_device():
     assert out.device.type == "meta" and out.shape == (5, 3)
 
 
-class _ScaledLinear(nn.Linear):
-    """A base layer with extra forward arguments (as quantised or peft-wrapped bases have)."""
-
-    def forward(self, x, scale=1.0, *, shift=0.0):
-        return super().forward(x) * scale + shift
-
-
 def test_extra_forward_arguments_reach_the_base_layer():
     torch.manual_seed(0)
-    layer = BLoBLinear(_ScaledLinear(4, 3), r=2, scaling=1.0).eval()
+    layer = BLoBLinear(ScaledLinear(4, 3), r=2, scaling=1.0).eval()
     x = torch.randn(2, 4)
     torch.testing.assert_close(layer(x, 3.0, shift=0.5), 3.0 * layer.base_layer(x) + 0.5)  # B = 0 at init
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TinyBertClassifier, make_toy_loader
+from conftest import ScaledLinear, TinyBertClassifier, make_toy_loader
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, sampling
 from lrvd.layers import LRVDLinear
 
@@ -404,16 +404,9 @@ def test_grouped_sampling_rejects_a_batch_that_does_not_split_into_the_groups():
         layer(torch.randn(5, 3))
 
 
-class _ScaledLinear(nn.Linear):
-    """A base layer with extra forward arguments (as quantised or peft-wrapped bases have)."""
-
-    def forward(self, x, scale=1.0, *, shift=0.0):
-        return super().forward(x) * scale + shift
-
-
 def test_extra_forward_arguments_reach_the_base_layer():
     torch.manual_seed(0)
-    layer = LRVDLinear(_ScaledLinear(4, 3), r=2, scaling=1.0).eval()
+    layer = LRVDLinear(ScaledLinear(4, 3), r=2, scaling=1.0).eval()
     x = torch.randn(2, 4)
     delta = x @ layer.delta_weight().T
     torch.testing.assert_close(layer(x, 3.0, shift=0.5), 3.0 * layer.base_layer(x) + 0.5 + delta)
