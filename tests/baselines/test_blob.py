@@ -405,3 +405,39 @@ def test_saved_adapter_is_the_posterior_mean_as_plain_peft_lora(tmp_path):
     torch.testing.assert_close(fresh.eval()(b), expected)
     for a, c in zip(blob_layers_of(fresh), blob_layers_of(model)):
         torch.testing.assert_close(a.lora_A_std_sqrt, c.lora_A_std_sqrt)
+
+
+def test_saved_adapter_stores_m_and_b_once_and_only_g_in_the_sidecar(tmp_path):
+    """peft's file holds every layer's M and B (the sidecar points to them: ``native_in_peft``); the
+    sidecar's own tensors are exactly the stds G, one per adapted module."""
+    import json
+
+    from safetensors.torch import load_file
+
+    method = BLoB()
+    model = method.attach(TinyBertClassifier(), SPEC, plan())
+    method.save_adapter(model, tmp_path)
+    native = {n for n, p in model.named_parameters() if n.endswith(("lora_A", "lora_B"))}
+    assert len(native) == 8
+    sidecar = json.loads((tmp_path / "lrvd_adapter.json").read_text())
+    assert native <= set(sidecar["native_in_peft"])
+    stds = {n for n, _ in model.named_parameters() if n.endswith("lora_A_std_sqrt")}
+    assert set(load_file(str(tmp_path / "lrvd_posterior.safetensors"))) == stds
+
+
+def test_saved_adapter_on_gpt2_conv1d_says_fan_in_fan_out(tmp_path):
+    """GPT-2's Conv1D stores weight [in, out]: the peft config must say ``fan_in_fan_out``."""
+    import json
+
+    from transformers import AutoTokenizer, GPT2Config
+
+    from lrvd_bench.backbones import build_backbone_from_config, resolve_model_path
+    from lrvd_bench.tasks import get_task
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=1, n_head=4)
+    backbone = build_backbone_from_config(config, get_task("arc-e"), tokenizer)
+    method = BLoB()
+    model = method.attach(backbone.model, AdapterConfig(target_modules=["c_attn"], r=2, alpha=4), plan())
+    method.save_adapter(model, tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["fan_in_fan_out"] is True

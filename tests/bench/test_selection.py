@@ -141,6 +141,31 @@ def test_methods_trained_as_lora_take_loras_training_point_but_not_its_own_param
     assert lrs["mc-dropout-lora"] == config.train.lr != 3e-3
 
 
+def test_a_choice_at_the_edge_of_its_grid_is_flagged_in_the_summary():
+    """3+ numeric values, chosen the largest (or smallest, whatever the written order): flagged; a
+    middle value, a two-value grid or a non-numeric key: not."""
+    from lrvd_bench.selection import summary_lines
+
+    def choice(point, grid):
+        return {"point": point, "score": 1.25, "metric": "val_nll", "scores": [{"point": p} for p in grid]}
+
+    lrs = [{"train.lr": v} for v in (2e-3, 1e-3, 4e-3)]  # written out of order: 4e-3 is the top edge
+    chosen = {
+        "arc-e": {
+            "lora": choice({"train.lr": 4e-3}, lrs),
+            "blob": choice({"train.lr": 2e-3}, lrs),
+            "adalora": choice(
+                {"method_params.adalora.lr": 1e-2}, [{"method_params.adalora.lr": v} for v in (1e-2, 2e-2, 4e-2)]
+            ),
+            "bayeslora": choice({"train.lr": 1e-3}, [{"train.lr": v} for v in (1e-3, 2e-3)]),
+        }
+    }
+    lines = dict(zip(chosen["arc-e"], summary_lines(chosen)))
+    assert lines["lora"].endswith("at the edge of its grid in train.lr: the best value may lie beyond")
+    assert lines["adalora"].endswith("at the edge of its grid in lr: the best value may lie beyond")
+    assert "edge" not in lines["blob"] and "edge" not in lines["bayeslora"]
+
+
 @pytest.mark.parametrize(
     "selection, fragment",
     [

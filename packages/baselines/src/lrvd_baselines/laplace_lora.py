@@ -8,7 +8,7 @@ section Laplace-LoRA).
 
 Curvature (``curvature``): the authors' exact Fisher/GGN KFAC backpropagates once per class (about
 C + 1 training epochs per fit). The default ``ggn-mc`` estimates the same Fisher from one label sampled
-from the model's own predictive per example, one backward pass per batch (about 1.6 epochs for
+from the model's own predictive per example, one backward pass per batch (about 1.4 epochs for
 MiniLM), with the same tuned prior and GLM predictive on the quickstart data (``docs/performance.md``,
 "Laplace-LoRA fit cost").
 

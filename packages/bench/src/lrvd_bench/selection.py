@@ -220,5 +220,25 @@ def summary_lines(chosen: dict[str, dict[str, Any]]) -> list[str]:
                 if choice.get("score") is not None
                 else f" ({choice.get('note', '')})"
             )
-            lines.append(f"selected for {method} on {task}: {point}{score}")
+            edges = grid_edges(choice)
+            warn = f"; at the edge of its grid in {', '.join(edges)}: the best value may lie beyond" if edges else ""
+            lines.append(f"selected for {method} on {task}: {point}{score}{warn}")
     return lines
+
+
+def grid_edges(choice: dict[str, Any]) -> list[str]:
+    """The numeric KEYs (of three values or more) whose chosen value is the grid's smallest or largest:
+    a choice at the edge says the grid did not bracket the optimum, which a reader should know."""
+    values: dict[str, list[Any]] = {}
+    for entry in choice.get("scores", []):
+        for key, value in entry["point"].items():
+            values.setdefault(key, [])
+            if value not in values[key]:
+                values[key].append(value)
+    return [
+        key.rpartition(".")[2] if key.startswith("method_params.") else key
+        for key, grid in values.items()
+        if len(grid) > 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in grid)
+        and choice["point"].get(key) in (min(grid), max(grid))
+    ]
