@@ -196,6 +196,30 @@ def test_backend_with_backprop_is_laplace_torchs_and_keeps_the_graph(base_calls)
     assert base_calls == [True, True]
 
 
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_backend_kron_is_laplace_torchs_with_its_keyword_arguments(wrapped):
+    """The KFAC pass equals the stock backend's, loss and factors, with a keyword argument passed
+    through (``kfac_approx="reduce"``, which differs from the default on token inputs): on a plain
+    module (laplace-torch's own path) and on the suite's ``DictLogits`` (logits reused)."""
+    from laplace.curvature import CurvlinopsGGN
+
+    if wrapped:
+        _, model, loader = attached()
+        batch = next(iter(loader))
+        net, x, y = DictLogits(model), batch, batch["labels"]
+    else:
+        net, x = TokenMLP(), CASES["tokens"][1]()
+        y = torch.tensor([0, 2, 1, 2])
+    with head_frozen(model) if wrapped else torch.enable_grad():
+        ours = backend_class("ggn")(net, "classification").kron(x, y, 32, kfac_approx="reduce")
+        stock = CurvlinopsGGN(net, "classification").kron(x, y, 32, kfac_approx="reduce")
+        default = CurvlinopsGGN(net, "classification").kron(x, y, 32)
+    assert float(ours[0]) == pytest.approx(float(stock[0]), rel=1e-6)
+    got, want, other = ([f for factors in k[1].kfacs for f in factors] for k in (ours, stock, default))
+    assert len(got) == len(want) and all(torch.allclose(g, w, rtol=1e-5, atol=1e-7) for g, w in zip(got, want))
+    assert not all(torch.allclose(g, o, rtol=1e-5, atol=1e-7) for g, o in zip(got, other))  # the argument matters
+
+
 # -- joint logit Monte Carlo -----------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_joint_logit_mc_over_chunks_is_the_mean_softmax_of_mu_plus_l_eps(dtype):
