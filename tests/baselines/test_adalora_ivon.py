@@ -44,30 +44,29 @@ def distinct_hessians(optimizer, seed=0):
 
 
 # -- parameters ------------------------------------------------------------------------------------
-POSITIVE = "IVON lr, hess_init, weight_decay and clip_radius must be > 0"
 FRACTION = "first_phase is a fraction of the run in [0, 1), got {}"
-BETAS = "ivon_beta1 must be in [0, 1) and ivon_beta2 in (0, 1)"
 
 
 @pytest.mark.parametrize(
     "params, message",
     [
         ({"lr": 0.0}, "lr must be > 0, got 0.0"),  # AdaLoRA's own check comes first
-        ({"hess_init": 0.0}, POSITIVE),
-        ({"weight_decay": 0.0}, POSITIVE),
-        ({"clip_radius": 0.0}, POSITIVE),
+        ({"hess_init": 0.0}, "hess_init must be > 0, got 0.0"),
+        ({"weight_decay": 0.0}, "weight_decay must be > 0, got 0.0"),
+        ({"clip_radius": 0.0}, "clip_radius must be > 0, got 0.0"),
         ({"head_lr": 0.0}, "head_lr must be > 0, got 0.0"),
         ({"lr_first": 0.0}, "lr_first must be > 0, got 0.0"),
         ({"first_phase": -0.1}, FRACTION.format(-0.1)),
         ({"first_phase": 1.0}, FRACTION.format(1.0)),
         ({"first_phase": 1.5}, FRACTION.format(1.5)),
         ({"ess": 0.0}, "ess must be > 0, got 0.0"),
-        ({"ivon_beta1": 1.0}, BETAS),
-        ({"ivon_beta1": 1.5}, BETAS),
-        ({"ivon_beta2": 0.0}, BETAS),
-        ({"ivon_beta2": 1.0}, BETAS),  # beta1 stays valid: both bounds must hold
-        ({"ivon_beta2": 1.5}, BETAS),
+        ({"ivon_beta1": 1.0}, "ivon_beta1 must be in [0, 1), got 1.0"),
+        ({"ivon_beta1": 1.5}, "ivon_beta1 must be in [0, 1), got 1.5"),
+        ({"ivon_beta2": 0.0}, "ivon_beta2 must be in (0, 1), got 0.0"),
+        ({"ivon_beta2": 1.0}, "ivon_beta2 must be in (0, 1), got 1.0"),  # beta1 stays valid: both bounds must hold
+        ({"ivon_beta2": 1.5}, "ivon_beta2 must be in (0, 1), got 1.5"),
         ({"n_samples": -1}, "n_samples must be >= 0, got -1"),
+        ({"beta1": 1.0}, "beta1 must be in (0, 1), got 1.0"),  # AdaLoRA's sensitivity EMA, inherited
         ({"criterion": "snr2"}, "unknown AdaLoRA-IVON criterion 'snr2'; valid choices: inv-sigma, mean, snr, snr-abs"),
         ({"predictive": "glm"}, "unknown AdaLoRA-IVON predictive 'glm'; valid choices: bma, mc-logits, mean"),
     ],

@@ -227,11 +227,12 @@ def blob_layers_of(model) -> list[BLoBLinear]:
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"init_eps": 0.0}, "init_eps, prior_std and gamma must be > 0"),
-        ({"prior_std": 0.0}, "init_eps, prior_std and gamma must be > 0"),
-        ({"gamma": 0.0}, "init_eps, prior_std and gamma must be > 0"),
-        ({"kl_lr": -0.1}, "kl_lr and n_samples must be >= 0"),
-        ({"n_samples": -1}, "kl_lr and n_samples must be >= 0"),
+        ({"init_eps": 0.0}, "init_eps must be > 0, got 0.0"),
+        ({"prior_std": 0.0}, "prior_std must be > 0, got 0.0"),
+        ({"gamma": 0.0}, "gamma must be > 0, got 0.0"),
+        ({"gamma": float("nan")}, "gamma must be > 0, got nan"),
+        ({"kl_lr": -0.1}, "kl_lr must be >= 0, got -0.1"),
+        ({"n_samples": -1}, "n_samples must be >= 0, got -1"),
     ],
 )
 def test_params_reject_each_out_of_range_value_alone(bad, message):

@@ -253,7 +253,6 @@ def test_subset_loader_takes_a_seeded_permutation_in_order_with_the_same_batchin
 
 
 # -- parameters ------------------------------------------------------------------------------------
-COUNTS = "n_samples must be >= 0 and prior_precision > 0"
 
 
 @pytest.mark.parametrize(
@@ -261,8 +260,8 @@ COUNTS = "n_samples must be >= 0 and prior_precision > 0"
     [
         ({"prior_tuning": "val_gd"}, "unknown Laplace prior tuning 'val_gd'; valid choices: gridsearch, marglik"),
         ({"curvature": "kron"}, "unknown Laplace curvature 'kron'; valid choices: ef, ggn, ggn-mc"),
-        ({"n_samples": -1}, COUNTS),
-        ({"prior_precision": 0.0}, COUNTS),
+        ({"n_samples": -1}, "n_samples must be >= 0, got -1"),
+        ({"prior_precision": 0.0}, "prior_precision must be > 0, got 0.0"),
         ({"logit_samples": 0}, "logit_samples must be >= 1 and prior_steps >= 0, got 0, 100"),
         ({"prior_steps": -1}, "logit_samples must be >= 1 and prior_steps >= 0, got 100000, -1"),
     ],

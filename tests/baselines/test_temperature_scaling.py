@@ -109,9 +109,14 @@ def test_predict_proba_divides_the_logits_by_t():
 # -- written against surviving mutants (docs/testing.md) -------------------------------------------
 def test_params_bounds_and_message():
     assert LoRATempScaling(max_iter=1).params.max_iter == 1  # one L-BFGS iteration is allowed
-    for bad in ({"max_iter": 0}, {"lbfgs_lr": 0.0}, {"max_iter": 5, "lbfgs_lr": -1.0}):
-        with pytest.raises(LRVDError, match=r"^max_iter must be >= 1 and lbfgs_lr > 0$"):
+    for bad, message in (
+        ({"max_iter": 0}, "max_iter must be >= 1, got 0"),
+        ({"lbfgs_lr": 0.0}, "lbfgs_lr must be > 0, got 0.0"),
+        ({"max_iter": 5, "lbfgs_lr": -1.0}, "lbfgs_lr must be > 0, got -1.0"),
+    ):
+        with pytest.raises(LRVDError) as err:
             LoRATempScaling(**bad)
+        assert str(err.value) == message
 
 
 def test_temperature_is_one_until_fitted_or_when_a_saved_adapter_has_none():

@@ -29,7 +29,7 @@ import torch
 from peft.tuners.adalora.layer import RankAllocator
 from torch import nn
 
-from lrvd.errors import LRVDError
+from lrvd.errors import LRVDError, check_each
 from lrvd.protocol import AdapterConfig, TrainPlan, linear_warmup_decay
 from lrvd_baselines.peft_adapters import ADAPTER_NAME, PeftMethod, adapter_layers, adapter_module_name, peft_root
 
@@ -81,8 +81,7 @@ class AdaLoRAParams:
             raise LRVDError(f"deltaT is a fraction of the run in (0, 1], got {self.deltaT}")
         if self.tinit + self.tfinal >= 1.0:
             raise LRVDError(f"tinit + tfinal must be < 1 (a budgeting phase), got {self.tinit} + {self.tfinal}")
-        if not (0.0 < self.beta1 < 1.0 and 0.0 < self.beta2 < 1.0):
-            raise LRVDError("beta1 and beta2 must be in (0, 1)")
+        check_each(self, "in (0, 1)", ("beta1", "beta2"), lambda v: 0.0 < v < 1.0)
         if self.orth_reg_weight < 0:
             raise LRVDError(f"orth_reg_weight must be >= 0, got {self.orth_reg_weight}")
         if self.lr is not None and self.lr <= 0:

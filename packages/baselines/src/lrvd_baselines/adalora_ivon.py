@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from lrvd.errors import LRVDError, unknown_choice
+from lrvd.errors import LRVDError, check_each, unknown_choice
 from lrvd.protocol import linear_warmup_decay
 from lrvd_baselines.adalora import COLA_TOTAL_STEPS, AdaLoRA, AdaLoRAParams, ExactBudgetRankAllocator
 from lrvd_baselines.peft_adapters import (
@@ -102,8 +102,7 @@ class AdaLoRAIVONParams(AdaLoRAParams):
             raise unknown_choice("AdaLoRA-IVON criterion", self.criterion, CRITERIA)
         if self.predictive not in PREDICTIVES:
             raise unknown_choice("AdaLoRA-IVON predictive", self.predictive, PREDICTIVES)
-        if self.lr <= 0 or self.hess_init <= 0 or self.weight_decay <= 0 or self.clip_radius <= 0:
-            raise LRVDError("IVON lr, hess_init, weight_decay and clip_radius must be > 0")
+        check_each(self, "> 0", ("lr", "hess_init", "weight_decay", "clip_radius"), lambda v: v > 0)
         if self.head_lr is not None and self.head_lr <= 0:
             raise LRVDError(f"head_lr must be > 0, got {self.head_lr}")
         if self.lr_first is not None and self.lr_first <= 0:
@@ -112,8 +111,8 @@ class AdaLoRAIVONParams(AdaLoRAParams):
             raise LRVDError(f"first_phase is a fraction of the run in [0, 1), got {self.first_phase}")
         if self.ess is not None and self.ess <= 0:
             raise LRVDError(f"ess must be > 0, got {self.ess}")
-        if not (0 <= self.ivon_beta1 < 1 and 0 < self.ivon_beta2 < 1):
-            raise LRVDError("ivon_beta1 must be in [0, 1) and ivon_beta2 in (0, 1)")
+        check_each(self, "in [0, 1)", ("ivon_beta1",), lambda v: 0 <= v < 1)
+        check_each(self, "in (0, 1)", ("ivon_beta2",), lambda v: 0 < v < 1)
         if self.n_samples < 0:
             raise LRVDError(f"n_samples must be >= 0, got {self.n_samples}")
 

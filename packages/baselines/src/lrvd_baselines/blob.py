@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from lrvd.classifier import ClassifierModel, count_parameters, freeze_all_but
-from lrvd.errors import LRVDError
+from lrvd.errors import LRVDError, check_each
 from lrvd.inject import replace_modules
 from lrvd.layers import adapter_dtype, frozen_linear_shape
 from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan
@@ -65,10 +65,8 @@ class BLoBParams:
     )
 
     def __post_init__(self) -> None:
-        if self.init_eps <= 0 or self.prior_std <= 0 or self.gamma <= 0:
-            raise LRVDError("init_eps, prior_std and gamma must be > 0")
-        if self.kl_lr < 0 or self.n_samples < 0:
-            raise LRVDError("kl_lr and n_samples must be >= 0")
+        check_each(self, "> 0", ("init_eps", "prior_std", "gamma"), lambda v: v > 0)
+        check_each(self, ">= 0", ("kl_lr", "n_samples"), lambda v: v >= 0)
 
 
 class BLoBLinear(nn.Module):

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrvd.errors import LRVDError, unknown_choice
+from lrvd.errors import LRVDError, check_each, unknown_choice
 from lrvd.training import move_batch
 from lrvd_baselines.lora import LoRA
 from lrvd_baselines.peft_adapters import model_device, seeded
@@ -118,8 +118,8 @@ class LaplaceLoRAParams:
             raise unknown_choice("Laplace prior tuning", self.prior_tuning, TUNINGS)
         if self.curvature not in CURVATURES:
             raise unknown_choice("Laplace curvature", self.curvature, tuple(CURVATURES))
-        if self.n_samples < 0 or self.prior_precision <= 0:
-            raise LRVDError("n_samples must be >= 0 and prior_precision > 0")
+        check_each(self, ">= 0", ("n_samples",), lambda v: v >= 0)
+        check_each(self, "> 0", ("prior_precision",), lambda v: v > 0)
         if self.logit_samples < 1 or self.prior_steps < 0:
             raise LRVDError(
                 f"logit_samples must be >= 1 and prior_steps >= 0, got {self.logit_samples}, {self.prior_steps}"

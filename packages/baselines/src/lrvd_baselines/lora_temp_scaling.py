@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lrvd.errors import LRVDError
+from lrvd.errors import LRVDError, check_each
 from lrvd.training import move_batch
 from lrvd_baselines.lora import LoRA, LoRAParams
 from lrvd_baselines.peft_adapters import model_device
@@ -35,8 +35,8 @@ class LoRATempScalingParams(LoRAParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_iter < 1 or self.lbfgs_lr <= 0:
-            raise LRVDError("max_iter must be >= 1 and lbfgs_lr > 0")
+        check_each(self, ">= 1", ("max_iter",), lambda v: v >= 1)
+        check_each(self, "> 0", ("lbfgs_lr",), lambda v: v > 0)
 
 
 @torch.no_grad()

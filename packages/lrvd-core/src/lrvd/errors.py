@@ -14,6 +14,20 @@ class LRVDError(ValueError):
     """A one-line, user-facing error (bad name, bad value, missing file, diverged loss)."""
 
 
+def out_of_range(name: str, value: object, rule: str) -> LRVDError:
+    """Build the standard "NAME must be RULE, got VALUE" error for one hyper-parameter."""
+    return LRVDError(f"{name} must be {rule}, got {value!r}")
+
+
+def check_each(params: object, rule: str, names: Iterable[str], ok) -> None:
+    """Raise :func:`out_of_range` for the first of ``names`` whose value fails ``ok`` (NaN fails
+    every ``>``/``>=`` rule), so the message names the one bad value rather than a group."""
+    for name in names:
+        value = getattr(params, name)
+        if not ok(value):
+            raise out_of_range(name, value, rule)
+
+
 def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> LRVDError:
     """Build the standard "unknown X 'v'; valid: a, b, c" error."""
     valid = ", ".join(sorted(choices)) or "(none registered)"
