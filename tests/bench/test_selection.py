@@ -228,6 +228,9 @@ def test_selection_then_final_stage_and_resume_across_both(by_value, tmp_path):
     assert (
         "selected for lora on arc-e: train.lr=0.003 (val_nll 1.0000)" in (first.run_dir / "leaderboard.md").read_text()
     )
+    # a rebuilt leaderboard (bench leaderboard) keeps the selected values, once
+    assert cli.main(["leaderboard", str(first.run_dir)]) == 0
+    assert (first.run_dir / "leaderboard.md").read_text().count("selected for lora on arc-e: train.lr=0.003") == 1
 
 
 def _poisoned_copy(src: Path, dst: Path) -> Path:

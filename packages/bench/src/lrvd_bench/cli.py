@@ -243,6 +243,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         if args.reference not in available_methods():
             raise unknown_choice("reference method", args.reference, available_methods())
     board = write_leaderboard(rows, run_dir, csv_path=args.out, reference=args.reference)
+    from lrvd_bench.runner import append_selection
+
+    append_selection(run_dir, Path(args.out).with_suffix(".md") if args.out else None)
     if args.figures:
         from lrvd_bench.plots import make_figures
 

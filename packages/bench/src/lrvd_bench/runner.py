@@ -876,11 +876,12 @@ def board_rows(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]
     return [r for r in mark_stages(run_dir, rows) if r["stage"] != "selection"]
 
 
-def _append_selection(run_dir: Path) -> None:
-    """Under the Markdown leaderboard: each method's selected values and its validation score."""
+def append_selection(run_dir: Path, md: Path | None = None) -> None:
+    """Under the Markdown leaderboard (``md``, default ``RUN_DIR/leaderboard.md``): each method's
+    selected values and its validation score, so a rebuilt leaderboard keeps them too."""
     from lrvd_bench.selection import SELECTION_FILE, summary_lines
 
-    chosen_file, md = Path(run_dir) / SELECTION_FILE, Path(run_dir) / "leaderboard.md"
+    chosen_file, md = Path(run_dir) / SELECTION_FILE, Path(md or Path(run_dir) / "leaderboard.md")
     if chosen_file.is_file() and md.is_file():
         lines = summary_lines(json.loads(chosen_file.read_text()))
         md.write_text(
@@ -911,7 +912,7 @@ def finalize(run_dir: str | Path) -> tuple[list[dict[str, Any]], Any]:
     os.replace(tmp, run_dir / "trials.csv")
     final = board_rows(run_dir, rows)
     board = write_leaderboard(final, run_dir)
-    _append_selection(run_dir)
+    append_selection(run_dir)
     try:
         from lrvd_bench.plots import make_figures
 
