@@ -174,7 +174,7 @@ def _inherit(chosen: dict[str, dict[str, Any]], config: Any, metric: str) -> Non
     method's own hyper-parameters (``method_params.*``) are not carried over."""
     from lrvd.registry import get_method
 
-    for method in dict.fromkeys(s.method for s in _base_specs(config, [0])):
+    for method in config.methods:
         source = get_method(method).trains_like
         if method in chosen or source not in chosen or not chosen[source].get("n_seeds"):
             continue

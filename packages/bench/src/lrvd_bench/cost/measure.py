@@ -311,9 +311,7 @@ def make_row(e: Entry, times: dict[tuple[str, str], list[float]], spe: int) -> d
         row["after_training_s"], row["after_training_cpu_s"] = e.row["after_training_s"], e.row["after_training_cpu_s"]
         row["after_training_epochs"] = epoch_units(e.row["after_training_s"], med, spe)
         # the same in CPU time (fit CPU s / (median step CPU s x steps per epoch)): readable under load
-        row["after_training_cpu_epochs"] = epoch_units(
-            e.row["after_training_cpu_s"], median_iqr(e.step_cpu_times)[0], spe
-        )
+        row["after_training_cpu_epochs"] = epoch_units(e.row["after_training_cpu_s"], row["step_cpu_ms"] / 1e3, spe)
     row.update({k: v for k, v in e.row.items() if k.endswith("_error")})
     return row
 
