@@ -59,7 +59,8 @@ def autocast_context(device: torch.device, mode: str) -> contextlib.AbstractCont
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _progress(iterable: Iterable[Any], total: int | None, desc: str, enabled: bool):
+def progress_bar(iterable: Iterable[Any], total: int | None, desc: str, enabled: bool = True):
+    """A tqdm bar over ``iterable`` (the iterable itself when disabled: Ray workers, tests)."""
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -208,7 +209,7 @@ def fit(
     batches = _cycle(train_loader)
     rank_every = max(1, cfg.rank_log_interval)
     result.rank_history.append({"step": 0, **method.rank_report(model)})
-    bar = _progress(range(plan.total_steps), plan.total_steps, f"train {method.name}", progress)
+    bar = progress_bar(range(plan.total_steps), plan.total_steps, f"train {method.name}", progress)
     _synchronize(device)
     start = time.perf_counter()
     running = running_nll = 0.0
@@ -310,7 +311,7 @@ def predict(
     model.eval()
     probs, labels = [], []
     total = len(loader) if hasattr(loader, "__len__") else None
-    for batch in _progress(loader, total, f"predict {method.name}", progress):
+    for batch in progress_bar(loader, total, f"predict {method.name}", progress):
         batch = move_batch(batch, device)
         p = method.predict_proba(model, batch, n_samples)
         probs.append(p.float().cpu())

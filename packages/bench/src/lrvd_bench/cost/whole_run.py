@@ -65,9 +65,13 @@ def measure_whole_run(
     train_loader: Any = None,
     eval_loader: Any = None,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True),
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train each of ``cfg.methods`` (default: LoRA and BayesLoRA) for ``steps`` steps, ``repeats`` times."""
-    from lrvd.training import move_batch, resolve_device, seed_everything
+    """Train each of ``cfg.methods`` (default: LoRA and BayesLoRA) for ``steps`` steps, ``repeats`` times.
+
+    A run takes minutes at adapter-heavy placements, hence the progress bar (``progress=False``: none).
+    """
+    from lrvd.training import move_batch, progress_bar, resolve_device, seed_everything
 
     device = resolve_device(cfg.device)
     inputs = load_inputs(cfg, backbone, train_loader, eval_loader=eval_loader)
@@ -82,7 +86,7 @@ def measure_whole_run(
             entry = build_entry(name, cfg, inputs.base, spec, plan, device)
             params_start = int(entry.method.parameter_counts(entry.model)["trainable"])
             batches, times = _cycle(inputs.train_loader), []
-            for step in range(steps):
+            for step in progress_bar(range(steps), steps, f"whole run {name} {rep + 1}/{repeats}", progress):
                 batch = move_batch(next(batches), device)
                 t0 = time.perf_counter()
                 run_step(entry, batch, step, device, plan)
