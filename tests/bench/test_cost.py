@@ -226,6 +226,41 @@ def test_whole_run_prunes_bayeslora_and_reports_ratios_to_lora():
     assert by["bayeslora"]["run_s_ratio"] == pytest.approx(by["bayeslora"]["run_s"] / by["lora"]["run_s"])
 
 
+def test_whole_run_methods_of_a_repeat_see_the_same_batches_and_head(monkeypatch):
+    """A paired comparison: within a repeat both methods train on the same batch order, and the head
+    (initialised when the backbone loads) is the same whatever the process's RNG state was."""
+    import torch
+
+    from lrvd_bench.cost import whole_run
+    from lrvd_bench.cost.harness import Inputs
+
+    runs: list[tuple[str, list[tuple[int, ...]]]] = []  # (method, batch fingerprints), in run order
+    heads: list[torch.Tensor] = []
+    loader = make_toy_loader(16, batch_size=4)
+
+    def fake_load_inputs(cfg, backbone, train_loader, eval_loader=None):
+        heads.append(torch.randn(8))  # load_backbone draws the task head of a hub backbone at random
+        return Inputs(TinyBertClassifier(), loader, 16, None)
+
+    def fake_run_step(entry, batch, step, device, plan):
+        if step == 0:
+            runs.append((entry.name, []))
+        runs[-1][1].append(tuple(batch["labels"].tolist()) + tuple(batch["input_ids"][:, 1].tolist()))
+        return 0.0
+
+    monkeypatch.setattr(whole_run, "load_inputs", fake_load_inputs)
+    monkeypatch.setattr(whole_run, "run_step", fake_run_step)
+    cfg = cost.CostConfig(batch_size=4, r=2, alpha=4, device="cpu", methods=["lora", "bayeslora"])
+    for rng in (1, 2):  # two processes in different RNG states
+        torch.manual_seed(rng)
+        runs.clear()
+        whole_run.measure_whole_run(cfg, steps=6, repeats=2, log=lambda m: None, progress=False)
+        assert [name for name, _ in runs] == ["lora", "bayeslora", "lora", "bayeslora"]
+        assert runs[0][1] == runs[1][1] and runs[2][1] == runs[3][1]  # same batches within a repeat
+        assert runs[0][1] != runs[2][1]  # each repeat its own order
+    assert torch.equal(heads[0], heads[1])
+
+
 def test_cost_flags_share_bench_runs_names():
     """--rank (old --r), --lr, --batch-size, --target-modules, repeatable --param reach the CostConfig."""
     from lrvd_bench.cli import build_parser

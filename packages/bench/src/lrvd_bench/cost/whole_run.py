@@ -43,6 +43,15 @@ def summarize(name: str, runs: Sequence[Sequence[float]], params_start: int, par
     return row
 
 
+def same_order(loader: Any, seed: int) -> Any:
+    """``loader`` with its shuffling generator reset to ``seed``: the methods of one repeat then see the
+    same batches in the same order (a shared generator would hand each run the next permutation)."""
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed)
+    return loader
+
+
 def _cycle(loader: Any):
     while True:
         yield from loader
@@ -74,6 +83,7 @@ def measure_whole_run(
     from lrvd.training import move_batch, progress_bar, resolve_device, seed_everything
 
     device = resolve_device(cfg.device)
+    seed_everything(0)  # the task head is initialised at load time: the same head in every process
     inputs = load_inputs(cfg, backbone, train_loader, eval_loader=eval_loader)
     names = list(cfg.methods or [REFERENCE, "bayeslora"])
     plan, spec = plan_and_spec(cfg, steps, inputs.n_train)
@@ -85,7 +95,7 @@ def measure_whole_run(
             seed_everything(rep)
             entry = build_entry(name, cfg, inputs.base, spec, plan, device)
             params_start = int(entry.method.parameter_counts(entry.model)["trainable"])
-            batches, times = _cycle(inputs.train_loader), []
+            batches, times = _cycle(same_order(inputs.train_loader, rep)), []
             for step in progress_bar(range(steps), steps, f"whole run {name} {rep + 1}/{repeats}", progress):
                 batch = move_batch(next(batches), device)
                 t0 = time.perf_counter()
