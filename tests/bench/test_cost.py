@@ -229,18 +229,22 @@ def test_whole_run_prunes_bayeslora_and_reports_ratios_to_lora():
 def test_whole_run_methods_of_a_repeat_see_the_same_batches_and_head(monkeypatch):
     """A paired comparison: within a repeat both methods train on the same batch order, and the head
     (initialised when the backbone loads) is the same whatever the process's RNG state was."""
+    from types import SimpleNamespace
+
     import torch
 
     from lrvd_bench.cost import whole_run
-    from lrvd_bench.cost.harness import Inputs
 
     runs: list[tuple[str, list[tuple[int, ...]]]] = []  # (method, batch fingerprints), in run order
     heads: list[torch.Tensor] = []
     loader = make_toy_loader(16, batch_size=4)
 
-    def fake_load_inputs(cfg, backbone, train_loader, eval_loader=None):
-        heads.append(torch.randn(8))  # load_backbone draws the task head of a hub backbone at random
-        return Inputs(TinyBertClassifier(), loader, 16, None)
+    def fake_load_backbone(model, task):
+        heads.append(torch.randn(8))  # a hub backbone's task head is drawn at random when it loads
+        return TinyBertClassifier()
+
+    def fake_make_loaders(task, backbone, **kwargs):
+        return SimpleNamespace(train_loader=loader, n_train=16, eval_loader=None)
 
     def fake_run_step(entry, batch, step, device, plan):
         if step == 0:
@@ -248,7 +252,8 @@ def test_whole_run_methods_of_a_repeat_see_the_same_batches_and_head(monkeypatch
         runs[-1][1].append(tuple(batch["labels"].tolist()) + tuple(batch["input_ids"][:, 1].tolist()))
         return 0.0
 
-    monkeypatch.setattr(whole_run, "load_inputs", fake_load_inputs)
+    monkeypatch.setattr("lrvd_bench.backbones.load_backbone", fake_load_backbone)
+    monkeypatch.setattr("lrvd_bench.loaders.make_loaders", fake_make_loaders)
     monkeypatch.setattr(whole_run, "run_step", fake_run_step)
     cfg = cost.CostConfig(batch_size=4, r=2, alpha=4, device="cpu", methods=["lora", "bayeslora"])
     for rng in (1, 2):  # two processes in different RNG states

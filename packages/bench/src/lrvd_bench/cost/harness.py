@@ -92,13 +92,19 @@ def cpu_timed(fn: Callable[[], Any], device: Any) -> tuple[float, float]:
 def load_inputs(
     cfg: CostConfig, backbone: Any = None, train_loader: Any = None, n_train: int | None = None, eval_loader: Any = None
 ) -> Inputs:
-    """The given model and loaders (tests: a config-built tiny model), else ``cfg.model`` on ``cfg.task``."""
+    """The given model and loaders (tests: a config-built tiny model), else ``cfg.model`` on ``cfg.task``.
+
+    A hub backbone's task head is drawn when it loads, so loading is seeded: every invocation, and
+    every ``bench cost`` mode, measures the same head.
+    """
     if backbone is None:
+        from lrvd.training import seed_everything
         from lrvd_bench.backbones import load_backbone
         from lrvd_bench.loaders import make_loaders
         from lrvd_bench.tasks import get_task
 
         task = get_task(cfg.task)
+        seed_everything(0)
         backbone = load_backbone(cfg.model, task)
         data = make_loaders(
             task,

@@ -83,7 +83,6 @@ def measure_whole_run(
     from lrvd.training import move_batch, progress_bar, resolve_device, seed_everything
 
     device = resolve_device(cfg.device)
-    seed_everything(0)  # the task head is initialised at load time: the same head in every process
     inputs = load_inputs(cfg, backbone, train_loader, eval_loader=eval_loader)
     names = list(cfg.methods or [REFERENCE, "bayeslora"])
     plan, spec = plan_and_spec(cfg, steps, inputs.n_train)
