@@ -248,20 +248,32 @@ def test_unknown_predictive_is_one_line_listing_the_choices():
 
 
 # -- vilora's small-task schedule ------------------------------------------------------------------
-def test_two_phase_schedule_follows_vilora_clr():
-    """Warm-up to lr_first (factor 5 = 2.0/0.4), hold, drop to lr, linear decay to 0."""
+def schedule_lrs(total_steps: int, **schedule) -> list[float]:
+    """The lr each of ``total_steps`` steps runs at under ``two_phase_schedule`` (base lr 0.4)."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
-    sched = two_phase_schedule(opt, total_steps=100, warmup_ratio=0.1, first_factor=5.0, first_phase=0.3)
+    sched = two_phase_schedule(opt, total_steps=total_steps, **schedule)
     lrs = []
-    for _ in range(100):
+    for _ in range(total_steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+def test_two_phase_schedule_follows_vilora_clr():
+    """Warm-up to lr_first (factor 5 = 2.0/0.4), hold, drop to lr, linear decay to 0."""
+    lrs = schedule_lrs(100, warmup_ratio=0.1, first_factor=5.0, first_phase=0.3)
     assert lrs[0] == pytest.approx(0.2) and lrs[9] == pytest.approx(2.0)  # warm-up: 2.0 · (t+1)/10
     assert lrs[10] == lrs[29] == pytest.approx(2.0)
     assert (
         lrs[30] == pytest.approx(0.4) and lrs[65] == pytest.approx(0.4 * 35 / 70) and lrs[99] == pytest.approx(0.4 / 70)
     )
+
+
+def test_two_phase_schedule_drops_to_lr_for_a_single_last_step():
+    """first_phase 0.9 of 10 steps: 9 steps at lr_first, then step 9 at exactly lr (factor 1/1)."""
+    lrs = schedule_lrs(10, warmup_ratio=0.0, first_factor=5.0, first_phase=0.9)
+    assert lrs == pytest.approx([2.0] * 9 + [0.4])
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")

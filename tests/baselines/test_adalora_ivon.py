@@ -20,7 +20,7 @@ from conftest import TinyBertClassifier, make_toy_loader
 from lrvd import AdapterConfig, LRVDError, TrainConfig, TrainPlan, get_method
 from lrvd.classifier import ClassifierModel
 from lrvd.training import seed_everything
-from lrvd_baselines.adalora_ivon import importance, posterior_std, two_phase_schedule
+from lrvd_baselines.adalora_ivon import importance, posterior_std
 from lrvd_baselines.peft_adapters import adapter_layers, peft_root
 
 SPEC = AdapterConfig(r=4, alpha=8)
@@ -177,18 +177,6 @@ def test_masking_needs_the_bound_optimizer():
     with pytest.raises(RuntimeError) as err:
         root.rankallocator.mask_to_budget(root.model, 2)
     assert str(err.value) == "PosteriorRankAllocator needs the IVON optimizer (configure_optimizers binds it)"
-
-
-def test_two_phase_schedule_drops_to_lr_for_a_single_last_step():
-    """first_phase 0.9 of 10 steps: 9 steps at lr_first, then step 9 at exactly lr (factor 1/1)."""
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
-    sched = two_phase_schedule(opt, total_steps=10, warmup_ratio=0.0, first_factor=5.0, first_phase=0.9)
-    lrs = []
-    for _ in range(10):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs == pytest.approx([2.0] * 9 + [0.4])
 
 
 # -- posterior draws -------------------------------------------------------------------------------
