@@ -392,7 +392,7 @@ def test_layer_rows_reference_equals_blob_draw_for_draw():
 
 
 def test_layers_cli_prints_every_row_with_its_target(capsys):
-    """``bench cost --layers`` on a tiny shape: five rows per shape, the ≤ 1 targets on the three
+    """``bench cost --layers`` on a tiny shape: six rows per shape, the ≤ 1 targets on the four
     rows against the authors' ops, and a one-line error for a malformed shape."""
     assert (
         main(
@@ -415,8 +415,8 @@ def test_layers_cli_prints_every_row_with_its_target(capsys):
     )
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("| ") and "16 × 16, r = 2" in line]
-    assert len(table) == 5
-    assert sum("| ≤ 1 |" in line for line in table) == 3
+    assert len(table) == 6
+    assert sum("| ≤ 1 |" in line for line in table) == 4
     assert any("default mc_chunk (here 1)" in line for line in table)  # CPU: the loop
     with pytest.raises(SystemExit, match="--layer-shapes entry '16x0' is not DxR"):
         main(["cost", "--layers", "--layer-shapes", "16x0"])

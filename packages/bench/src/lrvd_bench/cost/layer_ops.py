@@ -265,6 +265,16 @@ def pairs(cfg: LayerCostConfig, device) -> list[Pair]:
         blob_params = [blob.lora_A, blob.lora_A_std_sqrt, blob.lora_B]
         out.append(
             Pair(
+                "BLoB sampled forward",
+                shape,
+                "authors' formulation",
+                under_no_grad(lambda m=blob, h=x: m(h)),
+                under_no_grad(lambda m=blob, h=x: authors_blob(m, h)),
+                1.0,
+            )
+        )
+        out.append(
+            Pair(
                 "BLoB sampled step (forward + backward)",
                 shape,
                 "authors' formulation",
