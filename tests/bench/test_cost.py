@@ -391,6 +391,16 @@ def test_layer_rows_reference_equals_blob_draw_for_draw():
     assert not torch.allclose(layer(x), expected)
 
 
+def test_layer_verdict_hand_computed():
+    from lrvd_bench.cost.layer_ops import verdict
+
+    assert verdict([0.9, 1.0, 1.1], 1.0) == "yes"  # median 1.0
+    assert verdict([0.95, 1.02, 1.05, 1.1], 1.0) == "within IQR"  # median 1.035, 1 of 4 rounds meets it
+    assert verdict([1.01, 1.02, 1.05, 1.1, 1.2], 1.0) == "no"
+    assert verdict([0.95, 1.02, 1.05, 1.1, 1.2], 1.0) == "no"  # 1 of 5 rounds: below a quarter
+    assert verdict([2.0], math.nan) == "–"
+
+
 def test_layers_cli_prints_every_row_with_its_target(capsys):
     """``bench cost --layers`` on a tiny shape: six rows per shape, the ≤ 1 targets on the four
     rows against the authors' ops, and a one-line error for a malformed shape."""
