@@ -138,6 +138,9 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
 
 
 def main_layers(args) -> int:
+    import torch
+
+    from lrvd.training import resolve_device
     from lrvd_bench.cost.layer_ops import LAYER_COLUMNS, LayerCostConfig, measure_layers
     from lrvd_bench.cost.report import to_markdown, write_rows
 
@@ -147,10 +150,9 @@ def main_layers(args) -> int:
         n_samples=args.n_samples,
         rounds=args.steps,
         warmup=args.warmup,
-        device=args.device if args.device != "auto" else "cpu",
+        device=str(resolve_device(args.device)),
         compile=args.compile,
     )
-    import torch
 
     header = (
         f"<!-- bench cost --layers: {cfg.device}, torch {torch.__version__}, {torch.get_num_threads()} torch "
