@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lrvd_bench.config import DEFAULT_REFERENCE
+
 #: Metrics aggregated as ``<name>_mean`` and ``<name>_std`` over seeds, with higher_is_better.
 METRICS: dict[str, bool | None] = {
     "accuracy": True,
@@ -40,9 +42,6 @@ METRICS: dict[str, bool | None] = {
     "peak_memory_mb": False,
     "final_train_loss": False,
 }
-
-#: The method every other method is compared with (``delta_*`` columns) unless the config names another.
-DEFAULT_REFERENCE = "lora"
 
 #: Every leaderboard column and what it means.
 COLUMNS: dict[str, str] = {
@@ -150,7 +149,7 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
         if not folder.is_dir():
             continue
         seen.add(folder.name)
-        # result.json (ok), error.json (failed), stopped.json (stopped early by the scheduler, lrvd_bench.runner)
+        # result.json (ok), error.json (failed), stopped.json (stopped by the scheduler, lrvd_bench.sweep.progress)
         stored = (read_row(folder / name) for name in ("result.json", "error.json", "stopped.json"))
         row = next((r for r in stored if r is not None), None)
         if row is not None:

@@ -25,7 +25,7 @@ _LAZY = {
     "mc_predict_proba": "lrvd.inject",
     "sampling": "lrvd.inject",
     "kl_log_uniform": "lrvd.kl",
-    "total_kl": "lrvd.kl",
+    "total_kl": "lrvd.layers",
     "LRVDLinear": "lrvd.layers",
     "AdapterConfig": "lrvd.protocol",
     "AdapterMethod": "lrvd.protocol",
