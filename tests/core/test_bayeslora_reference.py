@@ -232,3 +232,80 @@ def test_fit_reports_the_nll_part_without_the_kl():
     gap = result.final_loss - result.final_nll
     assert gap == pytest.approx(1e-3 * method.last_kl, rel=0.2)  # KL barely moves in 3 steps
     assert result.final_nll < math.log(2) + 0.1
+
+
+# -- after a prune check -----------------------------------------------------------------------------
+def run_steps(method, model, steps: int, start: int = 0):
+    from lrvd.training import train_step
+
+    b = batch()
+    for step in range(start, start + steps):
+        train_step(
+            method,
+            model,
+            method.optimizer,
+            [b],
+            step,
+            device=torch.device("cpu"),
+            train=method.plan.train,
+            scheduler=method.scheduler,
+        )
+
+
+def optimised(protocol: str, prune_every: int, **params):
+    train = TrainConfig(lr=1e-2, warmup_ratio=0.1, max_grad_norm=0.0)
+    method, model = attached(total_steps=20, train=train, protocol=protocol, prune_every=prune_every, **params)
+    model.train()
+    method.optimizer, method.scheduler = method.configure_optimizers(model, method.plan)
+    return method, model
+
+
+def test_glue_bench_rebuilds_adamw_at_every_check_with_one_step_at_lr_0():
+    """glue_helpers.train_bayeslora: make_optim_and_sched(step_already=step) after every check, changed
+    or not: moments reset, that step at the new schedule's λ(0) = 0, then the schedule at the step.
+    The tensors a prune replaced get no gradient in that step (the bench prunes after the forward)."""
+    method, model = optimised("glue-bench", prune_every=4, tau=1e9)  # a check that removes nothing
+    run_steps(method, model, 4)
+    opt = method.optimizer
+    assert len(opt.state) == 0 and all(g["lr"] == 0.0 for g in opt.param_groups)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    run_steps(method, model, 1, start=4)
+    after = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(before[n], after[n]) for n in before)  # lr 0: nothing moved
+    assert all(int(s["step"]) == 1 for s in opt.state.values())  # fresh moments, one step old
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * (20 - 5) / (20 - 2))  # back on the schedule
+
+    method, model = optimised("glue-bench", prune_every=4, tau=8.0)
+    run_steps(method, model, 3)
+    layer = next(iter(lrvd_modules(model).values()))
+    with torch.no_grad():  # rank 0 of one module at log α > 11 after the step, every other one < 4
+        layer.A_mu[0].fill_(1e-6)
+        layer.B_mu[:, 0].fill_(1e-6)
+        layer.rank_log_sigma2[0] = 2.0
+    run_steps(method, model, 2, start=3)
+    kept = {id(t) for t in (layer.A_mu, layer.B_mu, layer.rank_log_sigma2)}
+    assert layer.r == SPEC.r - 1
+    fresh = [p for g in method.optimizer.param_groups for p in g["params"] if id(p) in kept]
+    assert len(fresh) == 3 and all(p not in method.optimizer.state for p in fresh)
+    assert len(method.optimizer.state) > 0  # the other modules and the head did step
+
+
+@pytest.mark.parametrize(("after_prune", "reset"), [("rebuild-on-change", True), ("keep-moments", False)])
+def test_llm_scripts_rebuild_only_when_a_rank_went(after_prune, reset):
+    """bayeslora_llama.py: ``if changed: opt, sched = _rebuild_opt_and_sched(...)``; keep-moments
+    slices the kept ranks' moments and keeps the rate."""
+    method, model = optimised("llm-scripts", prune_every=4, tau=1e9, after_prune=after_prune)
+    run_steps(method, model, 4)
+    assert len(method.optimizer.state) > 0 and method.optimizer.param_groups[0]["lr"] > 0  # nothing went
+    method, model = optimised("llm-scripts", prune_every=4, tau=8.0, after_prune=after_prune)
+    run_steps(method, model, 3)
+    layer = next(iter(lrvd_modules(model).values()))
+    with torch.no_grad():  # rank 0 of one module at log α > 11 after the step, every other one < 4
+        layer.A_mu[0].fill_(1e-6)
+        layer.B_mu[:, 0].fill_(1e-6)
+        layer.rank_log_sigma2[0] = 2.0
+    run_steps(method, model, 1, start=3)
+    assert layer.r == SPEC.r - 1
+    assert (len(method.optimizer.state) == 0) is reset
+    assert (method.optimizer.param_groups[0]["lr"] == 0.0) is reset
+    assert method.schedule_lag == int(reset)

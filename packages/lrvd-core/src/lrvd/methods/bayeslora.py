@@ -52,7 +52,7 @@ from lrvd.errors import LRVDError, unknown_choice
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, set_sampling
 from lrvd.kl import total_kl
 from lrvd.layers import VARIANTS
-from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan, head_groups
+from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan, head_groups, linear_warmup_decay
 
 #: What ``after_prune`` may be: how training goes on after a prune check.
 AFTER_PRUNE = ("rebuild-on-change", "rebuild-every-check", "keep-moments")
@@ -236,6 +236,8 @@ class BayesLoRA(MethodBase):
         self.log_alpha_history: list[dict] = []  # {"step", module: [log α_k]} at every rank_report
         #: glue-bench: the tensors a rebuild replaced, which get no gradient in the step after it
         self._no_grad_next: list[nn.Parameter] = []
+        #: steps the LR schedule runs behind the loop: 1 after an llm-scripts rebuild (restart_optimizer)
+        self.schedule_lag = 0
 
     # -- schedule ----------------------------------------------------------------------------------
     def _steps(self, fraction: float) -> int:
@@ -310,6 +312,14 @@ class BayesLoRA(MethodBase):
             weight /= max(1, int(batch["labels"].shape[0]))
         return weight
 
+    def configure_optimizers(self, model: ClassifierModel, plan: TrainPlan):
+        """The shared AdamW and schedule, the schedule read ``schedule_lag`` steps behind the loop."""
+        optimizer = torch.optim.AdamW(self.param_groups(model, plan), eps=plan.train.adam_eps)
+        factor = linear_warmup_decay(optimizer, plan.total_steps, plan.train.warmup_ratio).lr_lambdas[0]
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: factor(max(0, step - self.schedule_lag))
+        )
+
     def training_loss(self, model, batch, logits, step):
         nll = nn.functional.cross_entropy(logits.float(), batch["labels"])
         kl = total_kl(model).to(nll.device)
@@ -331,12 +341,15 @@ class BayesLoRA(MethodBase):
             param.grad = None
         self._no_grad_next = []
 
-    def restart_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+    def restart_optimizer(self, optimizer: torch.optim.Optimizer, lag: int) -> None:
         """The authors' rebuild after a prune: a new AdamW (moments and step counts reset) and a new
         ``get_linear_schedule_with_warmup`` moved to the current step, whose first step runs at the
         schedule's value at step 0 (lr 0 with a warm-up, the full lr without); the loop's scheduler
-        sets the rate again after that step."""
+        sets the rate again after that step, ``lag`` steps behind the loop: the LLM scripts set the new
+        schedule's ``last_epoch`` to ``global_step − 1`` (one step behind from then on, whatever the
+        earlier rebuilds), the GLUE bench to its step (none)."""
         optimizer.state.clear()
+        self.schedule_lag = lag
         warmup = int(round(self.plan.total_steps * self.plan.train.warmup_ratio)) if self.plan is not None else 0
         for group in optimizer.param_groups:
             group["lr"] = 0.0 if warmup > 0 else group.get("initial_lr", group["lr"])
@@ -357,7 +370,7 @@ class BayesLoRA(MethodBase):
                 self.params.after_prune == "rebuild-on-change" and changed
             )
             if rebuild and optimizer is not None:
-                self.restart_optimizer(optimizer)
+                self.restart_optimizer(optimizer, lag=int(self.params.after_prune == "rebuild-on-change"))
                 if self.params.after_prune == "rebuild-every-check":
                     self._no_grad_next = [t for t in self._variational_tensors(model) if id(t) not in before]
         if pruned or self.rank_log_due(step):
