@@ -91,22 +91,28 @@ def hf_linear_schedule(warmup: int, total: int, first_step_moves: bool = False):
     return factor
 
 
-def authors_train(model, layers, batches, steps, lr, kl_scale, prune_every, tau, warmup):
-    """bayeslora_llama.py train_one with grad_accum 1; returns {global_step: {module: kept ranks}}."""
+def authors_train(model, layers, batches, steps, lr, kl_scale, prune_every, tau, warmup, head_lr=None, start=0):
+    """bayeslora_llama.py train_one with grad_accum 1; returns {global_step: {module: kept ranks}}.
+
+    ``head_lr``: a task head (the scripts have none: an LM) at its own rate; ``start``: prune_start_step.
+    """
     factor = hf_linear_schedule(warmup, steps, first_step_moves=True)
+    head = [p for p in model.parameters() if p.requires_grad]  # before any adapter tensor is rebuilt
+    head_ids = {id(p) for p in head}
 
     def build(last_epoch: int):
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        adapters = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+        groups = [{"params": adapters, "lr": lr}, {"params": head, "lr": head_lr or lr}]
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         sched.last_epoch = last_epoch
         for group in opt.param_groups:  # a new schedule's first step: transformers' λ(0), 0 in a warm-up
-            group["lr"] = lr * (0.0 if warmup else 1.0)
+            group["lr"] = group["initial_lr"] * (0.0 if warmup else 1.0)
         return opt, sched
 
     opt, sched = build(0)
     for group in opt.param_groups:  # the loop's first step: the shared schedule's λ(0)
-        group["lr"] = lr * factor(0)
+        group["lr"] = group["initial_lr"] * factor(0)
     events = {}
     for global_step in range(1, steps + 1):
         batch = batches[(global_step - 1) % len(batches)]
@@ -119,7 +125,7 @@ def authors_train(model, layers, batches, steps, lr, kl_scale, prune_every, tau,
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         sched.step()
-        if global_step % prune_every == 0:
+        if global_step >= start and global_step % prune_every == 0:
             changed = [layer.prune(tau) for layer in layers.values()]
             events[global_step] = {name: layer.kept.tolist() for name, layer in layers.items()}
             if any(changed):
@@ -127,20 +133,31 @@ def authors_train(model, layers, batches, steps, lr, kl_scale, prune_every, tau,
     return events
 
 
+def authors_wrap(model, backbone: nn.Module, init: dict[str, tuple[torch.Tensor, ...]], scaling: float):
+    """Freeze ``model`` but its head, then replace each module ``init`` names (in ``backbone``) by an
+    :class:`AuthorsLayer` starting from the given (A, B, log σ²)."""
+    head = [p for p in model.parameters() if p.requires_grad]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers: dict[str, AuthorsLayer] = {}
+    for name, (a, b, log_s2) in init.items():
+        parent_name, attr = name.rsplit(".", 1)
+        parent = backbone.get_submodule(parent_name)
+        layers[name] = AuthorsLayer(getattr(parent, attr), a, b, log_s2, scaling)
+        setattr(parent, attr, layers[name])
+    for p in head:
+        p.requires_grad_(True)
+    return layers
+
+
 def authors_model(suite_init: dict[str, tuple[torch.Tensor, ...]], head: dict[str, torch.Tensor]):
     model = TinyBertClassifier(seed=0)
     model.backbone.classifier.load_state_dict(head)
     for p in model.parameters():
         p.requires_grad_(False)
-    layers = {}
-    for name, (a, b, log_s2) in suite_init.items():
-        parent_name, attr = name.rsplit(".", 1)
-        parent = model.backbone.get_submodule(parent_name)
-        layers[name] = AuthorsLayer(getattr(parent, attr), a, b, log_s2, SPEC.scaling)
-        setattr(parent, attr, layers[name])
     for p in model.backbone.classifier.parameters():
         p.requires_grad_(True)
-    return model, layers
+    return model, authors_wrap(model, model.backbone, suite_init, SPEC.scaling)
 
 
 @pytest.mark.parametrize("warmup_ratio", [0.0, 0.1])
