@@ -98,6 +98,7 @@ def main() -> None:
     method = get_method("bayeslora")(**params)
     reference.train()
     torch.manual_seed(1234)
+    ref_log_alphas: dict[int, dict[str, torch.Tensor]] = {}
     events = authors_train(
         reference,
         layers,
@@ -110,6 +111,7 @@ def main() -> None:
         int(round(train_cfg.warmup_ratio * plan.total_steps)),
         head_lr=train_cfg.head_lr,
         start=int(round((method.params.prune_start or 0.0) * plan.total_steps)),
+        log_alphas=ref_log_alphas,
     )
     ranks = {s: sum(len(k) for k in e.values()) for s, e in events.items()}
     print(json.dumps({"run": "authors' step", "ranks": ranks}), flush=True)
@@ -122,7 +124,16 @@ def main() -> None:
         seen: dict[int, int] = {}
         on_step_end = method.on_step_end
 
-        def record(model, optimizer, step, _m=method, _hook=on_step_end, _seen=seen):
+        gaps: dict[int, dict[str, float]] = {}
+
+        def record(model, optimizer, step, _m=method, _hook=on_step_end, _seen=seen, _gaps=gaps):
+            if _m.prune_due(step) and step in ref_log_alphas:  # before the prune: rank log α against the authors'
+                ours = {n: la for n, la in _m.rank_statistics(model).items()}
+                theirs = ref_log_alphas[step]
+                if all(len(ours[n]) == len(theirs[n]) for n in theirs):
+                    diff = max(float((torch.tensor(ours[n]) - theirs[n]).abs().max()) for n in theirs)
+                    near = sum(int((theirs[n] - _m.params.tau).abs().lt(0.05).sum()) for n in theirs)
+                    _gaps[step] = {"max_abs_log_alpha_diff": round(diff, 4), "ranks_within_0.05_of_tau": near}
             logs = _hook(model, optimizer, step)
             if "pruned_ranks" in logs:
                 _seen[step] = sum(_m.module_ranks(model).values())
@@ -132,7 +143,7 @@ def main() -> None:
         torch.manual_seed(1234)
         fit(method, model, batches, plan, device="cpu", progress=False)
         scores = evaluate(method, model) if args.evaluate else {}
-        print(json.dumps({"run": label, "ranks": seen, **scores}, ensure_ascii=False), flush=True)
+        print(json.dumps({"run": label, "ranks": seen, "vs_authors": gaps, **scores}, ensure_ascii=False), flush=True)
 
 
 if __name__ == "__main__":

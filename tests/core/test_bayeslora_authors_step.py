@@ -91,10 +91,13 @@ def hf_linear_schedule(warmup: int, total: int, first_step_moves: bool = False):
     return factor
 
 
-def authors_train(model, layers, batches, steps, lr, kl_scale, prune_every, tau, warmup, head_lr=None, start=0):
+def authors_train(
+    model, layers, batches, steps, lr, kl_scale, prune_every, tau, warmup, head_lr=None, start=0, log_alphas=None
+):
     """bayeslora_llama.py train_one with grad_accum 1; returns {global_step: {module: kept ranks}}.
 
-    ``head_lr``: a task head (the scripts have none: an LM) at its own rate; ``start``: prune_start_step.
+    ``head_lr``: a task head (the scripts have none: an LM) at its own rate; ``start``: prune_start_step;
+    ``log_alphas``: a dict to fill with {global_step: {module: rank log α before the prune}}.
     """
     factor = hf_linear_schedule(warmup, steps, first_step_moves=True)
     head = [p for p in model.parameters() if p.requires_grad]  # before any adapter tensor is rebuilt
@@ -126,6 +129,8 @@ def authors_train(model, layers, batches, steps, lr, kl_scale, prune_every, tau,
         opt.step()
         sched.step()
         if global_step >= start and global_step % prune_every == 0:
+            if log_alphas is not None:
+                log_alphas[global_step] = {name: layer.rank_log_alpha() for name, layer in layers.items()}
             changed = [layer.prune(tau) for layer in layers.values()]
             events[global_step] = {name: layer.kept.tolist() for name, layer in layers.items()}
             if any(changed):
