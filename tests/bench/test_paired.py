@@ -81,7 +81,7 @@ def test_paired_deltas_refuse_unpaired_trials():
 N = 200
 
 
-def _trial(run, method, seed, correct, confidence):
+def write_trial(run, method, seed, correct, confidence):
     """A finished trial whose predictions are right on the questions in ``correct`` (2 classes)."""
     labels = np.arange(N) % 2
     pred = np.where(correct, labels, 1 - labels)
@@ -116,9 +116,9 @@ def run(tmp_path):
     for seed in (0, 1, 2):
         base = rng.random(N) < 0.5  # the reference: right on about half
         better = base | (rng.random(N) < 0.4)  # right wherever the reference is, and on more
-        _trial(tmp_path, "lora", seed, base, 0.7)
-        _trial(tmp_path, "bayeslora", seed, better, 0.7)
-        _trial(tmp_path, "mc-dropout-lora", seed, base, 0.7)  # the reference's predictions exactly
+        write_trial(tmp_path, "lora", seed, base, 0.7)
+        write_trial(tmp_path, "bayeslora", seed, better, 0.7)
+        write_trial(tmp_path, "mc-dropout-lora", seed, base, 0.7)  # the reference's predictions exactly
     return tmp_path
 
 
@@ -176,9 +176,9 @@ def test_ensemble_is_compared_with_the_reference_seed_mean(tmp_path):
     for seed, p in ((0, 0.6), (1, 0.4), (2, 0.45)):
         correct = rng.random(N) < p
         accs.append(correct.mean())
-        _trial(tmp_path, "lora", seed, correct, 0.6)
+        write_trial(tmp_path, "lora", seed, correct, 0.6)
     ensemble = rng.random(N) < 0.55
-    _trial(tmp_path, "lora-ensemble", 0, ensemble, 0.6)
+    write_trial(tmp_path, "lora-ensemble", 0, ensemble, 0.6)
     csv = write_leaderboard(gather_rows(tmp_path), tmp_path).set_index("method")
     row = csv.loc["lora-ensemble"]
     assert row["delta_pairing"] == "reference seed mean" and row["delta_n_seeds"] == 3

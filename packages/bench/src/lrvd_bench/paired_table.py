@@ -83,10 +83,10 @@ def pair(
     return pairing, seeds, own, ref
 
 
-def two_levels(own: list[TrialScores], ref: list[TrialScores]) -> dict[str, TwoLevel]:
-    """One :class:`TwoLevel` per paired metric; the seed draw depends only on the number of seeds."""
+def two_levels(own: list[TrialScores], ref: list[TrialScores], stream: int = 0) -> dict[str, TwoLevel]:
+    """One :class:`TwoLevel` per paired metric; the seed draw depends only on the number of seeds (and ``stream``)."""
     n_resamples = len(own[0].resampled["accuracy"])
-    draws = draw_seeds(len(own), n_resamples)
+    draws = draw_seeds(len(own), n_resamples, seed=stream)
     out = {}
     for name in PAIRED_METRICS:
         out[name] = TwoLevel(

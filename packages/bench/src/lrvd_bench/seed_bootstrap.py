@@ -101,7 +101,7 @@ class TwoLevel:
         """``Δ*`` with the seed part scaled for level ``1 − alpha`` ``[B]``."""
         return self.delta + seed_scale(self.n_seeds, alpha) * self.seed_part + self.question_part
 
-    def _levels(self, values: np.ndarray, alpha: float) -> tuple[float, float]:
+    def quantile_levels(self, values: np.ndarray, alpha: float) -> tuple[float, float]:
         if not self.bias_correct:
             return alpha / 2, 1 - alpha / 2
         share = np.mean(values < self.delta) + 0.5 * np.mean(values == self.delta)
@@ -114,7 +114,7 @@ class TwoLevel:
         if self.n_seeds < 2:
             return math.nan, math.nan
         values = self.resampled(alpha)
-        lo, hi = np.quantile(values, self._levels(values, alpha))
+        lo, hi = np.quantile(values, self.quantile_levels(values, alpha))
         return float(lo), float(hi)
 
     def question_interval(self, level: float = 1 - ALPHA) -> tuple[float, float]:
@@ -127,7 +127,7 @@ class TwoLevel:
         if self.n_seeds < 2:
             return math.nan
         values = self.resampled(alpha)
-        return max(quantile_mc_se(values, q) for q in self._levels(values, alpha))
+        return max(quantile_mc_se(values, q) for q in self.quantile_levels(values, alpha))
 
     def p_value(self, floor: float = 1e-8) -> float:
         """Two-sided p: the smallest α whose interval excludes 0 (bisection on log α; 1 if none does)."""
