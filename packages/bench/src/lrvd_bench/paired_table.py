@@ -315,7 +315,7 @@ def paired_markdown(board) -> list[str]:
         "Family: "
         + "; ".join(f"{task}: the {n} seed-aware tests of this table (rows × 4 metrics)" for task, n in family.items())
         + ", Holm-corrected. An interval without * is an effect size with its uncertainty, not a significant "
-        f"difference. {resamples} resamples; largest Monte-Carlo standard error of an interval end {mc:.4f}. "
+        f"difference. {resamples} resamples; largest Monte-Carlo standard error of an interval end {mc:.5f}. "
         "ECE: bias-corrected percentile interval. With one seed there is no seed-aware interval (–).",
     ]
     mean_rows = rows[rows["delta_pairing"] == SEED_MEAN]
