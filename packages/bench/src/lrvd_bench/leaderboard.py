@@ -101,8 +101,11 @@ COLUMNS: dict[str, str] = {
     "delta_pairing": "'per seed', or 'reference seed mean' for a one-trial row (lora-ensemble) compared with "
     "the reference's seed mean",
     "delta_resamples": "bootstrap resamples behind the row's intervals (doubled from 10000 until every interval "
-    "end's Monte-Carlo standard error < 0.001, at most 160000)",
+    "end's Monte-Carlo standard error < 0.001 and no * decision is within 3 of them of the threshold; at most "
+    "160000)",
     "delta_family": "number of tests in the Holm family of the row's task (rows × 4 metrics)",
+    "delta_unclear": "* decisions of the run whose Holm-adjusted p lies within 3 Monte-Carlo standard errors of "
+    "0.05 at the resamples used (resamples are doubled while any does, up to 160000)",
     "n_eval": "evaluation examples (the task's evaluation split, after limit_eval)",
     "n_train": "examples the methods trained on: the training split (after limit_train) minus the validation split",
     "n_val": "validation examples: validation_fraction of the training split, held out once per sweep (split_seed) "

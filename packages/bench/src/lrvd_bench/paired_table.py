@@ -111,6 +111,20 @@ def worst_mc_se(levels: dict[str, TwoLevel]) -> float:
     return worst
 
 
+def unclear_decisions(levels_by_row: dict[int, dict[str, TwoLevel]], task_of: dict[int, str], n_resamples: int) -> int:
+    """Tests whose Holm decision could flip with the random stream: adjusted p within 3 Monte-Carlo
+    standard errors of 0.05 (the raw p is about twice a tail share of ``B`` draws: binomial error,
+    scaled by Holm's multiplier)."""
+    unclear = 0
+    for task in set(task_of.values()):
+        cells = [(i, m) for i, lv in levels_by_row.items() if task_of[i] == task for m in lv if lv[m].n_seeds > 1]
+        raw = [levels_by_row[i][m].p_value() for i, m in cells]
+        for p, adjusted in zip(raw, holm(raw)):
+            se = adjusted / p * math.sqrt(2 * p * (1 - p / 2) / n_resamples)
+            unclear += abs(adjusted - ALPHA) < 3 * se
+    return unclear
+
+
 def compare(pairing: str, own: list[TrialScores], ref: list[TrialScores]) -> dict[str, Any]:
     """Every ``delta_*`` / ``poi_*`` column of one row except the Holm ones (set per table)."""
     levels = two_levels(own, ref)
@@ -179,7 +193,13 @@ def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
             board[f"delta_{metric}{suffix}"] = False if suffix == "_significant" else math.nan
         for suffix in ("", "_lo", "_hi"):
             board[f"poi_{metric}{suffix}"] = math.nan
-    for column, empty in (("delta_n_seeds", 0), ("delta_pairing", ""), ("delta_resamples", 0), ("delta_family", 0)):
+    for column, empty in (
+        ("delta_n_seeds", 0),
+        ("delta_pairing", ""),
+        ("delta_resamples", 0),
+        ("delta_family", 0),
+        ("delta_unclear", 0),
+    ):
         board[column] = empty
     for metric in PAIRED_METRICS:
         board[f"delta_{metric}_per_seed"] = ""
@@ -220,10 +240,13 @@ def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
     n_resamples = N_RESAMPLES
     while True:
         paired = score_pairs(pairs, loaded, n_resamples)
-        worst = max([worst_mc_se(two_levels(p[2], p[3])) for p in paired.values()], default=0.0)
-        if worst < MC_SE_TARGET or n_resamples >= MAX_RESAMPLES:
+        levels = {i: two_levels(p[2], p[3]) for i, p in paired.items()}
+        worst = max([worst_mc_se(lv) for lv in levels.values()], default=0.0)
+        unclear = unclear_decisions(levels, {i: board.at[i, "task"] for i in levels}, n_resamples)
+        if (worst < MC_SE_TARGET and not unclear) or n_resamples >= MAX_RESAMPLES:
             break
         n_resamples *= 2
+    board["delta_unclear"] = unclear
     for i, (pairing, _, own, ref) in paired.items():
         for column, value in compare(pairing, own, ref).items():
             board.at[i, column] = value
@@ -318,6 +341,12 @@ def paired_markdown(board) -> list[str]:
         f"difference. {resamples} resamples; largest Monte-Carlo standard error of an interval end {mc:.5f}. "
         "ECE: bias-corrected percentile interval. With one seed there is no seed-aware interval (–).",
     ]
+    unclear = int(rows["delta_unclear"].max()) if "delta_unclear" in rows else 0
+    if unclear:
+        lines.append(
+            f"{unclear} * decision(s) lie within 3 Monte-Carlo standard errors of the 0.05 threshold even at "
+            f"{resamples} resamples: read them as borderline."
+        )
     mean_rows = rows[rows["delta_pairing"] == SEED_MEAN]
     for _, row in mean_rows.iterrows():
         lines.append(
