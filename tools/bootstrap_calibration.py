@@ -1,7 +1,7 @@
 """The numbers behind docs/statistics.md: how the seed-aware interval behaves, and what it costs.
 
     uv run python tools/bootstrap_calibration.py                      # simulations only (about a minute)
-    uv run python tools/bootstrap_calibration.py --run RUN_DIR --streams 10
+    uv run python tools/bootstrap_calibration.py --run RUN_DIR --streams 10 [--reference METHOD]
 
 1. False-positive rate per test, at level 95 %, of three seed-level intervals when the per-seed
    differences are pure seed noise (normal): the plain percentile bootstrap over seeds, the
@@ -47,12 +47,12 @@ def detectable(n_seeds: int, n_tests: int) -> float:
     return stats.t.ppf(1 - 0.05 / n_tests / 2, n_seeds - 1) / math.sqrt(n_seeds)
 
 
-def run_mc_error(run_dir: Path, streams: int) -> None:
+def run_mc_error(run_dir: Path, streams: int, reference: str | None = None) -> None:
     from lrvd_bench.leaderboard import build_leaderboard, gather_rows, run_reference
     from lrvd_bench.paired import PAIRED_METRICS, resample_questions, score_trial
     from lrvd_bench.paired_table import pair, two_levels
 
-    reference = run_reference(run_dir)
+    reference = reference or run_reference(run_dir)
     rows = gather_rows(run_dir)
     start = time.process_time()
     board = build_leaderboard(rows, run_dir, reference)
@@ -91,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path)
     parser.add_argument("--streams", type=int, default=10)
+    parser.add_argument("--reference", help="method to compare with (default: the run's reference)")
     args = parser.parse_args()
     print("False-positive rate per test (normal seed noise only, 2000 experiments, 95 % intervals):")
     for n_seeds in (2, 3, 5, 10):
@@ -100,7 +101,7 @@ def main() -> None:
     for n_seeds in (3, 5, 10):
         print(f"  S = {n_seeds:2d}: " + ", ".join(f"m = {m}: {detectable(n_seeds, m):.1f}" for m in (1, 4, 32)))
     if args.run:
-        run_mc_error(args.run, args.streams)
+        run_mc_error(args.run, args.streams, args.reference)
 
 
 if __name__ == "__main__":
