@@ -54,6 +54,7 @@ from ray.tune import Callback
 from lrvd_bench.config import ExperimentConfig, TrialSpec, config_from_dict, read_yaml
 from lrvd_bench.errors import BenchError
 from lrvd_bench.leaderboard import gather_rows, rows_frame, write_leaderboard
+from lrvd_bench.targets import resolve_target_modules
 
 #: ``trial_fn(spec, trial_dir, report=callable)`` -> result row; defaults to ``run_trial``.
 TrialFn = Callable[..., dict[str, Any]]
@@ -615,6 +616,7 @@ def run_sweep(
 
             selection.check_methods(config.selection, config.method_params)
         check_inputs(config)
+        resolve_target_modules(config)  # `auto` -> the architecture's modules; a list matching none: exit 2
     config.output = str(run_dir)
     return _sweep(
         run_dir, config, trial_fn=trial_fn, callbacks=callbacks, stream=stream, live=live, fresh=True, command=command
