@@ -23,7 +23,7 @@ from lrvd_bench.backbones import load_backbone
 from lrvd_bench.tasks import get_task
 from lrvd_bench.tasks.base import BUNDLED_DATA_DIR
 
-#: bayesian-peft's zero-shot ARC preamble (``dataset/utils/dsets.py``, ``ARCDataset.zero_shot_preamble``)
+#: bayesian-peft's zero-shot ARC preamble (docs/methods.md)
 PREAMBLE = (
     "Return the label of the correct answer for the question below.\n\n"
     "Question: {question}\nChoices:\n{choices}\nAnswer:"

@@ -21,7 +21,7 @@ from lrvd.training import fit, predict, seed_everything
 from lrvd_bench.backbones import MASKED_LOGIT, load_backbone
 from lrvd_bench.config import config_from_dict
 from lrvd_bench.loaders import make_loaders, subsample
-from lrvd_bench.targets import resolve_target_modules
+from lrvd_bench.sweep.checks import check_target_modules
 from lrvd_bench.tasks import get_task
 
 pytestmark = pytest.mark.skipif(
@@ -40,7 +40,7 @@ FAST = {"lora-ensemble": {"n_members": 2}, "laplace-lora": {"fit_examples": 8}}
 @pytest.fixture(scope="module")
 def targets():
     config = config_from_dict({"model": "smollm2-135m", "methods": "lora", "tasks": ["arc-e"]})
-    resolve_target_modules(config)
+    check_target_modules(config)
     return config.adapter.target_modules
 
 

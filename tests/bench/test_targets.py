@@ -14,12 +14,8 @@ from transformers import BertConfig, DistilBertConfig, LlamaConfig
 from lrvd_bench import cli
 from lrvd_bench.config import config_from_dict, load_config
 from lrvd_bench.errors import BenchError
-from lrvd_bench.targets import (
-    BY_ARCHITECTURE_HELP,
-    architecture_targets,
-    resolve_target_modules,
-    skeleton_modules,
-)
+from lrvd_bench.sweep.checks import check_target_modules
+from lrvd_bench.targets import BY_ARCHITECTURE_HELP, architecture_targets, skeleton_modules
 
 LLAMA = LlamaConfig(
     vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, pad_token_id=0
@@ -50,13 +46,13 @@ def test_an_adapter_section_without_target_modules_means_by_architecture():
 
 def test_auto_resolves_to_the_papers_modules_per_architecture(tmp_path):
     llama = sweep(config_only(tmp_path, LLAMA, "llama"))
-    resolve_target_modules(llama)
-    assert llama.adapter.target_modules == ["q_proj", "v_proj"]  # BLoB / Laplace-LoRA LLaMA scripts
+    check_target_modules(llama)
+    assert llama.adapter.target_modules == ["q_proj", "v_proj"]  # BLoB's LLaMA targets (docs/methods.md)
     bert = sweep(config_only(tmp_path, BERT, "bert"))
-    resolve_target_modules(bert)
+    check_target_modules(bert)
     assert bert.adapter.target_modules == ["query", "value"]
     minilm = sweep("minilm")  # the bundled real checkpoint: a BERT
-    resolve_target_modules(minilm)
+    check_target_modules(minilm)
     assert minilm.adapter.target_modules == ["query", "value"]
 
 
@@ -71,19 +67,19 @@ def test_the_skeleton_lists_every_linear_module_without_weights(tmp_path):
 def test_a_target_list_that_matches_nothing_is_refused_naming_the_linear_modules(tmp_path):
     llama = sweep(config_only(tmp_path, LLAMA, "llama"), target_modules=["query", "value"])
     with pytest.raises(BenchError) as err:
-        resolve_target_modules(llama)
+        check_target_modules(llama)
     message = str(err.value)
     assert "query,value matches no linear module" in message
     assert "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head" in message
     explicit = sweep(config_only(tmp_path, LLAMA, "llama2"), target_modules=["k_proj", "nonexistent"])
-    resolve_target_modules(explicit)  # one match is enough, as in peft
+    check_target_modules(explicit)  # one match is enough, as in peft
     assert explicit.adapter.target_modules == ["k_proj", "nonexistent"]
 
 
 def test_auto_on_a_model_type_peft_has_no_default_for_names_the_candidates(tmp_path):
     distil = sweep(config_only(tmp_path, DISTILBERT, "distil"))
     with pytest.raises(BenchError, match=r"no default for model type 'distilbert'.*q_lin, k_lin, v_lin"):
-        resolve_target_modules(distil)
+        check_target_modules(distil)
 
 
 def test_the_help_examples_are_peft_s_defaults():

@@ -3,23 +3,20 @@
 ``adapter.target_modules: auto`` (the built-in default) takes peft's default LoRA targets for the
 backbone's model type — the map ``get_peft_model`` itself falls back on when ``LoraConfig`` names
 none: ``query, value`` for BERT/RoBERTa-style encoders, ``q_proj, v_proj`` for LLaMA-style decoders
-(the target set of the BLoB and Laplace-LoRA LLaMA scripts), ``query_proj, value_proj`` for DeBERTa-v2.
+(BLoB's LLaMA targets, docs/methods.md), ``query_proj, value_proj`` for DeBERTa-v2.
 
-:func:`resolve_target_modules` runs in the driver before Ray starts. It builds the backbone from its
-config alone, on the meta device (no weights are read or allocated), replaces ``auto`` by the
-architecture's list and refuses a list that matches no linear module, naming the ones there are.
-Every trial therefore records the concrete module names, and a list written for another
-architecture costs one line instead of N failed trials.
+:func:`resolve_targets` runs in the driver's pre-flight (``lrvd_bench.sweep.checks``), before Ray
+starts. It builds the backbone from its config alone, on the meta device (no weights are read or
+allocated), replaces ``auto`` by the architecture's list and refuses a list that matches no linear
+module, naming the ones there are. Every trial therefore records the concrete module names, and a
+list written for another architecture costs one line instead of N failed trials.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lrvd_bench.errors import BenchError
-
-if TYPE_CHECKING:
-    from lrvd_bench.config import ExperimentConfig
 
 #: The ``adapter.target_modules`` value meaning "peft's default for the backbone's model type".
 BY_ARCHITECTURE = "auto"
@@ -68,8 +65,8 @@ def skeleton_modules(model: str, task_name: str) -> tuple[str, list[str]]:
     return str(getattr(config, "model_type", "")), names
 
 
-def resolve_target_modules(config: ExperimentConfig) -> None:
-    """Pre-flight: replace ``auto`` by the architecture's targets and check that they match.
+def resolve_targets(targets: list[str], model: str, tasks: list[str]) -> list[str]:
+    """The concrete target list of ``model``: ``auto`` replaced by the architecture's list, checked.
 
     Raises a one-line :class:`BenchError` naming the model's linear modules when the list matches
     none of them (per task: the task decides the head, e.g. a multiple-choice or a sequence
@@ -77,9 +74,8 @@ def resolve_target_modules(config: ExperimentConfig) -> None:
     """
     from lrvd.inject import matches_target
 
-    targets = config.adapter.target_modules
-    for task in config.tasks:
-        model_type, linear = skeleton_modules(config.model, task)
+    for task in tasks:
+        model_type, linear = skeleton_modules(model, task)
         suffixes = ", ".join(dict.fromkeys(n.rpartition(".")[2] for n in linear)) or "none"
         if is_by_architecture(targets):
             default = architecture_targets(model_type)
@@ -91,7 +87,7 @@ def resolve_target_modules(config: ExperimentConfig) -> None:
             targets = default
         if not any(matches_target(name, targets) for name in linear):
             raise BenchError(
-                f"adapter.target_modules {','.join(targets)} matches no linear module of {config.model!r}; "
+                f"adapter.target_modules {','.join(targets)} matches no linear module of {model!r}; "
                 f"its linear modules: {suffixes}"
             )
-    config.adapter.target_modules = list(targets)
+    return list(targets)

@@ -132,8 +132,8 @@ class Task:
         return [(first, choice) for choice in example.choices]
 
     def causal_prompt(self, example: Example) -> str:
-        """bayesian-peft's ``S2ClassDataset`` multiple-choice prompt (its RoBERTa path; the differences from
-        its LLaMA scripts' prompts are in docs/methods.md)."""
+        """The lettered multiple-choice prompt of BLoB's RoBERTa path (docs/methods.md lists how it differs
+        from the prompts of BLoB's LLaMA scripts)."""
         options = " ".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(example.choices))
         return (
             "Select one of the choices that answers the following question: "
