@@ -14,8 +14,8 @@ from transformers import BertConfig, DistilBertConfig, LlamaConfig
 from lrvd_bench import cli
 from lrvd_bench.config import config_from_dict, load_config
 from lrvd_bench.errors import BenchError
-from lrvd_bench.sweep.checks import check_target_modules
-from lrvd_bench.targets import BY_ARCHITECTURE_HELP, architecture_targets, skeleton_modules
+from lrvd_bench.sweep.checks import check_target_modules, skeleton_modules
+from lrvd_bench.targets import BY_ARCHITECTURE_HELP, architecture_targets
 
 LLAMA = LlamaConfig(
     vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, pad_token_id=0
