@@ -226,7 +226,7 @@ class ExperimentConfig:
         """Resolve ``all``, check names and values; raises :class:`BenchError` with one line."""
         valid_methods = available_methods()
         if isinstance(self.methods, str):
-            self.methods = list(valid_methods) if self.methods.strip() == "all" else _csv(self.methods)
+            self.methods = usable_methods() if self.methods.strip() == "all" else _csv(self.methods)
         if not self.methods:
             raise BenchError("no methods selected; valid choices: " + ", ".join(valid_methods))
         for name in self.methods:
@@ -453,6 +453,19 @@ def available_methods() -> list[str]:
     from lrvd.registry import list_methods
 
     return list_methods()
+
+
+def usable_methods() -> list[str]:
+    """What ``methods: all`` means: every registered method that imports; a broken plugin is skipped
+    with a one-line warning (naming it by name still fails, with the same line)."""
+    import sys
+
+    from lrvd.registry import METHODS
+
+    usable, broken = METHODS.usable()
+    for reason in broken.values():
+        print(f"bench: warning: skipped {reason}", file=sys.stderr)
+    return usable
 
 
 def available_tasks() -> list[str]:
