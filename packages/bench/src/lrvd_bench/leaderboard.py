@@ -22,6 +22,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lrvd_bench.config import (
+    DEFAULT_REFERENCE,  # the method every other is compared with unless the config names another
+)
+
 #: Metrics aggregated as ``<name>_mean`` and ``<name>_std`` over seeds, with higher_is_better.
 METRICS: dict[str, bool | None] = {
     "accuracy": True,
@@ -40,8 +44,6 @@ METRICS: dict[str, bool | None] = {
     "final_train_loss": False,
 }
 
-#: The method every other method is compared with (``delta_*`` columns) unless the config names another.
-DEFAULT_REFERENCE = "lora"
 
 #: Every leaderboard column and what it means.
 COLUMNS: dict[str, str] = {

@@ -54,6 +54,7 @@ from ray.tune import Callback
 from lrvd_bench.config import ExperimentConfig, TrialSpec, config_from_dict, read_yaml
 from lrvd_bench.errors import BenchError
 from lrvd_bench.leaderboard import gather_rows, rows_frame, write_leaderboard
+from lrvd_bench.preflight import check_inputs, check_output_dir, run_dir_of
 
 #: ``trial_fn(spec, trial_dir, report=callable)`` -> result row; defaults to ``run_trial``.
 TrialFn = Callable[..., dict[str, Any]]
@@ -484,47 +485,6 @@ def _absolute_paths(config: ExperimentConfig) -> None:
         config.model = str(model.resolve())
 
 
-def check_methods(config: ExperimentConfig) -> None:
-    """Build each method once in the driver so a bad hyper-parameter fails before any trial starts."""
-    from lrvd.registry import get_method
-
-    for name in config.methods:
-        try:
-            cls = get_method(name)
-        except ImportError as err:  # a registered entry point whose module is missing or broken
-            raise BenchError(
-                f"method {name!r} is registered but cannot be imported: {type(err).__name__}: {err}"
-            ) from None
-        cls(**config.method_params.get(name, {}))
-
-
-def check_inputs(config: ExperimentConfig) -> None:
-    """Data and backbone reachable from here, before any trial: a missing data directory, an
-    unreachable hub dataset or model (offline) is a one-line error instead of N failed trials."""
-    from lrvd_bench.tasks import get_task
-
-    for name in config.tasks:
-        task = get_task(name)
-        source = task.resolve_source(config.data_dir)  # a missing data dir / file raises LRVDError
-        if source.kind == "hub":
-            task.load("train", config.data_dir)  # from the datasets cache, or a one-line "offline" error
-    model = config.model
-    if model in ("minilm", "smollm2-135m") or Path(model).expanduser().exists():
-        return
-    if model.startswith(("/", ".", "~")):
-        raise BenchError(f"model path {model} does not exist")
-    try:
-        from huggingface_hub import hf_hub_download
-
-        hf_hub_download(model, "config.json")
-    except Exception as err:  # noqa: BLE001 - any hub/network/cache failure becomes one line
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise BenchError(
-            f"model {model!r} is not a local directory and cannot be fetched from the Hugging Face "
-            f"hub ({type(err).__name__}: {reason}); offline: pass a downloaded model directory"
-        ) from None
-
-
 def tracker_callbacks(config: ExperimentConfig, run_dir: Path) -> list[Any]:
     """Ray Tune logger callbacks for ``config.loggers`` (Ray's automatic set is switched off).
 
@@ -578,11 +538,6 @@ def _need_extra(module: str) -> None:
         raise BenchError(f"logger {module!r} needs the optional extra: uv sync --all-packages --extra {module}")
 
 
-def default_run_dir(config_path: str | Path | None) -> Path:
-    stem = Path(config_path).stem if config_path else "run"
-    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 #: ensemble trials built from the sweep's own LoRA trials (lrvd_bench.ensembles)
 ENSEMBLES_FILE = "ensembles.json"
 
@@ -600,20 +555,15 @@ def run_sweep(
     command: list[str] | None = None,
 ) -> SweepOutcome:
     """Expand ``config``, run every trial under Ray Tune, then write trials.csv, leaderboard, figures."""
-    run_dir = Path(config.output) if config.output else default_run_dir(config_path)
-    run_dir = run_dir.expanduser().resolve()
+    run_dir = run_dir_of(config, config_path)
     if (run_dir / "config.yaml").exists() or (run_dir / TUNE_DIR).exists():
         raise BenchError(
             f"run directory {run_dir} already holds a sweep; continue it with --resume {run_dir} "
             "or choose another --output"
         )
+    check_output_dir(run_dir)
     _absolute_paths(config)
-    if check:
-        check_methods(config)
-        if config.selection:
-            from lrvd_bench import selection
-
-            selection.check_methods(config.selection, config.method_params)
+    if check:  # the config itself, method hyper-parameters included, was validated when it was built
         check_inputs(config)
     config.output = str(run_dir)
     return _sweep(

@@ -1,0 +1,63 @@
+"""What a sweep needs from the world outside its config, checked before Ray starts.
+
+``bench run`` and ``bench run --dry-run`` run the same checks: the data and the backbone are
+reachable, and the run folder can be created and written. Each failure is one line naming the path
+or name, so a user error never surfaces as a traceback minutes into the run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from lrvd_bench.config import ExperimentConfig
+from lrvd_bench.errors import BenchError
+
+
+def default_run_dir(config_path: str | Path | None) -> Path:
+    stem = Path(config_path).stem if config_path else "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_dir_of(config: ExperimentConfig, config_path: str | Path | None) -> Path:
+    """The run folder: ``output`` as given, else ``runs/<config name>-<timestamp>``, absolute."""
+    return (Path(config.output) if config.output else default_run_dir(config_path)).expanduser().resolve()
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """The run folder is a folder we may write: not an existing file, under a writable directory."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BenchError(f"output {run_dir} exists and is not a directory; choose another --output")
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise BenchError(f"output {run_dir} cannot be created: {existing} is a file; choose another --output")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BenchError(f"output {run_dir} cannot be written: {existing} is read-only; choose another --output")
+
+
+def check_inputs(config: ExperimentConfig) -> None:
+    """Data and backbone reachable from here, before any trial: a missing data directory, an
+    unreachable hub dataset or model (offline) is a one-line error instead of N failed trials."""
+    from lrvd_bench.tasks import get_task
+
+    for name in config.tasks:
+        task = get_task(name)
+        source = task.resolve_source(config.data_dir)  # a missing data dir / file raises LRVDError
+        if source.kind == "hub":
+            task.load("train", config.data_dir)  # from the datasets cache, or a one-line "offline" error
+    model = config.model
+    if model in ("minilm", "smollm2-135m") or Path(model).expanduser().exists():
+        return
+    if model.startswith(("/", ".", "~")):
+        raise BenchError(f"model path {model} does not exist")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(model, "config.json")
+    except Exception as err:  # noqa: BLE001 - any hub/network/cache failure becomes one line
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise BenchError(
+            f"model {model!r} is not a local directory and cannot be fetched from the Hugging Face "
+            f"hub ({type(err).__name__}: {reason}); offline: pass a downloaded model directory"
+        ) from None
