@@ -7,6 +7,7 @@ flag, YAML key, name or path. Everything deeper raises ordinary exceptions.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,10 @@ def one_line(
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (*prefix, *first["loc"])).lstrip(".")
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, LRVDError):
-        return type(cause)(f"{key}: {cause}" if key else str(cause))
+        joint = (
+            "." if re.match(r"\w+ must ", str(cause)) else ": "
+        )  # "train" + "lr must be ..." -> "train.lr must be ..."
+        return type(cause)(f"{key}{joint}{cause}" if key else str(cause))
     if first["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
         valid = valid_keys(key.rpartition(".")[0]) if valid_keys else []
         return BenchError(f"unknown key {key!r} in {source}" + (f"; valid keys: {', '.join(valid)}" if valid else ""))

@@ -68,13 +68,14 @@ def check_method_params(method: str, values: dict[str, Any], where: str = "") ->
     try:
         params = cls(**typed).params
     except LRVDError as err:
-        raise type(err)(f"{where}: {err}") from None
+        joint = "." if re.match(r"\w+ must ", str(err)) else ": "  # "lr must be ..." -> "<where>.lr must be ..."
+        raise type(err)(f"{where}{joint}{err}") from None
     for key in hints:
         value = getattr(params, key, None)
-        if isinstance(value, float) and math.isnan(value):
-            raise BenchError(f"{where}.{key} is NaN; it must be a number")
         if LR_NAME.search(key) and isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):
             raise BenchError(f"{where}.{key} is a learning rate: it must be finite and >= 0, got {value!r}")
+        if isinstance(value, float) and math.isnan(value):
+            raise BenchError(f"{where}.{key} is NaN; it must be a number")
     return typed
 
 

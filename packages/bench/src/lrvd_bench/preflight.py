@@ -7,7 +7,7 @@ or name, so a user error never surfaces as a traceback minutes into the run.
 
 from __future__ import annotations
 
-import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +32,12 @@ def check_output_dir(run_dir: Path) -> None:
     existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
     if not existing.is_dir():
         raise BenchError(f"output {run_dir} cannot be created: {existing} is a file; choose another --output")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BenchError(f"output {run_dir} cannot be written: {existing} is read-only; choose another --output")
+    try:  # a probe, not os.access: a read-only mount refuses root too
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise BenchError(
+            f"output {run_dir} cannot be written: {existing} is read-only ({err.strerror}); choose another --output"
+        ) from None
 
 
 def check_inputs(config: ExperimentConfig) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lrvd_bench.config import NESTED, ExperimentConfig, default_config_path, read_yaml
+from lrvd_bench.config import NESTED, ExperimentConfig, default_config_path, parse_set, read_yaml
 
 #: Flags for nested settings common enough to deserve one (dest -> dotted key, help).
 SHORTCUT_FLAGS = {
@@ -51,6 +51,11 @@ def type_name(annotation: Any) -> str:
     return (out + text).replace("Mapping", "mapping")
 
 
+def yaml_value(text: str) -> Any:
+    """A flag's text read as ``--set`` reads it (``3`` an int, ``0,1`` left for the list validator)."""
+    return parse_set([f"value={text}"])["value"]
+
+
 def flag_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(ExperimentConfig) if f.metadata.get("flag")]
 
@@ -61,7 +66,10 @@ def add_flags(parser: Any) -> None:
     for f in flag_fields():
         default = field_default(f)
         note = "" if default is None else f" (built-in default: {shown(default)})"
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=f.metadata["help"] + note)
+        parse = str if type_name(f.type).startswith("str") else yaml_value
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=parse, default=None, help=f.metadata["help"] + note
+        )
     for dest, (_, help_text) in SHORTCUT_FLAGS.items():
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, help=help_text)
 
