@@ -41,9 +41,10 @@ def config_file(tmp_path: Path, body: bytes) -> str:
         (["--config", b"model: caf\xe9\n"], "config file {cfg} is not UTF-8 text (byte 0xe9 at offset 24)"),
         (["--limit-train", "0"], "bad value for limit_train in {cfg}: 0 (input should be greater than or equal to 1)"),
         (["--n-samples", "-1"], "bad value for n_samples in {cfg}: -1 (input should be greater than or equal to 0)"),
-        (["--lr=-1e-3"], "train.lr must be finite and > 0, got -0.001"),
-        (["--lr", "nan"], "train.lr must be finite and > 0, got nan"),
-        (["--set", "train.head_lr=.inf"], "train.head_lr must be finite and > 0, got inf"),
+        (["--lr=-1e-3"], "train.lr must be finite and >= 0, got -0.001"),
+        (["--lr", "nan"], "train.lr must be finite and >= 0, got nan"),
+        (["--set", "train.head_lr=.inf"], "train.head_lr must be finite and >= 0, got inf"),
+        (["--lr", "0"], "train.lr must be > 0, got 0.0"),
         (["--max-steps", "0"], "train.max_steps must be >= 1 (None: from epochs), got 0"),
         (["--set", "train.warmup_ratio=1.5"], "train.warmup_ratio must be in [0, 1], got 1.5"),
         (

@@ -161,6 +161,9 @@ class ExperimentConfig(TrialSettings):
             raise BenchError(
                 "load_in_8bit needs a CUDA device (bitsandbytes int8 kernels); set device: cuda or load_in_8bit: false"
             )
+        for name in ("lr", "head_lr"):  # the core allows 0 (a frozen step); a sweep that trains nothing is a mistake
+            if getattr(self.train, name) == 0:
+                raise BenchError(f"train.{name} must be > 0, got {getattr(self.train, name)!r}")
         if self.scheduler == "asha" and not self.train.eval_every:
             raise BenchError("scheduler asha stops trials on the validation metric: set train.eval_every > 0")
         if not 0.0 <= self.validation_fraction < 1.0:
