@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -297,8 +298,9 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
-    """Validate a raw mapping (YAML + overrides) into an :class:`ExperimentConfig`."""
+def config_from_dict(data: dict[str, Any], source: str | Callable[[str], str] = "config") -> ExperimentConfig:
+    """Validate a raw mapping (YAML + overrides) into an :class:`ExperimentConfig`; ``source`` names
+    where a bad value came from (or maps its dotted key to that)."""
     try:
         return ExperimentConfig(**{ALIASES.get(k, k): v for k, v in data.items()})
     except ValidationError as err:
@@ -310,7 +312,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     data = {ALIASES.get(k, k): v for k, v in (read_yaml(path) if path else {}).items()}
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
-    return config_from_dict(data, str(path) if path else "config")
+    given = {ALIASES.get(k, k) for k in overrides or {}}
+
+    def source(key: str) -> str:
+        flagged = any(key == k or key.startswith((f"{k}.", f"{k}[")) for k in given)
+        return "the command line" if flagged or not path else str(path)
+
+    return config_from_dict(data, source)
 
 
 def default_config_path() -> Path:

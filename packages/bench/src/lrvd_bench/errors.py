@@ -21,14 +21,19 @@ class BenchError(LRVDError):
 
 
 def one_line(
-    error: Any, source: str = "config", prefix: tuple = (), valid_keys: Callable[[str], list[str]] | None = None
+    error: Any,
+    source: str | Callable[[str], str] = "",
+    prefix: tuple = (),
+    valid_keys: Callable[[str], list[str]] | None = None,
 ) -> LRVDError:
     """The first problem of a pydantic ``ValidationError`` as one line: the dotted key, the bad value
     and what is valid. A check's own :class:`LRVDError` (raised in a ``__post_init__``) passes
-    through, led by the key it was raised under; ``valid_keys(parent)`` lists the keys an unknown
-    key could have been."""
+    through, led by the key it was raised under; ``source`` (or ``source(key)``) names where the value
+    came from; ``valid_keys(parent)`` lists the keys an unknown key could have been."""
     first = error.errors()[0]
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (*prefix, *first["loc"])).lstrip(".")
+    where = source(key) if callable(source) else source
+    where = f" in {where}" if where else ""
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, LRVDError):
         joint = (
@@ -37,8 +42,8 @@ def one_line(
         return type(cause)(f"{key}{joint}{cause}" if key else str(cause))
     if first["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
         valid = valid_keys(key.rpartition(".")[0]) if valid_keys else []
-        return BenchError(f"unknown key {key!r} in {source}" + (f"; valid keys: {', '.join(valid)}" if valid else ""))
+        return BenchError(f"unknown key {key!r}{where}" + (f"; valid keys: {', '.join(valid)}" if valid else ""))
     if first["type"] == "literal_error":
         return BenchError(f"unknown {key} {first['input']!r}; valid choices: {first['ctx']['expected']}")
     message = first["msg"][:1].lower() + first["msg"][1:]
-    return BenchError(f"bad value for {key} in {source}: {first['input']!r} ({message})")
+    return BenchError(f"bad value for {key}{where}: {first['input']!r} ({message})")
