@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray")
 
 from lrvd_bench import cli  # noqa: E402
 from lrvd_bench.config import load_config  # noqa: E402
-from lrvd_bench.runner import resume_sweep, run_sweep  # noqa: E402
+from lrvd_bench.sweep import resume_sweep, run_sweep  # noqa: E402
 from lrvd_bench.trial import run_trial  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -312,7 +312,7 @@ def test_a_tracker_without_its_extra_is_a_one_line_error(monkeypatch, tmp_path):
     import importlib.util
 
     from lrvd_bench.errors import BenchError
-    from lrvd_bench.runner import tracker_callbacks
+    from lrvd_bench.sweep.trackers import tracker_callbacks
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
@@ -459,7 +459,7 @@ def test_resume_after_a_kill_keeps_every_finished_trial(tmp_path, sig):
 def test_pending_specs_follow_the_trial_folders_not_ray(tmp_path):
     """A folder is finished when result.json carries the spec's hash (ok), or error.json / stopped.json
     does; failed ones run again only with retry_failed; a result for another hash does not count."""
-    from lrvd_bench.runner import pending_specs
+    from lrvd_bench.sweep.resume import pending_specs
 
     specs = _config(tmp_path).expand()
     a, b, c, d = specs
@@ -479,7 +479,7 @@ def test_pending_specs_follow_the_trial_folders_not_ray(tmp_path):
 
 
 def test_pending_specs_with_random_search_count_samples_per_spec(tmp_path):
-    from lrvd_bench.runner import pending_specs
+    from lrvd_bench.sweep.resume import pending_specs
 
     config = _config(
         tmp_path, methods="lora", seeds=[0, 1], num_samples=3, search_space={"train.lr": {"loguniform": [1e-4, 1e-2]}}

@@ -1,7 +1,7 @@
 """``bench``: run a comparison sweep, rebuild its leaderboard, list methods and tasks.
 
 Thin on purpose: parse flags, build an :class:`~lrvd_bench.config.ExperimentConfig`, hand over to
-:mod:`lrvd_bench.runner`. Imports are lazy so ``bench --help`` and ``bench list-methods`` start in
+:mod:`lrvd_bench.sweep`. Imports are lazy so ``bench --help`` and ``bench list-methods`` start in
 well under a second (no torch, peft or Ray). Every user error (:class:`lrvd.LRVDError`, of which
 :class:`~lrvd_bench.errors.BenchError` is one) prints one line on stderr and exits with code 2.
 
@@ -173,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved config.yaml; drop "
                 + ", ".join(sorted(extra | ({"--config"} if args.config else set())))
             )
-        from lrvd_bench.runner import resume_sweep
+        from lrvd_bench.sweep import resume_sweep
 
         return _report(
             resume_sweep(
@@ -188,17 +188,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     if args.dry_run:
-        from lrvd_bench.preflight import check_inputs, check_output_dir, run_dir_of
+        from lrvd_bench.sweep.checks import preflight, run_dir_of
 
-        check_output_dir(run_dir_of(config, path))
-        check_inputs(config)
+        preflight(config, run_dir_of(config, path))
         for spec in config.expand():
             point = f" {spec.search_point}" if spec.search_point else ""
             print(f"{spec.trial_id}  {spec.method} {spec.task} seed {spec.seed} model {spec.model}{point}")
         if config.random_space():
             print(f"(× {config.num_samples} samples of {sorted(config.random_space())})")
         return 0
-    from lrvd_bench.runner import run_sweep
+    from lrvd_bench.sweep import run_sweep
 
     return _report(run_sweep(config, config_path=path, command=args.command_line))
 
@@ -244,7 +243,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "trials").is_dir():
         raise BenchError(f"{run_dir} is not a bench run directory (no trials/ folder)")
-    from lrvd_bench.runner import board_rows
+    from lrvd_bench.sweep.finalize import board_rows
 
     rows = board_rows(run_dir, gather_rows(run_dir))  # the final stage (selection trials have no eval metrics)
     if args.reference:
@@ -254,7 +253,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         if args.reference not in available_methods():
             raise unknown_choice("reference method", args.reference, available_methods())
     board = write_leaderboard(rows, run_dir, csv_path=args.out, reference=args.reference)
-    from lrvd_bench.runner import append_selection
+    from lrvd_bench.sweep.finalize import append_selection
 
     append_selection(run_dir, Path(args.out).with_suffix(".md") if args.out else None)
     if args.figures:

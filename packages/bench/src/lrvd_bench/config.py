@@ -46,7 +46,7 @@ from lrvd_bench.trial_spec import (  # noqa: F401 - re-exported: the spec is par
 )
 from lrvd_bench.yaml_files import YAML12Loader, parse_set, read_yaml  # noqa: F401 - re-exported
 
-#: Experiment trackers ``loggers:`` accepts (Ray Tune logger callbacks; see lrvd_bench.runner).
+#: Experiment trackers ``loggers:`` accepts (Ray Tune logger callbacks; see lrvd_bench.sweep.trackers).
 LOGGERS = ("csv", "json", "tensorboard", "mlflow", "wandb")
 #: The method the leaderboard's paired differences compare every other method with.
 DEFAULT_REFERENCE = "lora"

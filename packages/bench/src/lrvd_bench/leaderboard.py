@@ -22,9 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lrvd_bench.config import (
-    DEFAULT_REFERENCE,  # the method every other is compared with unless the config names another
-)
+from lrvd_bench.config import DEFAULT_REFERENCE
 
 #: Metrics aggregated as ``<name>_mean`` and ``<name>_std`` over seeds, with higher_is_better.
 METRICS: dict[str, bool | None] = {
@@ -43,7 +41,6 @@ METRICS: dict[str, bool | None] = {
     "peak_memory_mb": False,
     "final_train_loss": False,
 }
-
 
 #: Every leaderboard column and what it means.
 COLUMNS: dict[str, str] = {
@@ -155,7 +152,7 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             rows.append(json.loads((folder / "result.json").read_text()))
         elif (folder / "error.json").is_file():
             rows.append(json.loads((folder / "error.json").read_text()))
-        elif (folder / "stopped.json").is_file():  # stopped early by the scheduler (lrvd_bench.runner)
+        elif (folder / "stopped.json").is_file():  # stopped early by the scheduler (lrvd_bench.sweep.progress)
             rows.append(json.loads((folder / "stopped.json").read_text()))
         else:
             spec_file = folder / "spec.json"

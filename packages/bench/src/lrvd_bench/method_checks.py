@@ -79,7 +79,7 @@ def check_method_params(method: str, values: dict[str, Any], where: str = "") ->
     return typed
 
 
-def dotted_key(method: str, key: str) -> str:
+def selection_dotted_key(method: str, key: str) -> str:
     """A selection KEY as the dotted key :meth:`TrialSpec.with_overrides` applies."""
     head = key.partition(".")[0]
     if "." in key or head in TrialSpec.__dataclass_fields__:
@@ -112,7 +112,7 @@ def check_selection(
         if not isinstance(grid, dict) or not grid:
             raise BenchError(f"selection.search_space.{method} must map KEYs to lists of values")
         for key, values in grid.items():
-            dotted = dotted_key(method, key)
+            dotted = selection_dotted_key(method, key)
             if not dotted.startswith("method_params."):
                 check_search_key(dotted, f"selection.search_space.{method}")
             if not isinstance(values, list) or not values:

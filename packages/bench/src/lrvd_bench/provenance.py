@@ -1,4 +1,5 @@
-"""Which code produced a result: the suite's version and git commit (recorded per trial, shown on model cards)."""
+"""Which code produced a result: the suite's version and git commit, and the versions of the libraries a
+number depends on (recorded per trial and per run, shown on model cards)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,29 @@ def suite_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "") if head else "unknown"
+
+
+#: Every library a method's number depends on (recorded per trial and in the run's ``run.json``).
+PACKAGES = (
+    "lrvd-core",
+    "lrvd-baselines",
+    "lrvd-bench",
+    "torch",
+    "transformers",
+    "peft",
+    "ivon-opt",
+    "laplace-torch",
+    "ray",
+    "numpy",
+    "datasets",
+)
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = ""
+    return out

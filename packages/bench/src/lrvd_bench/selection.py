@@ -19,7 +19,9 @@ A sweep with a ``selection:`` block runs in two stages, both as Ray Tune trials:
 A KEY is ``train.<field>`` (``train.lr``), ``adapter.<field>``, a top-level trial field such as
 ``max_length``, or a bare name, which is the method's own hyper-parameter (``kl_scale`` means
 ``method_params.bayeslora.kl_scale``). The choice is written to ``selection.json`` and travels
-with each final trial as its ``search_point`` (shown in the leaderboard).
+with each final trial as its ``search_point`` (shown in the leaderboard). The block's keys, metrics
+and KEYs, and the methods' own hyper-parameters at every grid value, are checked with the rest of
+the config (:func:`lrvd_bench.method_checks.check_selection`).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lrvd_bench.method_checks import SELECTION_METRICS as METRICS
-from lrvd_bench.method_checks import dotted_key
+from lrvd_bench.method_checks import SELECTION_METRICS, selection_dotted_key
+from lrvd_bench.trial_folder import finished_row
 from lrvd_bench.trial_spec import TrialSpec
 
 SELECTION_FILE = "selection.json"
@@ -39,7 +41,7 @@ SELECTION_FILE = "selection.json"
 
 def grid_points(method: str, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """The Cartesian product of ``grid`` in written order, as dotted-key points."""
-    keys = [dotted_key(method, k) for k in grid]
+    keys = [selection_dotted_key(method, k) for k in grid]
     return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
 
 
@@ -67,11 +69,9 @@ def choose(run_dir: Path, config: Any, specs: list[TrialSpec]) -> dict[str, dict
     Scores a point by the mean of its ok seeds' ``metric``; a point without one is skipped; the best
     wins, ties (and NaN) going to the earlier grid point.
     """
-    from lrvd_bench.runner import finished_row
-
     block = config.selection
     metric = block.get("metric", "val_nll")
-    higher = METRICS[metric]
+    higher = SELECTION_METRICS[metric]
     out: dict[str, dict[str, Any]] = {}
     for task in config.tasks:
         for method, grid in block["search_space"].items():

@@ -14,8 +14,8 @@ from lrvd.classifier import ClassifierModel
 from lrvd.errors import LRVDError
 from lrvd.hf import BayesLoraConfig, bayeslora_step, get_bayeslora_model, kl_loss, predict_proba
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, sampling
-from lrvd.kl import kl_log_uniform, total_kl
-from lrvd.layers import LRVDLinear
+from lrvd.kl import kl_log_uniform
+from lrvd.layers import LRVDLinear, total_kl
 from lrvd.protocol import AdapterConfig, AdapterMethod, MethodBase, TrainConfig, TrainPlan
 from lrvd.pruning import effective_rank, fix_gauge, prune_ranks, rank_report, rank_statistics
 from lrvd.registry import METHODS, get_method, list_methods

@@ -32,8 +32,7 @@ from torch import nn
 from lrvd import pruning
 from lrvd.errors import LRVDError, unknown_choice
 from lrvd.inject import inject_lrvd, lrvd_modules, matches_target, mc_predict_proba, set_sampling
-from lrvd.kl import total_kl
-from lrvd.layers import VARIANTS
+from lrvd.layers import VARIANTS, total_kl
 
 CONFIG_ATTR = "bayeslora_config"
 

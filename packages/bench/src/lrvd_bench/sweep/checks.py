@@ -1,9 +1,6 @@
-"""What a sweep needs from the world outside its config, checked before Ray starts.
-
-``bench run`` and ``bench run --dry-run`` run the same checks: the data and the backbone are
-reachable, and the run folder can be created and written. Each failure is one line naming the path
-or name, so a user error never surfaces as a traceback minutes into the run.
-"""
+"""Pre-flight checks: what a sweep needs from the world outside its config, found in the driver before Ray
+starts, so a bad value is one line and exit code 2 instead of N failed trials. ``bench run --dry-run``
+runs the same checks."""
 
 from __future__ import annotations
 
@@ -13,6 +10,13 @@ from pathlib import Path
 
 from lrvd_bench.config import ExperimentConfig
 from lrvd_bench.errors import BenchError
+
+
+def preflight(config: ExperimentConfig, run_dir: Path) -> None:
+    """The run folder can be written, and the data and backbone are reachable from here (the config
+    itself, each method's hyper-parameters included, was validated when it was built)."""
+    check_output_dir(run_dir)
+    check_inputs(config)
 
 
 def default_run_dir(config_path: str | Path | None) -> Path:
@@ -38,6 +42,15 @@ def check_output_dir(run_dir: Path) -> None:
         raise BenchError(
             f"output {run_dir} cannot be written: {existing} is read-only ({err.strerror}); choose another --output"
         ) from None
+
+
+def absolute_paths(config: ExperimentConfig) -> None:
+    """Trials run in their own working directory (and maybe on another node): make paths absolute."""
+    if config.data_dir:
+        config.data_dir = str(Path(config.data_dir).expanduser().resolve())
+    model = Path(config.model).expanduser()
+    if model.exists():
+        config.model = str(model.resolve())
 
 
 def check_inputs(config: ExperimentConfig) -> None:
