@@ -37,9 +37,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class VersionAction(argparse.Action):
+    """``--version``: the package version and git commit, looked up only when asked (git is a subprocess)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from lrvd_bench.provenance import version_line
+
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lrvd_bench.cli_knobs import add_knob_flags
-    from lrvd_bench.provenance import suite_version
     from lrvd_bench.run_flags import add_flags, nested_keys_help, quickstart_help
 
     parser = argparse.ArgumentParser(
@@ -49,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {suite_version()}")
+    parser.add_argument("--version", action=VersionAction, help="print the version and git commit, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(

@@ -31,7 +31,13 @@ from pydantic.dataclasses import dataclass as validated_dataclass
 
 from lrvd.protocol import AdapterConfig, TrainConfig
 from lrvd_bench.errors import BenchError, one_line, unknown_choice
-from lrvd_bench.method_checks import check_method_params, check_selection, method_class, registered_methods
+from lrvd_bench.method_checks import (
+    check_method_params,
+    check_selection,
+    method_class,
+    registered_methods,
+    usable_methods,
+)
 from lrvd_bench.trial_spec import (  # noqa: F401 - re-exported: the spec is part of the config's public face
     DEFAULT_VALIDATION_FRACTION,
     NESTED,
@@ -63,7 +69,7 @@ def as_list(value: Any) -> Any:
 
 
 def methods_list(value: Any) -> Any:
-    return registered_methods() if value in ("all", ["all"]) else as_list(value)
+    return usable_methods() if value in ("all", ["all"]) else as_list(value)
 
 
 def keep_ints(value: Any, handler: Any) -> Any:
@@ -187,7 +193,12 @@ class ExperimentConfig(TrialSettings):
             )
         if self.selection and self.validation_fraction <= 0:
             raise BenchError("selection scores on the validation split: set validation_fraction > 0 (got 0)")
-        self.method_params = {name: check_method_params(name, raw) for name, raw in self.method_params.items()}
+        # every selected method is built once here, so a bad or a broken one fails before anything starts
+        typed = {name: check_method_params(name, self.method_params.get(name, {})) for name in self.methods}
+        self.method_params = {
+            name: typed[name] if name in typed else check_method_params(name, raw)
+            for name, raw in self.method_params.items()
+        }
         if self.selection:
             check_selection(self.selection, self.methods, self.method_params, check_search_key)
         for name in self.methods if self.validation_fraction == 0.0 else []:

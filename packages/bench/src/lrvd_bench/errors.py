@@ -39,7 +39,7 @@ def one_line(
         joint = (
             "." if re.match(r"\w+ must ", str(cause)) else ": "
         )  # "train" + "lr must be ..." -> "train.lr must be ..."
-        return type(cause)(f"{key}{joint}{cause}" if key else str(cause))
+        return BenchError(f"{key}{joint}{cause}") if key else cause
     if first["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
         valid = valid_keys(key.rpartition(".")[0]) if valid_keys else []
         return BenchError(f"unknown key {key!r}{where}" + (f"; valid keys: {', '.join(valid)}" if valid else ""))

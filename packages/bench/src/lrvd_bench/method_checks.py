@@ -35,6 +35,19 @@ def registered_methods() -> list[str]:
     return list_methods()
 
 
+def usable_methods() -> list[str]:
+    """What ``methods: all`` means: every registered method that imports; a broken plugin is skipped
+    with a one-line warning (naming it by name still fails, with the same line)."""
+    import sys
+
+    from lrvd.registry import METHODS
+
+    usable, broken = METHODS.usable()
+    for reason in broken.values():
+        print(f"bench: warning: skipped {reason}", file=sys.stderr)
+    return usable
+
+
 def method_class(name: str) -> type:
     """The registered class; a plugin whose import fails is one line naming it."""
     from lrvd.registry import get_method
@@ -69,7 +82,7 @@ def check_method_params(method: str, values: dict[str, Any], where: str = "") ->
         params = cls(**typed).params
     except LRVDError as err:
         joint = "." if re.match(r"\w+ must ", str(err)) else ": "  # "lr must be ..." -> "<where>.lr must be ..."
-        raise type(err)(f"{where}{joint}{err}") from None
+        raise BenchError(f"{where}{joint}{err}") from None
     for key in hints:
         value = getattr(params, key, None)
         if LR_NAME.search(key) and isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):

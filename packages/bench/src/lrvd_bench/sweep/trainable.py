@@ -68,8 +68,15 @@ def make_trainable(run_dir: Path, trial_fn: TrialFn | None, threads: int) -> Cal
             from lrvd_bench.trial import run_trial as fn
         trial_dir.mkdir(parents=True, exist_ok=True)
 
+        last_step = {"timesteps_total": None}
+
         def report(record: dict[str, Any]) -> None:
-            tune.report(_scalars(record))
+            # ``timesteps_total`` is the x-axis Ray's TensorBoard and MLflow loggers plot against (else
+            # their report counter): the optimizer step, so curves of runs that log at different
+            # intervals line up.
+            if isinstance(record.get("step"), (int, float)) and record["step"] > 0:
+                last_step["timesteps_total"] = int(record["step"])
+            tune.report({**_scalars(record), **{k: v for k, v in last_step.items() if v}})
 
         # The trial's Python-level output (warnings, loading reports) goes to its own log file
         # rather than interleaving on the driver's console.
@@ -79,7 +86,7 @@ def make_trainable(run_dir: Path, trial_fn: TrialFn | None, threads: int) -> Cal
             contextlib.redirect_stderr(log),
         ):
             row = fn(spec, trial_dir, report=report)
-        tune.report({**_scalars(row), "trial_done": True})
+        tune.report({**_scalars(row), **{k: v for k, v in last_step.items() if v}, "trial_done": True})
 
     return trainable
 
