@@ -38,6 +38,7 @@ from lrvd_bench.method_checks import (
     registered_methods,
     usable_methods,
 )
+from lrvd_bench.targets import BY_ARCHITECTURE
 from lrvd_bench.trial_spec import (  # noqa: F401 - re-exported: the spec is part of the config's public face
     DEFAULT_VALIDATION_FRACTION,
     NESTED,
@@ -85,6 +86,15 @@ Mapping = Annotated[dict[str, Any], BeforeValidator(lambda value: {} if value is
 Core = WrapValidator(keep_ints)
 
 
+def by_architecture(value: Any) -> Any:
+    """``adapter`` without ``target_modules`` targets the backbone's default modules (``auto``); a
+    comma-separated string (``auto``, ``query,value``) is the list it names."""
+    if not isinstance(value, dict | None):
+        return value
+    value = {"target_modules": [BY_ARCHITECTURE], **(value or {})}
+    return {**value, "target_modules": as_list(value["target_modules"])}
+
+
 @validated_dataclass(config=ConfigDict(extra="forbid", validate_default=True))
 class ExperimentConfig(TrialSettings):
     """A sweep: methods × tasks × seeds (× search-space points) on one backbone.
@@ -102,7 +112,9 @@ class ExperimentConfig(TrialSettings):
     seeds: Annotated[list[int], BeforeValidator(as_list), Field(min_length=1)] = setting(
         lambda: [0], "comma-separated seeds, e.g. 0,1,2"
     )
-    adapter: Annotated[AdapterConfig, Core] = setting(AdapterConfig, "adapter placement and rank", flag=False)
+    adapter: Annotated[AdapterConfig, BeforeValidator(by_architecture), Core] = setting(
+        lambda: AdapterConfig(target_modules=[BY_ARCHITECTURE]), "adapter placement and rank", flag=False
+    )
     train: Annotated[TrainConfig, Core] = setting(TrainConfig, "optimisation shared by all methods", flag=False)
     method_params: Mapping = setting(dict, "per-method hyper-parameters: {method: {name: value}}", flag=False)
     cpus_per_trial: Annotated[float, Field(gt=0)] = setting(1.0, "CPUs reserved per trial")

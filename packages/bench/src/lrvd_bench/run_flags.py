@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from lrvd_bench.config import NESTED, ExperimentConfig, default_config_path, parse_set, read_yaml
+from lrvd_bench.targets import BY_ARCHITECTURE_HELP
 
 #: Flags for nested settings common enough to deserve one (dest -> dotted key, help).
 SHORTCUT_FLAGS = {
@@ -96,8 +97,9 @@ def nested_keys_help() -> str:
         for f in dataclasses.fields(ExperimentConfig)
         if not f.metadata.get("flag")
     ]
+    defaults = {f.name: field_default(f) for f in dataclasses.fields(ExperimentConfig) if f.name in NESTED}
     nested = [
-        (f"{prefix}.{f.name}", type_name(f.type), shown(field_default(f)), f.metadata.get("help", ""))
+        (f"{prefix}.{f.name}", type_name(f.type), shown(getattr(defaults[prefix], f.name)), f.metadata.get("help", ""))
         for prefix, cls in NESTED.items()
         for f in dataclasses.fields(cls)
     ]
@@ -107,6 +109,7 @@ def nested_keys_help() -> str:
             *_table(top),
             "config keys shared by all methods (YAML, or --set KEY=VALUE; built-in defaults):",
             *_table(nested),
+            BY_ARCHITECTURE_HELP,
             "method hyper-parameters: `bench list-methods --params [METHOD]`; set them with "
             "--param METHOD.KEY=VALUE or --set method_params.METHOD.KEY=VALUE",
         ]
