@@ -5,7 +5,8 @@ Thin on purpose: parse flags, build an :class:`~lrvd_bench.config.ExperimentConf
 well under a second (no torch, peft or Ray). Every user error (:class:`lrvd.LRVDError`, of which
 :class:`~lrvd_bench.errors.BenchError` is one) prints one line on stderr and exits with code 2.
 
-Exit codes: 0 all trials ok; 1 some trials failed or did not run; 2 user error; 130 interrupted.
+Exit codes: 0 all trials ok; 1 some trials failed or did not run; 2 user error (also: another bench
+run holds the run directory); 130 interrupted (Ctrl+C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -162,9 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"bench: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # outside Ray Tune's loop; SIGTERM arrives as its subclass Terminated
+        code = getattr(stop, "exit_code", 130)
+        print("bench: terminated (SIGTERM)" if code == 143 else "bench: interrupted", file=sys.stderr)
+        return code
     except BrokenPipeError:  # `bench leaderboard RUN | head`
         sys.stderr.close()
         return 0

@@ -22,8 +22,10 @@ from lrvd_bench.run_record import finish_record, start_record
 from lrvd_bench.sweep.checks import absolute_paths, check_output_dir, preflight, run_dir_of
 from lrvd_bench.sweep.cluster import check_resources, init_ray, ray_log_to_file, resolve_gpus
 from lrvd_bench.sweep.finalize import SweepOutcome, finish
+from lrvd_bench.sweep.lock import hold_run_dir
 from lrvd_bench.sweep.progress import ProgressLines
 from lrvd_bench.sweep.resume import SPECS_FILE, load_run_config, pending_specs, write_specs
+from lrvd_bench.sweep.signals import StopSignals, sigterm_as_sigint
 from lrvd_bench.sweep.trackers import tracker_callbacks
 from lrvd_bench.sweep.trainable import TUNE_DIR, TrialFn, make_trainable, trial_name
 
@@ -41,20 +43,34 @@ def run_sweep(
 ) -> SweepOutcome:
     """Expand ``config``, run every trial under Ray Tune, then write trials.csv, leaderboard, figures."""
     run_dir = run_dir_of(config, config_path)
-    if (run_dir / "config.yaml").exists() or (run_dir / TUNE_DIR).exists():
-        raise BenchError(
-            f"run directory {run_dir} already holds a sweep; continue it with --resume {run_dir} "
-            "or choose another --output"
-        )
+    _refuse_existing(run_dir)
     if check:
         preflight(config, run_dir)
     else:
         check_output_dir(run_dir)
     absolute_paths(config)
     config.output = str(run_dir)
-    return _sweep(
-        run_dir, config, trial_fn=trial_fn, callbacks=callbacks, stream=stream, live=live, fresh=True, command=command
-    )
+    with hold_run_dir(run_dir), sigterm_as_sigint() as stop:
+        _refuse_existing(run_dir)  # again under the lock: another driver may have started meanwhile
+        return _sweep(
+            run_dir,
+            config,
+            trial_fn=trial_fn,
+            callbacks=callbacks,
+            stream=stream,
+            live=live,
+            fresh=True,
+            command=command,
+            stop=stop,
+        )
+
+
+def _refuse_existing(run_dir: Path) -> None:
+    if (run_dir / "config.yaml").exists() or (run_dir / TUNE_DIR).exists():
+        raise BenchError(
+            f"run directory {run_dir} already holds a sweep; continue it with --resume {run_dir} "
+            "or choose another --output"
+        )
 
 
 def resume_sweep(
@@ -75,17 +91,19 @@ def resume_sweep(
         raise BenchError(f"nothing to resume in {run_dir}: no specs.json (the sweep never started)")
     if address:
         config.address = address
-    return _sweep(
-        run_dir,
-        config,
-        trial_fn=trial_fn,
-        callbacks=callbacks,
-        stream=stream,
-        live=live,
-        fresh=False,
-        retry_failed=retry_failed,
-        command=command,
-    )
+    with hold_run_dir(run_dir), sigterm_as_sigint() as stop:
+        return _sweep(
+            run_dir,
+            config,
+            trial_fn=trial_fn,
+            callbacks=callbacks,
+            stream=stream,
+            live=live,
+            fresh=False,
+            retry_failed=retry_failed,
+            command=command,
+            stop=stop,
+        )
 
 
 def _sweep(
@@ -99,6 +117,7 @@ def _sweep(
     fresh: bool,
     retry_failed: bool = False,
     command: list[str] | None = None,
+    stop: StopSignals | None = None,
 ) -> SweepOutcome:
     """Both entry points: Ray up, resources checked, then the pending trials, then the tables."""
     out = stream or sys.stderr
@@ -138,7 +157,7 @@ def _sweep(
             interrupted = run(
                 [s for s in specs if s.trial_id not in reused], "final stage: " if config.selection else "", note
             )
-        outcome = finish(run_dir, interrupted, stream)
+        outcome = finish(run_dir, interrupted, stream, stop)
         finish_record(record, outcome)
         return outcome
     finally:
@@ -175,7 +194,7 @@ def _run_stage(
     )
     if pending:
         _run_tuner(run_dir, config, pending, gpus, trial_fn, callbacks, stream, live)
-    # Tuner.fit returns with trials left only when the sweep was stopped (Ctrl+C, SIGUSR1)
+    # Tuner.fit returns with trials left only when the sweep was stopped (Ctrl+C, SIGTERM, SIGUSR1)
     return bool(pending_specs(run_dir, specs, random_keys, config.num_samples, retry_failed))
 
 
