@@ -61,6 +61,7 @@ PROGRESS_KEYS = ("step", "total_steps", "loss", "lr", "effective_rank", "step_ti
 LEARNED_LOSS_FRACTION = 1.0
 LEARNED_SE_MARGIN = 2.0
 
+
 def node_info() -> dict[str, Any]:
     """Where the trial ran: the Ray node IP (hostname outside Ray) and the GPU ids Ray assigned."""
     info: dict[str, Any] = {"hostname": socket.gethostname(), "node": socket.gethostname(), "gpu_ids": ""}

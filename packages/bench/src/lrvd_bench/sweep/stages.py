@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from lrvd_bench.config import ExperimentConfig, TrialSpec
 from lrvd_bench.ensembles import ENSEMBLES_FILE, plan_reuse
 from lrvd_bench.errors import BenchError
 from lrvd_bench.run_record import finish_record, start_record
-from lrvd_bench.sweep.checks import absolute_paths, preflight
+from lrvd_bench.sweep.checks import absolute_paths, check_output_dir, preflight, run_dir_of
 from lrvd_bench.sweep.cluster import check_resources, init_ray, ray_log_to_file, resolve_gpus
 from lrvd_bench.sweep.finalize import SweepOutcome, finish
 from lrvd_bench.sweep.lock import hold_run_dir
@@ -29,11 +28,6 @@ from lrvd_bench.sweep.resume import SPECS_FILE, load_run_config, pending_specs, 
 from lrvd_bench.sweep.signals import StopSignals, sigterm_as_sigint
 from lrvd_bench.sweep.trackers import tracker_callbacks
 from lrvd_bench.sweep.trainable import TUNE_DIR, TrialFn, make_trainable, trial_name
-
-
-def default_run_dir(config_path: str | Path | None) -> Path:
-    stem = Path(config_path).stem if config_path else "run"
-    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_sweep(
@@ -48,12 +42,13 @@ def run_sweep(
     command: list[str] | None = None,
 ) -> SweepOutcome:
     """Expand ``config``, run every trial under Ray Tune, then write trials.csv, leaderboard, figures."""
-    run_dir = Path(config.output) if config.output else default_run_dir(config_path)
-    run_dir = run_dir.expanduser().resolve()
+    run_dir = run_dir_of(config, config_path)
     _refuse_existing(run_dir)
-    absolute_paths(config)
     if check:
-        preflight(config)
+        preflight(config, run_dir)
+    else:
+        check_output_dir(run_dir)
+    absolute_paths(config)
     config.output = str(run_dir)
     with hold_run_dir(run_dir), sigterm_as_sigint() as stop:
         _refuse_existing(run_dir)  # again under the lock: another driver may have started meanwhile
