@@ -26,9 +26,14 @@ OWNER_FILE = "bench.lock.json"
 
 @contextlib.contextmanager
 def hold_run_dir(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s lock for the block; a second holder is a one-line :class:`BenchError` (exit 2)."""
+    """Hold ``run_dir``'s lock for the block; a second holder is a one-line :class:`BenchError` (exit 2).
+
+    A folder this call created and the sweep left empty (a check after Ray's start-up refused the run)
+    is removed again, so a refused run writes nothing.
+    """
     from filelock import FileLock, Timeout
 
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -51,6 +56,9 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
+        if created and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            run_dir.rmdir()
 
 
 def holder(run_dir: Path, wait_s: float = 2.0) -> str:
