@@ -6,13 +6,13 @@ layer, its KL to the log-uniform prior and rank selection.
 
 On any Hugging Face model (:mod:`lrvd.hf`): ``get_bayeslora_model`` (like ``peft.get_peft_model``),
 ``kl_loss`` and ``bayeslora_step`` (the loss term and the pruning step hook), ``predict_proba``
-(posterior predictive from the model's own outputs) and ``BayesLoraTrainer`` (a
-``transformers.Trainer``; imported on first use).
+(posterior predictive from the model's own outputs), ``BayesLoraModel.from_pretrained`` (reload a
+saved adapter) and ``BayesLoraTrainer`` (a ``transformers.Trainer``; imported on first use).
 """
 
 from lrvd.classifier import ClassifierModel
 from lrvd.errors import LRVDError
-from lrvd.hf import BayesLoraConfig, bayeslora_step, get_bayeslora_model, kl_loss, predict_proba
+from lrvd.hf import BayesLoraConfig, BayesLoraModel, bayeslora_step, get_bayeslora_model, kl_loss, predict_proba
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, sampling
 from lrvd.kl import kl_log_uniform, total_kl
 from lrvd.layers import LRVDLinear
@@ -25,6 +25,7 @@ __all__ = [
     "AdapterMethod",
     "BayesLoraCallback",
     "BayesLoraConfig",
+    "BayesLoraModel",
     "BayesLoraTrainer",
     "ClassifierModel",
     "LRVDError",
