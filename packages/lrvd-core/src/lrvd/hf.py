@@ -159,17 +159,22 @@ def bayeslora_method(model: nn.Module) -> BayesLoRA:
 
 # -- training ---------------------------------------------------------------------------------------
 def start_training(
-    model: nn.Module, total_steps: int, lr: float, *, n_train: int = 0, weight_decay: float = 0.0
+    model: nn.Module,
+    total_steps: int,
+    lr: float,
+    *,
+    n_train: int = 0,
+    weight_decay: float = 0.0,
+    head_lr: float | None = None,
 ) -> list[dict[str, Any]]:
     """Tell the method the run's length and learning rate; returns the optimizer's parameter groups
     (the method's: means at ``lr``, log σ² at ``lr · log_sigma2_lr_mult``, both without decay; the
-    ``modules_to_save`` at ``lr`` with ``weight_decay`` on their matrices). :class:`BayesLoraTrainer`
-    calls it; a custom loop calls it once before building its optimizer."""
+    ``modules_to_save`` at ``head_lr`` (default ``lr``) with ``weight_decay`` on their matrices).
+    :class:`BayesLoraTrainer` calls it; a custom loop calls it once before building its optimizer."""
     method = bayeslora_method(model)
     view = classifier_view(model)
-    method.plan = TrainPlan(
-        total_steps=int(total_steps), n_train=int(n_train), train=TrainConfig(lr=lr, weight_decay=weight_decay)
-    )
+    train = TrainConfig(lr=lr, weight_decay=weight_decay, head_lr=head_lr)
+    method.plan = TrainPlan(total_steps=int(total_steps), n_train=int(n_train), train=train)
     method.on_step_end(view, None, 0)  # the sampling state of step 0 under the run's schedule
     return method.param_groups(view, method.plan)
 

@@ -16,7 +16,7 @@ own hooks (:mod:`lrvd.hf`):
   ``rank_history`` keeps the per-module ranks at every log step.
 
 What stays the Trainer's: the learning-rate schedule (``lr_scheduler_type``, ``warmup_*``), gradient
-clipping (``max_grad_norm``), batch order and the one learning rate for adapters and head.
+clipping (``max_grad_norm``) and batch order; the task head's own rate is ``head_lr``.
 Kept apart from :mod:`lrvd.hf` because importing ``transformers.Trainer`` is slow.
 """
 
@@ -50,7 +50,10 @@ class BayesLoraCallback(TrainerCallback):
 class BayesLoraTrainer(Trainer):
     """``Trainer`` that trains with the ``bayeslora`` method's objective, groups and pruning."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, head_lr: float | None = None, **kwargs: Any) -> None:
+        """``head_lr``: learning rate of the ``modules_to_save`` (the bench's ``head_lr``; default: the
+        Trainer's ``learning_rate``)."""
+        self.head_lr = head_lr
         super().__init__(*args, **kwargs)
         bayeslora_config(self.model)  # one clear error if the model has no BayesLoRA adapters
         # The method's loss is a per-batch mean: the Trainer divides it by the accumulation steps.
@@ -73,6 +76,7 @@ class BayesLoraTrainer(Trainer):
             self.args.learning_rate,
             n_train=self.n_train(),
             weight_decay=self.args.weight_decay,
+            head_lr=self.head_lr,
         )
 
     def create_optimizer(self, model=None):
