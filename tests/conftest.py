@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray, for every test module that starts it, set before anything imports Ray: no usage report, no
-# auth prompt, and (as lrvd_bench.runner does) workers use this venv rather than one rebuilt from
+# auth prompt, and (as lrvd_bench.sweep does) workers use this venv rather than one rebuilt from
 # uv.lock by Ray's `uv run` hook, which would be slow and lack the optional extras.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -35,7 +35,7 @@ def body(spec, trial_dir, progress, report=None, *, calls: str):
 
 def main() -> int:
     from lrvd_bench.config import load_config
-    from lrvd_bench.runner import resume_sweep, run_sweep
+    from lrvd_bench.sweep import resume_sweep, run_sweep
     from lrvd_bench.trial import run_trial
 
     run_dir, calls = sys.argv[1], sys.argv[2]

@@ -125,7 +125,10 @@ def test_version(capsys):
         cli.main(["--version"])
     from importlib import metadata
 
-    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"bench {metadata.version('lrvd-bench')}"
+    from lrvd_bench.provenance import suite_commit
+
+    expected = f"bench {metadata.version('lrvd-bench')} (commit {suite_commit()})"
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == expected
 
 
 def test_run_and_cost_spell_the_common_knobs_alike():

@@ -120,3 +120,33 @@ def test_learned_flag_uses_nll_and_two_standard_errors():
     assert learned_flag(nll, probs, labels, 0.39) == (True, pytest.approx(math.log(4)), 0.28)
     assert learned_flag(nll, probs, labels, 0.36)[0] is False  # above 0.28 but within 2 SE
     assert learned_flag(1.39, probs, labels, 0.60)[0] is False  # training NLL still at ln 4
+
+
+def test_bench_leaderboard_skips_a_truncated_result_with_a_warning_naming_it(tmp_path):
+    """A real ``bench leaderboard`` process: one cut-off result.json costs its trial, not the table."""
+    import os
+    import subprocess
+    import sys
+
+    trials = tmp_path / "trials"
+    for r in ROWS[:2] + ROWS[3:4]:
+        (trials / r["trial_id"]).mkdir(parents=True)
+        (trials / r["trial_id"] / "result.json").write_text(json.dumps(r))
+    broken = trials / ROWS[2]["trial_id"] / "result.json"
+    broken.parent.mkdir()
+    broken.write_text(json.dumps(ROWS[2])[:40])  # a write cut short
+    done = subprocess.run(
+        [sys.executable, "-m", "lrvd_bench.cli", "leaderboard", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and str(broken) in warnings[0] and "Traceback" not in done.stderr
+    board = pd.read_csv(tmp_path / "leaderboard.csv").set_index("method")
+    assert board.loc["lora", "n_seeds"] == 2 and board.loc["lora", "accuracy_mean"] == pytest.approx(0.45)
+    assert board.loc["bayeslora", "accuracy_mean"] == pytest.approx(0.70)
+    statuses = sorted(r["status"] for r in gather_rows(tmp_path))
+    assert statuses == ["incomplete", "ok", "ok", "ok"]

@@ -93,3 +93,23 @@ def test_rank_curves_are_one_panel_per_method_with_the_seed_band():
         assert list(line.get_ydata()) == list(g["mean"]) and ax.get_title() == f"{method} (2 seeds)"
         assert len(ax.collections) == 1  # the ±std band
     assert visible[0].get_shared_y_axes().joined(visible[0], visible[3])
+
+
+def test_reliability_title_shows_the_tables_ece_beside_the_pooled_one(tmp_path, monkeypatch):
+    """Seed 0: confidences 0.9 (right), 0.8 (wrong): ECE (0.1 + 0.8) / 2 = 0.45; seed 1: 0.6 (right): 0.4.
+    The table's ECE is their mean, 0.425; the pooled predictions' ECE is (0.1 + 0.8 + 0.4) / 3 = 0.433."""
+    from lrvd_bench import plots
+    from lrvd_bench.figures import pyplot
+
+    rows = []
+    for seed, probs, labels, ece in ((0, [[0.9, 0.1], [0.8, 0.2]], [0, 1], 0.45), (1, [[0.6, 0.4]], [0], 0.4)):
+        trial_id = f"lora-arc-e-s{seed}"
+        (tmp_path / "trials" / trial_id).mkdir(parents=True)
+        np.savez(tmp_path / "trials" / trial_id / "predictions.npz", probs=np.array(probs), labels=np.array(labels))
+        rows.append({"trial_id": trial_id, "method": "lora", "task": "arc-e", "seed": seed, "status": "ok", "ece": ece})
+    shown = {}
+    monkeypatch.setattr(plots, "reliability_grid", lambda pooled, titles, *a: shown.update(titles) or pyplot().figure())
+    (tmp_path / "figures").mkdir()
+    plots.reliability_diagrams(tmp_path, rows, tmp_path / "figures")
+    assert shown["lora"] == "lora\nECE 0.433 pooled (n=3);\ntable: 0.425, mean of 2 seeds"
+    assert plots.reliability_title("lora", 0.45, [0.45], 2) == "lora\nECE 0.450, n=2"

@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray")
 
 from lrvd_bench import cli  # noqa: E402
 from lrvd_bench.config import load_config  # noqa: E402
-from lrvd_bench.runner import resume_sweep, run_sweep  # noqa: E402
+from lrvd_bench.sweep import resume_sweep, run_sweep  # noqa: E402
 from lrvd_bench.trial import run_trial  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,18 +56,19 @@ def fake_body(
     fail: tuple[str, int] | None = None,
     steps: int = 0,
     sleep: float = 0.0,
+    every: int = 1,
 ):
     """A trial without training: logs the call, reports ``steps`` progress records (``val_nll``
     falling with the step, higher for bayeslora), fails on demand, returns a plausible row."""
     import time
 
-    for step in range(1, steps + 1):
+    for step in range(every, every * steps + 1, every):
         time.sleep(sleep)
         if report is not None:
             report(
                 {
                     "step": step,
-                    "total_steps": steps,
+                    "total_steps": steps * every,
                     "loss": 1.0 / step,
                     "lr": 1e-3,
                     "val_nll": 1.0 / step + (1.0 if spec.method == "bayeslora" else 0.0),
@@ -240,22 +241,27 @@ def test_unreachable_data_or_model_fail_before_ray_starts(tmp_path, capsys, monk
     assert not out.exists()
 
 
-def _tensorboard_points(folder: Path, tag: str) -> int:
-    """Scalar points of ``tag`` in a trial's TensorBoard event files (TFRecord framing, read by hand)."""
+def _tensorboard_steps(folder: Path, tag: str) -> list[int]:
+    """The global steps of the scalar points of ``tag`` in a trial's TensorBoard event files
+    (TFRecord framing, read by hand)."""
     import struct
 
     from tensorboardX.proto import event_pb2
 
-    count = 0
+    steps = []
     for path in folder.glob("events.out.tfevents.*"):
         data, i = path.read_bytes(), 0
         while i + 12 <= len(data):
             (length,) = struct.unpack("<Q", data[i : i + 8])
             event = event_pb2.Event()
             event.ParseFromString(data[i + 12 : i + 12 + length])
-            count += sum(v.tag == tag for v in event.summary.value)
+            steps += [int(event.step) for v in event.summary.value if v.tag == tag]
             i += 12 + length + 4
-    return count
+    return steps
+
+
+def _tensorboard_points(folder: Path, tag: str) -> int:
+    return len(_tensorboard_steps(folder, tag))
 
 
 @pytest.mark.slow
@@ -278,6 +284,22 @@ def test_trials_report_progress_live_lines_and_curves(ray_session, tmp_path):
     assert list(progress["step"].dropna()) == [1, 2, 3, 4] and len(progress) == 5  # + the final row
     assert _tensorboard_points(folder, "ray/tune/loss") == 4
     assert _tensorboard_points(folder, "ray/tune/val_nll") == 4
+
+
+@pytest.mark.slow
+def test_trackers_plot_against_the_optimizer_step(ray_session, tmp_path, monkeypatch):
+    """Progress every 5 optimizer steps: TensorBoard and MLflow points sit at steps 5, 10, 15
+    (Ray's report counter would put them at 1, 2, 3)."""
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    calls = tmp_path / "calls.txt"
+    config = _config(tmp_path, methods="lora", seeds=[0], loggers=["csv", "tensorboard", "mlflow"])
+    outcome = run_sweep(config, trial_fn=fake_trial(calls, steps=3, every=5), check=False)
+    assert outcome.exit_code == 0
+    [folder] = (outcome.run_dir / "tune").glob("lora-arc-e-s0_*")
+    assert sorted(_tensorboard_steps(folder, "ray/tune/loss")) == [5, 10, 15]
+    [loss] = (outcome.run_dir / "mlruns").glob("*/*/metrics/loss")
+    assert [int(line.split()[2]) for line in loss.read_text().splitlines()] == [5, 10, 15]
 
 
 @pytest.mark.slow
@@ -312,7 +334,7 @@ def test_a_tracker_without_its_extra_is_a_one_line_error(monkeypatch, tmp_path):
     import importlib.util
 
     from lrvd_bench.errors import BenchError
-    from lrvd_bench.runner import tracker_callbacks
+    from lrvd_bench.sweep.trackers import tracker_callbacks
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
@@ -459,7 +481,7 @@ def test_resume_after_a_kill_keeps_every_finished_trial(tmp_path, sig):
 def test_pending_specs_follow_the_trial_folders_not_ray(tmp_path):
     """A folder is finished when result.json carries the spec's hash (ok), or error.json / stopped.json
     does; failed ones run again only with retry_failed; a result for another hash does not count."""
-    from lrvd_bench.runner import pending_specs
+    from lrvd_bench.sweep.resume import pending_specs
 
     specs = _config(tmp_path).expand()
     a, b, c, d = specs
@@ -479,7 +501,7 @@ def test_pending_specs_follow_the_trial_folders_not_ray(tmp_path):
 
 
 def test_pending_specs_with_random_search_count_samples_per_spec(tmp_path):
-    from lrvd_bench.runner import pending_specs
+    from lrvd_bench.sweep.resume import pending_specs
 
     config = _config(
         tmp_path, methods="lora", seeds=[0, 1], num_samples=3, search_space={"train.lr": {"loguniform": [1e-4, 1e-2]}}

@@ -20,8 +20,8 @@ from test_runner import InterruptAfter, ray_session, tiny_mc_model  # noqa: E402
 
 from lrvd_bench import cli  # noqa: E402
 from lrvd_bench.config import load_config  # noqa: E402
-from lrvd_bench.runner import resume_sweep, run_sweep  # noqa: E402
 from lrvd_bench.selection import choose, grid_points, selection_specs  # noqa: E402
+from lrvd_bench.sweep import resume_sweep, run_sweep  # noqa: E402
 from lrvd_bench.trial import run_trial  # noqa: E402
 
 

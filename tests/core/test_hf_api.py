@@ -15,7 +15,7 @@ import torch
 import lrvd
 from conftest import TinyBertClassifier, make_toy_dataset
 from lrvd.inject import lrvd_modules, sampling
-from lrvd.kl import total_kl
+from lrvd.layers import total_kl
 
 REPO = Path(__file__).resolve().parents[2]
 

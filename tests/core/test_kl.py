@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import lrvd
-from lrvd.kl import K1, K2, K3, kl_log_uniform, total_kl
-from lrvd.layers import LRVDLinear
+from lrvd.kl import K1, K2, K3, kl_log_uniform
+from lrvd.layers import LRVDLinear, total_kl
 
 
 def kl_by_hand(log_alpha: float) -> float:

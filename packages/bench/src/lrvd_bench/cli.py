@@ -1,7 +1,7 @@
 """``bench``: run a comparison sweep, rebuild its leaderboard, list methods and tasks.
 
 Thin on purpose: parse flags, build an :class:`~lrvd_bench.config.ExperimentConfig`, hand over to
-:mod:`lrvd_bench.runner`. Imports are lazy so ``bench --help`` and ``bench list-methods`` start in
+:mod:`lrvd_bench.sweep`. Imports are lazy so ``bench --help`` and ``bench list-methods`` start in
 well under a second (no torch, peft or Ray). Every user error (:class:`lrvd.LRVDError`, of which
 :class:`~lrvd_bench.errors.BenchError` is one) prints one line on stderr and exits with code 2.
 
@@ -37,10 +37,22 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class VersionAction(argparse.Action):
+    """``--version``: the package version and git commit, looked up only when asked (git is a subprocess)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from lrvd_bench.provenance import version_line
+
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lrvd_bench.cli_knobs import add_knob_flags
     from lrvd_bench.config import add_flags, nested_keys_help
-    from lrvd_bench.provenance import suite_version
 
     parser = argparse.ArgumentParser(
         prog="bench",
@@ -49,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {suite_version()}")
+    parser.add_argument("--version", action=VersionAction, help="print the version and git commit, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
@@ -169,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved config.yaml; drop "
                 + ", ".join(sorted(extra | ({"--config"} if args.config else set())))
             )
-        from lrvd_bench.runner import resume_sweep
+        from lrvd_bench.sweep import resume_sweep
 
         return _report(
             resume_sweep(
@@ -187,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if config.random_space():
             print(f"(× {config.num_samples} samples of {sorted(config.random_space())})")
         return 0
-    from lrvd_bench.runner import run_sweep
+    from lrvd_bench.sweep import run_sweep
 
     return _report(run_sweep(config, config_path=path, command=args.command_line))
 
@@ -233,7 +245,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "trials").is_dir():
         raise BenchError(f"{run_dir} is not a bench run directory (no trials/ folder)")
-    from lrvd_bench.runner import board_rows
+    from lrvd_bench.sweep.finalize import board_rows
 
     rows = board_rows(run_dir, gather_rows(run_dir))  # the final stage (selection trials have no eval metrics)
     if args.reference:
@@ -243,7 +255,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         if args.reference not in available_methods():
             raise unknown_choice("reference method", args.reference, available_methods())
     board = write_leaderboard(rows, run_dir, csv_path=args.out, reference=args.reference)
-    from lrvd_bench.runner import append_selection
+    from lrvd_bench.sweep.finalize import append_selection
 
     append_selection(run_dir, Path(args.out).with_suffix(".md") if args.out else None)
     if args.figures:

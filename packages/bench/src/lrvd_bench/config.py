@@ -27,14 +27,17 @@ from typing import Any
 
 from lrvd.protocol import AdapterConfig, TrainConfig
 from lrvd_bench.errors import BenchError, LRVDError, unknown_choice
-from lrvd_bench.leaderboard import DEFAULT_REFERENCE
 
-#: Experiment trackers ``loggers:`` accepts (Ray Tune logger callbacks; see lrvd_bench.runner).
+#: Experiment trackers ``loggers:`` accepts (Ray Tune logger callbacks; see lrvd_bench.sweep.trackers).
 LOGGERS = ("csv", "json", "tensorboard", "mlflow", "wandb")
 #: Fraction of the training set held out as the shared validation split unless a config says otherwise:
 #: the 10 % the temperature-scaling baseline held out before the split became sweep-wide (40 of the
 #: quickstart's 400 training questions, 225 of ARC-Easy's 2251).
 DEFAULT_VALIDATION_FRACTION = 0.1
+
+#: The method every other method is compared with (the leaderboard's ``delta_*`` columns) unless a
+#: config names another.
+DEFAULT_REFERENCE = "lora"
 
 #: Search-space samplers accepted in YAML (``{"train.lr": {"loguniform": [1e-4, 1e-2]}}``).
 SAMPLERS = ("grid_search", "choice", "uniform", "loguniform", "quniform", "qloguniform", "randint", "lograndint")
@@ -223,7 +226,7 @@ class ExperimentConfig:
         """Resolve ``all``, check names and values; raises :class:`BenchError` with one line."""
         valid_methods = available_methods()
         if isinstance(self.methods, str):
-            self.methods = list(valid_methods) if self.methods.strip() == "all" else _csv(self.methods)
+            self.methods = usable_methods() if self.methods.strip() == "all" else _csv(self.methods)
         if not self.methods:
             raise BenchError("no methods selected; valid choices: " + ", ".join(valid_methods))
         for name in self.methods:
@@ -260,15 +263,13 @@ class ExperimentConfig:
         if self.scheduler == "asha" and not getattr(self.train, "eval_every", 0):
             raise BenchError("scheduler asha stops trials on the validation metric: set train.eval_every > 0")
         if self.selection:
-            from lrvd_bench import selection
-
             if self.search_space:
                 raise BenchError(
                     "selection and search_space cannot be combined: put the grid under selection.search_space.<method>"
                 )
             if self.validation_fraction <= 0:
                 raise BenchError("selection scores on the validation split: set validation_fraction > 0 (got 0)")
-            selection.validate(self.selection, self.methods)
+            validate_selection(self.selection, self.methods)
         if isinstance(self.loggers, str):
             self.loggers = _csv(self.loggers)
         for name in self.loggers or []:
@@ -454,6 +455,19 @@ def available_methods() -> list[str]:
     return list_methods()
 
 
+def usable_methods() -> list[str]:
+    """What ``methods: all`` means: every registered method that imports; a broken plugin is skipped
+    with a one-line warning (naming it by name still fails, with the same line)."""
+    import sys
+
+    from lrvd.registry import METHODS
+
+    usable, broken = METHODS.usable()
+    for reason in broken.values():
+        print(f"bench: warning: skipped {reason}", file=sys.stderr)
+    return usable
+
+
 def available_tasks() -> list[str]:
     from lrvd_bench.tasks import list_tasks
 
@@ -535,6 +549,53 @@ def check_search_key(key: str, where: str = "search_space") -> None:
             + ", ".join(SWEEP_WIDE)
             + " are fixed for the whole sweep)"
         )
+
+
+# -- the selection: block -----------------------------------------------------------------------
+#: The ``selection:`` block's metrics (True: higher is better) and keys (lrvd_bench.selection runs it).
+SELECTION_METRICS = {"val_nll": False, "val_accuracy": True}
+SELECTION_KEYS = ("search_space", "metric", "seeds")
+
+
+def selection_dotted_key(method: str, key: str) -> str:
+    """A selection KEY as the dotted key :meth:`TrialSpec.with_overrides` applies."""
+    head = key.partition(".")[0]
+    if "." in key or head in TrialSpec.__dataclass_fields__:
+        return key
+    return f"method_params.{method}.{key}"
+
+
+def validate_selection(block: dict[str, Any], methods: list[str]) -> None:
+    """Check a ``selection:`` block; every mistake is one line naming the bad value and the choices."""
+    if not isinstance(block, dict):
+        raise BenchError("selection must be a mapping with keys " + ", ".join(SELECTION_KEYS))
+    for key in block:
+        if key not in SELECTION_KEYS:
+            raise unknown_choice("selection key", key, SELECTION_KEYS)
+    metric = block.get("metric", "val_nll")
+    if metric not in SELECTION_METRICS:
+        raise unknown_choice("selection metric", metric, list(SELECTION_METRICS))
+    seeds = block.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise BenchError(f"selection.seeds must list at least one integer seed, got {seeds!r}")
+    space = block.get("search_space") or {}
+    if not isinstance(space, dict) or not space:
+        raise BenchError("selection.search_space must map at least one method to {KEY: [values]}")
+    for method, grid in space.items():
+        if method not in methods:
+            raise unknown_choice("method in selection.search_space:", method, methods)
+        if not isinstance(grid, dict) or not grid:
+            raise BenchError(f"selection.search_space.{method} must map KEYs to lists of values")
+        for key, values in grid.items():
+            dotted = selection_dotted_key(method, key)
+            if not dotted.startswith("method_params."):
+                check_search_key(dotted, f"selection.search_space.{method}")
+            if not isinstance(values, list) or not values:
+                raise BenchError(f"selection.search_space.{method}.{key} must be a non-empty list of values")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -4,8 +4,8 @@ A ``lora-ensemble`` trial costs M LoRA trainings. When the same sweep also runs 
 the same task, backbone, adapter, training settings and search point over at least M seeds, those
 trials *are* M independently seeded LoRA adapters: the ensemble is the mean of their saved
 predictive probabilities (:func:`lrvd_baselines.lora_ensemble.ensemble_from_trials` semantics). The
-runner then leaves such ensemble trials out of Ray and :func:`materialize` writes their
-``result.json`` after the sweep.
+sweep (:mod:`lrvd_bench.sweep.stages`) then leaves such ensemble trials out of Ray and
+:func:`materialize` writes their ``result.json`` after the sweep.
 
 Members of the ensemble for the i-th ensemble seed are the LoRA seeds ``L[(i + j) % len(L)]``,
 j < M (L = the sweep's LoRA seeds, sorted): with exactly M LoRA seeds every ensemble seed would be
@@ -17,13 +17,14 @@ Opt out per run with ``method_params: {lora-ensemble: {reuse_trials: false}}``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 from lrvd_bench.config import TrialSpec
+from lrvd_bench.trial_folder import ERROR_FILE, RESULT_FILE, atomic_write, identity, jsonable
 
 ENSEMBLE, MEMBER = "lora-ensemble", "lora"
+#: ``{ensemble trial_id: member trial_ids}`` of a sweep, written before its trials run
+ENSEMBLES_FILE = "ensembles.json"
 
 
 def _match_key(spec: TrialSpec) -> str:
@@ -68,7 +69,7 @@ def plan_reuse(specs: list[TrialSpec]) -> tuple[list[TrialSpec], dict[str, list[
             if tuple(sorted(chosen)) in seen_sets:
                 continue
             seen_sets.add(tuple(sorted(chosen)))
-            keep.append(spec)  # listed in specs.json; not sent to Ray (see runner)
+            keep.append(spec)  # listed in specs.json; not sent to Ray (see lrvd_bench.sweep.stages)
             reused[spec.trial_id] = list(chosen)
     return keep, reused
 
@@ -80,31 +81,31 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
 
     from lrvd.metrics import classification_metrics
     from lrvd_baselines.lora_ensemble import ensemble_probs
-    from lrvd_bench.trial import _identity, _jsonable, learned_flag
+    from lrvd_bench.trial import learned_flag
 
     trials = Path(run_dir) / "trials"
     by_id = {s.trial_id: s for s in specs}
     for ens_id, member_ids in reused.items():
         folder = trials / ens_id
         folder.mkdir(parents=True, exist_ok=True)
-        if (folder / "result.json").is_file():
+        if (folder / RESULT_FILE).is_file():
             continue
         spec = by_id[ens_id]
         (folder / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
         rows, preds = [], []
         for mid in member_ids:
-            result, npz = trials / mid / "result.json", trials / mid / "predictions.npz"
+            result, npz = trials / mid / RESULT_FILE, trials / mid / "predictions.npz"
             if result.is_file() and npz.is_file():
                 rows.append(json.loads(result.read_text()))
                 with np.load(npz) as f:
                     preds.append((torch.as_tensor(f["probs"]), torch.as_tensor(f["labels"])))
         if len(rows) < len(member_ids):
             error = {
-                **_identity(spec),
+                **identity(spec),
                 "status": "failed",
                 "error": f"ensemble members did not all finish: {', '.join(member_ids)}",
             }
-            _write(folder / "error.json", _jsonable(error))
+            atomic_write(folder / ERROR_FILE, json.dumps(jsonable(error), indent=2))
             continue
         probs, labels = ensemble_probs([p for p, _ in preds]), preds[0][1]
         metrics = classification_metrics(probs, labels)
@@ -118,7 +119,7 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
                 ranks[module] = ranks.get(module, 0) + int(rank)
         row = {
             **rows[0],  # shared facts: data, device, versions
-            **_identity(spec),
+            **identity(spec),
             "status": "ok",
             "error": "",
             **metrics,
@@ -138,10 +139,5 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
             "peak_memory_mb": max(r["peak_memory_mb"] for r in rows),
             "reused_members": ",".join(member_ids),
         }
-        _write(folder / "result.json", _jsonable(row))
+        atomic_write(folder / RESULT_FILE, json.dumps(jsonable(row), indent=2))
 
-
-def _write(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)

@@ -19,8 +19,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
+
+from lrvd_bench.config import DEFAULT_REFERENCE
 
 #: Metrics aggregated as ``<name>_mean`` and ``<name>_std`` over seeds, with higher_is_better.
 METRICS: dict[str, bool | None] = {
@@ -39,9 +42,6 @@ METRICS: dict[str, bool | None] = {
     "peak_memory_mb": False,
     "final_train_loss": False,
 }
-
-#: The method every other method is compared with (``delta_*`` columns) unless the config names another.
-DEFAULT_REFERENCE = "lora"
 
 #: Every leaderboard column and what it means.
 COLUMNS: dict[str, str] = {
@@ -149,12 +149,11 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
         if not folder.is_dir():
             continue
         seen.add(folder.name)
-        if (folder / "result.json").is_file():
-            rows.append(json.loads((folder / "result.json").read_text()))
-        elif (folder / "error.json").is_file():
-            rows.append(json.loads((folder / "error.json").read_text()))
-        elif (folder / "stopped.json").is_file():  # stopped early by the scheduler (lrvd_bench.runner)
-            rows.append(json.loads((folder / "stopped.json").read_text()))
+        # result.json (ok), error.json (failed), stopped.json (stopped by the scheduler, lrvd_bench.sweep.progress)
+        stored = (read_row(folder / name) for name in ("result.json", "error.json", "stopped.json"))
+        row = next((r for r in stored if r is not None), None)
+        if row is not None:
+            rows.append(row)
         else:
             spec_file = folder / "spec.json"
             spec = TrialSpec.from_dict(json.loads(spec_file.read_text())) if spec_file.is_file() else None
@@ -171,6 +170,23 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             if spec.trial_id not in seen:
                 rows.append({**_identity(spec.trial_id, spec), "status": "not run", "error": ""})
     return rows
+
+
+def read_row(path: Path) -> dict[str, Any] | None:
+    """The trial row stored in ``path``; None when there is none, and with a warning naming the file
+    when it is truncated or corrupt: the trial then counts as unfinished, which ``--resume`` re-runs."""
+    if not path.is_file():
+        return None
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"bench: warning: skipped unreadable {path} ({reason})", file=sys.stderr)
+        return None
+    if not isinstance(row, dict):
+        print(f"bench: warning: skipped {path} (a JSON {type(row).__name__}, not a trial row)", file=sys.stderr)
+        return None
+    return row
 
 
 def _identity(trial_id: str, spec: Any) -> dict[str, Any]:

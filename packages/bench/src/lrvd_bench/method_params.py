@@ -56,8 +56,15 @@ def print_method_params(method_name: str | None = None) -> int:
     """Print the hyper-parameters of one method (or of all); set them with ``--param METHOD.KEY=VALUE``."""
     from lrvd.registry import list_methods
 
-    names = [method_name] if method_name else list_methods()
-    blocks = [format_params(name) for name in names]  # validate before printing anything
+    if method_name:  # named: a broken plugin is a one-line error (exit 2)
+        blocks = [format_params(method_name)]
+    else:  # all: a broken third-party plugin gets its one line and the others their tables
+        from lrvd.registry import METHODS
+
+        usable, broken = METHODS.usable(list_methods())
+        blocks = [
+            format_params(name) if name in usable else f"{name}  (skipped: {broken[name]})" for name in list_methods()
+        ]
     print("\n\n".join(blocks))
     print("\nset with: bench run --param METHOD.KEY=VALUE (or --set method_params.METHOD.KEY=VALUE)")
     return 0

@@ -2,7 +2,8 @@
 
 - ``reliability_<task>.png``: one reliability diagram per method, at most 3 per row, each over a strip
   of its per-bin counts (predictions of all seeds pooled; bins from
-  :func:`lrvd.metrics.calibration_bins`, the same bins as the ECE column);
+  :func:`lrvd.metrics.calibration_bins`, the same bins as the ECE column); the title gives the pooled
+  predictions' ECE and, with several seeds, the table's (the mean of the per-seed ECEs) beside it;
 - ``accuracy_vs_ece_<task>.png``: one point per seed, method means with ±1 std bars;
 - ``effective_rank_<task>.png``: total rank over training steps (sum over modules of ``ranks.csv``),
   one panel per method (at most 3 per row, shared axes), mean ± std over seeds;
@@ -32,6 +33,15 @@ def _by_task(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def reliability_title(method: str, pooled_ece: float, seed_eces: list[float], n: int) -> str:
+    """The panel title: the ECE of the pooled predictions the bars show and, when several seeds are
+    pooled, the leaderboard's ECE (the mean of the per-seed ECEs), labelled apart: the two differ."""
+    if len(seed_eces) <= 1:
+        return f"{method}\nECE {pooled_ece:.3f}, n={n}"
+    mean = sum(seed_eces) / len(seed_eces)
+    return f"{method}\nECE {pooled_ece:.3f} pooled (n={n});\ntable: {mean:.3f}, mean of {len(seed_eces)} seeds"
+
+
 def reliability_diagrams(run_dir: Path, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import numpy as np
     import torch
@@ -51,10 +61,11 @@ def reliability_diagrams(run_dir: Path, rows: list[dict[str, Any]], out_dir: Pat
         if not parts:
             continue
         pooled = {m: (np.concatenate(parts[m][0]), np.concatenate(parts[m][1])) for m in sorted(parts)}
-        titles = {
-            m: f"{m}\nECE {expected_calibration_error(torch.as_tensor(p), torch.as_tensor(y), N_BINS):.3f}, n={len(y)}"
-            for m, (p, y) in pooled.items()
-        }
+        titles = {}
+        for m, (p, y) in pooled.items():
+            seed_eces = [float(r["ece"]) for r in task_rows if r["method"] == m and r.get("ece") is not None]
+            pooled_ece = float(expected_calibration_error(torch.as_tensor(p), torch.as_tensor(y), N_BINS))
+            titles[m] = reliability_title(m, pooled_ece, seed_eces, len(y))
         fig = reliability_grid(
             pooled,
             titles,

@@ -1,8 +1,10 @@
-"""Which code produced a result: the suite's version and git commit (recorded per trial, shown on model cards)."""
+"""Which code produced a result: the suite's version and git commit, and the versions of the libraries a
+number depends on (recorded per trial and per run, shown on model cards)."""
 
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +20,8 @@ def suite_version() -> str:
 @functools.lru_cache(maxsize=1)
 def suite_commit() -> str:
     """``git rev-parse HEAD`` of the checkout this package runs from, ``+dirty`` with uncommitted
-    changes; "unknown" for an installed wheel or without git."""
+    changes; for a package installed from a git URL, the commit its installer recorded
+    (:func:`installed_commit`); "unknown" otherwise."""
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(
@@ -32,5 +35,46 @@ def suite_commit() -> str:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "") if head else "unknown"
+        return installed_commit() or "unknown"
+    return head + ("+dirty" if dirty else "") if head else installed_commit() or "unknown"
+
+
+def installed_commit() -> str | None:
+    """The commit pip/uv recorded when installing lrvd-bench from a git URL (PEP 610 ``direct_url.json``)."""
+    try:
+        text = metadata.distribution("lrvd-bench").read_text("direct_url.json")
+        commit = json.loads(text or "{}").get("vcs_info", {}).get("commit_id")
+    except (metadata.PackageNotFoundError, ValueError, AttributeError):
+        return None
+    return str(commit) if commit else None
+
+
+def version_line() -> str:
+    """What ``bench --version`` prints: the package version and the commit it was built from."""
+    return f"bench {suite_version()} (commit {suite_commit()})"
+
+
+#: Every library a method's number depends on (recorded per trial and in the run's ``run.json``).
+PACKAGES = (
+    "lrvd-core",
+    "lrvd-baselines",
+    "lrvd-bench",
+    "torch",
+    "transformers",
+    "peft",
+    "ivon-opt",
+    "laplace-torch",
+    "ray",
+    "numpy",
+    "datasets",
+)
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = ""
+    return out

@@ -14,15 +14,30 @@ from pathlib import Path
 from typing import Any
 
 
-def load_spec(trial_dir: str | Path):
+def load_spec(trial_dir: str | Path, name: str = "spec.json"):
     from lrvd_bench.config import TrialSpec
 
-    return TrialSpec.from_dict(json.loads((Path(trial_dir) / "spec.json").read_text()))
+    return TrialSpec.from_dict(json.loads((Path(trial_dir) / name).read_text()))
 
 
 def rebuild(trial_dir: str | Path, *, with_data: bool = False):
     """(method, model, eval_loader) of a finished trial, with its saved adapter loaded (CPU);
     ``with_data``: (method, model, loaders) with both ``train_loader`` and ``eval_loader``."""
+    trial_dir = Path(trial_dir)
+    method, model, data = rebuild_from(load_spec(trial_dir), trial_dir / "adapter")
+    return (method, model, data) if with_data else (method, model, data.eval_loader)
+
+
+def load_export(folder: str | Path):
+    """(method, model, data) of a ``bench export`` folder: the full method, posterior included, on the
+    backbone and task its ``trial_spec.json`` names (``data``: the trial's loaders, same rows)."""
+    folder = Path(folder)
+    method, model, data = rebuild_from(load_spec(folder, "trial_spec.json"), folder)
+    return method, model.eval(), data
+
+
+def rebuild_from(spec, adapter_dir: str | Path):
+    """(method, model, data) of ``spec`` with the adapter saved in ``adapter_dir`` loaded (CPU)."""
     from lrvd.protocol import TrainPlan
     from lrvd.registry import get_method
     from lrvd.training import seed_everything
@@ -30,8 +45,6 @@ def rebuild(trial_dir: str | Path, *, with_data: bool = False):
     from lrvd_bench.loaders import loaders_for_trial
     from lrvd_bench.tasks import get_task
 
-    trial_dir = Path(trial_dir)
-    spec = load_spec(trial_dir)
     adapter_spec, train_cfg = spec.build_adapter(), spec.build_train()
     method = get_method(spec.method)(**spec.method_params)
     seed_everything(spec.seed)
@@ -40,8 +53,8 @@ def rebuild(trial_dir: str | Path, *, with_data: bool = False):
     data = loaders_for_trial(task, backbone, spec)
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = method.attach(backbone.model, adapter_spec, plan)
-    method.load_adapter(model, trial_dir / "adapter")
-    return (method, model, data) if with_data else (method, model, data.eval_loader)
+    method.load_adapter(model, adapter_dir)
+    return method, model, data
 
 
 def evaluation_settings(trial_dir: str | Path) -> dict[str, Any]:

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lrvd_bench.provenance import package_versions, suite_commit
+
 RUN_FILE = "run.json"
 
 
@@ -28,8 +30,6 @@ def _now() -> str:
 
 def git_state() -> dict[str, Any]:
     """``{"commit", "dirty"}`` of the checkout holding this package; empty outside a checkout."""
-    from lrvd_bench.provenance import suite_commit
-
     commit = suite_commit()
     if commit == "unknown":
         return {}
@@ -38,8 +38,6 @@ def git_state() -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     """Host, interpreter, accelerator stack and library versions of this process."""
-    from lrvd_bench.trial import package_versions
-
     info: dict[str, Any] = {
         "host": socket.gethostname(),
         "platform": platform.platform(),

@@ -19,7 +19,8 @@ A sweep with a ``selection:`` block runs in two stages, both as Ray Tune trials:
 A KEY is ``train.<field>`` (``train.lr``), ``adapter.<field>``, a top-level trial field such as
 ``max_length``, or a bare name, which is the method's own hyper-parameter (``kl_scale`` means
 ``method_params.bayeslora.kl_scale``). The choice is written to ``selection.json`` and travels
-with each final trial as its ``search_point`` (shown in the leaderboard).
+with each final trial as its ``search_point`` (shown in the leaderboard). The block's keys, metrics
+and KEYs are checked with the rest of the config (:func:`lrvd_bench.config.validate_selection`).
 """
 
 from __future__ import annotations
@@ -30,54 +31,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lrvd_bench.config import TrialSpec, check_search_key
-from lrvd_bench.errors import BenchError, unknown_choice
+from lrvd_bench.config import SELECTION_METRICS, TrialSpec, selection_dotted_key
+from lrvd_bench.trial_folder import finished_row
 
-#: selection metrics and whether higher is better
-METRICS = {"val_nll": False, "val_accuracy": True}
 SELECTION_FILE = "selection.json"
-KEYS = ("search_space", "metric", "seeds")
-
-
-def dotted_key(method: str, key: str) -> str:
-    """A selection KEY as the dotted key :meth:`TrialSpec.with_overrides` applies."""
-    head = key.partition(".")[0]
-    if "." in key or head in TrialSpec.__dataclass_fields__:
-        return key
-    return f"method_params.{method}.{key}"
-
-
-def validate(block: dict[str, Any], methods: list[str]) -> None:
-    """Check a ``selection:`` block; every mistake is one line naming the bad value and the choices."""
-    if not isinstance(block, dict):
-        raise BenchError("selection must be a mapping with keys " + ", ".join(KEYS))
-    for key in block:
-        if key not in KEYS:
-            raise unknown_choice("selection key", key, KEYS)
-    metric = block.get("metric", "val_nll")
-    if metric not in METRICS:
-        raise unknown_choice("selection metric", metric, list(METRICS))
-    seeds = block.get("seeds", [0])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    ):
-        raise BenchError(f"selection.seeds must list at least one integer seed, got {seeds!r}")
-    space = block.get("search_space") or {}
-    if not isinstance(space, dict) or not space:
-        raise BenchError("selection.search_space must map at least one method to {KEY: [values]}")
-    for method, grid in space.items():
-        if method not in methods:
-            raise unknown_choice("method in selection.search_space:", method, methods)
-        if not isinstance(grid, dict) or not grid:
-            raise BenchError(f"selection.search_space.{method} must map KEYs to lists of values")
-        for key, values in grid.items():
-            dotted = dotted_key(method, key)
-            if not dotted.startswith("method_params."):
-                check_search_key(dotted, f"selection.search_space.{method}")
-            if not isinstance(values, list) or not values:
-                raise BenchError(f"selection.search_space.{method}.{key} must be a non-empty list of values")
 
 
 def check_methods(block: dict[str, Any], method_params: dict[str, dict[str, Any]]) -> None:
@@ -88,15 +45,15 @@ def check_methods(block: dict[str, Any], method_params: dict[str, dict[str, Any]
     for method, grid in (block.get("search_space") or {}).items():
         cls = get_method(method)
         for key, values in grid.items():
-            if dotted_key(method, key).startswith(f"method_params.{method}."):
-                name = dotted_key(method, key).rpartition(".")[2]
+            if selection_dotted_key(method, key).startswith(f"method_params.{method}."):
+                name = selection_dotted_key(method, key).rpartition(".")[2]
                 for value in values:
                     cls(**{**method_params.get(method, {}), name: value})
 
 
 def grid_points(method: str, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """The Cartesian product of ``grid`` in written order, as dotted-key points."""
-    keys = [dotted_key(method, k) for k in grid]
+    keys = [selection_dotted_key(method, k) for k in grid]
     return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
 
 
@@ -124,11 +81,9 @@ def choose(run_dir: Path, config: Any, specs: list[TrialSpec]) -> dict[str, dict
     Scores a point by the mean of its ok seeds' ``metric``; a point without one is skipped; the best
     wins, ties (and NaN) going to the earlier grid point.
     """
-    from lrvd_bench.runner import finished_row
-
     block = config.selection
     metric = block.get("metric", "val_nll")
-    higher = METRICS[metric]
+    higher = SELECTION_METRICS[metric]
     out: dict[str, dict[str, Any]] = {}
     for task in config.tasks:
         for method, grid in block["search_space"].items():

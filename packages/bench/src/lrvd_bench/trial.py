@@ -1,6 +1,6 @@
 """One trial: one method on one task with one seed, start to finish, as a plain function.
 
-``run_trial(spec, trial_dir)`` is the body of every Ray Tune trial (see :mod:`lrvd_bench.runner`)
+``run_trial(spec, trial_dir)`` is the body of every Ray Tune trial (see :mod:`lrvd_bench.sweep`)
 and can be called directly for debugging. Its steps::
 
     seed → get_task → load_backbone → make_loaders → method.attach → fit → after_training
@@ -37,13 +37,13 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from lrvd.errors import LRVDError
-from lrvd_bench.config import TrialSpec, portable_model_name
-from lrvd_bench.provenance import suite_commit
+from lrvd_bench.config import TrialSpec
+from lrvd_bench.provenance import package_versions, suite_commit
+from lrvd_bench.trial_folder import ERROR_FILE, RESULT_FILE, atomic_write, identity, jsonable
 
 #: A progress hook: receives one record (see :data:`PROGRESS_KEYS`) every ``log_every`` steps.
 Reporter = Callable[[dict[str, Any]], None]
@@ -60,32 +60,6 @@ PROGRESS_KEYS = ("step", "total_steps", "loss", "lr", "effective_rank", "step_ti
 #: smoothed batch-of-4 NLL was 1.371: the training NLL is too noisy for a tighter rule.
 LEARNED_LOSS_FRACTION = 1.0
 LEARNED_SE_MARGIN = 2.0
-
-#: Every library a method's number depends on (recorded per trial and in the run's ``run.json``).
-PACKAGES = (
-    "lrvd-core",
-    "lrvd-baselines",
-    "lrvd-bench",
-    "torch",
-    "transformers",
-    "peft",
-    "ivon-opt",
-    "laplace-torch",
-    "ray",
-    "numpy",
-    "datasets",
-)
-
-
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = ""
-    return out
-
 
 def node_info() -> dict[str, Any]:
     """Where the trial ran: the Ray node IP (hostname outside Ray) and the GPU ids Ray assigned."""
@@ -115,16 +89,6 @@ def device_name(device: Any) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: float(o) if hasattr(o, "__float__") else str(o)))
 
 
 def write_ranks_csv(rank_history: list[dict[str, Any]], path: Path) -> None:
@@ -267,27 +231,27 @@ def run_trial(
     """Run one trial and return its result row (also written to ``trial_dir/result.json``).
 
     ``report`` receives a progress record every ``train.log_every`` steps (:data:`PROGRESS_KEYS`);
-    the runner forwards them to Ray Tune, so curves, live console lines and early stopping work
+    the sweep forwards them to Ray Tune, so curves, live console lines and early stopping work
     while the trial trains. On failure writes ``error.json`` (one-line message) and ``error.txt``
     (traceback), then re-raises, so Ray records the trial as errored and the sweep goes on.
     ``body(spec, trial_dir, progress, report)`` replaces the training flow (tests use a cheap one to
-    exercise the runner and the file protocol).
+    exercise the sweep and the file protocol).
     """
     spec = spec if isinstance(spec, TrialSpec) else TrialSpec.from_dict(spec)
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("result.json", "error.json", "error.txt"):
+    for stale in (RESULT_FILE, ERROR_FILE, "error.txt"):
         (trial_dir / stale).unlink(missing_ok=True)
-    _atomic_write(trial_dir / "spec.json", json.dumps(spec.to_dict(), indent=2))
+    atomic_write(trial_dir / "spec.json", json.dumps(spec.to_dict(), indent=2))
     started = time.time()
     try:
-        row = {**_identity(spec), **(body or _run)(spec, trial_dir, progress, report)}
+        row = {**identity(spec), **(body or _run)(spec, trial_dir, progress, report)}
     except (KeyboardInterrupt, SystemExit):
         raise  # interrupted, not failed: the folder stays unfinished and --resume runs it again
     except BaseException as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         error = {
-            **_identity(spec),
+            **identity(spec),
             "status": "failed",
             "error": f"{type(err).__name__}: {message}"[:500],
             # LRVDError: bad input met inside the trial (a NaN loss, an unreachable hub, …)
@@ -296,23 +260,10 @@ def run_trial(
             **node_info(),
         }
         (trial_dir / "error.txt").write_text(traceback.format_exc())
-        _atomic_write(trial_dir / "error.json", json.dumps(_jsonable(error), indent=2))
+        atomic_write(trial_dir / ERROR_FILE, json.dumps(jsonable(error), indent=2))
         raise
-    _atomic_write(trial_dir / "result.json", json.dumps(_jsonable(row), indent=2))
+    atomic_write(trial_dir / RESULT_FILE, json.dumps(jsonable(row), indent=2))
     return row
-
-
-def _identity(spec: TrialSpec) -> dict[str, Any]:
-    return {
-        "trial_id": spec.trial_id,
-        "method": spec.method,
-        "task": spec.task,
-        "model": portable_model_name(spec.model),
-        "seed": spec.seed,
-        "config_hash": spec.config_hash,
-        "search_point": json.dumps(spec.search_point, sort_keys=True) if spec.search_point else "",
-        "stage": spec.stage,
-    }
 
 
 def _selection_row(
@@ -339,7 +290,7 @@ def _selection_row(
     metrics = classification_metrics(probs, labels)
     phase("done")
     return {
-        **_identity(spec),
+        **identity(spec),
         "status": "ok",
         "error": "",
         **{f"val_{k}": metrics[k] for k in ("accuracy", "nll", "ece", "brier")},
@@ -462,7 +413,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
                 device=str(device),
             )
         row = {
-            **_identity(spec),
+            **identity(spec),
             "status": "ok",
             "error": "",
             **metrics,

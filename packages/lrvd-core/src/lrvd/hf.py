@@ -44,7 +44,7 @@ from lrvd import pruning
 from lrvd.classifier import ClassifierModel
 from lrvd.errors import LRVDError
 from lrvd.inject import lrvd_modules, matches_target, mc_predict_proba, set_sampling
-from lrvd.kl import total_kl
+from lrvd.layers import total_kl
 from lrvd.methods.bayeslora import BayesLoRA, BayesLoRAParams
 from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 

@@ -67,13 +67,3 @@ def factor_kl(log_sigma2: torch.Tensor, mu: torch.Tensor, rank_dim: int, eps: fl
         return _FactorKL.apply(log_sigma2, mu, rank_dim, eps)
     ls2 = log_sigma2[:, None] if rank_dim == 0 else log_sigma2[None, :]
     return kl_log_uniform(ls2 - torch.log(mu.square() + eps)).sum()
-
-
-def total_kl(model: nn.Module) -> torch.Tensor:
-    """Σ over every LRVD layer in ``model`` of its KL (a 0-dim tensor; 0 if there is none)."""
-    from lrvd.layers import LRVDLinear
-
-    terms = [m.kl() for m in model.modules() if isinstance(m, LRVDLinear)]
-    if not terms:
-        return torch.zeros(())
-    return torch.stack([t.to(terms[0].device) for t in terms]).sum()

@@ -242,3 +242,12 @@ class LRVDLinear(nn.Module):
             # would still make autograd backpropagate into x, i.e. through every frozen layer below.
             return out
         return out + self.adapter_delta(x).to(out.dtype)
+
+
+def total_kl(model: nn.Module) -> torch.Tensor:
+    """Σ over every LRVD layer in ``model`` of its KL (a 0-dim tensor; 0 if there is none): the KL term
+    of BayesLoRA's loss (the per-entry formula is :mod:`lrvd.kl`'s)."""
+    terms = [m.kl() for m in model.modules() if isinstance(m, LRVDLinear)]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack([t.to(terms[0].device) for t in terms]).sum()

@@ -41,13 +41,15 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-import torch
-from torch import nn
-
-from lrvd.classifier import ClassifierModel, count_parameters
 from lrvd.errors import LRVDError, unknown_choice
+
+if TYPE_CHECKING:  # torch loads with the first method, not with the config dataclasses (fast ``bench --help``)
+    import torch
+    from torch import nn
+
+    from lrvd.classifier import ClassifierModel
 
 
 @dataclass
@@ -240,6 +242,8 @@ def build_params(params_cls: type, method_name: str, overrides: dict[str, Any]) 
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
     """Linear warm-up then linear decay to 0 — the schedule of the LoRA/AdaLoRA/BayesLoRA scripts."""
+    import torch
+
     warmup = int(round(total_steps * warmup_ratio))
 
     def factor(step: int) -> float:
@@ -306,6 +310,8 @@ class MethodBase:
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self, model: ClassifierModel, plan: TrainPlan):
+        import torch
+
         optimizer = torch.optim.AdamW(self.param_groups(model, plan), eps=plan.train.adam_eps)
         return optimizer, linear_warmup_decay(optimizer, plan.total_steps, plan.train.warmup_ratio)
 
@@ -313,7 +319,9 @@ class MethodBase:
         return contextlib.nullcontext()
 
     def training_loss(self, model, batch, logits, step):
-        nll = nn.functional.cross_entropy(logits.float(), batch["labels"])
+        import torch
+
+        nll = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
         return nll, {"nll": float(nll.detach())}
 
     def on_step_end(self, model, optimizer, step) -> dict[str, float]:
@@ -322,15 +330,19 @@ class MethodBase:
     def after_training(self, model, train_loader, val_loader=None) -> None:
         return None
 
-    @torch.no_grad()
     def predict_proba(self, model, batch, n_samples=None) -> torch.Tensor:
-        return torch.softmax(model(batch).float(), dim=-1)
+        import torch
+
+        with torch.no_grad():
+            return torch.softmax(model(batch).float(), dim=-1)
 
     def rank_report(self, model) -> dict[str, int]:
         return {}
 
     def parameter_counts(self, model) -> dict[str, int]:
         """``trainable`` follows the README rule; ``variational`` counts extra posterior parameters."""
+        from lrvd.classifier import count_parameters
+
         return {"trainable": count_parameters(model), "variational": 0}
 
     # -- persistence ---------------------------------------------------------------------------

@@ -11,6 +11,10 @@ To add a method from another package, declare in its ``pyproject.toml``::
     my-method = "my_pkg.my_method:MyMethod"
 
 or register in-process with ``@METHODS.register("my-method")``.
+
+A plugin whose module raises on import (anything, not only ``ImportError``) is a one-line
+:class:`PluginImportError` when it is asked for by name, and is left out, with that line as the
+reason, by :meth:`Registry.usable` (what ``methods: all`` and ``bench list-methods --params`` use).
 """
 
 from __future__ import annotations
@@ -91,11 +95,30 @@ class Registry(Generic[T]):
                 f"{self.kind} {name!r} is declared by several installed packages "
                 f"({', '.join(sorted({ep.value for ep in eps}))}); uninstall all but one"
             )
-        obj = eps[0].load()
+        try:
+            obj = eps[0].load()
+        except Exception as err:  # noqa: BLE001 - a third-party plugin may raise anything on import
+            raise PluginImportError(self.kind, name, eps[0].value, err) from None
         if self.check is not None:
             self.check(name, obj)
         self._loaded[name] = obj
         return obj
+
+    def usable(self, names: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+        """(names that load, {name: one-line reason} for those that do not) among ``names`` (default: all).
+
+        For ``all``-style selections: a broken third-party plugin is left out and reported instead of
+        taking every other entry down with it. Loads each entry point once.
+        """
+        ok, broken = [], {}
+        for name in self.names() if names is None else names:
+            try:
+                self.get(name)
+            except LRVDError as err:
+                broken[name] = str(err).strip().splitlines()[0]
+            else:
+                ok.append(name)
+        return ok, broken
 
     def entry_point_value(self, name: str) -> str | None:
         """The ``module:attr`` string of an entry point (for listings that must not import)."""
@@ -107,6 +130,15 @@ class Registry(Generic[T]):
         obj: Any = self.get(name)
         desc = getattr(obj, "description", None) or (obj.__doc__ or "").strip().splitlines()[0:1]
         return desc if isinstance(desc, str) else (desc[0] if desc else "")
+
+
+class PluginImportError(LRVDError):
+    """A registered entry point whose module raises on import: one line naming the plugin and the error."""
+
+    def __init__(self, kind: str, name: str, target: str, err: BaseException) -> None:
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        detail = f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+        super().__init__(f"{kind} {name!r} (entry point {target}) cannot be imported: {detail}")
 
 
 def check_method_class(name: str, obj: Any) -> None:

@@ -320,7 +320,7 @@ def run_info(cfg: CostConfig, device, **extra: Any) -> dict[str, Any]:
     """Hardware, software versions and the configuration, for the header of the table."""
     import torch
 
-    from lrvd_bench.trial import package_versions
+    from lrvd_bench.provenance import package_versions
 
     info: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),

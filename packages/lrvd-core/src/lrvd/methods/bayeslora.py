@@ -42,8 +42,7 @@ from lrvd import pruning
 from lrvd.classifier import ClassifierModel, count_parameters, freeze_all_but
 from lrvd.errors import LRVDError, unknown_choice
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, set_sampling
-from lrvd.kl import total_kl
-from lrvd.layers import VARIANTS
+from lrvd.layers import VARIANTS, total_kl
 from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan, head_groups
 
 #: The authors' two protocols: what ``sample_warmup``, ``local_reparam``, ``n_samples`` and ``prune_every``
