@@ -114,7 +114,7 @@ def test_step_hook_prunes_on_schedule_and_keeps_the_optimizer_working():
 
 
 def test_custom_loop_groups_are_the_methods_log_variances_at_a_tenth_of_the_lr():
-    model = hf_model()
+    model = hf_model(log_sigma2_lr_mult=0.1)  # the glue-bench protocol's multiplier, set explicitly
     groups = lrvd.hf.start_training(model, total_steps=10, lr=2e-3, weight_decay=0.01)
     layers = lrvd_modules(model).values()
     by_param = {id(p): g for g in groups for p in g["params"]}
@@ -127,7 +127,8 @@ def test_custom_loop_groups_are_the_methods_log_variances_at_a_tenth_of_the_lr()
 
 
 def test_the_loss_is_the_methods_objective_with_its_kl_warmup():
-    """CE + beta(step) * kl_scale * KL, beta = 0 during kl_warmup then a linear ramp (hand-computed)."""
+    """CE + beta(step) * kl_scale * KL / B (llm-scripts: the KL per example of the batch), beta = 0
+    during kl_warmup then a linear ramp (hand-computed)."""
     model = hf_model(kl_scale=1e-2, kl_warmup=0.5, kl_ramp=0.25)
     lrvd.hf.start_training(model, total_steps=8, lr=1e-3)  # warm-up: steps 0-3, ramp: 4-5
     x = inputs()
@@ -138,14 +139,14 @@ def test_the_loss_is_the_methods_objective_with_its_kl_warmup():
         kl = total_kl(model)
         for step, beta in ((0, 0.0), (3, 0.0), (4, 0.0), (5, 0.5), (6, 1.0), (7, 1.0)):
             loss, logs = lrvd.hf.bayeslora_loss(model, x, out, step)
-            torch.testing.assert_close(loss, ce + beta * 1e-2 * kl)
+            torch.testing.assert_close(loss, ce + beta * 1e-2 * kl / len(x["labels"]))
             assert logs["beta"] == beta
 
 
 def test_trainer_adds_the_kl_prunes_and_logs_ranks(tmp_path):
     from transformers import TrainingArguments
 
-    model = hf_model(kl_scale=1e-2, tau=-1e9, min_ranks=2, prune_every=2, prune_start=0.5)
+    model = hf_model(kl_scale=1e-2, tau=-1e9, min_ranks=2, prune_every=2, prune_start=0.5, log_sigma2_lr_mult=0.1)
     x = inputs(32)
     data = [{k: v[i] for k, v in x.items()} for i in range(32)]
     args = TrainingArguments(
@@ -163,7 +164,7 @@ def test_trainer_adds_the_kl_prunes_and_logs_ranks(tmp_path):
     batch = {k: v[:8] for k, v in x.items()}
     model.eval()  # posterior means: both sides see the same adapter weights
     loss = trainer.compute_loss(model, batch)
-    torch.testing.assert_close(loss, model(**batch).loss + 1e-2 * total_kl(model))
+    torch.testing.assert_close(loss, model(**batch).loss + 1e-2 * total_kl(model) / 8)  # KL per example
     model.train()
     trainer.train()
     logs = [r for r in trainer.state.log_history if "loss" in r]
