@@ -210,6 +210,27 @@ def model_class(kind: str, task: Task) -> tuple[Any, dict[str, Any]]:
     return AutoModelForSequenceClassification, {"num_labels": task.n_classes}
 
 
+def concrete_targets(adapter_spec: Any, backbone: Any) -> Any:
+    """``target_modules: auto`` as the loaded backbone's architecture list.
+
+    ``bench run`` resolves ``auto`` in its pre-flight, before any trial; a trial started another way
+    (``run_trial`` from Python, ``bench cost``'s harness) resolves it here, from the model in hand.
+    """
+    from dataclasses import replace
+
+    from lrvd_bench.targets import architecture_targets, is_by_architecture
+
+    if not is_by_architecture(adapter_spec.target_modules):
+        return adapter_spec
+    model_type = getattr(getattr(backbone.model.backbone, "config", None), "model_type", "")
+    targets = architecture_targets(model_type)
+    if targets is None:
+        raise LRVDError(
+            f"adapter.target_modules auto: peft has no default for model type {model_type!r}; name the modules"
+        )
+    return replace(adapter_spec, target_modules=targets)
+
+
 def load_backbone(model: str, task: Task, load_in_8bit: bool = False) -> Backbone:
     """Load ``model`` (alias, hub id or local path) for ``task``; offline failures are one-line ``LRVDError``s.
 

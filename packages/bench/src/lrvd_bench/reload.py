@@ -41,7 +41,7 @@ def rebuild_from(spec, adapter_dir: str | Path):
     from lrvd.protocol import TrainPlan
     from lrvd.registry import get_method
     from lrvd.training import seed_everything
-    from lrvd_bench.backbones import load_backbone
+    from lrvd_bench.backbones import concrete_targets, load_backbone
     from lrvd_bench.loaders import loaders_for_trial
     from lrvd_bench.tasks import get_task
 
@@ -50,6 +50,7 @@ def rebuild_from(spec, adapter_dir: str | Path):
     seed_everything(spec.seed)
     task = get_task(spec.task)
     backbone = load_backbone(spec.model, task)
+    adapter_spec = concrete_targets(adapter_spec, backbone)
     data = loaders_for_trial(task, backbone, spec)
     plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
     model = method.attach(backbone.model, adapter_spec, plan)

@@ -316,7 +316,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
     from lrvd.protocol import TrainPlan
     from lrvd.registry import get_method
     from lrvd.training import fit, predict, resolve_device, seed_everything
-    from lrvd_bench.backbones import load_backbone
+    from lrvd_bench.backbones import concrete_targets, load_backbone
     from lrvd_bench.loaders import loaders_for_trial
     from lrvd_bench.memory import peak_memory_mb, reset_peak_memory
     from lrvd_bench.tasks import get_task
@@ -344,6 +344,7 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
     source, source_sha256 = data_fingerprint(task, spec.data_dir)
     phase("load backbone")
     backbone = load_backbone(spec.model, task, load_in_8bit=spec.load_in_8bit)
+    adapter_spec = concrete_targets(adapter_spec, backbone)
     data = loaders_for_trial(
         task,
         backbone,
