@@ -193,9 +193,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = args.config or default_config_path()
     config = load_config(path, overrides)
     if args.dry_run:
-        for spec in config.expand():
+        from lrvd_bench.stage_plan import plan_final
+
+        specs = config.expand()
+        # the stages the run would plan (with a selection block, the final specs come from its choice)
+        plan = None if config.selection else plan_final(config, specs)
+        for spec in specs:
             point = f" {spec.search_point}" if spec.search_point else ""
-            print(f"{spec.trial_id}  {spec.method} {spec.task} seed {spec.seed} model {spec.model}{point}")
+            role = f"  [{plan.role(spec)}]" if plan is not None else ""
+            print(f"{spec.trial_id}  {spec.method} {spec.task} seed {spec.seed} model {spec.model}{point}{role}")
         if config.random_space():
             print(f"(× {config.num_samples} samples of {sorted(config.random_space())})")
         return 0
