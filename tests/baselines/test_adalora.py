@@ -116,6 +116,37 @@ def test_adalora_own_lr_overrides_only_the_adapter_lr():
     assert lrs == {"adapter": 7e-3, "head": 1e-2}
 
 
+@pytest.mark.parametrize("head_bias_decay", [False, True])
+def test_head_bias_decay_follows_the_glue_benchs_train_adalora(head_bias_decay):
+    """train_adalora: ``weight_decay: cfg.wd`` on the adapter group and on the whole head group
+    (biases included); by default the head's biases are at 0 as for every method."""
+    plan = TrainPlan(total_steps=20, n_train=N_TRAIN, train=TrainConfig(weight_decay=1e-2, max_steps=20))
+    method = get_method("adalora")(head_bias_decay=head_bias_decay)
+    model = method.attach(TinyBertClassifier(), SPEC, plan)
+    optimizer, _ = method.configure_optimizers(model, plan)
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    head = model.backbone.classifier
+    assert decay[id(head.weight)] == 1e-2
+    assert decay[id(head.bias)] == (1e-2 if head_bias_decay else 0.0)
+    assert all(decay[id(p)] == 1e-2 for p in method.adapter_parameters(model))
+
+
+def test_paper_glue_config_runs_train_adaloras_schedule():
+    """configs/paper_glue_deberta.yaml, AdaLoRA = glue_helpers.train_adalora: tinit = the 6 % warm-up,
+    tfinal = 0.8 of the run, ΔT = 200 steps of the suite's 1,205-step CoLA run (7,696 training rows
+    after the 10 % hold-out, batch 32, 5 epochs), orth_reg_weight 0.5 (peft's default, which
+    train_adalora leaves), weight decay on head biases too."""
+    from pathlib import Path
+
+    from lrvd_bench.config import load_config
+
+    config = load_config(Path(__file__).parents[2] / "configs" / "paper_glue_deberta.yaml")
+    ada = config.method_params["adalora"]
+    assert (ada["tinit"], ada["tfinal"], ada["orth_reg_weight"], ada["head_bias_decay"]) == (0.06, 0.8, 0.5, True)
+    total = 5 * -(-int(8551 * 0.9) // 32)
+    assert total == 1205 and round(ada["deltaT"] * total) == 200
+
+
 def test_default_ivon_run_moves_the_adapters():
     """20 steps at the defaults: the adapter means travel a sizeable part of IVON's largest possible path.
 

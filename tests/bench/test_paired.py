@@ -1,4 +1,7 @@
-"""Paired differences from the reference method: hand-computed bootstrap cases and the leaderboard's columns."""
+"""Paired differences from the reference method: hand-computed bootstrap cases and the leaderboard's columns.
+
+The seed-level statistics (two-level bootstrap, Holm, probability of improvement, simulated tables)
+are in test_seed_bootstrap.py."""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from lrvd.metrics import expected_calibration_error
 from lrvd_bench import cli
 from lrvd_bench.config import load_config
 from lrvd_bench.leaderboard import gather_rows, to_markdown, write_leaderboard
-from lrvd_bench.paired import paired_deltas, resample_questions, score_trial
+from lrvd_bench.paired import resample_questions, score_trial
+from lrvd_bench.paired_table import pair, two_levels
 from lrvd_bench.plots import make_figures
 
 LABELS = np.array([0, 0, 1, 1])
@@ -44,29 +48,31 @@ def test_paired_bootstrap_matches_a_hand_computed_case():
     d = nll_own - nll_ref
     # seed 1: the method predicts exactly what the reference does, so every Δ there is 0 and the
     # paired mean halves seed 0's; seed 2 has no reference trial and is left out
-    deltas = paired_deltas({0: own, 1: ref, 2: own}, {0: ref, 1: ref}, level=0.5)
-    acc = deltas["accuracy"]
-    # Δ* = [1/8, 1/2, 0, 0]; sorted [0, 0, 1/8, 1/2]: linear quantiles at 0.25 → 0, at 0.75 → 1/8 + 1/4·3/8
-    assert (acc.delta, acc.lo, acc.hi, acc.n_seeds) == pytest.approx((0.125, 0.0, 0.125 + 0.375 / 4, 2))
-    assert not acc.excludes_zero
-    nll = deltas["nll"]
+    pairing, seeds, m, r = pair({0: own, 1: ref, 2: own}, {0: ref, 1: ref})
+    assert (pairing, seeds) == ("per seed", [0, 1])
+    levels = two_levels(m, r)
+    acc = levels["accuracy"]
+    # question-only Δ* = [1/8, 1/2, 0, 0]; sorted [0, 0, 1/8, 1/2]:
+    # linear quantiles at 0.25 → 0, at 0.75 → 1/8 + 1/4·3/8
+    assert (acc.delta, *acc.question_interval(0.5), acc.n_seeds) == pytest.approx((0.125, 0.0, 0.125 + 0.375 / 4, 2))
+    np.testing.assert_allclose(acc.per_seed, [0.25, 0.0])
+    nll = levels["nll"]
     boot = np.array([d.mean(), d[1], d[[0, 0, 2, 3]].mean(), d[[0, 2, 3, 3]].mean()]) / 2
     assert nll.delta == pytest.approx(d.mean() / 2)
-    assert (nll.lo, nll.hi) == pytest.approx(tuple(np.quantile(boot, [0.25, 0.75])))
-    assert nll.hi < 0 and nll.excludes_zero  # the method is more confident where right on every resample
-    assert deltas["ece"].delta == pytest.approx((0.3 - 0.4125) / 2)
+    assert nll.question_interval(0.5) == pytest.approx(tuple(np.quantile(boot, [0.25, 0.75])))
+    assert levels["ece"].delta == pytest.approx((0.3 - 0.4125) / 2)
     brier_ref = [0.02, 2 * 0.65**2, 2 * 0.25**2, 2 * 0.65**2]
     brier_own = [2 * 0.15**2, 2 * 0.25**2, 2 * 0.15**2, 2 * 0.65**2]
-    assert deltas["brier"].delta == pytest.approx((np.mean(brier_own) - np.mean(brier_ref)) / 2)
+    assert levels["brier"].delta == pytest.approx((np.mean(brier_own) - np.mean(brier_ref)) / 2)
 
 
 def test_paired_deltas_refuse_unpaired_trials():
     own = score_trial(METHOD, LABELS, RESAMPLES)
     with pytest.raises(ValueError, match="no seed in common"):
-        paired_deltas({0: own}, {1: own})
+        pair({0: own}, {1: own})
     other = score_trial(METHOD, LABELS[::-1].copy(), RESAMPLES)
     with pytest.raises(ValueError, match="seed 0: the evaluation questions differ"):
-        paired_deltas({0: own}, {0: other})
+        pair({0: own}, {0: other})
     assert resample_questions(5, 3, seed=1).shape == (3, 5)
     np.testing.assert_array_equal(resample_questions(5, 3, seed=1), resample_questions(5, 3, seed=1))
 
@@ -75,7 +81,7 @@ def test_paired_deltas_refuse_unpaired_trials():
 N = 200
 
 
-def _trial(run, method, seed, correct, confidence):
+def write_trial(run, method, seed, correct, confidence):
     """A finished trial whose predictions are right on the questions in ``correct`` (2 classes)."""
     labels = np.arange(N) % 2
     pred = np.where(correct, labels, 1 - labels)
@@ -107,12 +113,12 @@ def _trial(run, method, seed, correct, confidence):
 @pytest.fixture
 def run(tmp_path):
     rng = np.random.default_rng(0)
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         base = rng.random(N) < 0.5  # the reference: right on about half
         better = base | (rng.random(N) < 0.4)  # right wherever the reference is, and on more
-        _trial(tmp_path, "lora", seed, base, 0.7)
-        _trial(tmp_path, "bayeslora", seed, better, 0.7)
-        _trial(tmp_path, "mc-dropout-lora", seed, base, 0.7)  # the reference's predictions exactly
+        write_trial(tmp_path, "lora", seed, base, 0.7)
+        write_trial(tmp_path, "bayeslora", seed, better, 0.7)
+        write_trial(tmp_path, "mc-dropout-lora", seed, base, 0.7)  # the reference's predictions exactly
     return tmp_path
 
 
@@ -120,8 +126,9 @@ def test_leaderboard_has_paired_columns_markers_and_forest_plot(run):
     board = write_leaderboard(gather_rows(run), run)
     csv = pd.read_csv(run / "leaderboard.csv").set_index("method")
     for metric in ("accuracy", "ece", "nll", "brier"):
-        for suffix in ("", "_lo", "_hi"):
+        for suffix in ("", "_lo", "_hi", "_questions_lo", "_questions_hi", "_p_holm", "_per_seed"):
             assert f"delta_{metric}{suffix}" in csv.columns
+        assert {f"poi_{metric}", f"poi_{metric}_lo", f"poi_{metric}_hi"} <= set(csv.columns)
     assert set(csv["reference"]) == {"lora"}
     assert math.isnan(csv.loc["lora", "delta_accuracy"])
     bayes = csv.loc["bayeslora"]
@@ -129,28 +136,59 @@ def test_leaderboard_has_paired_columns_markers_and_forest_plot(run):
     assert bayes["delta_accuracy"] == pytest.approx(bayes["accuracy_mean"] - csv.loc["lora", "accuracy_mean"])
     assert bayes["delta_ece"] == pytest.approx(bayes["ece_mean"] - csv.loc["lora", "ece_mean"])
     assert 0 < bayes["delta_accuracy_lo"] < bayes["delta_accuracy"] < bayes["delta_accuracy_hi"]
-    assert bayes["delta_n_seeds"] == 2
+    # the seed-aware interval contains the question-only one's spread and more: it also varies the seeds
+    assert bayes["delta_accuracy_hi"] - bayes["delta_accuracy_lo"] > (
+        bayes["delta_accuracy_questions_hi"] - bayes["delta_accuracy_questions_lo"]
+    )
+    assert bayes["delta_n_seeds"] == 3 and bayes["delta_accuracy_better_seeds"] == 3
+    assert bayes["poi_accuracy"] == 1.0 and bayes["delta_family"] == 8  # 2 compared rows × 4 metrics
+    assert bayes["delta_accuracy_significant"] and bayes["delta_accuracy_mc_se"] < 0.001
     same = csv.loc["mc-dropout-lora"]
     assert (same["delta_accuracy"], same["delta_accuracy_lo"], same["delta_accuracy_hi"]) == (0, 0, 0)
+    assert same["poi_accuracy"] == 0.5 and not same["delta_accuracy_significant"]
 
     md = (run / "leaderboard.md").read_text()
     assert "| acc | acc SE |" in md
     se = math.sqrt(bayes["accuracy_mean"] * (1 - bayes["accuracy_mean"]) / N)
     assert f"| {se:.3f} |" in md.split("\n")[2 + list(board["method"]).index("bayeslora")]
-    lines = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| arc-e | ") and "[" in line}
+    seed_aware = md.split("Paired differences from lora")[1].split("Family:")[0]
+    lines = {line.split(" | ")[1]: line for line in seed_aware.splitlines() if line.startswith("| arc-e | ")}
     assert set(lines) == {"bayeslora", "mc-dropout-lora"}
-    delta = f"{bayes['delta_accuracy']:+.3f} [{bayes['delta_accuracy_lo']:+.3f}, {bayes['delta_accuracy_hi']:+.3f}] *"
+    delta = (
+        f"{bayes['delta_accuracy']:+.3f} [{bayes['delta_accuracy_lo']:+.3f}, {bayes['delta_accuracy_hi']:+.3f}] * (3/3)"
+    )
     assert delta in lines["bayeslora"]
-    ece = f"{bayes['delta_ece']:+.3f} [{bayes['delta_ece_lo']:+.3f}, {bayes['delta_ece_hi']:+.3f}] *"
-    assert bayes["delta_ece_hi"] < 0 and ece in lines["bayeslora"]  # an interval below 0 is marked too
-    assert "+0.000 [+0.000, +0.000] |" in lines["mc-dropout-lora"] and "*" not in lines["mc-dropout-lora"]
-    assert "Paired differences from lora" in md
+    assert "+0.000 [+0.000, +0.000] (0/3) |" in lines["mc-dropout-lora"] and "*" not in lines["mc-dropout-lora"]
+    assert "the 8 seed-aware tests of this table" in md and "Holm-corrected" in md
+    assert "Question-only intervals (conditional on these seeds" in md
     # how many rows each stage used, from the trials' n_train / n_val / n_eval
     assert tuple(csv.loc["bayeslora", ["n_train", "n_val", "n_eval"]]) == (360, 40, N)
     assert f"Rows per stage, arc-e: 360 training / 40 validation / {N} evaluation." in md
 
     paths = make_figures(run, gather_rows(run))
     assert run / "figures" / "paired_differences_arc-e.png" in paths
+
+
+def test_ensemble_is_compared_with_the_reference_seed_mean(tmp_path):
+    """One ensemble trial (seed 0) against three LoRA seeds: Δ = ensemble − mean of LoRA, not − LoRA seed 0."""
+    rng = np.random.default_rng(3)
+    accs = []
+    for seed, p in ((0, 0.55), (1, 0.45), (2, 0.5)):
+        correct = rng.random(N) < p
+        accs.append(correct.mean())
+        write_trial(tmp_path, "lora", seed, correct, 0.6)
+    ensemble = rng.random(N) < 0.55
+    write_trial(tmp_path, "lora-ensemble", 0, ensemble, 0.6)
+    csv = write_leaderboard(gather_rows(tmp_path), tmp_path).set_index("method")
+    row = csv.loc["lora-ensemble"]
+    assert row["delta_pairing"] == "reference seed mean" and row["delta_n_seeds"] == 3
+    assert row["delta_accuracy"] == pytest.approx(ensemble.mean() - np.mean(accs))
+    assert row["delta_accuracy"] != pytest.approx(ensemble.mean() - accs[0])  # not LoRA seed 0 alone
+    per_seed = [float(v) for v in row["delta_accuracy_per_seed"].split(";")]
+    np.testing.assert_allclose(per_seed, [ensemble.mean() - a for a in accs], atol=1e-4)
+    assert row["delta_accuracy_better_seeds"] == sum(ensemble.mean() > a for a in accs)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "lora-ensemble has one trial: it is compared with lora's seed mean over 3 seeds" in md
 
 
 def test_reference_is_configurable_and_checked(run, capsys):

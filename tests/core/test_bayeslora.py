@@ -66,16 +66,26 @@ def test_kl_schedule():
 
 
 def test_training_loss_adds_scaled_kl():
-    method, model = attached(kl_scale=1e-2)
+    """llm-scripts: CE + kl_scale · KL / B (bayeslora_llama.py: ``bayeslora_step(model, 1.0) /
+    x.size(0)``, here B = 8); glue-bench: CE + kl_scale · KL (``loss = ce + scaled_kl(model)``)."""
     b = batch()
+    assert b["labels"].shape[0] == 8
+    method, model = attached(kl_scale=1e-2)
+    model.eval()  # the mean model: the same logits for both protocols
     loss, logs = method.training_loss(model, b, model(b), step=0)
     assert logs["kl"] > 0 and logs["beta"] == 1.0
-    assert float(loss.detach()) == pytest.approx(logs["nll"] + 1e-2 * logs["kl"], rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(logs["nll"] + 1e-2 * logs["kl"] / 8, rel=1e-5)
     assert logs["nll"] > 0
+    glue, model = attached(kl_scale=1e-2, protocol="glue-bench")
+    loss, logs = glue.training_loss(model, b, model(b), step=0)
+    assert float(loss.detach()) == pytest.approx(logs["nll"] + 1e-2 * logs["kl"], rel=1e-5)
+    per_batch, model = attached(kl_scale=1e-2, kl_per_example=False)  # explicit value wins
+    loss, logs = per_batch.training_loss(model.eval(), b, model(b), step=0)
+    assert float(loss.detach()) == pytest.approx(logs["nll"] + 1e-2 * logs["kl"], rel=1e-5)
 
 
 def test_fit_lowers_loss_and_moves_log_alpha():
-    method, model = attached(total_steps=24, kl_scale=1e-4)
+    method, model = attached(total_steps=24, kl_scale=8e-4)  # KL weight 1e-4 per batch of 8
     before = method.rank_statistics(model)
     sigma_before = [m.rank_log_sigma2.detach().clone() for m in lrvd_modules(model).values()]
     cfg = TrainConfig(lr=1e-2, max_steps=24, log_every=4, rank_log_interval=8, warmup_ratio=0.0)
@@ -194,6 +204,18 @@ def test_prunes_during_training_by_default_as_the_authors_scripts():
     assert BayesLoRA().params.prune_every == 200 and BayesLoRA().prune_due(200) and not BayesLoRA().prune_due(100)
     assert BayesLoRA(protocol="glue-bench").params.prune_every == 2000
     assert BayesLoRA(prune_every=0).params.prune_every == 0 and not BayesLoRA(prune_every=0).prune_due(200)
+
+
+def test_prune_events_are_multiples_of_prune_every_from_the_start_on():
+    """Both authors' loops check at ``step >= start and step % prune_every == 0`` (glue_helpers
+    train_bayeslora on its 0-based step before the update = updates done; bayeslora_llama.py
+    train_one on global_step after it). A start off the cadence waits for the next multiple: the
+    GLUE bench's CoLA run (1,340 steps, start 80, every 2,000) never checks; a start-relative
+    cadence would check at 80."""
+    method, _ = attached(total_steps=1340, protocol="glue-bench", prune_start=80 / 1340)
+    assert [s for s in range(1, 1341) if method.prune_due(s)] == []
+    method, _ = attached(total_steps=100, prune_every=20, prune_start=0.3)
+    assert [s for s in range(1, 101) if method.prune_due(s)] == [40, 60, 80, 100]
 
 
 def test_effective_rank_is_logged_on_log_steps_prune_steps_and_the_last_step_only():

@@ -98,11 +98,10 @@ def test_prune_threshold_is_tau_not_one_nat_off():
 
 # -- defaults and initialisation ---------------------------------------------------------------------
 def test_defaults_are_the_authors():
-    """kl_scale 1e-6 (run_glue_bench.py --kl_scale default and glue_helpers.TrainConfig),
-    init_log_sigma2 −8 (bayeslora/hf.py apply_bayeslora), log-variance lr ×0.1 without decay
-    (glue_helpers.build_param_groups), τ = 3, no β anneal (GLUE bench)."""
+    """kl_scale 1e-6 (run_glue_bench.py --kl_scale and bayeslora_llama.py --kl-scale defaults),
+    init_log_sigma2 −8 (bayeslora/hf.py VariationalLoRAWrapper.__init__), τ = 3, no β anneal."""
     p = BayesLoRA().params
-    assert (p.kl_scale, p.init_log_sigma2, p.log_sigma2_lr_mult, p.tau) == (1e-6, -8.0, 0.1, 3.0)
+    assert (p.kl_scale, p.init_log_sigma2, p.tau) == (1e-6, -8.0, 3.0)
     assert (p.kl_warmup, p.kl_ramp) == (0.0, 0.0)
 
 
@@ -120,7 +119,7 @@ def test_attach_initialises_like_the_authors():
 
 # -- β schedule in the loss --------------------------------------------------------------------------
 def test_beta_schedule_enters_the_loss():
-    method, model = attached(total_steps=100, kl_scale=1e-2, kl_warmup=0.2, kl_ramp=0.4)
+    method, model = attached(total_steps=100, kl_scale=1e-2, kl_warmup=0.2, kl_ramp=0.4, kl_per_example=False)
     b = batch()
     logits = model(b)
     for step, beta in ((0, 0.0), (30, 0.25), (50, 0.75), (90, 1.0)):
@@ -139,10 +138,17 @@ def test_unknown_protocol_lists_the_valid_ones():
 def test_protocol_defaults_and_explicit_overrides():
     glue = BayesLoRA(protocol="glue-bench").params
     assert (glue.sample_warmup, glue.local_reparam, glue.n_samples) == (1.0, False, 0)
+    assert (glue.log_sigma2_lr_mult, glue.kl_per_example, glue.after_prune) == (0.1, False, "rebuild-every-check")
     llm = BayesLoRA().params
     assert llm.protocol == "llm-scripts"
-    assert (llm.sample_warmup, llm.local_reparam, llm.n_samples) == (0.0, True, 10)
+    # bayeslora_llama.py: sampling from step 0, local_reparam=True, --mc-eval 5, one AdamW group at
+    # --lr (log σ² too), KL / x.size(0), _rebuild_opt_and_sched only `if changed`
+    assert (llm.sample_warmup, llm.local_reparam, llm.n_samples) == (0.0, True, 5)
+    assert (llm.log_sigma2_lr_mult, llm.kl_per_example, llm.after_prune) == (1.0, True, "rebuild-on-change")
     assert BayesLoRA(protocol="glue-bench", n_samples=4).params.n_samples == 4
+    with pytest.raises(LRVDError, match="keep-moments") as err:
+        BayesLoRA(after_prune="reset")
+    assert "\n" not in str(err.value)
     assert set(PROTOCOLS) == {"glue-bench", "llm-scripts"}
 
 
@@ -197,17 +203,19 @@ def test_llm_scripts_sample_with_local_reparam_also_at_prediction():
 
 
 # -- weight decay ------------------------------------------------------------------------------------
-def test_no_weight_decay_on_adapter_means_or_head_biases():
-    """glue_helpers.build_param_groups: A_mu, B_mu and log σ² at weight_decay 0; the head's weight
-    matrix at ``wd``, its bias at 0."""
+@pytest.mark.parametrize(("protocol", "log_sigma2_lr"), [("glue-bench", 1e-4), ("llm-scripts", 1e-3)])
+def test_no_weight_decay_on_adapter_means_or_head_biases(protocol, log_sigma2_lr):
+    """glue_helpers.build_param_groups: A_mu, B_mu and log σ² at weight_decay 0, log σ² at
+    adapter_lr · 0.1; the head's weight matrix at ``wd``, its bias at 0. bayeslora_llama.py
+    (_optimizer_and_sched): log σ² in the one AdamW group at the full lr."""
     train = TrainConfig(weight_decay=0.1, lr=1e-3, head_lr=1e-2)
-    method, model = attached(train=train)
+    method, model = attached(train=train, protocol=protocol)
     groups = method.param_groups(model, method.plan)
     decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     lr = {id(p): g["lr"] for g in groups for p in g["params"]}
     for layer in lrvd_modules(model).values():
         assert decay[id(layer.A_mu)] == decay[id(layer.B_mu)] == decay[id(layer.rank_log_sigma2)] == 0.0
-        assert lr[id(layer.rank_log_sigma2)] == pytest.approx(1e-4)
+        assert lr[id(layer.rank_log_sigma2)] == pytest.approx(log_sigma2_lr)
     head = model.backbone.classifier
     assert decay[id(head.weight)] == 0.1 and decay[id(head.bias)] == 0.0
     assert lr[id(head.weight)] == lr[id(head.bias)] == 1e-2
@@ -219,8 +227,85 @@ def test_fit_reports_the_nll_part_without_the_kl():
     from lrvd.training import fit
 
     train = TrainConfig(lr=1e-3, max_steps=3, warmup_ratio=0.0)
-    method, model = attached(total_steps=3, train=train, kl_scale=1e-3)
+    method, model = attached(total_steps=3, train=train, kl_scale=1e-3, protocol="glue-bench")
     result = fit(method, model, make_toy_loader(), method.plan, device="cpu", progress=False)
     gap = result.final_loss - result.final_nll
     assert gap == pytest.approx(1e-3 * method.last_kl, rel=0.2)  # KL barely moves in 3 steps
     assert result.final_nll < math.log(2) + 0.1
+
+
+# -- after a prune check -----------------------------------------------------------------------------
+def run_steps(method, model, steps: int, start: int = 0):
+    from lrvd.training import train_step
+
+    b = batch()
+    for step in range(start, start + steps):
+        train_step(
+            method,
+            model,
+            method.optimizer,
+            [b],
+            step,
+            device=torch.device("cpu"),
+            train=method.plan.train,
+            scheduler=method.scheduler,
+        )
+
+
+def optimised(protocol: str, prune_every: int, **params):
+    train = TrainConfig(lr=1e-2, warmup_ratio=0.1, max_grad_norm=0.0)
+    method, model = attached(total_steps=20, train=train, protocol=protocol, prune_every=prune_every, **params)
+    model.train()
+    method.optimizer, method.scheduler = method.configure_optimizers(model, method.plan)
+    return method, model
+
+
+def test_glue_bench_rebuilds_adamw_at_every_check_with_one_step_at_lr_0():
+    """glue_helpers.train_bayeslora: make_optim_and_sched(step_already=step) after every check, changed
+    or not: moments reset, that step at the new schedule's λ(0) = 0, then the schedule at the step.
+    The tensors a prune replaced get no gradient in that step (the bench prunes after the forward)."""
+    method, model = optimised("glue-bench", prune_every=4, tau=1e9)  # a check that removes nothing
+    run_steps(method, model, 4)
+    opt = method.optimizer
+    assert len(opt.state) == 0 and all(g["lr"] == 0.0 for g in opt.param_groups)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    run_steps(method, model, 1, start=4)
+    after = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(before[n], after[n]) for n in before)  # lr 0: nothing moved
+    assert all(int(s["step"]) == 1 for s in opt.state.values())  # fresh moments, one step old
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * (20 - 5) / (20 - 2))  # back on the schedule
+
+    method, model = optimised("glue-bench", prune_every=4, tau=8.0)
+    run_steps(method, model, 3)
+    layer = next(iter(lrvd_modules(model).values()))
+    with torch.no_grad():  # rank 0 of one module at log α > 11 after the step, every other one < 4
+        layer.A_mu[0].fill_(1e-6)
+        layer.B_mu[:, 0].fill_(1e-6)
+        layer.rank_log_sigma2[0] = 2.0
+    run_steps(method, model, 2, start=3)
+    kept = {id(t) for t in (layer.A_mu, layer.B_mu, layer.rank_log_sigma2)}
+    assert layer.r == SPEC.r - 1
+    fresh = [p for g in method.optimizer.param_groups for p in g["params"] if id(p) in kept]
+    assert len(fresh) == 3 and all(p not in method.optimizer.state for p in fresh)
+    assert len(method.optimizer.state) > 0  # the other modules and the head did step
+
+
+@pytest.mark.parametrize(("after_prune", "reset"), [("rebuild-on-change", True), ("keep-moments", False)])
+def test_llm_scripts_rebuild_only_when_a_rank_went(after_prune, reset):
+    """bayeslora_llama.py: ``if changed: opt, sched = _rebuild_opt_and_sched(...)``; keep-moments
+    slices the kept ranks' moments and keeps the rate."""
+    method, model = optimised("llm-scripts", prune_every=4, tau=1e9, after_prune=after_prune)
+    run_steps(method, model, 4)
+    assert len(method.optimizer.state) > 0 and method.optimizer.param_groups[0]["lr"] > 0  # nothing went
+    method, model = optimised("llm-scripts", prune_every=4, tau=8.0, after_prune=after_prune)
+    run_steps(method, model, 3)
+    layer = next(iter(lrvd_modules(model).values()))
+    with torch.no_grad():  # rank 0 of one module at log α > 11 after the step, every other one < 4
+        layer.A_mu[0].fill_(1e-6)
+        layer.B_mu[:, 0].fill_(1e-6)
+        layer.rank_log_sigma2[0] = 2.0
+    run_steps(method, model, 1, start=3)
+    assert layer.r == SPEC.r - 1
+    assert (len(method.optimizer.state) == 0) is reset
+    assert (method.optimizer.param_groups[0]["lr"] == 0.0) is reset
+    assert method.schedule_lag == int(reset)

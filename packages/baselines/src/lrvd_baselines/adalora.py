@@ -67,6 +67,13 @@ class AdaLoRAParams:
             "help": "AdamW adapter lr of this method (default: the shared train.lr); choose it on the validation split"
         },
     )
+    head_bias_decay: bool = field(
+        default=False,
+        metadata={
+            "help": "decay the head's biases too (the BayesLoRA GLUE bench's train_adalora: train.weight_decay on "
+            "every adapter and head tensor); default: head biases at 0, as every method"
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("target_r", "budget_total_rank"):
@@ -213,6 +220,15 @@ class AdaLoRA(PeftMethod):
         """peft's sensitivity scores with exact-budget masking (AdaLoRA-IVON swaps the scores)."""
         root = peft_root(model)
         return ExactBudgetRankAllocator(root.model, root.peft_config[ADAPTER_NAME], root.trainable_adapter_name)
+
+    def param_groups(self, model, plan):
+        """Every method's groups; with ``head_bias_decay`` the head's 1-D tensors decay too."""
+        groups = super().param_groups(model, plan)
+        if self.params.head_bias_decay:
+            for group in groups:
+                if model.is_head_parameter(group["params"][0]):
+                    group["weight_decay"] = plan.train.weight_decay
+        return groups
 
     def configure_optimizers(self, model, plan):
         """AdamW as every method, with this method's own adapter ``lr`` when set (head keeps ``head_lr``)."""

@@ -6,11 +6,11 @@ weights, fits it on the training set and tunes one scalar prior precision, as th
 do (github ``adamxyang/laplace-lora``; every default and every deviation: ``docs/methods.md``,
 section Laplace-LoRA).
 
-Curvature (``curvature``): the authors' exact Fisher/GGN KFAC backpropagates once per class (about
-C + 1 training epochs per fit). The default ``ggn-mc`` estimates the same Fisher from one label sampled
-from the model's own predictive per example, one backward pass per batch (about 1.4 epochs for
-MiniLM), with the same tuned prior and GLM predictive on the quickstart data (``docs/performance.md``,
-"Laplace-LoRA fit cost").
+Curvature (``curvature``): the default ``ggn`` is the authors' exact-Fisher KFAC (their fork's ASDL
+backend, ``FISHER_EXACT``), one backward pass per class (about C + 1 training epochs per fit).
+``ggn-mc`` is a named speed option: the same Fisher estimated from one label per example sampled
+from the model's own predictive, one backward pass per batch (about 1.4 epochs for MiniLM); on a
+confident model it is a different posterior (``docs/methods.md``, Laplace-LoRA).
 
 "LoRA-only" is enforced by freezing the task head while the Laplace object is built, fitted and
 queried (laplace-torch takes every ``requires_grad`` parameter), so memory is bounded by the
@@ -96,11 +96,11 @@ class LaplaceLoRAParams:
         default=100, metadata={"help": "Adam steps of marglik tuning (authors' run_gpt_laplace.sh: 100)"}
     )
     curvature: str = field(
-        default="ggn-mc",
+        default="ggn",
         metadata={
-            "help": "KFAC curvature: ggn-mc (Fisher from one sampled label per example, one backward pass per batch; "
-            "default) | ggn (exact, one backward pass per class; authors) | ef (empirical Fisher at the true "
-            "labels, one backward pass)"
+            "help": "KFAC curvature: ggn (exact Fisher, one backward pass per class; authors, default) | ggn-mc "
+            "(speed option: Fisher from one sampled label per example, one backward pass per batch) | ef "
+            "(empirical Fisher at the true labels, one backward pass)"
         },
     )
     lora_dropout: float = field(

@@ -179,38 +179,52 @@ def int8_loading_args() -> dict[str, Any]:
     return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": device_map}
 
 
+def load_model_config(model: str) -> tuple[Any, str, dict[str, Any]]:
+    """``(config, where, extra)``: the transformers config of ``model`` (no weights) and the
+    ``from_pretrained`` location and arguments that load the rest; offline failures are one line."""
+    from transformers import AutoConfig
+
+    where, extra = _pretrained_args(resolve_model_path(model or DEFAULT_MODEL))
+    try:
+        return AutoConfig.from_pretrained(where, **extra), where, extra
+    except (OSError, ValueError, ImportError) as err:
+        raise _unloadable(model, where, err) from None
+
+
+def _unloadable(model: str, where: str, err: BaseException) -> LRVDError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return LRVDError(
+        f"cannot load model {model!r} from {where} ({first}); offline: use an alias "
+        f"({', '.join(MODEL_ALIASES)}) or a local directory"
+    )
+
+
+def model_class(kind: str, task: Task) -> tuple[Any, dict[str, Any]]:
+    """The ``AutoModelFor*`` class of a backbone ``kind`` and its extra ``from_pretrained`` arguments."""
+    from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice, AutoModelForSequenceClassification
+
+    if kind == "causal-lm":
+        return AutoModelForCausalLM, {}
+    if kind == "encoder-mc":
+        return AutoModelForMultipleChoice, {}
+    return AutoModelForSequenceClassification, {"num_labels": task.n_classes}
+
+
 def load_backbone(model: str, task: Task, load_in_8bit: bool = False) -> Backbone:
     """Load ``model`` (alias, hub id or local path) for ``task``; offline failures are one-line ``LRVDError``s.
 
     ``load_in_8bit`` stores the frozen base weights in int8 (:func:`int8_loading_args`); adapters stay fp32.
     """
-    path = resolve_model_path(model or DEFAULT_MODEL)
-    where, extra = _pretrained_args(path)
     quantized = int8_loading_args() if load_in_8bit else {}
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForMultipleChoice,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoTokenizer
 
+    config, where, extra = load_model_config(model)
     try:
-        config = AutoConfig.from_pretrained(where, **extra)
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     except (OSError, ValueError, ImportError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise LRVDError(
-            f"cannot load model {model!r} from {where} ({first}); offline: use an alias "
-            f"({', '.join(MODEL_ALIASES)}) or a local directory"
-        ) from None
+        raise _unloadable(model, where, err) from None
     kind = backbone_kind(config, task, gguf="gguf_file" in extra)
-    if kind == "causal-lm":
-        cls, kwargs = AutoModelForCausalLM, {}
-    elif kind == "encoder-mc":
-        cls, kwargs = AutoModelForMultipleChoice, {}
-    else:
-        cls, kwargs = AutoModelForSequenceClassification, {"num_labels": task.n_classes}
+    cls, kwargs = model_class(kind, task)
     try:
         hf_model, info = cls.from_pretrained(where, output_loading_info=True, **extra, **kwargs, **quantized)
     except (OSError, ValueError) as err:

@@ -38,7 +38,8 @@ KNOBS: tuple[Knob, ...] = (
         "target_modules",
         csv_list,
         "adapter.target_modules",
-        "comma-separated module-name suffixes to adapt (peft semantics), e.g. query,value",
+        "comma-separated module-name suffixes to adapt (peft semantics), e.g. query,value; "
+        "bench run: auto = by the backbone's architecture",
         "NAMES",
     ),
 )

@@ -27,6 +27,7 @@ from typing import Any
 
 from lrvd.protocol import AdapterConfig, TrainConfig
 from lrvd_bench.errors import BenchError, LRVDError, unknown_choice
+from lrvd_bench.targets import BY_ARCHITECTURE, BY_ARCHITECTURE_HELP
 
 #: Experiment trackers ``loggers:`` accepts (Ray Tune logger callbacks; see lrvd_bench.sweep.trackers).
 LOGGERS = ("csv", "json", "tensorboard", "mlflow", "wandb")
@@ -76,7 +77,8 @@ class ExperimentConfig:
         default_factory=lambda: [0], metadata={"help": "comma-separated seeds, e.g. 0,1,2", "flag": _csv_ints}
     )
     adapter: AdapterConfig = field(
-        default_factory=AdapterConfig, metadata={"help": "adapter placement and rank (target_modules, r, alpha)"}
+        default_factory=lambda: AdapterConfig(target_modules=[BY_ARCHITECTURE]),
+        metadata={"help": "adapter placement and rank (target_modules, r, alpha)"},
     )
     train: TrainConfig = field(
         default_factory=TrainConfig, metadata={"help": "optimisation settings shared by all methods"}
@@ -657,6 +659,8 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Experiment
     kwargs: dict[str, Any] = {}
     annotations = {f.name: str(f.type) for f in dataclasses.fields(ExperimentConfig)}
     for key, value in data.items():
+        if key == "adapter" and isinstance(value, dict | None):  # targets by architecture unless named
+            value = {"target_modules": [BY_ARCHITECTURE], **(value or {})}
         if key in NESTED:
             kwargs[key] = _nested(NESTED[key], key, value, source)
         elif key in ("method_params", "search_space", "selection"):
@@ -760,14 +764,21 @@ def add_flags(parser: Any) -> None:
 def nested_keys_help() -> str:
     """The ``train.*`` and ``adapter.*`` keys with type, built-in default and help (``bench run --help``)."""
     lines = ["config keys shared by all methods (YAML, or --set KEY=VALUE; built-in defaults):"]
+    defaults = {f.name: field_default(f) for f in dataclasses.fields(ExperimentConfig) if f.name in NESTED}
     rows = [
-        (f"{prefix}.{f.name}", str(f.type).replace("typing.", ""), _shown(field_default(f)), f.metadata.get("help", ""))
+        (
+            f"{prefix}.{f.name}",
+            str(f.type).replace("typing.", ""),
+            _shown(getattr(defaults[prefix], f.name)),
+            f.metadata.get("help", ""),
+        )
         for prefix, cls in NESTED.items()
         for f in dataclasses.fields(cls)
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for key, kind, default, help_text in rows:
         lines.append(f"  {key:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {help_text}")
+    lines.append(BY_ARCHITECTURE_HELP)
     lines.append(
         "method hyper-parameters: `bench list-methods --params [METHOD]`; set them with "
         "--param METHOD.KEY=VALUE or --set method_params.METHOD.KEY=VALUE"

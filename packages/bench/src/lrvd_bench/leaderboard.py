@@ -9,9 +9,10 @@ seeds are counted in ``n_failed``; runs that did not learn (see :mod:`lrvd_bench
 means but are counted in ``n_learned`` and marked ``†`` in the Markdown table, so a method's number
 never silently hides a run stuck at chance. Standard deviations use ddof=1 (empty with one seed).
 
-Paired differences: each row's ``delta_*`` columns compare it with the run's ``reference`` method on
-the same evaluation questions and seeds, read from the trials' ``predictions.npz``
-(:mod:`lrvd_bench.paired` holds the bootstrap scheme); ``leaderboard.md`` lists them in a second table.
+Paired differences: each row's ``delta_*`` and ``poi_*`` columns compare it with the run's
+``reference`` method on the same evaluation questions and seeds, read from the trials'
+``predictions.npz`` (:mod:`lrvd_bench.paired_table`; the seed-aware bootstrap in
+:mod:`lrvd_bench.seed_bootstrap`); ``leaderboard.md`` lists them in three tables under the first.
 """
 
 from __future__ import annotations
@@ -72,14 +73,39 @@ COLUMNS: dict[str, str] = {
     "final_train_loss_mean": "smoothed training loss at the last step",
     "reference": "the method the delta_* columns compare with (config key reference, default lora)",
     "delta_accuracy": "paired difference method − reference in accuracy: mean over the seeds both ran of the "
-    "per-seed difference on the same evaluation questions (empty on the reference's own row)",
-    "delta_accuracy_lo": "lower end of the 95 % paired-bootstrap interval of delta_accuracy (1000 resamples of "
-    "the evaluation questions, seeds kept paired, percentile interval)",
-    "delta_accuracy_hi": "upper end of that interval; an interval that excludes 0 is marked * in leaderboard.md",
-    "delta_ece": "paired difference in ECE (negative: better calibrated than the reference); _lo/_hi as for accuracy",
-    "delta_nll": "paired difference in NLL (negative: better); delta_nll_lo / delta_nll_hi its 95 % interval",
-    "delta_brier": "paired difference in Brier score (negative: better); delta_brier_lo / delta_brier_hi its interval",
-    "delta_n_seeds": "seeds paired in the delta_* columns (seeds both the method and the reference completed)",
+    "per-seed difference on the same evaluation questions (a one-trial row such as lora-ensemble: against the "
+    "reference's seed mean, see delta_pairing); empty on the reference's own row",
+    "delta_accuracy_lo": "lower end of the seed-aware 95 % interval of delta_accuracy: two-level bootstrap "
+    "(seeds resampled with one draw for every method, then questions; seed level t-calibrated; "
+    "docs/statistics.md); empty with one seed",
+    "delta_accuracy_hi": "upper end of that interval",
+    "delta_accuracy_p": "two-sided p of delta_accuracy: the smallest α whose seed-aware interval excludes 0",
+    "delta_accuracy_p_holm": "delta_accuracy_p Holm-adjusted over every seed-aware test of the task's table "
+    "(delta_family tests)",
+    "delta_accuracy_significant": "delta_accuracy_p_holm < 0.05: marked * in leaderboard.md; the only sense in "
+    "which a difference is called significant",
+    "delta_accuracy_mc_se": "largest Monte-Carlo standard error of the metric's interval ends (target < 0.001)",
+    "delta_accuracy_questions_lo": "lower end of the question-only 95 % interval (questions resampled, these "
+    "seeds' runs held fixed: conditional on these seeds, not a test of the methods; ECE: BCa)",
+    "delta_accuracy_questions_hi": "upper end of the question-only interval",
+    "delta_accuracy_per_seed": "per-seed differences, ';'-separated in seed order",
+    "delta_accuracy_better_seeds": "seeds at which the method is better than the reference",
+    "poi_accuracy": "probability of improvement: share of (method seed, reference seed) pairs where the method "
+    "is better, ties ½ (rliable's statistic); poi_accuracy_lo / _hi its 95 % bootstrap interval",
+    "delta_ece": "paired difference in ECE (negative: better calibrated); every delta_accuracy_* / poi_accuracy* "
+    "column exists for ece, nll and brier too (seed-aware ECE interval bias-corrected)",
+    "delta_nll": "paired difference in NLL (negative: better)",
+    "delta_brier": "paired difference in Brier score (negative: better)",
+    "delta_n_seeds": "seeds in the delta_* columns: those both the method and the reference completed, or the "
+    "reference's seeds for a one-trial row",
+    "delta_pairing": "'per seed', or 'reference seed mean' for a one-trial row (lora-ensemble) compared with "
+    "the reference's seed mean",
+    "delta_resamples": "bootstrap resamples behind the row's intervals (doubled from 10000 until every interval "
+    "end's Monte-Carlo standard error < 0.001 and no * decision is within 3 of them of the threshold; at most "
+    "160000)",
+    "delta_family": "number of tests in the Holm family of the row's task (rows × 4 metrics)",
+    "delta_unclear": "* decisions of the run whose Holm-adjusted p lies within 3 Monte-Carlo standard errors of "
+    "0.05 at the resamples used (resamples are doubled while any does, up to 160000)",
     "n_eval": "evaluation examples (the task's evaluation split, after limit_eval)",
     "n_train": "examples the methods trained on: the training split (after limit_train) minus the validation split",
     "n_val": "validation examples: validation_fraction of the training split, held out once per sweep (split_seed) "
@@ -257,6 +283,8 @@ def build_leaderboard(
     columns += [c for m in METRICS for c in (f"{m}_mean", f"{m}_std") if c not in columns]
     columns += ["n_eval", "n_train", "n_val"]
     board = pd.DataFrame(out, columns=columns)
+    from lrvd_bench.paired_table import add_paired_deltas
+
     board = add_paired_deltas(board, frame, run_dir, reference)
     if not board.empty:
         board = board.sort_values(
@@ -264,71 +292,6 @@ def build_leaderboard(
         ).reset_index(drop=True)
     if not (board["search_point"] != "").any():
         board = board.drop(columns=["search_point"])
-    return board
-
-
-def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
-    """``reference``, ``delta_<metric>[_lo|_hi]`` and ``delta_n_seeds`` columns (:mod:`lrvd_bench.paired`).
-
-    A row is paired with the reference's trials of the same task and model: those with the same
-    search point, else the reference's only search point. The reference's own row, rows without
-    predictions and rows whose questions differ from the reference's keep NaN.
-    """
-    import numpy as np
-
-    from lrvd_bench.paired import N_RESAMPLES, PAIRED_METRICS, paired_deltas, resample_questions, score_trial
-
-    board["reference"] = reference
-    for metric in PAIRED_METRICS:
-        for suffix in ("", "_lo", "_hi"):
-            board[f"delta_{metric}{suffix}"] = math.nan
-    board["delta_n_seeds"] = 0
-    if run_dir is None or board.empty:
-        return board
-    trials = Path(run_dir) / "trials"
-    ok = frame[frame["status"] == "ok"]
-    if "stage" in ok.columns:  # selection-stage trials never predict the evaluation split
-        ok = ok[ok["stage"].fillna("") != "selection"]
-    seeds_of: dict[tuple, dict[int, str]] = {}
-    for r in ok.itertuples():
-        seeds_of.setdefault((r.task, r.method, r.model, r.search_point), {})[int(r.seed)] = r.trial_id
-    resamples: dict[tuple[str, int], np.ndarray] = {}
-    scores: dict[str, Any] = {}
-
-    def scored(trial_id: str, task: str):
-        if trial_id not in scores:
-            file = trials / trial_id / "predictions.npz"
-            scores[trial_id] = None
-            if file.is_file():
-                with np.load(file) as data:
-                    probs, labels = data["probs"], data["labels"]
-                key = (task, len(labels))
-                if key not in resamples:
-                    resamples[key] = resample_questions(len(labels), N_RESAMPLES, seed=0)
-                scores[trial_id] = score_trial(probs, labels, resamples[key])
-        return scores[trial_id]
-
-    for i, row in board.iterrows():
-        if row["method"] == reference:
-            continue
-        ref_points = {k[3]: v for k, v in seeds_of.items() if k[:3] == (row["task"], reference, row["model"])}
-        ref_ids = ref_points.get(row["search_point"]) or (
-            next(iter(ref_points.values())) if len(ref_points) == 1 else None
-        )
-        own_ids = seeds_of.get((row["task"], row["method"], row["model"], row["search_point"]), {})
-        if not ref_ids or not own_ids:
-            continue
-        own = {s: scored(t, row["task"]) for s, t in own_ids.items()}
-        ref = {s: scored(t, row["task"]) for s, t in ref_ids.items()}
-        try:
-            deltas = paired_deltas(
-                {s: v for s, v in own.items() if v is not None}, {s: v for s, v in ref.items() if v is not None}
-            )
-        except ValueError:  # no shared seed with predictions, or different questions
-            continue
-        for metric, d in deltas.items():
-            board.loc[i, [f"delta_{metric}", f"delta_{metric}_lo", f"delta_{metric}_hi"]] = [d.delta, d.lo, d.hi]
-            board.loc[i, "delta_n_seeds"] = d.n_seeds
     return board
 
 
@@ -384,44 +347,9 @@ def to_markdown(board) -> str:
         f"Rows per stage, {task}: {n_train} training / {n_val} validation / {n_eval} evaluation."
         for task, n_train, n_val, n_eval in _stage_sizes(board)
     ]
+    from lrvd_bench.paired_table import paired_markdown
+
     return "\n".join(lines + notes + paired_markdown(board)) + "\n"
-
-
-def _interval(row, metric: str) -> str:
-    delta, lo, hi = (row.get(f"delta_{metric}{s}", math.nan) for s in ("", "_lo", "_hi"))
-    if delta is None or math.isnan(delta):
-        return "–"
-    star = " *" if lo > 0 or hi < 0 else ""
-    return f"{delta:+.3f} [{lo:+.3f}, {hi:+.3f}]{star}"
-
-
-def paired_markdown(board) -> list[str]:
-    """The paired-differences table (lines, led by a blank line); empty when no row has one."""
-    from lrvd_bench.paired import LEVEL, N_RESAMPLES, PAIRED_METRICS
-
-    if "delta_accuracy" not in board.columns or board["delta_accuracy"].isna().all():
-        return []
-    reference = board["reference"].iloc[0]
-    labels = {"accuracy": "Δacc", "ece": "ΔECE", "nll": "ΔNLL", "brier": "ΔBrier"}
-    search = "search_point" in board.columns
-    header = ["task", "method"] + (["search point"] if search else []) + ["paired seeds"]
-    header += [labels[m] for m in PAIRED_METRICS]
-    lines = [
-        "",
-        f"Paired differences from {reference} (method − {reference}; {LEVEL:.0%} paired-bootstrap "
-        f"interval: {N_RESAMPLES} resamples of the evaluation questions, seeds kept paired; "
-        "* = the interval excludes 0; accuracy up is better, ECE/NLL/Brier down is better):",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for _, row in board.iterrows():
-        if row["method"] == reference or math.isnan(row["delta_accuracy"]):
-            continue
-        cells = [row["task"], row["method"]] + ([row["search_point"]] if search else [])
-        cells += [str(int(row["delta_n_seeds"]))] + [_interval(row, m) for m in PAIRED_METRICS]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return lines
 
 
 def _stage_sizes(board) -> list[tuple[str, int, int, int]]:

@@ -1,31 +1,19 @@
-"""Paired differences between two methods of one sweep, with 95 % paired-bootstrap intervals.
+"""Per-question scores of one trial and their question resamples: the material of every paired interval.
 
-Methods of a sweep answer the same evaluation questions with the same seeds, so the difference
+Methods of a sweep answer the same evaluation questions with the same seeds, so a difference
 ``method − reference`` is estimated on matched data: per seed both methods' ``predictions.npz`` hold
-the same questions in the same order (checked through the labels), and
+the same questions in the same order (checked through the labels). Each metric comes from
+:mod:`lrvd.metrics` (the leaderboard's definitions, ECE included), so a paired Δ equals the
+difference of the two leaderboard means over the paired seeds.
 
-    Δ = mean over paired seeds s of [metric(method, s) − metric(reference, s)]
-
-with each metric from :mod:`lrvd.metrics` (the leaderboard's definitions, ECE included), so Δ equals
-the difference of the two leaderboard means over the paired seeds.
-
-Bootstrap scheme (numpy, percentile interval):
-
-1. draw ``B`` resamples of the ``n`` question indices, uniformly with replacement, from
-   ``numpy.random.default_rng(seed)`` — one ``[B, n]`` index array shared by every method and seed of
-   the task, so all intervals of a table rest on the same resamples;
-2. on resample ``b``, recompute every metric for every trial on those questions and take
-   ``Δ*_b = mean_s [metric(method, s)_b − metric(reference, s)_b]``: questions are resampled, seeds
-   stay paired (a seed is never compared with another seed and seeds are not resampled, so the
-   interval is about the question sample — the evaluation set — at these seeds);
-3. the interval is the ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of ``Δ*`` (numpy's default
-   linear interpolation).
-
-Accuracy, NLL and Brier are means over questions, so their resampled values are means of the
-per-question values of :mod:`lrvd.metrics` (``per_example_*``); ECE is recomputed on every resample
-from each question's bin and ``correct − confidence`` (:func:`lrvd.metrics.calibration_gaps`,
-:func:`lrvd.metrics.ece_from_gaps`: the functions the leaderboard's ECE is made of). ``B = 1000`` by
-default, as ``bench analyze``'s ECE intervals.
+Question resamples (numpy): ``B`` resamples of the ``n`` question indices, uniformly with
+replacement, from ``numpy.random.default_rng(seed)`` — one ``[B, n]`` index array shared by every
+method and seed of the task, so all intervals of a table rest on the same resamples. Accuracy, NLL
+and Brier are means over questions, so their resampled values are means of the per-question values
+(``per_example_*``); ECE is recomputed on every resample from each question's bin and
+``correct − confidence`` (:func:`lrvd.metrics.calibration_gaps`, :func:`lrvd.metrics.ece_from_gaps`).
+The seed level and the intervals are in :mod:`lrvd_bench.seed_bootstrap`; the question-only ECE
+interval (bias-corrected and accelerated) in :func:`ece_bca_interval`.
 """
 
 from __future__ import annotations
@@ -37,9 +25,14 @@ import numpy as np
 
 #: Metrics with paired differences, in table order; True where higher is better.
 PAIRED_METRICS: dict[str, bool] = {"accuracy": True, "ece": False, "nll": False, "brier": False}
-N_RESAMPLES = 1000
+#: Question resamples to start with; the leaderboard doubles them until every interval end's Monte-Carlo
+#: standard error is below :data:`lrvd_bench.seed_bootstrap.MC_SE_TARGET`, up to :data:`MAX_RESAMPLES`.
+N_RESAMPLES = 10_000
+MAX_RESAMPLES = 160_000
 LEVEL = 0.95
 N_BINS = 15
+#: Resample rows scored at once (bounds memory: ``CHUNK × n`` indices per metric).
+CHUNK = 4096
 
 
 def resample_questions(n: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -54,6 +47,8 @@ class TrialScores:
     labels: np.ndarray
     point: dict[str, float]
     resampled: dict[str, np.ndarray]
+    bins: Any = None  # per-question confidence bin and correct − confidence (torch), for ECE's BCa interval
+    gaps: Any = None
 
 
 def score_trial(probs: Any, labels: Any, resamples: np.ndarray, n_bins: int = N_BINS) -> TrialScores:
@@ -64,8 +59,8 @@ def score_trial(probs: Any, labels: Any, resamples: np.ndarray, n_bins: int = N_
 
     probs_t = torch.as_tensor(np.asarray(probs, dtype=np.float64))
     labels_t = torch.as_tensor(np.asarray(labels).astype(np.int64))
-    index = torch.as_tensor(resamples)
-    point, resampled = {}, {}
+    index = torch.as_tensor(np.asarray(resamples))
+    point, parts = {}, {}
     for name, per_example in (
         ("accuracy", per_example_correct),
         ("nll", per_example_nll),
@@ -73,45 +68,53 @@ def score_trial(probs: Any, labels: Any, resamples: np.ndarray, n_bins: int = N_
     ):
         values = per_example(probs_t, labels_t)  # [n]
         point[name] = float(values.mean())
-        resampled[name] = values[index].mean(-1).numpy()  # [B]
+        parts[name] = [values[chunk].mean(-1).numpy() for chunk in index.split(CHUNK)]  # [B]
     bins, gaps = calibration_gaps(probs_t, labels_t, n_bins)
     point["ece"] = float(ece_from_gaps(bins, gaps, n_bins))
-    resampled["ece"] = ece_from_gaps(bins[index], gaps[index], n_bins).numpy()
-    return TrialScores(np.asarray(labels_t), point, resampled)
+    parts["ece"] = [ece_from_gaps(bins[chunk], gaps[chunk], n_bins).numpy() for chunk in index.split(CHUNK)]
+    resampled = {name: np.concatenate(p) if p else np.zeros(0) for name, p in parts.items()}
+    return TrialScores(np.asarray(labels_t), point, resampled, bins, gaps)
 
 
-@dataclass
-class PairedDelta:
-    """``method − reference`` for one metric: the estimate, its interval and the seeds it pairs."""
+def ece_bca_interval(
+    method: list[TrialScores],
+    reference: list[TrialScores],
+    level: float = LEVEL,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    n_bins: int = N_BINS,
+) -> tuple[float, float]:
+    """BCa interval (``scipy.stats.bootstrap``) of ``mean_s [ECE(method_s) − ECE(reference_s)]`` over questions.
 
-    delta: float
-    lo: float
-    hi: float
-    n_seeds: int
-
-    @property
-    def excludes_zero(self) -> bool:
-        return bool(self.lo > 0 or self.hi < 0)
-
-
-def paired_deltas(
-    method: dict[int, TrialScores], reference: dict[int, TrialScores], level: float = LEVEL
-) -> dict[str, PairedDelta]:
-    """Δ and its percentile interval per metric over the seeds both dicts (seed → scores) hold.
-
-    Raises ``ValueError`` when no seed is shared or a shared seed's labels differ (the trials did not
-    answer the same questions, so a paired difference has no meaning).
+    ``method`` and ``reference`` are aligned lists (one entry per paired seed; a single-trial method is
+    repeated). Questions are resampled, the trials stay fixed: the question-only interval of ΔECE.
     """
-    seeds = sorted(set(method) & set(reference))
-    if not seeds:
-        raise ValueError("no seed in common with the reference")
-    for s in seeds:
-        if not np.array_equal(method[s].labels, reference[s].labels):
-            raise ValueError(f"seed {s}: the evaluation questions differ from the reference's")
-    out = {}
-    for name in PAIRED_METRICS:
-        delta = float(np.mean([method[s].point[name] - reference[s].point[name] for s in seeds]))
-        boot = np.mean([method[s].resampled[name] - reference[s].resampled[name] for s in seeds], axis=0)
-        lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-        out[name] = PairedDelta(delta, float(lo), float(hi), len(seeds))
-    return out
+    import torch
+    from scipy.stats import bootstrap
+
+    from lrvd.metrics import ece_from_gaps
+
+    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        idx = torch.tensor(np.asarray(index), dtype=torch.int64)
+        total = sum(
+            ece_from_gaps(m.bins[idx], m.gaps[idx], n_bins) - ece_from_gaps(r.bins[idx], r.gaps[idx], n_bins)
+            for m, r in zip(method, reference)
+        )
+        return (total / len(method)).numpy()
+
+    import warnings
+
+    n = len(method[0].labels)
+    with warnings.catch_warnings():  # identical predictions: no spread, scipy warns and returns NaN
+        warnings.simplefilter("ignore")
+        result = bootstrap(
+            (np.arange(n),),
+            statistic,
+            n_resamples=n_resamples,
+            batch=CHUNK,
+            vectorized=True,
+            confidence_level=level,
+            method="BCa",
+            rng=np.random.default_rng(seed),
+        )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)

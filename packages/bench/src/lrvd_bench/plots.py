@@ -8,8 +8,9 @@
 - ``effective_rank_<task>.png``: total rank over training steps (sum over modules of ``ranks.csv``),
   one panel per method (at most 3 per row, shared axes), mean ± std over seeds;
 - ``paired_differences_<task>.png``: a forest plot, one panel per metric (accuracy, ECE, NLL, Brier),
-  each method's paired difference from the reference with its 95 % interval (the leaderboard's
-  ``delta_*`` columns, :mod:`lrvd_bench.paired`); filled markers where the interval excludes 0.
+  each method's paired difference from the reference with its seed-aware 95 % interval (the leaderboard's
+  ``delta_*`` columns, :mod:`lrvd_bench.paired_table`); filled markers where the difference is
+  significant (Holm-adjusted, ``delta_<metric>_significant``).
 """
 
 from __future__ import annotations
@@ -178,7 +179,9 @@ def paired_forest(board: Any, out_dir: Path) -> list[Path]:
                 delta, lo, hi = row[f"delta_{metric}"], row[f"delta_{metric}_lo"], row[f"delta_{metric}_hi"]
                 if math.isnan(delta):
                     continue
-                excludes = lo > 0 or hi < 0
+                if math.isnan(lo):  # one seed: no seed-aware interval
+                    lo = hi = delta
+                excludes = row.get(f"delta_{metric}_significant") in (True, "True", 1)
                 ax.errorbar(
                     delta,
                     yi,
@@ -193,7 +196,8 @@ def paired_forest(board: Any, out_dir: Path) -> list[Path]:
         axes[0][0].set_yticks(y)
         axes[0][0].set_yticklabels(names, fontsize=8)
         fig.suptitle(
-            f"Paired differences from {reference}, {task} (95 % paired bootstrap; filled: excludes 0)", fontsize=9
+            f"Paired differences from {reference}, {task} (seed-aware 95 % interval; filled: significant after Holm)",
+            fontsize=9,
         )
         paths.append(save_figure(fig, out_dir / f"paired_differences_{safe(task)}.png"))
     return paths

@@ -55,7 +55,7 @@ class BayesLoraConfig:
     prune_every: int = 200
     prune_start: int = 0
     min_ranks: int = 0
-    n_samples: int = 10
+    n_samples: int = 5
     init_log_sigma2: float = -8.0
     variant: str = "factor"
     local_reparam: bool = True

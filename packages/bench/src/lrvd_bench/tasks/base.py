@@ -7,9 +7,10 @@ wrappers and loaders stay task-agnostic:
 * encoder models get ``encoder_inputs(example)`` — one (text, text-pair) per choice for
   multiple-choice tasks (scored by ``AutoModelForMultipleChoice``), a single pair for
   classification tasks;
-* causal LMs get ``causal_prompt(example)`` — the BLoB / Laplace-LoRA prompt
+* causal LMs get ``causal_prompt(example)`` — a lettered-choices prompt
   ("Select one of the choices that answers the following question: {q} Choices: A. .. B. .. Answer:")
-  and are scored by the next-token logits of ``option_words()``.
+  and are scored by the next-token logits of ``option_words()``; docs/methods.md lists how this
+  differs from the prompts and letter tokens of BLoB's causal-LM scripts.
 
 Where examples come from (``source="auto"``, the default; decided once per call by
 :meth:`Task.resolve_source`, so the train and eval splits of one run always come from the same place):
@@ -131,7 +132,8 @@ class Task:
         return [(first, choice) for choice in example.choices]
 
     def causal_prompt(self, example: Example) -> str:
-        """The BLoB / Laplace-LoRA multiple-choice prompt (BLoB's scripts, github Wang-ML-Lab/bayesian-peft)."""
+        """The lettered multiple-choice prompt of BLoB's RoBERTa path (docs/methods.md lists how it differs
+        from the prompts of BLoB's LLaMA scripts)."""
         options = " ".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(example.choices))
         return (
             "Select one of the choices that answers the following question: "

@@ -6,32 +6,40 @@ ratio exceeds τ are pruned, and prediction averages softmax over adapter-only p
 
 Objective (per optimizer step, with per-example mean cross-entropy)::
 
-    loss = CE + β(step) · kl_scale · Σ_modules KL(q ‖ log-uniform)
+    loss = CE + β(step) · kl_scale · Σ_modules KL(q ‖ log-uniform) / D
 
-The exact minibatch ELBO divided by the training-set size N is CE + KL/N, i.e. kl_scale = 1/N.
-Like the authors (kl_scale = 1e-6 in ``apply_bayeslora`` and the GLUE bench) we expose kl_scale as a
-free per-dataset weight instead: with N ≈ 10⁴ and a log-uniform prior on ~10⁵–10⁷ factor entries,
-1/N lets the KL dominate and collapses ranks before the data has spoken. β(step) is 0 for the first
-``kl_warmup`` fraction of steps and then ramps linearly to 1 over ``kl_ramp`` (the authors'
-VLORASchedule; the GLUE bench uses no anneal, our default).
+with D = the micro-batch size under ``llm-scripts`` (the authors' LLM scripts divide the KL by
+``x.size(0)``) and D = 1 under ``glue-bench`` (the GLUE bench adds the scaled KL as is).
+The exact minibatch ELBO divided by the training-set size N is CE + KL/N, i.e. kl_scale / D = 1/N.
+Like the authors we expose kl_scale as a free per-dataset weight instead: with N ≈ 10⁴ and a
+log-uniform prior on ~10⁵–10⁷ factor entries, 1/N lets the KL dominate and collapses ranks before
+the data has spoken. β(step) is 0 for the first ``kl_warmup`` fraction of steps and then ramps
+linearly to 1 over ``kl_ramp`` (the authors' VLORASchedule; neither the GLUE bench nor the LLM
+scripts anneal, our default).
 
 Two protocols of the authors' code, chosen by name with ``protocol`` (docs/methods.md, BayesLoRA):
 
-- ``llm-scripts`` (default; ``bayeslora_llama.py`` / ``bayeslora_gpt.py``): sample the adapter from
-  step 0 with the local reparameterisation trick, and predict with an MC average of softmax over
-  ``n_samples`` draws that also use the local reparameterisation (as the authors' layer does
-  whenever sampling is on).
-- ``glue-bench`` (``run_glue_bench.py`` / ``glue_helpers.py``): never sample; train the posterior
-  means (σ moves only through the KL) and predict with the mean model.
+- ``llm-scripts`` (default; ``bayeslora_llama.py`` / ``bayeslora_gpt.py``, ``train_one``): sample the
+  adapter from step 0 with the local reparameterisation trick, KL divided by the micro-batch size,
+  log-variances in the means' AdamW group at the full lr, MC predictive over ``n_samples`` = 5 draws
+  (``--mc-eval 5``) that also use the local reparameterisation. After a prune that changed a rank the
+  scripts build a new AdamW and schedule (``_rebuild_opt_and_sched``): moments reset, next step at lr 0.
+- ``glue-bench`` (``run_glue_bench.py`` / ``glue_helpers.py``, ``train_bayeslora``): never sample;
+  train the posterior means (σ moves only through the KL) at log σ² lr × 0.1
+  (``build_param_groups``) and predict with the mean model; a new AdamW and schedule after *every*
+  prune check (``make_optim_and_sched``), changed or not.
 
-``sample_warmup``, ``local_reparam``, ``n_samples`` and ``prune_every`` left at ``None`` take the
-protocol's value. Both protocols prune during training ("prune-as-you-go", every 200 / 2000 steps).
+Protocol-dependent parameters left at ``None`` take the protocol's value (:data:`PROTOCOLS`). Both
+protocols prune during training at steps ``t ≥ start`` with ``t % prune_every == 0`` (t = updates done).
 Both protocols decay neither the adapter means nor the log-variances; only the head's weight
-matrices get ``weight_decay`` (the GLUE bench's ``build_param_groups``).
+matrices get ``weight_decay`` (the GLUE bench's ``build_param_groups``; the LLM scripts' default
+weight decay is 0).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,30 +51,45 @@ from lrvd.classifier import ClassifierModel, count_parameters, freeze_all_but
 from lrvd.errors import LRVDError, unknown_choice
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, set_sampling
 from lrvd.layers import VARIANTS, total_kl
-from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan, head_groups
+from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan, head_groups, linear_warmup_decay
 
-#: The authors' two protocols: what ``sample_warmup``, ``local_reparam``, ``n_samples`` and ``prune_every``
-#: default to.
-PROTOCOLS: dict[str, dict[str, float | int | bool]] = {
-    # bayeslora_llama.py / bayeslora_gpt.py: set_bayeslora_sampling(model, True) every step from step
-    # 0, apply_bayeslora(local_reparam=True), MC evaluation with sampling (and so LRT) on. The scripts
-    # use mc_eval = 5; 10 is the suite's M for every sampled predictive (BLoB, Laplace-LoRA use 10).
+#: What ``after_prune`` may be: how training goes on after a prune check.
+AFTER_PRUNE = ("rebuild-on-change", "rebuild-every-check", "keep-moments")
+
+#: The authors' two protocols: what every protocol-dependent parameter defaults to.
+PROTOCOLS: dict[str, dict[str, float | int | bool | str]] = {
+    # bayeslora_llama.py / bayeslora_gpt.py (train_one and argparse defaults).
     "llm-scripts": {
+        # set_bayeslora_sampling(model, True) before every training forward, from step 0.
         "sample_warmup": 0.0,
+        # the LLaMA/GPT models are wrapped with local_reparam=True.
         "local_reparam": True,
-        "n_samples": 10,
-        # bayeslora_llama.py: --prune-every 200 from --prune-start-step 0 (argparse defaults;
-        # bayeslora_gpt.py's README command passes the same 200): prune-as-you-go.
+        # --mc-eval 5: evaluate_loss / evaluate_token_metrics average 5 sampled softmaxes.
+        "n_samples": 5,
+        # --prune-every 200 from --prune-start-step 0 (bayeslora_llama.py argparse defaults;
+        # bayeslora_gpt.py's usage example passes the same 200).
         "prune_every": 200,
+        # _optimizer_and_sched: one AdamW over every trainable tensor at --lr (log σ² included).
+        "log_sigma2_lr_mult": 1.0,
+        # kl_term = bayeslora_step(model, 1.0) / x.size(0): the KL per example of the micro-batch.
+        "kl_per_example": True,
+        # if changed: opt, sched = _rebuild_opt_and_sched(...) (only when a rank was removed).
+        "after_prune": "rebuild-on-change",
     },
-    # run_glue_bench.py / glue_helpers.py: sampling is never switched on (LRVDLinear._sample stays
-    # False), evaluate_accuracy / evaluate_metrics run the mean model.
+    # run_glue_bench.py / glue_helpers.py (train_bayeslora, build_param_groups, TrainConfig).
     "glue-bench": {
+        # sampling is never switched on; evaluate_accuracy / evaluate_metrics run the mean model.
         "sample_warmup": 1.0,
         "local_reparam": False,
         "n_samples": 0,
-        # run_glue_bench.py: --prune_every 2000 (argparse default), from the LR warm-up's end.
+        # run_glue_bench.py --prune_every 2000 (argparse default), from the LR warm-up's end.
         "prune_every": 2000,
+        # build_param_groups: logvars at adapter_lr * 0.1.
+        "log_sigma2_lr_mult": 0.1,
+        # loss = ce + scaled_kl(model): the summed KL times kl_scale, not divided by the batch.
+        "kl_per_example": False,
+        # make_optim_and_sched(step_already=step) after every prune check, changed or not.
+        "after_prune": "rebuild-every-check",
     },
 }
 
@@ -107,7 +130,7 @@ class BayesLoRAParams:
         default=None,
         metadata={
             "help": "MC samples of the predictive, 0: posterior-mean model (default: protocol's, llm-"
-            "scripts 10, glue-bench 0)"
+            "scripts 5, glue-bench 0)"
         },
     )
     mc_chunk: int = field(
@@ -135,8 +158,26 @@ class BayesLoRAParams:
         metadata={"help": "noise model: factor (additive noise on A, B) | gate (multiplicative rank gates)"},
     )
     init_log_sigma2: float = field(default=-8.0, metadata={"help": "initial per-rank log variance"})
-    log_sigma2_lr_mult: float = field(
-        default=0.1, metadata={"help": "learning-rate multiplier of the log variances (no weight decay)"}
+    log_sigma2_lr_mult: float | None = field(
+        default=None,
+        metadata={
+            "help": "learning-rate multiplier of the log variances, no weight decay (default: protocol's, "
+            "llm-scripts 1, glue-bench 0.1)"
+        },
+    )
+    kl_per_example: bool | None = field(
+        default=None,
+        metadata={
+            "help": "divide the KL by the micro-batch size (default: protocol's, llm-scripts true, glue-bench false)"
+        },
+    )
+    after_prune: str | None = field(
+        default=None,
+        metadata={
+            "help": "after a prune check: rebuild-on-change (new AdamW, next step at lr 0, when a rank was "
+            "removed; llm-scripts) | rebuild-every-check (the same at every check; glue-bench) | "
+            "keep-moments (slice the AdamW moments of the kept ranks and go on)"
+        },
     )
     sample_warmup: float | None = field(
         default=None,
@@ -157,6 +198,8 @@ class BayesLoRAParams:
         for name, value in PROTOCOLS[self.protocol].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.after_prune not in AFTER_PRUNE:
+            raise unknown_choice("BayesLoRA after_prune", self.after_prune, AFTER_PRUNE)
         for name in ("kl_warmup", "kl_ramp", "sample_warmup"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise LRVDError(f"{name} is a fraction of training steps in [0, 1], got {getattr(self, name)}")
@@ -190,6 +233,10 @@ class BayesLoRA(MethodBase):
         self.step = 0
         self.last_kl = 0.0
         self.log_alpha_history: list[dict] = []  # {"step", module: [log α_k]} at every rank_report
+        #: glue-bench: the tensors a rebuild replaced, which get no gradient in the step after it
+        self._no_grad_next: list[nn.Parameter] = []
+        #: steps the LR schedule runs behind the loop: 1 after an llm-scripts rebuild (restart_optimizer)
+        self.schedule_lag = 0
 
     # -- schedule ----------------------------------------------------------------------------------
     def _steps(self, fraction: float) -> int:
@@ -204,11 +251,19 @@ class BayesLoRA(MethodBase):
         return 1.0 if ramp <= 0 else min(1.0, (step - start) / ramp)
 
     def prune_due(self, step: int) -> bool:
+        """A prune check after ``step`` updates: ``step >= start`` and ``step % prune_every == 0``.
+
+        Both authors' loops test the same condition on the step count: the LLM scripts on
+        ``global_step`` right after its update (``global_step >= prune_start_step and global_step %
+        prune_every == 0``), the GLUE bench on its 0-based step before that step's update, i.e. after
+        ``step`` updates. A start that is not a multiple of ``prune_every`` delays the first check to
+        the next multiple (the GLUE bench's CoLA run, 1,340 steps with start 80, never checks).
+        """
         p = self.params
         if p.prune_every <= 0 or step <= 0:
             return False
         start = self._steps(p.prune_start if p.prune_start is not None else min(1.0, p.kl_warmup + p.kl_ramp))
-        return step >= start and (step - start) % p.prune_every == 0
+        return step >= start and step % p.prune_every == 0
 
     def _update_sampling(self, model: ClassifierModel, step: int) -> None:
         """Train at the posterior mean until ``sample_warmup``; then sample whenever training."""
@@ -233,9 +288,10 @@ class BayesLoRA(MethodBase):
         return model
 
     def param_groups(self, model: ClassifierModel, plan: TrainPlan) -> list[dict]:
-        """Means at ``lr``, log-variances at ``lr · log_sigma2_lr_mult``, both without weight decay
-        (the GLUE bench's ``build_param_groups``: decay would shrink the means towards pruning);
-        the head as every method's (:func:`lrvd.protocol.head_groups`: decay on weights only)."""
+        """Means at ``lr``, log-variances at ``lr · log_sigma2_lr_mult`` (llm-scripts 1: the scripts'
+        single AdamW group; glue-bench 0.1: ``build_param_groups``), both without weight decay (the
+        GLUE bench's groups; the LLM scripts' weight decay defaults to 0); the head as every
+        method's (:func:`lrvd.protocol.head_groups`: decay on weights only)."""
         train = plan.train
         layers = lrvd_modules(model).values()
         means = [t for layer in layers for t in (layer.A_mu, layer.B_mu)]
@@ -247,13 +303,55 @@ class BayesLoRA(MethodBase):
         ]
         return [g for g in groups if g["params"]]
 
+    def kl_weight(self, batch: dict[str, torch.Tensor], step: int) -> float:
+        """β(step) · kl_scale, divided by the micro-batch size under ``kl_per_example`` (the LLM
+        scripts' ``bayeslora_step(model, 1.0) / x.size(0)``; a multiple-choice batch counts questions)."""
+        weight = self.kl_beta(step) * self.params.kl_scale
+        if self.params.kl_per_example:
+            weight /= max(1, int(batch["labels"].shape[0]))
+        return weight
+
+    def configure_optimizers(self, model: ClassifierModel, plan: TrainPlan):
+        """The shared AdamW and schedule, the schedule read ``schedule_lag`` steps behind the loop."""
+        optimizer = torch.optim.AdamW(self.param_groups(model, plan), eps=plan.train.adam_eps)
+        factor = linear_warmup_decay(optimizer, plan.total_steps, plan.train.warmup_ratio).lr_lambdas[0]
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: factor(max(0, step - self.schedule_lag))
+        )
+
     def training_loss(self, model, batch, logits, step):
         nll = nn.functional.cross_entropy(logits.float(), batch["labels"])
         kl = total_kl(model).to(nll.device)
-        beta = self.kl_beta(step)
-        loss = nll + (beta * self.params.kl_scale) * kl if beta > 0 and self.params.kl_scale > 0 else nll
+        weight = self.kl_weight(batch, step)
+        loss = nll + weight * kl if weight > 0 else nll
         self.last_kl = float(kl.detach())
-        return loss, {"nll": float(nll.detach()), "kl": self.last_kl, "beta": beta}
+        return loss, {"nll": float(nll.detach()), "kl": self.last_kl, "beta": self.kl_beta(step)}
+
+    @contextlib.contextmanager
+    def step_context(self, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+        """After a glue-bench rebuild, drop the gradient of the tensors the prune replaced.
+
+        The GLUE bench prunes after the step's forward pass, so that step's gradient lands on the old
+        tensors and the new ones (the changed modules' A, B, log σ²) are skipped by the fresh AdamW
+        for one step (their moments start a step later than the others').
+        """
+        yield
+        for param in self._no_grad_next:
+            param.grad = None
+        self._no_grad_next = []
+
+    def restart_optimizer(self, optimizer: torch.optim.Optimizer, lag: int) -> None:
+        """The authors' rebuild after a prune: a new AdamW (moments and step counts reset) and a new
+        ``get_linear_schedule_with_warmup`` moved to the current step, whose first step runs at the
+        schedule's value at step 0 (lr 0 with a warm-up, the full lr without); the loop's scheduler
+        sets the rate again after that step, ``lag`` steps behind the loop: the LLM scripts set the new
+        schedule's ``last_epoch`` to ``global_step − 1`` (one step behind from then on, whatever the
+        earlier rebuilds), the GLUE bench to its step (none)."""
+        optimizer.state.clear()
+        self.schedule_lag = lag
+        warmup = int(round(self.plan.total_steps * self.plan.train.warmup_ratio)) if self.plan is not None else 0
+        for group in optimizer.param_groups:
+            group["lr"] = 0.0 if warmup > 0 else group.get("initial_lr", group["lr"])
 
     def on_step_end(self, model, optimizer, step) -> dict[str, float]:
         self.step = step
@@ -263,11 +361,24 @@ class BayesLoRA(MethodBase):
         if pruned:
             if self.params.gauge_fix:
                 pruning.fix_gauge(model)
+            before = {id(t) for t in self._variational_tensors(model)}
             removed = pruning.prune_ranks(model, self.params.tau, self.params.min_ranks, optimizer)
             logs["pruned_ranks"] = float(sum(removed.values()))
+            changed = any(removed.values())
+            rebuild = self.params.after_prune == "rebuild-every-check" or (
+                self.params.after_prune == "rebuild-on-change" and changed
+            )
+            if rebuild and optimizer is not None:
+                self.restart_optimizer(optimizer, lag=int(self.params.after_prune == "rebuild-on-change"))
+                if self.params.after_prune == "rebuild-every-check":
+                    self._no_grad_next = [t for t in self._variational_tensors(model) if id(t) not in before]
         if pruned or self.rank_log_due(step):
             logs["effective_rank"] = float(pruning.effective_rank(model, self.params.tau))
         return logs
+
+    @staticmethod
+    def _variational_tensors(model: nn.Module) -> list[nn.Parameter]:
+        return [t for layer in lrvd_modules(model).values() for t in (layer.A_mu, layer.B_mu, layer.rank_log_sigma2)]
 
     def rank_log_due(self, step: int) -> bool:
         """Whether this step's logs carry the effective rank: every ``log_every`` steps and at the

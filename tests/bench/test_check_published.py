@@ -1,0 +1,43 @@
+"""tools/check_published.py: published tables must equal what the code prints for the run."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from test_paired import write_trial
+
+from lrvd_bench.leaderboard import gather_rows, write_leaderboard
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "check_published.py"
+spec = importlib.util.spec_from_file_location("check_published", TOOL)
+check_published = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(check_published)
+
+
+def test_published_tables_are_checked_against_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    rng = np.random.default_rng(1)
+    for seed in (0, 1):
+        base = rng.random(200) < 0.5
+        write_trial(run, "lora", seed, base, 0.7)
+        write_trial(run, "bayeslora", seed, base | (rng.random(200) < 0.3), 0.6)
+    write_leaderboard(gather_rows(run), run)
+    printed = (run / "leaderboard.md").read_text()
+    main_table = "\n".join(check_published.tables(printed)[0])
+    readme = tmp_path / "README.md"
+    readme.write_text("# Result\n\n" + main_table + "\n\nText.\n")
+    assert check_published.main([str(run), str(readme)]) == 0
+    assert "1 table(s) checked, identical" in capsys.readouterr().out
+
+    row = next(line for line in main_table.splitlines() if "| bayeslora |" in line)
+    acc = row.split(" | ")[4].split(" ")[0]  # "0.xxx" of "0.xxx ± 0.yyy"
+    wrong = row.replace(acc, f"{float(acc) + 0.005:.3f}", 1)
+    readme.write_text(main_table.replace(row, wrong) + "\n")
+    assert check_published.main([str(run), str(readme)]) == 1
+    out = capsys.readouterr().out
+    assert f"published: {wrong}" in out and f"printed:   {row}" in out
+
+    assert check_published.main([str(tmp_path / "nowhere"), str(readme)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
