@@ -128,7 +128,7 @@ def trials(tmp_path_factory, tiny_model) -> dict[str, Path]:
         max_length=32,
         eval_batch_size=4,
         n_samples=3,
-        **{"train.max_steps": 4, "train.batch_size": 4, "train.lr": 0.05},
+        **{"train.max_steps": 4, "train.batch_size": 4, "train.lr": 0.05, "adapter.target_modules": ["query", "value"]},
         # the sampled curvature and the sampled predictive: both must come out the same on reuse
         method_params={"laplace-lora": {"predictive": "nn", "curvature": "ggn-mc", "prior_steps": 5}},
     )
