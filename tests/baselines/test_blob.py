@@ -276,7 +276,8 @@ def test_adapter_runs_in_fp32_under_a_bf16_base_and_returns_bf16():
 
 def test_sampled_forward_equals_flipout_draw_for_draw():
     """With the same noise: y = W x + b + s·B(M x + ((x ∘ r) Eᵀ) ∘ t), E = G² ∘ ε (one per pass),
-    r ∈ {±1}^{d_in} and t ∈ {±1}^r per row, drawn in that order."""
+    r ∈ {±1}^{d_in} and t ∈ {±1}^r per row, drawn as the authors' layer draws them: r and t as
+    uniform(−1, 1) signs, then ε, in that order."""
     torch.manual_seed(0)
     layer = BLoBLinear(nn.Linear(6, 4), r=3, scaling=2.0, init_eps=0.5)
     with torch.no_grad():
@@ -286,9 +287,10 @@ def test_sampled_forward_equals_flipout_draw_for_draw():
     torch.manual_seed(1)
     got = layer(x)
     torch.manual_seed(1)
+    r = torch.empty(2, 5, 6).uniform_(-1, 1).sign()
+    t = torch.empty(2, 5, 3).uniform_(-1, 1).sign()
     e = layer.lora_A_std_sqrt.detach().square() * torch.randn(3, 6)
-    r = torch.empty(2, 5, 6).bernoulli_(0.5) * 2 - 1
-    t = torch.empty(2, 5, 3).bernoulli_(0.5) * 2 - 1
+    assert set(r.unique().tolist()) == set(t.unique().tolist()) == {-1.0, 1.0}
     z = x @ layer.lora_A.T + ((x * r) @ e.T) * t
     expected = layer.base_layer(x) + 2.0 * z @ layer.lora_B.T
     torch.testing.assert_close(got, expected.detach())

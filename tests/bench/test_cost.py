@@ -318,3 +318,119 @@ def test_cost_package_has_no_import_cycle_and_no_private_imports():
         return any(d == target or (d not in seen and reaches(d, target, seen | {d})) for d in graph.get(start, ()))
 
     assert not [m for m in graph if m != "__init__" and reaches(m, m, set())]
+
+
+# -- bench cost --layers: the authors' formulations equal the suite's layers -------------------------
+def test_layer_rows_reference_equals_the_lrvd_layer_draw_for_draw():
+    """lrvd_bench.cost's re-derivation of the authors' local reparameterisation (variance matrices,
+    a matmul through B_mu², sqrt under autograd) gives the LRVD layer's sample and gradients under the
+    same seed, in float64 with distinct per-rank variances."""
+    import torch
+
+    from lrvd_bench.cost import layer_ops
+
+    layer = layer_ops.make_lrvd(6, 3, "cpu", seed=0, dtype=torch.float64)
+    assert len(set(layer.rank_log_sigma2.tolist())) == 3 and layer.scaling == 2.0
+    x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(1)
+    got = layer(x)
+    torch.manual_seed(1)
+    expected = layer_ops.authors_local_reparam(layer, x)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    inputs = [x, layer.A_mu, layer.B_mu, layer.rank_log_sigma2]
+    grads = torch.autograd.grad((got + got.square()).sum(), inputs)
+    ref_grads = torch.autograd.grad((expected + expected.square()).sum(), inputs)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
+    with torch.no_grad():  # the noise matters: another seed gives another sample
+        torch.manual_seed(2)
+        assert not torch.allclose(layer_ops.authors_local_reparam(layer, x), expected)
+
+
+def test_layer_rows_reference_predictive_equals_the_suites_loop():
+    """The authors' loop of S sampled passes equals mc_predict_proba with one sample per pass (and the
+    CPU default, which is that loop) under the same seed."""
+    import torch
+
+    from lrvd_bench.cost import layer_ops
+
+    layer = layer_ops.make_lrvd(8, 2, "cpu", seed=0, dtype=torch.float64)
+    with torch.no_grad():
+        layer.rank_log_sigma2.fill_(0.0)  # large noise: a wrong loop shows
+    model = layer_ops.one_layer_model(layer)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        ref = layer_ops.authors_predictive(layer, x, 4)
+    for chunk in (1, 0):
+        torch.manual_seed(3)
+        torch.testing.assert_close(layer_ops.suite_predictive(model, x, 4, chunk), ref)
+    torch.manual_seed(3)
+    one = layer_ops.suite_predictive(model, x, 1, 1)
+    assert not torch.allclose(one, ref)
+
+
+def test_layer_rows_reference_equals_blob_draw_for_draw():
+    """The authors' BLoB forward (mean and noise paths through B apart, signs as uniform(−1, 1) signs,
+    then ε) gives BLoBLinear's output and gradients under the same seed."""
+    import torch
+
+    from lrvd_bench.cost import layer_ops
+
+    layer = layer_ops.make_blob(6, 3, "cpu", seed=0, dtype=torch.float64)
+    with torch.no_grad():
+        layer.lora_A_std_sqrt.fill_(0.7)
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(1)
+    got = layer(x)
+    torch.manual_seed(1)
+    expected = layer_ops.authors_blob(layer, x)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    inputs = [x, layer.lora_A, layer.lora_A_std_sqrt, layer.lora_B]
+    for g, r in zip(
+        torch.autograd.grad(got.square().sum(), inputs), torch.autograd.grad(expected.square().sum(), inputs)
+    ):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10)
+    layer.sampling = False
+    assert not torch.allclose(layer(x), expected)
+
+
+def test_layer_verdict_hand_computed():
+    from lrvd_bench.cost.layer_ops import verdict
+
+    assert verdict([0.9, 1.0, 1.1], 1.0) == "yes"  # median 1.0
+    assert verdict([0.95, 1.02, 1.05, 1.1], 1.0) == "within IQR"  # median 1.035, 1 of 4 rounds meets it
+    assert verdict([1.01, 1.02, 1.05, 1.1, 1.2], 1.0) == "no"
+    assert verdict([0.95, 1.02, 1.05, 1.1, 1.2], 1.0) == "no"  # 1 of 5 rounds: below a quarter
+    assert verdict([2.0], math.nan) == "–"
+
+
+def test_layers_cli_prints_every_row_with_its_target(capsys):
+    """``bench cost --layers`` on a tiny shape: six rows per shape, the ≤ 1 targets on the four
+    rows against the authors' ops, and a one-line error for a malformed shape."""
+    assert (
+        main(
+            [
+                "cost",
+                "--layers",
+                "--layer-shapes",
+                "16x2",
+                "--layer-tokens",
+                "8",
+                "--steps",
+                "2",
+                "--warmup",
+                "0",
+                "--n-samples",
+                "2",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ") and "16 × 16, r = 2" in line]
+    assert len(table) == 6
+    assert sum("| ≤ 1 |" in line for line in table) == 4
+    assert any("default mc_chunk (here 1)" in line for line in table)  # CPU: the loop
+    with pytest.raises(SystemExit, match="--layer-shapes entry '16x0' is not DxR"):
+        main(["cost", "--layers", "--layer-shapes", "16x0"])

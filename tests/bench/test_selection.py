@@ -16,7 +16,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from test_runner import InterruptAfter, ray_session, tiny_mc_model  # noqa: E402,F401
+from test_runner import InterruptAfter, ray_session  # noqa: E402,F401
 
 from lrvd_bench import cli  # noqa: E402
 from lrvd_bench.config import load_config  # noqa: E402

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import lrvd.inject
 from conftest import ScaledLinear, TinyBertClassifier, make_toy_loader
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, sampling
 from lrvd.layers import LRVDLinear
@@ -302,9 +303,11 @@ def test_auto_chunk_from_the_memory_budget_hand_computed():
 
 
 @pytest.mark.parametrize("budget, passes", [(0.0, 10), (1e6, 2)])
-def test_mc_predictive_chunks_samples_from_the_memory_budget(budget, passes):
-    """mc_chunk = 0: one probed sample, then chunks of auto_chunk samples: no extra memory allowed
-    means one sample per pass; an unbounded budget puts the other 9 in one pass."""
+def test_mc_predictive_chunks_samples_from_the_memory_budget(budget, passes, monkeypatch):
+    """mc_chunk = 0 off CPU: one probed sample, then chunks of auto_chunk samples: no extra memory
+    allowed means one sample per pass; an unbounded budget puts the other 9 in one pass. (The CPU
+    model stands in for a CUDA one: no device has a measured chunk here.)"""
+    monkeypatch.setattr(lrvd.inject, "DEVICE_MC_CHUNK", {})
     model = TinyBertClassifier()
     inject_lrvd(model.backbone, ["query", "value"], r=2, scaling=1.0, init_log_sigma2=-2.0, local_reparam=True)
     model.eval()
@@ -314,6 +317,25 @@ def test_mc_predictive_chunks_samples_from_the_memory_budget(budget, passes):
     probs = mc_predict_proba(model, batch, 10, chunk=0, memory_budget=budget)
     assert len(calls) == passes and sum(calls) == 10 * 4
     torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+
+
+def test_mc_predictive_loops_on_cpu_by_default_whatever_the_budget():
+    """mc_chunk = 0 on CPU is the measured choice, a loop of S passes over the batch (no probe pass
+    either), even where the memory budget would batch every sample."""
+    from lrvd.inject import default_chunk
+
+    model = TinyBertClassifier()
+    inject_lrvd(model.backbone, ["query", "value"], r=2, scaling=1.0, init_log_sigma2=-2.0, local_reparam=True)
+    model.eval()
+    assert default_chunk(model) == 1 and default_chunk(nn.Linear(2, 2, device="meta")) == 0
+    calls = []
+    model.backbone.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    batch = next(iter(make_toy_loader(n=4, batch_size=4, shuffle=False)))
+    torch.manual_seed(3)
+    probs = mc_predict_proba(model, batch, 10, chunk=0, memory_budget=1e6)
+    assert calls == [4] * 10
+    torch.manual_seed(3)
+    torch.testing.assert_close(probs, mc_predict_proba(model, batch, 10, chunk=1))
 
 
 # -- written against surviving mutants (docs/testing.md) -------------------------------------------

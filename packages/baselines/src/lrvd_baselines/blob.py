@@ -12,7 +12,8 @@ and ``scripts/blob/*.sh``), which is what the reported numbers come from:
   M is LoRA's Kaiming-uniform A, B starts at zero; σ_p = ``bayes_beta`` = 0.2.
 - Flipout: the mean path s·B M x is exact; the noise path is s·B(((x ∘ r) Eᵀ) ∘ t) with one
   E = G² ∘ ε per forward pass and random signs r ∈ {±1}^{d_in}, t ∈ {±1}^{r} per row (per token),
-  so the examples of a batch see decorrelated weight noise at the cost of one extra low-rank matmul.
+  so the examples of a batch see decorrelated weight noise at the cost of one extra low-rank matmul
+  (here one B matmul for both paths: s·B(M x + noise)).
 - KL = Σ_{A entries} log(σ_p/σ_q) + (σ_q² + μ²)/(2σ_p²) − ½ (closed form, no MC estimate).
 - Optimisation is split in two: AdamW at ``lr`` on the NLL for M, B and the head; plain SGD at
   ``kl_lr`` (0.01 LLaMA scripts, 0.002 RoBERTa scripts; linear warm-up/decay like the main lr) on
@@ -108,10 +109,16 @@ class BLoBLinear(nn.Module):
         return self.training if self.sampling is None else bool(self.sampling)
 
     def flipout_noise(self, x: torch.Tensor) -> torch.Tensor:
-        """((x ∘ r) Eᵀ) ∘ t with E = G² ∘ ε shared by the pass and sign vectors r, t drawn per row."""
+        """((x ∘ r) Eᵀ) ∘ t with sign vectors r, t drawn per row, then E = G² ∘ ε shared by the pass.
+
+        The draws are the authors' (``modelwrappers/blob.py``): the signs as ``uniform_(-1, 1).sign()``,
+        in the order r, t, ε, so a seeded pass draws the same noise as their layer. ``bernoulli_`` would
+        draw the same distribution (up to a sign of 0 with probability 2⁻²⁴ per entry in float32, which
+        theirs has too) at about twice the cost of the low-rank matmul (``bench cost --layers``).
+        """
+        sign_in = torch.empty_like(x).uniform_(-1, 1).sign_()  # r [..., d_in]
+        sign_out = torch.empty((*x.shape[:-1], self.r), device=x.device, dtype=x.dtype).uniform_(-1, 1).sign_()  # t
         noise = self.A_std() * torch.randn_like(self.lora_A_std_sqrt)  # E [r, d_in]
-        sign_in = torch.empty_like(x).bernoulli_(0.5).mul_(2).sub_(1)  # [..., d_in]
-        sign_out = torch.empty((*x.shape[:-1], self.r), device=x.device, dtype=x.dtype).bernoulli_(0.5).mul_(2).sub_(1)
         return ((x * sign_in) @ noise.T) * sign_out  # [..., r]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

@@ -5,7 +5,8 @@ Thin on purpose: parse flags, build an :class:`~lrvd_bench.config.ExperimentConf
 well under a second (no torch, peft or Ray). Every user error (:class:`lrvd.LRVDError`, of which
 :class:`~lrvd_bench.errors.BenchError` is one) prints one line on stderr and exits with code 2.
 
-Exit codes: 0 all trials ok; 1 some trials failed or did not run; 2 user error; 130 interrupted.
+Exit codes: 0 all trials ok; 1 some trials failed or did not run; 2 user error (also: another bench
+run holds the run directory); 130 interrupted (Ctrl+C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class VersionAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     from lrvd_bench.cli_knobs import add_knob_flags
-    from lrvd_bench.config import add_flags, nested_keys_help
+    from lrvd_bench.run_flags import add_flags, nested_keys_help, quickstart_help
 
     parser = argparse.ArgumentParser(
         prog="bench",
@@ -71,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=nested_keys_help(),
         description="Run a sweep. A flag left out keeps the config file's value; keys the config "
         "file leaves out take the built-in defaults listed below. --set key=value reaches any "
-        "config key (dotted: train.lr, adapter.r, method_params.<method>.<name>).",
+        "config key (dotted: train.lr, adapter.r, method_params.<method>.<name>).\n\n" + quickstart_help(),
     )
-    run.add_argument("--config", help="YAML config (default: configs/quickstart.yaml)")
+    run.add_argument("--config", help="YAML config (default: configs/quickstart.yaml, shown above)")
     add_flags(run)
     add_knob_flags(run, default_note="default: the config's")
     run.add_argument(
@@ -87,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep (only unfinished trials run)")
     run.add_argument("--retry-failed", action="store_true", help="with --resume: also re-run failed trials")
-    run.add_argument("--dry-run", action="store_true", help="print the expanded trials and exit")
+    run.add_argument(
+        "--dry-run", action="store_true", help="check everything a run checks, print the expanded trials and exit"
+    )
+    run.add_argument("--print-config", action="store_true", help="print the effective config (file + flags) as YAML")
 
     board = sub.add_parser("leaderboard", help="rebuild a run's leaderboard (CSV + Markdown) from its trials")
     board.add_argument("run_dir", help="run directory, e.g. runs/quickstart-...")
@@ -159,9 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"bench: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # outside Ray Tune's loop; SIGTERM arrives as its subclass Terminated
+        code = getattr(stop, "exit_code", 130)
+        print("bench: terminated (SIGTERM)" if code == 143 else "bench: interrupted", file=sys.stderr)
+        return code
     except BrokenPipeError:  # `bench leaderboard RUN | head`
         sys.stderr.close()
         return 0
@@ -170,8 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- commands ------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from lrvd_bench.cli_knobs import knob_overrides
-    from lrvd_bench.config import default_config_path, flag_overrides, load_config, parse_set
+    from lrvd_bench.config import default_config_path, load_config, parse_set
     from lrvd_bench.errors import BenchError
+    from lrvd_bench.run_flags import flag_overrides
 
     overrides = {**parse_set(args.set_items), **flag_overrides(args), **knob_overrides(args)}
     if args.resume:
@@ -192,9 +198,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise BenchError("--retry-failed only makes sense with --resume RUN_DIR")
     path = args.config or default_config_path()
     config = load_config(path, overrides)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
     if args.dry_run:
         from lrvd_bench.stage_plan import plan_final
+        from lrvd_bench.sweep.checks import preflight, run_dir_of
 
+        preflight(config, run_dir_of(config, path))
         specs = config.expand()
         # the stages the run would plan (with a selection block, the final specs come from its choice)
         plan = None if config.selection else plan_final(config, specs)

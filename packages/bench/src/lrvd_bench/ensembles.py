@@ -140,4 +140,3 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
             "reused_members": ",".join(member_ids),
         }
         atomic_write(folder / RESULT_FILE, json.dumps(jsonable(row), indent=2))
-

@@ -20,7 +20,8 @@ A KEY is ``train.<field>`` (``train.lr``), ``adapter.<field>``, a top-level tria
 ``max_length``, or a bare name, which is the method's own hyper-parameter (``kl_scale`` means
 ``method_params.bayeslora.kl_scale``). The choice is written to ``selection.json`` and travels
 with each final trial as its ``search_point`` (shown in the leaderboard). The block's keys, metrics
-and KEYs are checked with the rest of the config (:func:`lrvd_bench.config.validate_selection`).
+and KEYs, and the methods' own hyper-parameters at every grid value, are checked with the rest of
+the config (:func:`lrvd_bench.method_checks.check_selection`).
 """
 
 from __future__ import annotations
@@ -31,24 +32,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lrvd_bench.config import SELECTION_METRICS, TrialSpec, selection_dotted_key
+from lrvd_bench.method_checks import SELECTION_METRICS, selection_dotted_key
 from lrvd_bench.trial_folder import finished_row
+from lrvd_bench.trial_spec import TrialSpec
 
 SELECTION_FILE = "selection.json"
-
-
-def check_methods(block: dict[str, Any], method_params: dict[str, dict[str, Any]]) -> None:
-    """Build each method at every grid value of its own hyper-parameters, so an unknown name or a
-    bad value fails in the driver, before any trial."""
-    from lrvd.registry import get_method
-
-    for method, grid in (block.get("search_space") or {}).items():
-        cls = get_method(method)
-        for key, values in grid.items():
-            if selection_dotted_key(method, key).startswith(f"method_params.{method}."):
-                name = selection_dotted_key(method, key).rpartition(".")[2]
-                for value in values:
-                    cls(**{**method_params.get(method, {}), name: value})
 
 
 def grid_points(method: str, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

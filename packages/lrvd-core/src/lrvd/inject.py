@@ -169,6 +169,20 @@ class ActivationProbe:
         self.peak = max(self.peak, sum(n for _, n in self._live.values()))
 
 
+#: ``mc_chunk = 0`` on these device types: samples per forward pass fixed by a measurement instead of
+#: the memory probe. On CPU one pass over S × the rows costs more than S passes (``bench cost
+#: --layers``, row "S-sample predictive, all S batched": 1.2–1.4 × the loop at one thread), so the
+#: default there is the loop; elsewhere (CUDA) the samples are batched as far as the memory budget allows.
+DEVICE_MC_CHUNK: dict[str, int] = {"cpu": 1}
+
+
+def default_chunk(model: nn.Module) -> int:
+    """``mc_chunk = 0`` resolved by the model's device: the measured choice, or 0 (the memory probe)."""
+    param = next(model.parameters(), None)
+    device_type = param.device.type if param is not None else "cpu"
+    return DEVICE_MC_CHUNK.get(device_type, 0)
+
+
 def auto_chunk(n_samples: int, resident: int, activation: int, memory_budget: float) -> int:
     """Samples per forward pass so that the predictive's peak stays within ``1 + memory_budget`` times
     one deterministic pass: a pass of c samples needs about resident + c · 2 · activation bytes, one
@@ -190,12 +204,12 @@ def mc_predict_proba(
 ) -> torch.Tensor:
     """Posterior predictive ``[batch, n_classes]``: mean of softmax over ``n_samples`` adapter draws.
 
-    ``chunk`` = weight samples per forward pass: 0 (default) chooses it from ``memory_budget`` — the
-    first sample runs alone under an :class:`ActivationProbe`, then the rest go in chunks of
-    :func:`auto_chunk` samples, so the peak stays near ``1 + memory_budget`` times one deterministic
-    pass while large models (weights ≫ activations) still batch every sample; 1 is a plain loop (safe
-    for models whose layers do not keep the batch dimension first); ``n_samples`` is one pass for all.
-    ``n_samples == 0`` is the mean model.
+    ``chunk`` = weight samples per forward pass: 0 (default) chooses it by device — on CPU a loop
+    (:data:`DEVICE_MC_CHUNK`, measured), elsewhere from ``memory_budget``: the first sample runs alone
+    under an :class:`ActivationProbe`, then the rest go in chunks of :func:`auto_chunk` samples, so the
+    peak stays near ``1 + memory_budget`` times one deterministic pass while large models (weights ≫
+    activations) still batch every sample; 1 is a plain loop (safe for models whose layers do not keep
+    the batch dimension first); ``n_samples`` is one pass for all. ``n_samples == 0`` is the mean model.
     """
     if not isinstance(model, nn.Module):
         raise TypeError("mc_predict_proba needs an nn.Module")
@@ -205,6 +219,8 @@ def mc_predict_proba(
     size = batch_size_of(batch)
     total: torch.Tensor | None = None
     done = 0
+    if chunk <= 0:
+        chunk = default_chunk(model)
     if chunk <= 0:
         with sampling(model, True, n_weight_samples=1), ActivationProbe(model) as probe:
             total = torch.softmax(model(batch).float(), dim=-1)

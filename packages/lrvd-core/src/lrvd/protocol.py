@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from lrvd.errors import LRVDError, unknown_choice
+from lrvd.errors import LRVDError, check_each, unknown_choice
 
 if TYPE_CHECKING:  # torch loads with the first method, not with the config dataclasses (fast ``bench --help``)
     import torch
@@ -117,6 +117,14 @@ class TrainConfig:
             raise LRVDError(f"eval_every must be >= 0 (0: no checkpoint selection), got {self.eval_every}")
         if self.grad_accum < 1 or self.batch_size < 1:
             raise LRVDError("batch_size and grad_accum must be >= 1")
+        # A negative lr trains by gradient ascent and a NaN one fails only inside the loop (0 freezes: tests use it).
+        lrs = ("lr",) if self.head_lr is None else ("lr", "head_lr")
+        check_each(self, "finite and >= 0", lrs, lambda v: math.isfinite(v) and v >= 0)
+        check_each(self, "finite and > 0", ("adam_eps", "epochs"), lambda v: math.isfinite(v) and v > 0)
+        check_each(self, "finite and >= 0", ("weight_decay",), lambda v: math.isfinite(v) and v >= 0)
+        check_each(self, "in [0, 1]", ("warmup_ratio",), lambda v: 0.0 <= v <= 1.0)
+        if self.max_steps is not None and self.max_steps < 1:
+            raise LRVDError(f"max_steps must be >= 1 (None: from epochs), got {self.max_steps}")
 
 
 @dataclass

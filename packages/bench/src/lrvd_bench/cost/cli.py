@@ -49,6 +49,19 @@ def add_arguments(parser) -> None:
     add_knob_flags(
         parser, {"lr": d.lr, "batch_size": d.batch_size, "rank": d.r}, default_note="default: the backbone's"
     )
+    parser.add_argument(
+        "--layers",
+        action="store_true",
+        help="instead: single adapted layers against the authors' formulation of each op (uses --steps, "
+        "--warmup, --n-samples, --device)",
+    )
+    parser.add_argument(
+        "--layer-shapes",
+        default="384x8,1024x64",
+        help="with --layers: comma-separated DxR (a D x D layer at rank R; default 384x8,1024x64)",
+    )
+    parser.add_argument("--layer-tokens", type=int, default=512, help="with --layers: rows of the input (default 512)")
+    parser.add_argument("--compile", action="store_true", help="with --layers: torch.compile both sides of each step")
     parser.add_argument("--ray-overhead", metavar="RUN_DIR", help="instead: Ray Tune overhead of a finished sweep")
     parser.add_argument("--sweep-seconds", type=float, help="with --ray-overhead: the sweep's wall time")
     parser.add_argument(
@@ -113,10 +126,52 @@ def main_whole_run(cfg: CostConfig, args) -> int:
     return 0
 
 
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """``"384x8,1024x64"`` → ``[(384, 8), (1024, 64)]``."""
+    shapes = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        d, _, r = part.lower().partition("x")
+        if not (d.isdigit() and r.isdigit() and int(d) > 0 and 0 < int(r) <= int(d)):
+            raise SystemExit(f"bench cost: --layer-shapes entry {part!r} is not DxR with 0 < R <= D (e.g. 384x8)")
+        shapes.append((int(d), int(r)))
+    return shapes
+
+
+def main_layers(args) -> int:
+    import torch
+
+    from lrvd.training import resolve_device
+    from lrvd_bench.cost.layer_ops import LAYER_COLUMNS, LayerCostConfig, measure_layers
+    from lrvd_bench.cost.report import to_markdown, write_rows
+
+    cfg = LayerCostConfig(
+        shapes=parse_shapes(args.layer_shapes),
+        tokens=args.layer_tokens,
+        n_samples=args.n_samples,
+        rounds=args.steps,
+        warmup=args.warmup,
+        device=str(resolve_device(args.device)),
+        compile=args.compile,
+    )
+
+    header = (
+        f"<!-- bench cost --layers: {cfg.device}, torch {torch.__version__}, {torch.get_num_threads()} torch "
+        f"threads, {cfg.tokens} rows, {cfg.rounds} rounds{', compiled' if cfg.compile else ''} -->\n"
+    )
+    rows = measure_layers(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(header + to_markdown(rows, LAYER_COLUMNS), end="")
+    if args.out:
+        for path in write_rows(rows, args.out, header=header, columns=LAYER_COLUMNS):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def main(args) -> int:
-    """``bench cost``: the per-step table (default), ``--whole-run`` or ``--ray-overhead``."""
+    """``bench cost``: the per-step table (default), ``--layers``, ``--whole-run`` or ``--ray-overhead``."""
     if args.ray_overhead:
         return main_ray_overhead(args)
+    if args.layers:
+        return main_layers(args)
     cfg = config_from_args(args)
     if args.whole_run:
         return main_whole_run(cfg, args)

@@ -1,4 +1,4 @@
-"""Tables of ``bench cost``: columns, Markdown/CSV output, and the issues' targets checked on a run."""
+"""Tables of ``bench cost``: columns, Markdown/CSV output, and the cost targets checked on a run."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def write_rows(rows: Sequence[dict[str, Any]], out: str | Path, header: str = ""
 
 
 def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issues' cost targets, evaluated on this run (a target whose numbers are missing shows '–')."""
+    """The cost targets, evaluated on this run (a target whose numbers are missing shows '–')."""
     by = {r["method"]: r for r in rows}
 
     def get(method: str, key: str) -> float:

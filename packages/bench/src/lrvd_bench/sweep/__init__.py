@@ -7,6 +7,8 @@ One module per job::
     resume.py     which trials are still to run (the trial folders, not Ray's state); specs.json
     checks.py     pre-flight: methods, selection grid, data and backbone, before Ray starts
     cluster.py    Ray start-up (local or --address), its log to ray.log, resources against the nodes
+    lock.py       one driver per run directory: an OS file lock, bench.lock, and who holds it
+    signals.py    SIGTERM stops the sweep as Ctrl+C does (exit 143 instead of 130)
     trainable.py  the Ray Tune function trainable that runs one spec, and the trial names
     progress.py   the console: live lines per running trial, one line per trial that ends
     trackers.py   Ray Tune logger callbacks (csv, json, tensorboard, mlflow, wandb)
@@ -14,6 +16,7 @@ One module per job::
 
 Run directory (``--output runs/NAME``)::
 
+    bench.lock       held by the running driver (bench.lock.json: its host, pid, start time)
     config.yaml      the validated ExperimentConfig
     run.json         the run record: git commit, command line, times, host, library versions
     specs.json       the expanded TrialSpecs (before random search-space sampling)
@@ -26,7 +29,8 @@ Run directory (``--output runs/NAME``)::
 Ray: a local instance (``ray.init(num_cpus=..., include_dashboard=False)``) unless ``address`` names
 a cluster. A request no node can serve (``cpus_per_trial``/``gpus_per_trial`` above the largest
 node, ``device: cuda`` without GPUs) is refused before any trial starts. A failing trial is recorded
-and the others go on (``max_failures=0``); Ctrl+C stops the sweep after saving what finished.
+and the others go on (``max_failures=0``); Ctrl+C or SIGTERM stops the sweep after saving what
+finished (signals.py). One driver at a time holds a run directory (lock.py).
 
 Resume (``--resume runs/NAME``) reads the trial folders, not Ray's experiment state (which is
 checkpointed periodically and can lag behind a trial that just finished): a folder whose

@@ -1,8 +1,11 @@
-"""Pre-flight checks: everything that can be wrong with a sweep's input, found in the driver before Ray
-starts, so a bad value is one line and exit code 2 instead of N failed trials."""
+"""Pre-flight checks: what a sweep needs from the world outside its config, found in the driver before Ray
+starts, so a bad value is one line and exit code 2 instead of N failed trials. ``bench run --dry-run``
+runs the same checks."""
 
 from __future__ import annotations
 
+import tempfile
+import time
 from pathlib import Path
 
 from lrvd_bench.config import ExperimentConfig
@@ -10,14 +13,11 @@ from lrvd_bench.errors import BenchError
 from lrvd_bench.targets import architecture_targets, is_by_architecture
 
 
-def preflight(config: ExperimentConfig) -> None:
-    """Every method (and each selection grid value of its own hyper-parameters) builds, the data and
-    backbone are reachable from here, and the adapter targets exist in the backbone."""
-    check_methods(config)
-    if config.selection:
-        from lrvd_bench import selection
-
-        selection.check_methods(config.selection, config.method_params)
+def preflight(config: ExperimentConfig, run_dir: Path) -> None:
+    """The run folder can be written, the data and backbone are reachable from here, and the adapter
+    targets exist in the backbone (the config itself, each method's hyper-parameters included, was
+    validated when it was built)."""
+    check_output_dir(run_dir)
     check_inputs(config)
     check_target_modules(config)
 
@@ -28,6 +28,31 @@ def check_target_modules(config: ExperimentConfig) -> None:
     config.adapter.target_modules = resolve_targets(config.adapter.target_modules, config.model, config.tasks)
 
 
+def default_run_dir(config_path: str | Path | None) -> Path:
+    stem = Path(config_path).stem if config_path else "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_dir_of(config: ExperimentConfig, config_path: str | Path | None) -> Path:
+    """The run folder: ``output`` as given, else ``runs/<config name>-<timestamp>``, absolute."""
+    return (Path(config.output) if config.output else default_run_dir(config_path)).expanduser().resolve()
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """The run folder is a folder we may write: not an existing file, under a writable directory."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BenchError(f"output {run_dir} exists and is not a directory; choose another --output")
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise BenchError(f"output {run_dir} cannot be created: {existing} is a file; choose another --output")
+    try:  # a probe, not os.access: a read-only mount refuses root too
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise BenchError(
+            f"output {run_dir} cannot be written: {existing} is read-only ({err.strerror}); choose another --output"
+        ) from None
+
+
 def absolute_paths(config: ExperimentConfig) -> None:
     """Trials run in their own working directory (and maybe on another node): make paths absolute."""
     if config.data_dir:
@@ -35,20 +60,6 @@ def absolute_paths(config: ExperimentConfig) -> None:
     model = Path(config.model).expanduser()
     if model.exists():
         config.model = str(model.resolve())
-
-
-def check_methods(config: ExperimentConfig) -> None:
-    """Build each method once in the driver so a bad hyper-parameter fails before any trial starts."""
-    from lrvd.registry import get_method
-
-    for name in config.methods:
-        try:
-            cls = get_method(name)
-        except ImportError as err:  # a registered entry point whose module is missing or broken
-            raise BenchError(
-                f"method {name!r} is registered but cannot be imported: {type(err).__name__}: {err}"
-            ) from None
-        cls(**config.method_params.get(name, {}))
 
 
 def check_inputs(config: ExperimentConfig) -> None:

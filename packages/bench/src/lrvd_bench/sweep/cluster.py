@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,14 @@ def init_ray(config: ExperimentConfig) -> bool:
     # log_to_driver=False: trial processes write their own log files; what Ray itself prints goes
     # to ray.log (see ray_log_to_file), never as a traceback on the console.
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    # ray.init installs SIGTERM handlers (Python: kill Ray's processes, exit 1; C++: a stack dump, then
+    # abort) that end the driver under its running trials. Where the caller handles SIGTERM itself
+    # (the sweep: lrvd_bench.sweep.signals) its handler is put back, and Ray's processes start with
+    # SIGTERM blocked (they inherit the signal mask; Ray blocks SIGINT in them the same way), so a
+    # SIGTERM sent to the whole process group (timeout, Slurm) stops the sweep through the driver
+    # instead of killing Ray's GCS under it. The sweep then shuts Ray down.
+    sigterm = signal.getsignal(signal.SIGTERM)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if callable(sigterm) else None
     try:
         with _quiet_stderr():
             if config.address:
@@ -36,6 +45,11 @@ def init_ray(config: ExperimentConfig) -> bool:
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as err:
         where = config.address or "a local Ray instance"
         raise BenchError(f"cannot start or reach {where}: {str(err).strip().splitlines()[0]}") from None
+    finally:
+        if callable(sigterm):  # always: the C++ handler is installed below Python, unseen by getsignal
+            signal.signal(signal.SIGTERM, sigterm)
+        if mask is not None:  # a SIGTERM that came meanwhile is delivered now, to that handler
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return True
 
 

@@ -19,6 +19,7 @@ from lrvd_bench.leaderboard import gather_rows, rows_frame, write_leaderboard
 from lrvd_bench.plots import make_figures
 from lrvd_bench.selection import SELECTION_FILE, summary_lines
 from lrvd_bench.sweep.resume import SPECS_FILE, read_specs
+from lrvd_bench.sweep.signals import StopSignals
 
 
 @dataclass
@@ -33,16 +34,20 @@ class SweepOutcome:
     interrupted: bool
     n_stopped: int = 0
     board: Any = None
+    #: 130 after Ctrl+C (SIGINT), 143 after SIGTERM: 128 + the signal, as a shell reports it
+    interrupted_code: int = 130
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return 130
+            return self.interrupted_code
         return 0 if self.n_failed == 0 and self.n_unfinished == 0 else 1
 
 
-def finish(run_dir: Path, interrupted: bool, stream: Any) -> SweepOutcome:
-    """The end of a sweep: :func:`finalize`, count the trials by status, print the summary lines."""
+def finish(run_dir: Path, interrupted: bool, stream: Any, stop: StopSignals | None = None) -> SweepOutcome:
+    """The end of a sweep: :func:`finalize`, count the trials by status, print the summary lines.
+
+    ``stop`` says which signal interrupted the sweep (exit code and wording), if one did."""
     rows, board = finalize(run_dir)
     n_unfinished = sum(r.get("status") not in ("ok", "failed", "stopped") for r in rows)
     interrupted = interrupted and n_unfinished > 0
@@ -55,6 +60,7 @@ def finish(run_dir: Path, interrupted: bool, stream: Any) -> SweepOutcome:
         interrupted,
         n_stopped=sum(r.get("status") == "stopped" for r in rows),
         board=board,
+        interrupted_code=stop.exit_code if stop else 130,
     )
     out = stream or sys.stderr
     stopped = f", {outcome.n_stopped} stopped early" if outcome.n_stopped else ""
@@ -72,7 +78,8 @@ def finish(run_dir: Path, interrupted: bool, stream: Any) -> SweepOutcome:
             flush=True,
         )
     if interrupted:
-        print(f"bench: interrupted; continue with: bench run --resume {run_dir}", file=out, flush=True)
+        how = "terminated (SIGTERM)" if stop and stop.terminated else "interrupted"
+        print(f"bench: {how}; continue with: bench run --resume {run_dir}", file=out, flush=True)
     return outcome
 
 

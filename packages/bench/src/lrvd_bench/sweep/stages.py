@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,15 @@ from lrvd_bench.errors import BenchError
 from lrvd_bench.posthoc_reuse import write_plan as write_posthoc_plan
 from lrvd_bench.run_record import finish_record, start_record
 from lrvd_bench.stage_plan import plan_final
-from lrvd_bench.sweep.checks import absolute_paths, preflight
+from lrvd_bench.sweep.checks import absolute_paths, check_output_dir, preflight, run_dir_of
 from lrvd_bench.sweep.cluster import check_resources, init_ray, ray_log_to_file, resolve_gpus
 from lrvd_bench.sweep.finalize import SweepOutcome, finish
+from lrvd_bench.sweep.lock import hold_run_dir
 from lrvd_bench.sweep.progress import ProgressLines
 from lrvd_bench.sweep.resume import SPECS_FILE, load_run_config, pending_specs, write_specs
+from lrvd_bench.sweep.signals import StopSignals, sigterm_as_sigint
 from lrvd_bench.sweep.trackers import tracker_callbacks
 from lrvd_bench.sweep.trainable import TUNE_DIR, TrialFn, make_trainable, trial_name
-
-
-def default_run_dir(config_path: str | Path | None) -> Path:
-    stem = Path(config_path).stem if config_path else "run"
-    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_sweep(
@@ -50,20 +46,35 @@ def run_sweep(
     command: list[str] | None = None,
 ) -> SweepOutcome:
     """Expand ``config``, run every trial under Ray Tune, then write trials.csv, leaderboard, figures."""
-    run_dir = Path(config.output) if config.output else default_run_dir(config_path)
-    run_dir = run_dir.expanduser().resolve()
+    run_dir = run_dir_of(config, config_path)
+    _refuse_existing(run_dir)
+    if check:
+        preflight(config, run_dir)
+    else:
+        check_output_dir(run_dir)
+    absolute_paths(config)
+    config.output = str(run_dir)
+    with hold_run_dir(run_dir), sigterm_as_sigint() as stop:
+        _refuse_existing(run_dir)  # again under the lock: another driver may have started meanwhile
+        return _sweep(
+            run_dir,
+            config,
+            trial_fn=trial_fn,
+            callbacks=callbacks,
+            stream=stream,
+            live=live,
+            fresh=True,
+            command=command,
+            stop=stop,
+        )
+
+
+def _refuse_existing(run_dir: Path) -> None:
     if (run_dir / "config.yaml").exists() or (run_dir / TUNE_DIR).exists():
         raise BenchError(
             f"run directory {run_dir} already holds a sweep; continue it with --resume {run_dir} "
             "or choose another --output"
         )
-    absolute_paths(config)
-    if check:
-        preflight(config)
-    config.output = str(run_dir)
-    return _sweep(
-        run_dir, config, trial_fn=trial_fn, callbacks=callbacks, stream=stream, live=live, fresh=True, command=command
-    )
 
 
 def resume_sweep(
@@ -84,17 +95,19 @@ def resume_sweep(
         raise BenchError(f"nothing to resume in {run_dir}: no specs.json (the sweep never started)")
     if address:
         config.address = address
-    return _sweep(
-        run_dir,
-        config,
-        trial_fn=trial_fn,
-        callbacks=callbacks,
-        stream=stream,
-        live=live,
-        fresh=False,
-        retry_failed=retry_failed,
-        command=command,
-    )
+    with hold_run_dir(run_dir), sigterm_as_sigint() as stop:
+        return _sweep(
+            run_dir,
+            config,
+            trial_fn=trial_fn,
+            callbacks=callbacks,
+            stream=stream,
+            live=live,
+            fresh=False,
+            retry_failed=retry_failed,
+            command=command,
+            stop=stop,
+        )
 
 
 def _sweep(
@@ -108,6 +121,7 @@ def _sweep(
     fresh: bool,
     retry_failed: bool = False,
     command: list[str] | None = None,
+    stop: StopSignals | None = None,
 ) -> SweepOutcome:
     """Both entry points: Ray up, resources checked, then the pending trials, then the tables."""
     out = stream or sys.stderr
@@ -155,7 +169,7 @@ def _sweep(
                 interrupted = run(stage_specs, label, note)
                 if interrupted:
                     break
-        outcome = finish(run_dir, interrupted, stream)
+        outcome = finish(run_dir, interrupted, stream, stop)
         finish_record(record, outcome)
         return outcome
     finally:
@@ -192,7 +206,7 @@ def _run_stage(
     )
     if pending:
         _run_tuner(run_dir, config, pending, gpus, trial_fn, callbacks, stream, live)
-    # Tuner.fit returns with trials left only when the sweep was stopped (Ctrl+C, SIGUSR1)
+    # Tuner.fit returns with trials left only when the sweep was stopped (Ctrl+C, SIGTERM, SIGUSR1)
     return bool(pending_specs(run_dir, specs, random_keys, config.num_samples, retry_failed))
 
 

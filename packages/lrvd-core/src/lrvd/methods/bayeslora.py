@@ -136,14 +136,15 @@ class BayesLoRAParams:
     mc_chunk: int = field(
         default=0,
         metadata={
-            "help": "MC samples per forward pass (0: chosen from mc_memory_budget; 1: loop; n_samples: all at once)"
+            "help": "MC samples per forward pass (0: by device, a loop on CPU, else chosen from mc_memory_budget; "
+            "1: loop; n_samples: all at once)"
         },
     )
     mc_memory_budget: float = field(
         default=0.1,
         metadata={
-            "help": "with mc_chunk 0: extra peak memory the MC predictive may use, as a fraction of one "
-            "deterministic pass"
+            "help": "with mc_chunk 0 off CPU: extra peak memory the MC predictive may use, as a fraction of "
+            "one deterministic pass"
         },
     )
     local_reparam: bool | None = field(
