@@ -95,11 +95,12 @@ def test_predict_proba_accepts_hf_inputs_and_outputs():
 
 
 def test_step_hook_prunes_on_schedule_and_keeps_the_optimizer_working():
-    model = hf_model(tau=-1e9, min_ranks=1, prune_every=3, prune_start=3)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model = hf_model(tau=-1e9, min_ranks=1, prune_every=3)
+    groups = lrvd.hf.start_training(model, total_steps=4, lr=1e-2)  # a custom loop: the method's groups
+    opt = torch.optim.AdamW(groups)
     x = inputs()
     for step in range(1, 5):
-        loss = model(**x).loss + lrvd.kl_loss(model)
+        loss, _ = lrvd.hf.bayeslora_loss(model, x, model(**x), step - 1)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -112,10 +113,40 @@ def test_step_hook_prunes_on_schedule_and_keeps_the_optimizer_working():
     }
 
 
+def test_custom_loop_groups_are_the_methods_log_variances_at_a_tenth_of_the_lr():
+    model = hf_model(log_sigma2_lr_mult=0.1)  # the glue-bench protocol's multiplier, set explicitly
+    groups = lrvd.hf.start_training(model, total_steps=10, lr=2e-3, weight_decay=0.01)
+    layers = lrvd_modules(model).values()
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    for layer in layers:
+        assert by_param[id(layer.rank_log_sigma2)]["lr"] == pytest.approx(2e-4)  # log_sigma2_lr_mult 0.1
+        assert by_param[id(layer.A_mu)]["lr"] == 2e-3 and by_param[id(layer.A_mu)]["weight_decay"] == 0.0
+    assert by_param[id(model.classifier.weight)]["weight_decay"] == 0.01
+    assert by_param[id(model.classifier.bias)]["weight_decay"] == 0.0
+    assert set(by_param) == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_the_loss_is_the_methods_objective_with_its_kl_warmup():
+    """CE + beta(step) * kl_scale * KL / B (llm-scripts: the KL per example of the batch), beta = 0
+    during kl_warmup then a linear ramp (hand-computed)."""
+    model = hf_model(kl_scale=1e-2, kl_warmup=0.5, kl_ramp=0.25)
+    lrvd.hf.start_training(model, total_steps=8, lr=1e-3)  # warm-up: steps 0-3, ramp: 4-5
+    x = inputs()
+    model.eval()
+    with torch.no_grad():
+        out = model(**x)
+        ce = torch.nn.functional.cross_entropy(out.logits, x["labels"])
+        kl = total_kl(model)
+        for step, beta in ((0, 0.0), (3, 0.0), (4, 0.0), (5, 0.5), (6, 1.0), (7, 1.0)):
+            loss, logs = lrvd.hf.bayeslora_loss(model, x, out, step)
+            torch.testing.assert_close(loss, ce + beta * 1e-2 * kl / len(x["labels"]))
+            assert logs["beta"] == beta
+
+
 def test_trainer_adds_the_kl_prunes_and_logs_ranks(tmp_path):
     from transformers import TrainingArguments
 
-    model = hf_model(kl_scale=1e-2, tau=-1e9, min_ranks=2, prune_every=2, prune_start=2)
+    model = hf_model(kl_scale=1e-2, tau=-1e9, min_ranks=2, prune_every=2, prune_start=0.5, log_sigma2_lr_mult=0.1)
     x = inputs(32)
     data = [{k: v[i] for k, v in x.items()} for i in range(32)]
     args = TrainingArguments(
@@ -133,7 +164,7 @@ def test_trainer_adds_the_kl_prunes_and_logs_ranks(tmp_path):
     batch = {k: v[:8] for k, v in x.items()}
     model.eval()  # posterior means: both sides see the same adapter weights
     loss = trainer.compute_loss(model, batch)
-    torch.testing.assert_close(loss, model(**batch).loss + 1e-2 * total_kl(model))
+    torch.testing.assert_close(loss, model(**batch).loss + 1e-2 * total_kl(model) / 8)  # KL per example
     model.train()
     trainer.train()
     logs = [r for r in trainer.state.log_history if "loss" in r]
@@ -142,6 +173,9 @@ def test_trainer_adds_the_kl_prunes_and_logs_ranks(tmp_path):
     assert all(r["kl"] > 0 for r in logs)
     assert trainer.rank_history[-1]["bert.encoder.layer.0.attention.self.query"] == 0  # tau = -inf
     assert [m.r for m in lrvd_modules(model).values()] == [2, 2, 2, 2]
+    log_vars = {id(m.rank_log_sigma2) for m in lrvd_modules(model).values()}
+    initial = {g["initial_lr"] for g in trainer.optimizer.param_groups if any(id(p) in log_vars for p in g["params"])}
+    assert len(initial) == 1 and initial.pop() == pytest.approx(1e-3)  # log_sigma2_lr_mult 0.1 x the Trainer's 1e-2
 
 
 def test_the_trainer_refuses_a_model_without_adapters(tmp_path):
@@ -152,32 +186,29 @@ def test_the_trainer_refuses_a_model_without_adapters(tmp_path):
         lrvd.BayesLoraTrainer(model=TinyBertClassifier().backbone, args=args)
 
 
-def test_the_example_fine_tunes_a_tiny_model_with_the_api():
+def test_the_example_matches_the_peft_lora_control_on_real_data_and_reloads_exactly():
+    """The example on the pretrained MiniLM and bundled ARC-Easy rows: BayesLoRA's accuracy is not
+    below the peft-LoRA control's (same Trainer settings) by more than one standard error, and the
+    saved adapter reloads to the same predictions. At this size the control itself does not beat the
+    majority class (docs/methods.md), so learning above it is not asserted here."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "examples" / "hf_trainer_bayeslora.py"),
-            "--max-steps",
-            "12",
-            "--prune-every",
-            "6",
-            "--tau",
-            "2.0",
-            "--n-samples",
-            "2",
-        ],
+        [sys.executable, str(REPO / "examples" / "hf_trainer_bayeslora.py"), *EXAMPLE_CI_ARGS],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         cwd=REPO,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout[done.stdout.index("{\n") :])
-    assert summary["trainable_params"] < summary["total_params"] / 5
-    assert [r["step"] for r in summary["log"]] == [2, 4, 6, 8, 10, 12]
-    assert all("effective_rank" in r and "kl" in r for r in summary["log"])
-    assert 0 <= summary["effective_rank"] <= summary["initial_rank"] == 32
-    assert 0.0 <= summary["accuracy"] <= 1.0
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    runs = {r["run"]: r for r in summary["results"]}
+    bayes, control = runs["bayeslora"], runs["peft-lora"]
+    assert bayes["accuracy"] >= control["accuracy"] - control["se"], summary
+    assert summary["reload_max_logit_diff"] < 1e-6 and summary["reload_same_predictions"]
+
+
+#: CI-sized (the quickstart's budget, the run docs/methods.md reports): 400 training questions, 200 scored
+EXAMPLE_CI_ARGS = ["--task", "arc-e", "--limit-train", "400", "--limit-eval", "200", "--max-steps", "100"]
+EXAMPLE_CI_ARGS += ["--batch-size", "4", "--lr", "2e-3", "--head-lr", "1e-2"]
 
 
 def test_hf_config_defaults_are_the_bayeslora_methods_under_its_default_protocol():
@@ -187,9 +218,8 @@ def test_hf_config_defaults_are_the_bayeslora_methods_under_its_default_protocol
     from lrvd import BayesLoraConfig
     from lrvd.methods.bayeslora import BayesLoRAParams
 
-    method = BayesLoRAParams()  # protocol llm-scripts: the authors' LLaMA/GPT scripts
-    hf = BayesLoraConfig()
-    shared = {f.name for f in dataclasses.fields(hf)} & {f.name for f in dataclasses.fields(method)}
-    shared -= {"prune_start"}  # a step count in the HF API, a fraction of the run in the method
-    assert {"kl_scale", "tau", "prune_every", "local_reparam", "n_samples", "init_log_sigma2"} <= shared
-    assert {k: getattr(hf, k) for k in shared} == {k: getattr(method, k) for k in shared}
+    method, hf = BayesLoRAParams(), BayesLoraConfig()  # protocol llm-scripts: the authors' LLaMA/GPT scripts
+    names = [f.name for f in dataclasses.fields(BayesLoRAParams)]
+    assert {"kl_scale", "kl_warmup", "prune_start", "log_sigma2_lr_mult", "n_samples", "prune_every"} <= set(names)
+    assert {k: getattr(hf, k) for k in names} == {k: getattr(method, k) for k in names}
+    assert hf.method_params() == dataclasses.asdict(method)

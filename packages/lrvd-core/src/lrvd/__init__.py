@@ -6,8 +6,9 @@ layer, its KL to the log-uniform prior and rank selection.
 
 On any Hugging Face model (:mod:`lrvd.hf`): ``get_bayeslora_model`` (like ``peft.get_peft_model``),
 ``kl_loss`` and ``bayeslora_step`` (the loss term and the pruning step hook), ``predict_proba``
-(posterior predictive from the model's own outputs) and ``BayesLoraTrainer`` (a
-``transformers.Trainer``). Every name imports its module on first use.
+(posterior predictive from the model's own outputs), ``BayesLoraModel.from_pretrained`` (reload a
+saved adapter) and ``BayesLoraTrainer`` (a ``transformers.Trainer``). Every name imports its module
+on first use.
 """
 
 # name -> the module that defines it; imported on first access (PEP 562) so that ``lrvd.errors`` and
@@ -16,6 +17,7 @@ _LAZY = {
     "ClassifierModel": "lrvd.classifier",
     "LRVDError": "lrvd.errors",
     "BayesLoraConfig": "lrvd.hf",
+    "BayesLoraModel": "lrvd.hf",
     "bayeslora_step": "lrvd.hf",
     "get_bayeslora_model": "lrvd.hf",
     "kl_loss": "lrvd.hf",
@@ -49,6 +51,7 @@ __all__ = [
     "AdapterMethod",
     "BayesLoraCallback",
     "BayesLoraConfig",
+    "BayesLoraModel",
     "BayesLoraTrainer",
     "ClassifierModel",
     "LRVDError",

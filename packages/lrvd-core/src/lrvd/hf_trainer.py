@@ -1,19 +1,23 @@
 """BayesLoRA inside the Hugging Face ``Trainer``.
 
 :class:`BayesLoraTrainer` is a ``transformers.Trainer`` for a model prepared with
-:func:`lrvd.get_bayeslora_model`:
+:func:`lrvd.get_bayeslora_model`. It trains the suite's ``bayeslora`` method, through that method's
+own hooks (:mod:`lrvd.hf`):
 
-- the loss is the model's own loss plus ``kl_scale · KL`` (:func:`lrvd.hf.kl_loss`);
-- after every optimizer step :class:`BayesLoraCallback` runs :func:`lrvd.hf.bayeslora_step`, which
-  prunes the ranks with log α ≥ τ when due (``prune_every`` / ``prune_start`` of the config) and keeps
-  the optimizer in step with the smaller parameters;
-- every log record gains ``kl``, ``effective_rank`` and ``pruned_ranks`` (so far); ``rank_history``
-  keeps the per-module ranks at every log step.
+- the optimizer's parameter groups are the method's (log σ² at ``log_sigma2_lr_mult`` × the
+  Trainer's learning rate, no decay on the adapter; ``weight_decay`` on the ``modules_to_save``
+  matrices), with the optimizer class ``TrainingArguments.optim`` names;
+- the loss is the method's ``training_loss`` on the model's logits (CE + β(step) · kl_scale · KL, KL
+  warm-up and ramp as fractions of the Trainer's ``max_steps``), see :func:`lrvd.hf.bayeslora_loss`;
+- after every optimizer step :class:`BayesLoraCallback` runs the method's ``on_step_end`` (sampling
+  schedule; pruning of the ranks with log α ≥ τ every ``prune_every`` steps from ``prune_start``,
+  keeping the optimizer in step with the smaller parameters);
+- every log record gains ``nll``, ``kl``, ``beta``, ``effective_rank`` and ``pruned_ranks`` (so far);
+  ``rank_history`` keeps the per-module ranks at every log step.
 
+What stays the Trainer's: the learning-rate schedule (``lr_scheduler_type``, ``warmup_*``), gradient
+clipping (``max_grad_norm``) and batch order; the task head's own rate is ``head_lr``.
 Kept apart from :mod:`lrvd.hf` because importing ``transformers.Trainer`` is slow.
-Differences from the suite's ``bayeslora`` method: the Trainer's own optimizer and schedule (the log
-variances are trained at the Trainer's learning rate, not ``log_sigma2_lr_mult`` times it), and no KL
-warm-up.
 """
 
 from __future__ import annotations
@@ -22,14 +26,20 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from lrvd.hf import bayeslora_config, bayeslora_step, kl_loss, rank_report
+from lrvd.hf import bayeslora_config, bayeslora_loss, bayeslora_step, rank_report, start_training
 
 
 class BayesLoraCallback(TrainerCallback):
-    """Prunes after each optimizer step (``state.global_step`` counts optimizer steps from 1)."""
+    """Tells the method the run's length at the start; runs its step hook after each optimizer step
+    (``state.global_step`` counts optimizer steps from 1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, trainer: BayesLoraTrainer) -> None:
+        self.trainer = trainer
         self.pruned_total = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.trainer.start_bayeslora(state.max_steps)
+        return control
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if model is not None:
@@ -38,28 +48,56 @@ class BayesLoraCallback(TrainerCallback):
 
 
 class BayesLoraTrainer(Trainer):
-    """``Trainer`` that adds the KL term, prunes ranks during training and logs them."""
+    """``Trainer`` that trains with the ``bayeslora`` method's objective, groups and pruning."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, head_lr: float | None = None, **kwargs: Any) -> None:
+        """``head_lr``: learning rate of the ``modules_to_save`` (the bench's ``head_lr``; default: the
+        Trainer's ``learning_rate``)."""
+        self.head_lr = head_lr
         super().__init__(*args, **kwargs)
         bayeslora_config(self.model)  # one clear error if the model has no BayesLoRA adapters
-        self.bayeslora_callback = BayesLoraCallback()
+        # The method's loss is a per-batch mean: the Trainer divides it by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self.bayeslora_callback = BayesLoraCallback(self)
         self.add_callback(self.bayeslora_callback)
-        self.last_kl = 0.0
+        self.last_logs: dict[str, float] = {}
         self.rank_history: list[dict[str, Any]] = []
 
+    def n_train(self) -> int:
+        try:
+            return len(self.train_dataset) if self.train_dataset is not None else 0  # type: ignore[arg-type]
+        except TypeError:  # an iterable dataset
+            return 0
+
+    def start_bayeslora(self, total_steps: int) -> list[dict[str, Any]]:
+        return start_training(
+            self.model,
+            total_steps,
+            self.args.learning_rate,
+            n_train=self.n_train(),
+            weight_decay=self.args.weight_decay,
+            head_lr=self.head_lr,
+        )
+
+    def create_optimizer(self, model=None):
+        """The method's parameter groups in the optimizer ``args.optim`` names (AdamW by default)."""
+        if self.optimizer is None:
+            groups = self.start_bayeslora(max(0, self.args.max_steps))  # the length is set again at train begin
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        kl = kl_loss(model).to(loss.device)
-        self.last_kl = float(kl.detach()) / max(bayeslora_config(model).kl_scale, 1e-300)
-        loss = loss + kl
+        outputs = model(**inputs)
+        loss, logs = bayeslora_loss(self.model, inputs, outputs, self.state.global_step)
+        self.last_logs = {k: float(v) for k, v in logs.items()}
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         ranks = rank_report(self.model)
         logs = {
             **logs,
-            "kl": self.last_kl,
+            **({k: v for k, v in self.last_logs.items() if k in ("nll", "kl", "beta")} if "loss" in logs else {}),
             "effective_rank": float(sum(ranks.values())),
             "pruned_ranks": float(self.bayeslora_callback.pruned_total),
         }
