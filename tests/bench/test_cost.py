@@ -59,6 +59,10 @@ def test_ray_overhead_hand_computed():
     ensemble = {"train_time_s": "30", "eval_time_s": "5", "wall_time_s": "40", "reused_members": "a;b"}
     with_ensemble = cost.ray_overhead([*rows, ensemble], sweep_wall_s=50.0)
     assert with_ensemble["trial_s"] == 38.0 and with_ensemble["n_trials"] == 2.0
+    # A post-hoc trial on a LoRA trial's adapter ran under Ray, but its train_time_s is LoRA's.
+    posthoc = {"train_time_s": "20", "posthoc_time_s": "4", "eval_time_s": "1", "reused_from": "lora-x"}
+    with_posthoc = cost.ray_overhead([*rows, posthoc], sweep_wall_s=50.0)
+    assert with_posthoc["compute_s"] == 40.0 and with_posthoc["n_trials"] == 3.0
 
 
 def test_ray_overhead_cli(tmp_path, capsys):

@@ -202,12 +202,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     if args.dry_run:
+        from lrvd_bench.stage_plan import plan_final
         from lrvd_bench.sweep.checks import preflight, run_dir_of
 
         preflight(config, run_dir_of(config, path))
-        for spec in config.expand():
+        specs = config.expand()
+        # the stages the run would plan (with a selection block, the final specs come from its choice)
+        plan = None if config.selection else plan_final(config, specs)
+        for spec in specs:
             point = f" {spec.search_point}" if spec.search_point else ""
-            print(f"{spec.trial_id}  {spec.method} {spec.task} seed {spec.seed} model {spec.model}{point}")
+            role = f"  [{plan.role(spec)}]" if plan is not None else ""
+            print(f"{spec.trial_id}  {spec.method} {spec.task} seed {spec.seed} model {spec.model}{point}{role}")
         if config.random_space():
             print(f"(× {config.num_samples} samples of {sorted(config.random_space())})")
         return 0

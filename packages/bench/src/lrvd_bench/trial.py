@@ -228,6 +228,7 @@ def run_trial(
     progress: bool = False,
     body: Callable[[TrialSpec, Path, bool, Reporter | None], dict[str, Any]] | None = None,
     report: Reporter | None = None,
+    reuse_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run one trial and return its result row (also written to ``trial_dir/result.json``).
 
@@ -236,7 +237,8 @@ def run_trial(
     while the trial trains. On failure writes ``error.json`` (one-line message) and ``error.txt``
     (traceback), then re-raises, so Ray records the trial as errored and the sweep goes on.
     ``body(spec, trial_dir, progress, report)`` replaces the training flow (tests use a cheap one to
-    exercise the sweep and the file protocol).
+    exercise the sweep and the file protocol). ``reuse_from``: the finished trial folder of the method
+    this one trains like, whose saved adapter replaces training (:mod:`lrvd_bench.posthoc_reuse`).
     """
     spec = spec if isinstance(spec, TrialSpec) else TrialSpec.from_dict(spec)
     trial_dir = Path(trial_dir)
@@ -246,7 +248,10 @@ def run_trial(
     atomic_write(trial_dir / "spec.json", json.dumps(spec.to_dict(), indent=2))
     started = time.time()
     try:
-        row = {**identity(spec), **(body or _run)(spec, trial_dir, progress, report)}
+        if body is not None:
+            row = {**identity(spec), **body(spec, trial_dir, progress, report)}
+        else:
+            row = {**identity(spec), **_run(spec, trial_dir, progress, report, reuse_from)}
     except (KeyboardInterrupt, SystemExit):
         raise  # interrupted, not failed: the folder stays unfinished and --resume runs it again
     except BaseException as err:
@@ -308,7 +313,13 @@ def _selection_row(
     }
 
 
-def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | None = None) -> dict[str, Any]:
+def _run(
+    spec: TrialSpec,
+    trial_dir: Path,
+    progress: bool,
+    report: Reporter | None = None,
+    reuse_from: str | Path | None = None,
+) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -361,24 +372,46 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
         seed_everything(spec.seed)
         model = method.attach(backbone.model, adapter_spec, plan)
         counts = method.parameter_counts(model)
-        phase("fit")
-        live = LiveTrainLog(
-            trial_dir / "train_log.csv",
-            plan.total_steps,
-            lambda: sum(method.rank_report(model).values()) or None,  # noqa: F821 (del'd after fit)
-            report,
-        )
-        fitted = fit(
-            method,
-            model,
-            data.train_loader,
-            plan,
-            device=device,
-            progress=progress,
-            val_loader=data.val_loader,
-            on_log=live,
-        )
+        fitted = None
+        if reuse_from is not None:
+            from lrvd_bench.posthoc_reuse import base_method, load_trained_adapter, reused_training
+
+            phase(f"load the adapter of {Path(reuse_from).name} (its training is reused)")
+            load_trained_adapter(model, Path(reuse_from), base_method(spec.method) or spec.method)
+            model.to(device)
+            model.train()  # the state fit leaves the model in
+            training = reused_training(Path(reuse_from), trial_dir)
+        else:
+            phase("fit")
+            live = LiveTrainLog(
+                trial_dir / "train_log.csv",
+                plan.total_steps,
+                lambda: sum(method.rank_report(model).values()) or None,  # noqa: F821 (del'd after fit)
+                report,
+            )
+            fitted = fit(
+                method,
+                model,
+                data.train_loader,
+                plan,
+                device=device,
+                progress=progress,
+                val_loader=data.val_loader,
+                on_log=live,
+            )
+            training = {
+                "final_train_loss": fitted.final_loss,
+                "final_train_nll": fitted.final_nll,
+                "steps": fitted.steps,
+                "best_step": fitted.best_step,  # checkpoint selection (train.eval_every > 0); else empty
+                **{f"checkpoint_{k}": v for k, v in fitted.best_scores.items()},
+                "train_time_s": fitted.wall_time_s,
+                "time_per_step_s": fitted.time_per_step_s,
+            }
         phase("after_training")
+        # The same RNG state whether the adapter was trained here or reused (a sampled curvature,
+        # e.g. Laplace's ggn-mc, draws from it), so both paths give the same predictions.
+        seed_everything(spec.seed)
         posthoc_start = time.perf_counter()
         method.after_training(model, data.train_loader, val_loader=data.val_loader)
         posthoc_time = time.perf_counter() - posthoc_start
@@ -395,10 +428,11 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
         eval_time = time.perf_counter() - eval_start
         metrics = classification_metrics(probs, labels)
         ranks = {k: int(v) for k, v in method.rank_report(model).items()}
-        learned, uniform_loss, majority = learned_flag(fitted.final_nll, probs, labels, metrics["accuracy"])
+        learned, uniform_loss, majority = learned_flag(training["final_train_nll"], probs, labels, metrics["accuracy"])
         phase("write files")
-        write_ranks_csv(fitted.rank_history, trial_dir / "ranks.csv")
-        write_train_log_csv(fitted.loss_history, fitted.step_logs, trial_dir / "train_log.csv")
+        if fitted is not None:  # a reused adapter's training record was copied with it
+            write_ranks_csv(fitted.rank_history, trial_dir / "ranks.csv")
+            write_train_log_csv(fitted.loss_history, fitted.step_logs, trial_dir / "train_log.csv")
         if method.per_rank_log_alpha:  # BayesLoRA: per-rank log α at every rank_report
             write_log_alpha_csv(method.log_alpha_history, trial_dir / "log_alpha.csv")
         if spec.save_predictions:
@@ -420,19 +454,13 @@ def _run(spec: TrialSpec, trial_dir: Path, progress: bool, report: Reporter | No
             "error": "",
             **metrics,
             "learned": learned,
-            "final_train_loss": fitted.final_loss,
-            "final_train_nll": fitted.final_nll,
             "uniform_loss": uniform_loss,
             "majority_accuracy": majority,
             "effective_rank": sum(ranks.values()) if ranks else None,
             "rank_per_module": ranks,
             "trainable_params": int(counts.get("trainable", 0)),
             "variational_params": int(counts.get("variational", 0)),
-            "steps": fitted.steps,
-            "best_step": fitted.best_step,  # checkpoint selection (train.eval_every > 0); else empty
-            **{f"checkpoint_{k}": v for k, v in fitted.best_scores.items()},
-            "train_time_s": fitted.wall_time_s,
-            "time_per_step_s": fitted.time_per_step_s,
+            **training,
             "posthoc_time_s": posthoc_time,
             "eval_time_s": eval_time,
             "peak_memory_mb": peak_memory_mb(device),

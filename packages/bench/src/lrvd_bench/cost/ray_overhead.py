@@ -19,7 +19,9 @@ def ray_overhead(rows: Sequence[dict[str, Any]], sweep_wall_s: float, concurrenc
     latter. ``overhead_s = sweep_wall_s − trial_s / concurrency`` is the time Ray Tune (start-up,
     scheduling, actor start, checkpoints) adds on top; ``overhead_fraction`` divides it by the wall time.
     Rows with ``reused_members`` (ensembles assembled after the sweep from other trials' adapters) did
-    not run under Ray and are left out: their times are their members' sums.
+    not run under Ray and are left out: their times are their members' sums. Rows with ``reused_from``
+    (post-hoc methods on a LoRA trial's adapter) ran under Ray but did not train: their
+    ``train_time_s`` is the LoRA trial's, so it is left out of their compute time.
     """
 
     def num(row: dict[str, Any], key: str) -> float:
@@ -32,7 +34,10 @@ def ray_overhead(rows: Sequence[dict[str, Any]], sweep_wall_s: float, concurrenc
     rows = [r for r in rows if not str(r.get("reused_members") or "").strip()]
     trial_s = compute_s = 0.0
     for row in rows:
-        parts = [num(row, k) for k in ("train_time_s", "posthoc_time_s", "eval_time_s")]
+        spent = ("posthoc_time_s", "eval_time_s")
+        if not str(row.get("reused_from") or "").strip():
+            spent = ("train_time_s", *spent)
+        parts = [num(row, k) for k in spent]
         compute = sum(p for p in parts if not math.isnan(p))
         wall = num(row, "wall_time_s")
         trial_s += compute if math.isnan(wall) else wall

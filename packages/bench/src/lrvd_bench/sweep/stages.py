@@ -1,5 +1,7 @@
 """The sweep's stages: expand the config, run the selection stage (with a ``selection:`` block) then
-the final stage, each as one Ray Tune experiment over the trials still pending, then finalise.
+the final stage (its training stage, then the post-hoc stage of the trials that reuse a LoRA trial's
+adapter: :mod:`lrvd_bench.stage_plan`), each as one Ray Tune experiment over the trials still
+pending, then finalise.
 
 ``run_sweep`` starts a run directory, ``resume_sweep`` continues one; both then run
 the same stages.
@@ -16,9 +18,11 @@ from typing import Any
 
 from lrvd_bench import selection
 from lrvd_bench.config import ExperimentConfig, TrialSpec
-from lrvd_bench.ensembles import ENSEMBLES_FILE, plan_reuse
+from lrvd_bench.ensembles import ENSEMBLES_FILE
 from lrvd_bench.errors import BenchError
+from lrvd_bench.posthoc_reuse import write_plan as write_posthoc_plan
 from lrvd_bench.run_record import finish_record, start_record
+from lrvd_bench.stage_plan import plan_final
 from lrvd_bench.sweep.checks import absolute_paths, check_output_dir, preflight, run_dir_of
 from lrvd_bench.sweep.cluster import check_resources, init_ray, ray_log_to_file, resolve_gpus
 from lrvd_bench.sweep.finalize import SweepOutcome, finish
@@ -148,15 +152,23 @@ def _sweep(
         else:
             specs = config.expand()
         if not interrupted:
-            reused: dict[str, list[str]] = {}
-            if not config.random_space():  # sampled points differ per trial: no two trials share a config
-                specs, reused = plan_reuse(specs)
-            write_specs(run_dir, selection_specs + specs)
-            (run_dir / ENSEMBLES_FILE).write_text(json.dumps(reused, indent=1))
-            note = f", {len(reused)} ensembles from lora trials" if reused else ""
-            interrupted = run(
-                [s for s in specs if s.trial_id not in reused], "final stage: " if config.selection else "", note
-            )
+            plan = plan_final(config, specs)
+            write_specs(run_dir, selection_specs + plan.specs)
+            (run_dir / ENSEMBLES_FILE).write_text(json.dumps(plan.ensembles, indent=1))
+            write_posthoc_plan(run_dir, plan.posthoc)
+            stages = plan.stages
+            for name, stage_specs in stages:
+                parts = ["final stage"] if config.selection else []
+                parts += [f"{name} stage"] if len(stages) > 1 else []
+                label = ", ".join(parts) + ": " if parts else ""
+                note = ""
+                if name == "training" and plan.ensembles:
+                    note += f", {len(plan.ensembles)} ensembles from lora trials"
+                if name == "post-hoc":
+                    note += ", each on its lora trial's adapter"
+                interrupted = run(stage_specs, label, note)
+                if interrupted:
+                    break
         outcome = finish(run_dir, interrupted, stream, stop)
         finish_record(record, outcome)
         return outcome

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lrvd_bench.config import TrialSpec
+from lrvd_bench.posthoc_reuse import ready_source
 from lrvd_bench.trial_folder import finished_row
 
 #: ``trial_fn(spec, trial_dir, report=callable)`` -> result row; defaults to ``run_trial``.
@@ -67,6 +68,9 @@ def make_trainable(run_dir: Path, trial_fn: TrialFn | None, threads: int) -> Cal
         if fn is None:
             from lrvd_bench.trial import run_trial as fn
         trial_dir.mkdir(parents=True, exist_ok=True)
+        # a post-hoc method whose LoRA trial finished loads that adapter instead of training one
+        source = ready_source(run_dir, spec)
+        reuse = {"reuse_from": source} if source is not None else {}
 
         last_step = {"timesteps_total": None}
 
@@ -85,7 +89,7 @@ def make_trainable(run_dir: Path, trial_fn: TrialFn | None, threads: int) -> Cal
             contextlib.redirect_stdout(log),
             contextlib.redirect_stderr(log),
         ):
-            row = fn(spec, trial_dir, report=report)
+            row = fn(spec, trial_dir, report=report, **reuse)
         tune.report({**_scalars(row), **{k: v for k, v in last_step.items() if v}, "trial_done": True})
 
     return trainable
