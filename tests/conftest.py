@@ -96,25 +96,32 @@ def toy_loader() -> DataLoader:
     return make_toy_loader()
 
 
-@pytest.fixture(scope="session")
-def tiny_mc_model(tmp_path_factory) -> Path:
-    """A 2-layer BertForMultipleChoice (random weights) + the MiniLM tokenizer, saved like a checkpoint."""
+def save_tiny_bert(out: Path, model_class: str = "BertForMultipleChoice", layers: int = 2, **config) -> Path:
+    """A tiny BERT (random weights, seed 0) + the MiniLM tokenizer saved like a checkpoint in ``out``:
+    ``model_class`` ``BertModel`` has no classifier, so the task head is new, as with MiniLM."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMultipleChoice
+    import transformers
+    from transformers import AutoTokenizer, BertConfig
 
     from lrvd_bench.backbones import resolve_model_path
 
-    out = tmp_path_factory.mktemp("tiny-bert-mc")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     torch.manual_seed(0)
-    config = BertConfig(
+    bert = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=128,
+        **config,
     )
-    BertForMultipleChoice(config).save_pretrained(out)
+    getattr(transformers, model_class)(bert).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mc_model(tmp_path_factory) -> Path:
+    """A 2-layer BertForMultipleChoice (random weights) + the MiniLM tokenizer, saved like a checkpoint."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-mc"))

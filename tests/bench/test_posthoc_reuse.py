@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import save_tiny_bert
 from lrvd_bench.config import load_config
 from lrvd_bench.posthoc_reuse import plan_posthoc, read_plan
 from lrvd_bench.stage_plan import plan_final
@@ -94,25 +95,7 @@ def test_dry_run_prints_the_stages_the_run_plans(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from lrvd_bench.backbones import resolve_model_path
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), "BertModel", layers=1)
 
 
 @pytest.fixture(scope="module")

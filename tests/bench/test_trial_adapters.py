@@ -13,32 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import save_tiny_bert
+
 SAMPLED = ["bayeslora", "blob", "mc-dropout-lora", "adalora-ivon", "laplace-lora"]
 N_SAMPLES = 3
 
 
 @pytest.fixture(scope="module")
 def tiny_mc_model(tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from lrvd_bench.backbones import resolve_model_path
-
-    out = tmp_path_factory.mktemp("tiny-bert-mc")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.1,
-    )
-    BertModel(config).save_pretrained(out)  # no classifier: the multiple-choice head is new, as with MiniLM
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-mc"), "BertModel", layers=1, hidden_dropout_prob=0.1)
 
 
 def run_dir_with_trials(root: Path, model: Path, methods: list[str], seeds=(0,)) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import lrvd_bench.loaders as loaders
+from conftest import save_tiny_bert
 from lrvd.protocol import MethodBase
 from lrvd_baselines.lora_temp_scaling import LoRATempScaling
 from lrvd_bench.backbones import load_backbone
@@ -23,25 +24,7 @@ from lrvd_bench.trial import run_trial
 
 @pytest.fixture(scope="module")
 def tiny_mc_model(tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMultipleChoice
-
-    from lrvd_bench.backbones import resolve_model_path
-
-    out = tmp_path_factory.mktemp("tiny-bert-mc")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertForMultipleChoice(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-mc"), layers=1)
 
 
 def _rows(loader) -> list[tuple[int, ...]]:
