@@ -94,6 +94,7 @@ def test_the_help_examples_are_peft_s_defaults():
 def test_bench_run_refuses_unmatched_targets_with_exit_2_before_ray(capsys, tmp_path, monkeypatch):
     import ray
 
+    ray.shutdown()  # an earlier test's session must not stand in for this run's start
     monkeypatch.chdir(tmp_path)
     model = config_only(tmp_path, LLAMA, "llama")
     out = tmp_path / "run"
