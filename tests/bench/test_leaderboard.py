@@ -150,3 +150,25 @@ def test_bench_leaderboard_skips_a_truncated_result_with_a_warning_naming_it(tmp
     assert board.loc["bayeslora", "accuracy_mean"] == pytest.approx(0.70)
     statuses = sorted(r["status"] for r in gather_rows(tmp_path))
     assert statuses == ["incomplete", "ok", "ok", "ok"]
+
+
+def test_unfinished_trials_are_named_as_their_finished_rows_are(tmp_path):
+    """A trial that started but left no row, and one that never started, get the identity columns a
+    result.json holds (trial_folder.identity), search point and stage included."""
+    from lrvd_bench.config import load_config
+    from lrvd_bench.trial_folder import identity
+
+    config = load_config(None, {"methods": "lora", "tasks": "arc-e", "seeds": [0, 1], "output": str(tmp_path)})
+    started, never = (s.with_overrides({"train.lr": 3e-3}) for s in config.expand())
+    (tmp_path / "specs.json").write_text(json.dumps([started.to_dict(), never.to_dict()]))
+    folder = tmp_path / "trials" / started.trial_id
+    folder.mkdir(parents=True)
+    (folder / "spec.json").write_text(json.dumps(started.to_dict()))
+    rows = {r["trial_id"]: r for r in gather_rows(tmp_path)}
+    assert rows[started.trial_id] == {
+        **identity(started),
+        "status": "incomplete",
+        "error": "trial started but did not finish",
+    }
+    assert rows[never.trial_id] == {**identity(never), "status": "not run", "error": ""}
+    assert rows[never.trial_id]["search_point"] == '{"train.lr": 0.003}' and rows[never.trial_id]["seed"] == 1

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lrvd.errors import LRVDError
+    from lrvd.errors import LRVDError, first_line
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -160,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except LRVDError as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"bench: error: {message}", file=sys.stderr)
+        print(f"bench: error: {first_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # outside Ray Tune's loop; SIGTERM arrives as its subclass Terminated
         code = getattr(stop, "exit_code", 130)

@@ -24,7 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lrvd.errors import first_line
 from lrvd_bench.config import DEFAULT_REFERENCE
+from lrvd_bench.trial_folder import identity
 
 #: Metrics aggregated as ``<name>_mean`` and ``<name>_std`` over seeds, with higher_is_better.
 METRICS: dict[str, bool | None] = {
@@ -184,7 +186,11 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             spec_file = folder / "spec.json"
             spec = TrialSpec.from_dict(json.loads(spec_file.read_text())) if spec_file.is_file() else None
             rows.append(
-                {**_identity(folder.name, spec), "status": "incomplete", "error": "trial started but did not finish"}
+                {
+                    **(identity(spec) if spec else {"trial_id": folder.name}),
+                    "status": "incomplete",
+                    "error": "trial started but did not finish",
+                }
             )
     specs_file, config_file = run_dir / "specs.json", run_dir / "config.yaml"
     sampled = config_file.is_file() and any(
@@ -194,7 +200,7 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
         for data in json.loads(specs_file.read_text()):
             spec = TrialSpec.from_dict(data)
             if spec.trial_id not in seen:
-                rows.append({**_identity(spec.trial_id, spec), "status": "not run", "error": ""})
+                rows.append({**identity(spec), "status": "not run", "error": ""})
     return rows
 
 
@@ -206,28 +212,13 @@ def read_row(path: Path) -> dict[str, Any] | None:
     try:
         row = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         print(f"bench: warning: skipped unreadable {path} ({reason})", file=sys.stderr)
         return None
     if not isinstance(row, dict):
         print(f"bench: warning: skipped {path} (a JSON {type(row).__name__}, not a trial row)", file=sys.stderr)
         return None
     return row
-
-
-def _identity(trial_id: str, spec: Any) -> dict[str, Any]:
-    if spec is None:
-        return {"trial_id": trial_id}
-    from lrvd_bench.config import portable_model_name
-
-    return {
-        "trial_id": spec.trial_id,
-        "method": spec.method,
-        "task": spec.task,
-        "model": portable_model_name(spec.model),
-        "seed": spec.seed,
-        "config_hash": spec.config_hash,
-    }
 
 
 def rows_frame(rows: list[dict[str, Any]]):

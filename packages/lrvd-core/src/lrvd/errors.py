@@ -28,6 +28,13 @@ def check_each(params: object, rule: str, names: Iterable[str], ok) -> None:
             raise out_of_range(name, value, rule)
 
 
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of ``err``'s message (at most ``limit`` characters), or its type name when the
+    message is empty: what a one-line error quotes of a library's multi-line exception."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> LRVDError:
     """Build the standard "unknown X 'v'; valid: a, b, c" error."""
     valid = ", ".join(sorted(choices)) or "(none registered)"

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
-from lrvd.errors import LRVDError, unknown_choice
+from lrvd.errors import LRVDError, first_line, unknown_choice
 
 T = TypeVar("T")
 
@@ -115,7 +115,7 @@ class Registry(Generic[T]):
             try:
                 self.get(name)
             except LRVDError as err:
-                broken[name] = str(err).strip().splitlines()[0]
+                broken[name] = first_line(err)
             else:
                 ok.append(name)
         return ok, broken

@@ -8,6 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lrvd.errors import first_line
 from lrvd_bench.config import ExperimentConfig
 from lrvd_bench.errors import BenchError
 from lrvd_bench.targets import architecture_targets, is_by_architecture
@@ -82,10 +83,9 @@ def check_inputs(config: ExperimentConfig) -> None:
 
         hf_hub_download(model, "config.json")
     except Exception as err:  # noqa: BLE001 - any hub/network/cache failure becomes one line
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise BenchError(
             f"model {model!r} is not a local directory and cannot be fetched from the Hugging Face "
-            f"hub ({type(err).__name__}: {reason}); offline: pass a downloaded model directory"
+            f"hub ({type(err).__name__}: {first_line(err, 160)}); offline: pass a downloaded model directory"
         ) from None
 
 

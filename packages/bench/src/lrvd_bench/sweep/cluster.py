@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lrvd.errors import first_line
 from lrvd_bench.config import ExperimentConfig
 from lrvd_bench.errors import BenchError
 
@@ -44,7 +45,7 @@ def init_ray(config: ExperimentConfig) -> bool:
                 ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count() or 1, **kwargs)
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as err:
         where = config.address or "a local Ray instance"
-        raise BenchError(f"cannot start or reach {where}: {str(err).strip().splitlines()[0]}") from None
+        raise BenchError(f"cannot start or reach {where}: {first_line(err)}") from None
     finally:
         if callable(sigterm):  # always: the C++ handler is installed below Python, unseen by getsignal
             signal.signal(signal.SIGTERM, sigterm)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lrvd.errors import LRVDError, unknown_choice
+from lrvd.errors import LRVDError, first_line, unknown_choice
 
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SOURCES = ("auto", "local", "hub")
@@ -230,10 +230,9 @@ class Task:
             ds = datasets.load_dataset(self.hub_id, self.hub_config, split=hub_split)
             return [dict(r) for r in ds]
         except Exception as err:  # noqa: BLE001 - any hub/network/cache failure becomes one line
-            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
             raise LRVDError(
                 f"task {self.name!r}: cannot load {where} split {hub_split!r} from the Hugging Face hub "
-                f"({type(err).__name__}: {reason}); offline: use --data-dir"
+                f"({type(err).__name__}: {first_line(err, 160)}); offline: use --data-dir"
             ) from None
 
 
