@@ -54,23 +54,16 @@ def main() -> None:
 
     from lrvd.inject import lrvd_modules
     from lrvd.metrics import classification_metrics
-    from lrvd.protocol import TrainPlan
     from lrvd.registry import get_method
     from lrvd.training import fit, predict, seed_everything
-    from lrvd_bench.backbones import load_backbone
     from lrvd_bench.config import load_config
-    from lrvd_bench.loaders import loaders_for_trial
-    from lrvd_bench.tasks import get_task
+    from lrvd_bench.trial_inputs import trial_inputs
 
     spec = next(s for s in load_config(args.config).expand() if s.method == "bayeslora" and s.seed == args.seed)
     train_cfg = spec.build_train()
-    seed_everything(spec.seed)
-    task = get_task(spec.task)
-    backbone = load_backbone(spec.model, task)
-    data = loaders_for_trial(task, backbone, spec)
-    plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
+    inputs = trial_inputs(spec)
+    backbone, data, plan, adapter = inputs.backbone, inputs.data, inputs.plan, inputs.adapter
     batches = list(itertools.islice(itertools.cycle(data.train_loader), plan.total_steps))
-    adapter = spec.build_adapter()
     params = dict(spec.method_params)
 
     def evaluate(method, model) -> dict[str, float]:

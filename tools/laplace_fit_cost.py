@@ -38,25 +38,18 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from lrvd.metrics import classification_metrics
-    from lrvd.protocol import TrainPlan
     from lrvd.registry import get_method
     from lrvd.training import fit, predict, seed_everything
     from lrvd_baselines.laplace_lora import fit_on_subset, head_frozen
-    from lrvd_bench.backbones import load_backbone
     from lrvd_bench.config import load_config
-    from lrvd_bench.loaders import loaders_for_trial
-    from lrvd_bench.tasks import get_task
+    from lrvd_bench.trial_inputs import trial_inputs
 
     spec = next(s for s in load_config(args.config).expand() if s.method == "laplace-lora" and s.seed == args.seed)
-    train_cfg = spec.build_train()
-    seed_everything(spec.seed)
-    task = get_task(spec.task)
-    backbone = load_backbone(spec.model, task)
-    data = loaders_for_trial(task, backbone, spec)
-    plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
+    inputs = trial_inputs(spec)
+    data, plan = inputs.data, inputs.plan
     method = get_method("laplace-lora")()
     seed_everything(spec.seed)
-    model = method.attach(backbone.model, spec.build_adapter(), plan)
+    model = method.attach(inputs.backbone.model, inputs.adapter, plan)
     fit(method, model, data.train_loader, plan, device="cpu", progress=False)
 
     # CPU seconds of one training step (forward + loss + backward), median of 10 after 2 warm-up steps

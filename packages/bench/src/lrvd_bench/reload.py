@@ -38,24 +38,14 @@ def load_export(folder: str | Path):
 
 def rebuild_from(spec, adapter_dir: str | Path):
     """(method, model, data) of ``spec`` with the adapter saved in ``adapter_dir`` loaded (CPU)."""
-    from lrvd.protocol import TrainPlan
     from lrvd.registry import get_method
-    from lrvd.training import seed_everything
-    from lrvd_bench.backbones import concrete_targets, load_backbone
-    from lrvd_bench.loaders import loaders_for_trial
-    from lrvd_bench.tasks import get_task
+    from lrvd_bench.trial_inputs import trial_inputs
 
-    adapter_spec, train_cfg = spec.build_adapter(), spec.build_train()
     method = get_method(spec.method)(**spec.method_params)
-    seed_everything(spec.seed)
-    task = get_task(spec.task)
-    backbone = load_backbone(spec.model, task)
-    adapter_spec = concrete_targets(adapter_spec, backbone)
-    data = loaders_for_trial(task, backbone, spec)
-    plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
-    model = method.attach(backbone.model, adapter_spec, plan)
+    inputs = trial_inputs(spec)
+    model = method.attach(inputs.backbone.model, inputs.adapter, inputs.plan)
     method.load_adapter(model, adapter_dir)
-    return method, model, data
+    return method, model, inputs.data
 
 
 def evaluation_settings(trial_dir: str | Path) -> dict[str, Any]:

@@ -324,13 +324,10 @@ def _run(
     import torch
 
     from lrvd.metrics import classification_metrics
-    from lrvd.protocol import TrainPlan
     from lrvd.registry import get_method
     from lrvd.training import fit, predict, resolve_device, seed_everything
-    from lrvd_bench.backbones import concrete_targets, load_backbone
-    from lrvd_bench.loaders import loaders_for_trial
     from lrvd_bench.memory import peak_memory_mb, reset_peak_memory
-    from lrvd_bench.tasks import get_task
+    from lrvd_bench.trial_inputs import trial_inputs
 
     log = (trial_dir / "log.txt").open("w")
     clock = time.perf_counter()
@@ -340,7 +337,6 @@ def _run(
         log.flush()
 
     device = resolve_device(spec.device)
-    adapter_spec, train_cfg = spec.build_adapter(), spec.build_train()
     method = get_method(spec.method)(**spec.method_params)
     # Imported before the memory window opens: module code is not trial memory, and a reused worker
     # process (reuse_actors) would otherwise charge it to its first trial only.
@@ -349,20 +345,14 @@ def _run(
     import transformers  # noqa: F401
 
     reset_peak_memory(device)  # CPU: RSS above this point (lrvd_bench.memory)
-    seed_everything(spec.seed)
-    phase("load task")
-    task = get_task(spec.task)
-    source, source_sha256 = data_fingerprint(task, spec.data_dir)
-    phase("load backbone")
-    backbone = load_backbone(spec.model, task, load_in_8bit=spec.load_in_8bit)
-    adapter_spec = concrete_targets(adapter_spec, backbone)
-    data = loaders_for_trial(
-        task,
-        backbone,
+    inputs = trial_inputs(
         spec,
         with_eval=spec.stage != "selection",  # selection never loads the evaluation split
+        load_in_8bit=spec.load_in_8bit,
+        phase=phase,
     )
-    plan = TrainPlan.from_loader_length(len(data.train_loader), data.n_train, train_cfg)
+    backbone, data, plan = inputs.backbone, inputs.data, inputs.plan
+    source, source_sha256 = data_fingerprint(inputs.task, spec.data_dir)
     model = None
     try:
         phase(
@@ -370,7 +360,7 @@ def _run(
             f"{plan.total_steps} steps)"
         )
         seed_everything(spec.seed)
-        model = method.attach(backbone.model, adapter_spec, plan)
+        model = method.attach(backbone.model, inputs.adapter, plan)
         counts = method.parameter_counts(model)
         fitted = None
         if reuse_from is not None:
