@@ -252,6 +252,16 @@ def run_steps(method, model, steps: int, start: int = 0):
         )
 
 
+def doom_first_rank(model):
+    """The first LRVD module, its rank 0 set to log α > 11 after the next step, every other rank < 4."""
+    layer = next(iter(lrvd_modules(model).values()))
+    with torch.no_grad():
+        layer.A_mu[0].fill_(1e-6)
+        layer.B_mu[:, 0].fill_(1e-6)
+        layer.rank_log_sigma2[0] = 2.0
+    return layer
+
+
 def optimised(protocol: str, prune_every: int, **params):
     train = TrainConfig(lr=1e-2, warmup_ratio=0.1, max_grad_norm=0.0)
     method, model = attached(total_steps=20, train=train, protocol=protocol, prune_every=prune_every, **params)
@@ -277,11 +287,7 @@ def test_glue_bench_rebuilds_adamw_at_every_check_with_one_step_at_lr_0():
 
     method, model = optimised("glue-bench", prune_every=4, tau=8.0)
     run_steps(method, model, 3)
-    layer = next(iter(lrvd_modules(model).values()))
-    with torch.no_grad():  # rank 0 of one module at log α > 11 after the step, every other one < 4
-        layer.A_mu[0].fill_(1e-6)
-        layer.B_mu[:, 0].fill_(1e-6)
-        layer.rank_log_sigma2[0] = 2.0
+    layer = doom_first_rank(model)
     run_steps(method, model, 2, start=3)
     kept = {id(t) for t in (layer.A_mu, layer.B_mu, layer.rank_log_sigma2)}
     assert layer.r == SPEC.r - 1
@@ -299,11 +305,7 @@ def test_llm_scripts_rebuild_only_when_a_rank_went(after_prune, reset):
     assert len(method.optimizer.state) > 0 and method.optimizer.param_groups[0]["lr"] > 0  # nothing went
     method, model = optimised("llm-scripts", prune_every=4, tau=8.0, after_prune=after_prune)
     run_steps(method, model, 3)
-    layer = next(iter(lrvd_modules(model).values()))
-    with torch.no_grad():  # rank 0 of one module at log α > 11 after the step, every other one < 4
-        layer.A_mu[0].fill_(1e-6)
-        layer.B_mu[:, 0].fill_(1e-6)
-        layer.rank_log_sigma2[0] = 2.0
+    layer = doom_first_rank(model)
     run_steps(method, model, 1, start=3)
     assert layer.r == SPEC.r - 1
     assert (len(method.optimizer.state) == 0) is reset
