@@ -19,6 +19,7 @@ mean (``delta_pairing``).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -100,34 +101,50 @@ def two_levels(own: list[TrialScores], ref: list[TrialScores], stream: int = 0) 
     return out
 
 
+def end_mc_ses(name: str, tl: TwoLevel) -> list[float]:
+    """Monte-Carlo standard errors of a metric's seed-aware and percentile question-only interval ends."""
+    ends = [tl.mc_se()] if tl.n_seeds > 1 else []
+    if name != "ece":  # ECE's question-only interval is scipy's BCa, on its own resamples
+        ends += [quantile_mc_se(tl.questions_only, q) for q in ((1 - LEVEL) / 2, (1 + LEVEL) / 2)]
+    return ends
+
+
 def worst_mc_se(levels: dict[str, TwoLevel]) -> float:
     """Largest Monte-Carlo standard error over the seed-aware and the percentile question-only ends."""
     worst = 0.0
     for name, tl in levels.items():
-        ends = [tl.mc_se()] if tl.n_seeds > 1 else []
-        if name != "ece":  # ECE's question-only interval is scipy's BCa, on its own resamples
-            ends += [quantile_mc_se(tl.questions_only, q) for q in ((1 - LEVEL) / 2, (1 + LEVEL) / 2)]
-        worst = max([worst, *[e for e in ends if not math.isnan(e)]])
+        worst = max([worst, *[e for e in end_mc_ses(name, tl) if not math.isnan(e)]])
     return worst
 
 
-def unclear_decisions(levels_by_row: dict[int, dict[str, TwoLevel]], task_of: dict[int, str], n_resamples: int) -> int:
+def holm_by_task(p_values: dict[tuple[int, str], float], task_of: dict[int, str]) -> dict[tuple[int, str], float]:
+    """Holm-adjusted p of every finite seed-aware p, the family being one task's table."""
+    adjusted: dict[tuple[int, str], float] = {}
+    for task in set(task_of.values()):
+        cells = [c for c, p in p_values.items() if task_of[c[0]] == task and not math.isnan(p)]
+        adjusted.update(zip(cells, holm([p_values[c] for c in cells])))
+    return adjusted
+
+
+def unclear_decisions(
+    p_values: dict[tuple[int, str], float], adjusted: dict[tuple[int, str], float], n_resamples: int
+) -> int:
     """Tests whose Holm decision could flip with the random stream: adjusted p within 3 Monte-Carlo
     standard errors of 0.05 (the raw p is about twice a tail share of ``B`` draws: binomial error,
     scaled by Holm's multiplier)."""
     unclear = 0
-    for task in set(task_of.values()):
-        cells = [(i, m) for i, lv in levels_by_row.items() if task_of[i] == task for m in lv if lv[m].n_seeds > 1]
-        raw = [levels_by_row[i][m].p_value() for i, m in cells]
-        for p, adjusted in zip(raw, holm(raw)):
-            se = adjusted / p * math.sqrt(2 * p * (1 - p / 2) / n_resamples)
-            unclear += abs(adjusted - ALPHA) < 3 * se
+    for cell, adj in adjusted.items():
+        p = p_values[cell]
+        se = adj / p * math.sqrt(2 * p * (1 - p / 2) / n_resamples)
+        unclear += abs(adj - ALPHA) < 3 * se
     return unclear
 
 
-def compare(pairing: str, own: list[TrialScores], ref: list[TrialScores]) -> dict[str, Any]:
-    """Every ``delta_*`` / ``poi_*`` column of one row except the Holm ones (set per table)."""
-    levels = two_levels(own, ref)
+def compare(
+    pairing: str, own: list[TrialScores], ref: list[TrialScores], levels: dict[str, TwoLevel]
+) -> dict[str, Any]:
+    """Every ``delta_*`` / ``poi_*`` column of one row (``levels``: its :func:`two_levels`) except the
+    p values, set per table."""
     n_resamples = len(own[0].resampled["accuracy"])
     out: dict[str, Any] = {"delta_n_seeds": len(own), "delta_pairing": pairing, "delta_resamples": n_resamples}
     for name, higher in PAIRED_METRICS.items():
@@ -140,18 +157,13 @@ def compare(pairing: str, own: list[TrialScores], ref: list[TrialScores]) -> dic
             qlo, qhi = tl.question_interval(LEVEL)
         per_seed = tl.per_seed
         better = per_seed > 0 if higher else per_seed < 0
-        poi = probability_of_improvement(
-            tl, np.stack([t.resampled[name] for t in own]), np.stack([t.resampled[name] for t in ref]), higher
-        )
-        mc = [tl.mc_se()] if tl.n_seeds > 1 else []
-        if name != "ece":
-            mc += [quantile_mc_se(tl.questions_only, q) for q in ((1 - LEVEL) / 2, (1 + LEVEL) / 2)]
+        poi = probability_of_improvement(tl, higher)
+        mc = end_mc_ses(name, tl)
         out.update(
             {
                 key: tl.delta,
                 f"{key}_lo": lo,
                 f"{key}_hi": hi,
-                f"{key}_p": tl.p_value(),
                 f"{key}_mc_se": max(mc) if mc else math.nan,
                 f"{key}_questions_lo": qlo,
                 f"{key}_questions_hi": qhi,
@@ -163,19 +175,6 @@ def compare(pairing: str, own: list[TrialScores], ref: list[TrialScores]) -> dic
             }
         )
     return out
-
-
-def apply_holm(board) -> Any:
-    """``_p_holm`` and ``_significant`` per task: Holm over every finite seed-aware p of the task's table."""
-    board["delta_family"] = 0
-    for _, group in board.groupby("task"):
-        cells = [(i, m) for i in group.index for m in PAIRED_METRICS if not math.isnan(board.at[i, f"delta_{m}_p"])]
-        adjusted = holm([board.at[i, f"delta_{m}_p"] for i, m in cells])
-        for (i, m), p in zip(cells, adjusted):
-            board.at[i, f"delta_{m}_p_holm"] = p
-            board.at[i, f"delta_{m}_significant"] = bool(p < ALPHA)
-        board.loc[group.index, "delta_family"] = len(cells)
-    return board
 
 
 def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
@@ -241,27 +240,40 @@ def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
     while True:
         paired = score_pairs(pairs, loaded, n_resamples)
         levels = {i: two_levels(p[2], p[3]) for i, p in paired.items()}
+        p_values = {(i, m): tl.p_value() for i, lv in levels.items() for m, tl in lv.items()}
+        adjusted = holm_by_task(p_values, {i: board.at[i, "task"] for i in levels})
         worst = max([worst_mc_se(lv) for lv in levels.values()], default=0.0)
-        unclear = unclear_decisions(levels, {i: board.at[i, "task"] for i in levels}, n_resamples)
+        unclear = unclear_decisions(p_values, adjusted, n_resamples)
         if (worst < MC_SE_TARGET and not unclear) or n_resamples >= MAX_RESAMPLES:
             break
         n_resamples *= 2
     board["delta_unclear"] = unclear
     for i, (pairing, _, own, ref) in paired.items():
-        for column, value in compare(pairing, own, ref).items():
+        for column, value in compare(pairing, own, ref, levels[i]).items():
             board.at[i, column] = value
-    return apply_holm(board)
+        for m in PAIRED_METRICS:
+            board.at[i, f"delta_{m}_p"] = p_values[i, m]
+    for (i, m), p in adjusted.items():
+        board.at[i, f"delta_{m}_p_holm"] = p
+        board.at[i, f"delta_{m}_significant"] = bool(p < ALPHA)
+    family = Counter(board.at[i, "task"] for i, _ in adjusted)
+    for task, group in board.groupby("task"):
+        board.loc[group.index, "delta_family"] = family[task]
+    return board
 
 
 def score_pairs(pairs: dict[int, tuple[dict, dict]], loaded, n_resamples: int) -> dict[int, tuple]:
     """Row index → :func:`pair` of its trials scored on ``n_resamples`` question resamples (rows that
-    cannot be paired are left out)."""
+    cannot be paired are left out). Trials with as many questions share one resample draw."""
     scores: dict[str, TrialScores] = {}
+    resamples: dict[int, np.ndarray] = {}
 
     def scored(trial_id: str) -> TrialScores:
         if trial_id not in scores:
             probs, labels = loaded(trial_id)
-            scores[trial_id] = score_trial(probs, labels, resample_questions(len(labels), n_resamples, seed=0))
+            if len(labels) not in resamples:
+                resamples[len(labels)] = resample_questions(len(labels), n_resamples, seed=0)
+            scores[trial_id] = score_trial(probs, labels, resamples[len(labels)])
         return scores[trial_id]
 
     paired = {}

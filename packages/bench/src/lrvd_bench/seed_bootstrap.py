@@ -150,11 +150,7 @@ class TwoLevel:
 
 
 def probability_of_improvement(
-    two_level: TwoLevel,
-    boot_method: np.ndarray,
-    boot_reference: np.ndarray,
-    higher_is_better: bool,
-    level: float = 0.95,
+    two_level: TwoLevel, higher_is_better: bool, level: float = 0.95
 ) -> tuple[float, float, float]:
     """P(method beats reference) over seed pairs, with its percentile interval (rliable's statistic).
 
@@ -171,7 +167,9 @@ def probability_of_improvement(
     point = float(poi(np.asarray(two_level.point_method, float), np.asarray(two_level.point_reference, float)))
     draws = two_level.draws
     cols = np.arange(draws.shape[0])[:, None]
-    boot = poi(np.asarray(boot_method, float)[draws, cols], np.asarray(boot_reference, float)[draws, cols])
+    boot = poi(
+        np.asarray(two_level.boot_method, float)[draws, cols], np.asarray(two_level.boot_reference, float)[draws, cols]
+    )
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
     return point, float(lo), float(hi)
 
