@@ -61,19 +61,27 @@ def run_mc_error(run_dir: Path, streams: int, reference: str | None = None) -> N
     for r in rows:
         if r.get("status") == "ok" and r.get("stage", "") != "selection":
             trials.setdefault(r["method"], {})[int(r["seed"])] = run_dir / "trials" / r["trial_id"] / "predictions.npz"
+    loaded: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+
+    def predictions(file: Path) -> tuple[np.ndarray, np.ndarray]:
+        if file not in loaded:
+            with np.load(file) as data:
+                loaded[file] = (data["probs"], data["labels"])
+        return loaded[file]
+
     print("method | metric | resamples | estimated MC SE (lo, hi) | SD over streams (lo, hi)")
     for _, row in board[board["delta_accuracy"].notna()].iterrows():
         n_resamples = int(row["delta_resamples"])
         ends = {m: [] for m in PAIRED_METRICS}
         for stream in range(streams):
-            scored = {}
+            scored, index = {}, {}  # one resample draw per question count in this stream
             for method in (row["method"], reference):
                 scored[method] = {}
                 for seed, file in trials[method].items():
-                    with np.load(file) as data:
-                        probs, labels = data["probs"], data["labels"]
-                    index = resample_questions(len(labels), n_resamples, seed=stream)
-                    scored[method][seed] = score_trial(probs, labels, index)
+                    probs, labels = predictions(file)
+                    if len(labels) not in index:
+                        index[len(labels)] = resample_questions(len(labels), n_resamples, seed=stream)
+                    scored[method][seed] = score_trial(probs, labels, index[len(labels)])
             _, _, own, ref = pair(scored[row["method"]], scored[reference])
             for m, tl in two_levels(own, ref, stream).items():
                 ends[m].append(tl.interval())

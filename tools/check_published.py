@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     printed = printed_tables(args.run_dir)
     failed = False
     for file in files:
-        problems = compare(printed, tables(file.read_text()))
-        shown = sum(any(t[0] == p[0] for p in printed) for t in tables(file.read_text()))
+        published = tables(file.read_text())
+        problems = compare(printed, published)
+        shown = sum(any(t[0] == p[0] for p in printed) for t in published)
         if problems:
             failed = True
             print(f"{file}: differs from what the code prints for {args.run_dir}")
