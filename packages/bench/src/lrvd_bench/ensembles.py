@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from lrvd_bench.config import TrialSpec
-from lrvd_bench.trial_folder import ERROR_FILE, RESULT_FILE, atomic_write, identity, jsonable
+from lrvd_bench.trial_folder import ERROR_FILE, RESULT_FILE, identity, write_row
 
 ENSEMBLE, MEMBER = "lora-ensemble", "lora"
 #: ``{ensemble trial_id: member trial_ids}`` of a sweep, written before its trials run
@@ -105,7 +105,7 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
                 "status": "failed",
                 "error": f"ensemble members did not all finish: {', '.join(member_ids)}",
             }
-            atomic_write(folder / ERROR_FILE, json.dumps(jsonable(error), indent=2))
+            write_row(folder / ERROR_FILE, error)
             continue
         probs, labels = ensemble_probs([p for p, _ in preds]), preds[0][1]
         metrics = classification_metrics(probs, labels)
@@ -139,4 +139,4 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
             "peak_memory_mb": max(r["peak_memory_mb"] for r in rows),
             "reused_members": ",".join(member_ids),
         }
-        atomic_write(folder / RESULT_FILE, json.dumps(jsonable(row), indent=2))
+        write_row(folder / RESULT_FILE, row)

@@ -26,7 +26,7 @@ from typing import Any
 
 from lrvd.errors import first_line
 from lrvd_bench.config import DEFAULT_REFERENCE
-from lrvd_bench.trial_folder import identity
+from lrvd_bench.trial_folder import ERROR_FILE, RESULT_FILE, STOPPED_FILE, identity
 
 #: Metrics aggregated as ``<name>_mean`` and ``<name>_std`` over seeds, with higher_is_better.
 METRICS: dict[str, bool | None] = {
@@ -178,7 +178,7 @@ def gather_rows(run_dir: str | Path) -> list[dict[str, Any]]:
             continue
         seen.add(folder.name)
         # result.json (ok), error.json (failed), stopped.json (stopped by the scheduler, lrvd_bench.sweep.progress)
-        stored = (read_row(folder / name) for name in ("result.json", "error.json", "stopped.json"))
+        stored = (read_row(folder / name) for name in (RESULT_FILE, ERROR_FILE, STOPPED_FILE))
         row = next((r for r in stored if r is not None), None)
         if row is not None:
             rows.append(row)

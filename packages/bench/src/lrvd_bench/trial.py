@@ -43,7 +43,7 @@ from typing import Any
 from lrvd.errors import LRVDError
 from lrvd_bench.config import TrialSpec
 from lrvd_bench.provenance import package_versions, suite_commit
-from lrvd_bench.trial_folder import ERROR_FILE, RESULT_FILE, atomic_write, identity, jsonable
+from lrvd_bench.trial_folder import ERROR_FILE, RESULT_FILE, atomic_write, identity, write_row
 
 #: A progress hook: receives one record (see :data:`PROGRESS_KEYS`) every ``log_every`` steps.
 Reporter = Callable[[dict[str, Any]], None]
@@ -266,9 +266,9 @@ def run_trial(
             **node_info(),
         }
         (trial_dir / "error.txt").write_text(traceback.format_exc())
-        atomic_write(trial_dir / ERROR_FILE, json.dumps(jsonable(error), indent=2))
+        write_row(trial_dir / ERROR_FILE, error)
         raise
-    atomic_write(trial_dir / RESULT_FILE, json.dumps(jsonable(row), indent=2))
+    write_row(trial_dir / RESULT_FILE, row)
     return row
 
 

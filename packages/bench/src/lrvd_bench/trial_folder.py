@@ -50,6 +50,11 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_row(path: Path, row: dict[str, Any]) -> None:
+    """A trial record (result, error) as indented JSON, written atomically, values made JSON-safe."""
+    atomic_write(path, json.dumps(jsonable(row), indent=2))
+
+
 def finished_row(trial_dir: Path, spec: TrialSpec) -> dict[str, Any] | None:
     """The stored result of ``spec`` when ``trial_dir/result.json`` exists and carries its hash."""
     path = Path(trial_dir) / RESULT_FILE
