@@ -44,7 +44,7 @@ from lrvd import pruning
 from lrvd.classifier import ClassifierModel
 from lrvd.errors import LRVDError
 from lrvd.inject import lrvd_modules, matches_target, mc_predict_proba, set_sampling
-from lrvd.layers import total_kl
+from lrvd.layers import is_conv1d, total_kl
 from lrvd.methods.bayeslora import BayesLoRA, BayesLoRAParams
 from lrvd.protocol import AdapterConfig, TrainConfig, TrainPlan
 
@@ -204,17 +204,21 @@ def bayeslora_loss(model: nn.Module, inputs: dict[str, Any], outputs: Any, step:
     loss = getattr(outputs, "loss", None)
     if loss is None:
         raise LRVDError("the model returned no loss and its outputs are not single-label class logits")
-    kl = kl_loss(model, step=step)
-    return loss + kl.to(loss.device), {"nll": float(loss.detach()), "kl": float(total_kl(model).detach())}
+    kl = total_kl(model)  # once: the loss term and the logged value
+    weighted = kl_weight(model, step=step) * kl
+    return loss + weighted.to(loss.device), {"nll": float(loss.detach()), "kl": float(kl.detach())}
+
+
+def kl_weight(model: nn.Module, scale: float | None = None, *, step: int | None = None) -> float:
+    """``β(step) · kl_scale`` (β = 1 when ``step`` is None): the KL's weight in :func:`kl_loss`."""
+    scale = bayeslora_config(model).kl_scale if scale is None else scale
+    return (1.0 if step is None else bayeslora_method(model).kl_beta(step)) * scale
 
 
 def kl_loss(model: nn.Module, scale: float | None = None, *, step: int | None = None) -> torch.Tensor:
     """``β(step) · kl_scale · Σ_modules KL(q ‖ log-uniform)`` (β = 1 when ``step`` is None); for losses
     the method's objective does not cover (see :func:`bayeslora_loss`)."""
-    config = bayeslora_config(model)
-    scale = config.kl_scale if scale is None else scale
-    beta = 1.0 if step is None else bayeslora_method(model).kl_beta(step)
-    return (beta * scale) * total_kl(model)
+    return kl_weight(model, scale, step=step) * total_kl(model)
 
 
 def trainable_summary(model: nn.Module) -> tuple[int, int]:
@@ -230,7 +234,8 @@ def bayeslora_step(model: nn.Module, step: int, optimizer: torch.optim.Optimizer
     method = bayeslora_method(model)
     view = classifier_view(model)
     logs = dict(method.on_step_end(view, optimizer, step) or {})
-    logs.setdefault("effective_rank", float(pruning.effective_rank(model, method.params.tau)))
+    if "effective_rank" not in logs:  # the method logs it on its rank-log steps only (it is not free)
+        logs["effective_rank"] = float(pruning.effective_rank(model, method.params.tau))
     return logs
 
 
@@ -353,8 +358,7 @@ def check_fits(base_model: nn.Module, native: dict[str, torch.Tensor], meta: dic
             weight = getattr(base, "weight", None)
             if weight is None:
                 raise LRVDError(f"adapter at {path} adapts {module_name!r}, which this {saved_class} does not have")
-            is_conv1d = type(base).__name__ == "Conv1D"
-            d_in, d_out = (weight.shape[0], weight.shape[1]) if is_conv1d else (weight.shape[1], weight.shape[0])
+            d_in, d_out = (weight.shape[0], weight.shape[1]) if is_conv1d(base) else (weight.shape[1], weight.shape[0])
             expected = {"A_mu": d_in, "B_mu": d_out}.get(leaf)
             got = tensor.shape[1] if leaf == "A_mu" else tensor.shape[0] if leaf == "B_mu" else None
             if expected is not None and got != expected:

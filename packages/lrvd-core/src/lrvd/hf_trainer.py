@@ -26,7 +26,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from lrvd.hf import bayeslora_config, bayeslora_loss, bayeslora_step, rank_report, start_training
+from lrvd.hf import bayeslora_config, bayeslora_loss, bayeslora_method, classifier_view, rank_report, start_training
 
 
 class BayesLoraCallback(TrainerCallback):
@@ -43,7 +43,9 @@ class BayesLoraCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if model is not None:
-            self.pruned_total += int(bayeslora_step(model, state.global_step, optimizer).get("pruned_ranks", 0))
+            # the method's hook alone: bayeslora_step would add an effective rank nobody here reads
+            logs = bayeslora_method(model).on_step_end(classifier_view(model), optimizer, state.global_step) or {}
+            self.pruned_total += int(logs.get("pruned_ranks", 0))
         return control
 
 
