@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from lrvd.classifier import ClassifierModel
-from lrvd.errors import LRVDError
+from lrvd.errors import LRVDError, first_line
 from lrvd_bench.tasks.base import Task
 
 DEFAULT_MODEL = "minilm"
@@ -192,9 +192,8 @@ def load_model_config(model: str) -> tuple[Any, str, dict[str, Any]]:
 
 
 def _unloadable(model: str, where: str, err: BaseException) -> LRVDError:
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
     return LRVDError(
-        f"cannot load model {model!r} from {where} ({first}); offline: use an alias "
+        f"cannot load model {model!r} from {where} ({first_line(err, 200)}); offline: use an alias "
         f"({', '.join(MODEL_ALIASES)}) or a local directory"
     )
 
@@ -249,8 +248,8 @@ def load_backbone(model: str, task: Task, load_in_8bit: bool = False) -> Backbon
     try:
         hf_model, info = cls.from_pretrained(where, output_loading_info=True, **extra, **kwargs, **quantized)
     except (OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise LRVDError(f"cannot load model {model!r} as {cls.__name__} from {where} ({first})") from None
+        reason = first_line(err, 200)
+        raise LRVDError(f"cannot load model {model!r} as {cls.__name__} from {where} ({reason})") from None
     head = [] if kind == "causal-lm" else sorted(info.get("missing_keys", []))
     return _wrap(hf_model, task, tokenizer, kind, head_names=head, model_id=model)
 
@@ -270,20 +269,15 @@ def build_backbone_from_config(
     ``head`` lists parameter-name prefixes of the new task head; default: the model's ``classifier``
     or ``score`` module for encoders, nothing for causal LMs.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice, AutoModelForSequenceClassification
-
     if kind == "auto":
         kind = backbone_kind(config, task)
     if kind not in BACKBONE_KINDS:
         raise LRVDError(f"unknown backbone kind {kind!r}; valid choices: auto, {', '.join(BACKBONE_KINDS)}")
     torch.manual_seed(seed)
-    if kind == "causal-lm":
-        hf_model = AutoModelForCausalLM.from_config(config)
-    elif kind == "encoder-mc":
-        hf_model = AutoModelForMultipleChoice.from_config(config)
-    else:
-        config.num_labels = task.n_classes
-        hf_model = AutoModelForSequenceClassification.from_config(config)
+    cls, kwargs = model_class(kind, task)
+    for key, value in kwargs.items():  # from_config takes them on the config
+        setattr(config, key, value)
+    hf_model = cls.from_config(config)
     if head is None:
         head = [n for n in ("classifier", "score") if kind != "causal-lm" and hasattr(hf_model, n)][:1]
     names = [n for n, _ in hf_model.named_parameters() if any(n == h or n.startswith(h + ".") for h in head)]

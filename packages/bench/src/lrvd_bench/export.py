@@ -99,7 +99,6 @@ def export_trial(trial_dir: str | Path, out: str | Path, *, n_boot: int = N_BOOT
     import numpy as np
     from safetensors.torch import save_file
 
-    from lrvd.adapter_io import read_meta
     from lrvd_bench.backbones import model_source
 
     trial_dir, out = Path(trial_dir), Path(out)
@@ -123,7 +122,6 @@ def export_trial(trial_dir: str | Path, out: str | Path, *, n_boot: int = N_BOOT
     if (trial_dir / "predictions.npz").is_file():
         with np.load(trial_dir / "predictions.npz") as pred:
             intervals = bootstrap_intervals(pred["probs"], pred["labels"], n_boot=n_boot, seed=int(spec["seed"]))
-    meta = read_meta(out)
     model_card(spec, result, meta, intervals, folders, sorted(heads), source).save(str(out / "README.md"))
     return out
 

@@ -49,15 +49,11 @@ def usable_methods() -> list[str]:
 
 
 def method_class(name: str) -> type:
-    """The registered class; a plugin whose import fails is one line naming it."""
+    """The registered class; a plugin whose import fails is one line naming it (the registry's
+    ``PluginImportError``)."""
     from lrvd.registry import get_method
 
-    try:
-        return get_method(name)
-    except LRVDError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a broken third-party module: any exception, one line
-        raise BenchError(f"method {name!r} is registered but cannot be imported: {type(err).__name__}: {err}") from None
+    return get_method(name)
 
 
 def check_method_params(method: str, values: dict[str, Any], where: str = "") -> dict[str, Any]:

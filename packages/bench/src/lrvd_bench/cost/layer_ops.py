@@ -20,11 +20,11 @@ wall time with synchronisation. ``compile=True`` wraps both sides of every train
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lrvd_bench.cost.harness import cpu_timed, timed
 from lrvd_bench.cost.stats import median_iqr, ratio
 
 #: (row key, Markdown header) of the layer table.
@@ -288,25 +288,9 @@ def pairs(cfg: LayerCostConfig, device) -> list[Pair]:
 
 def clock(device) -> Callable[[Callable[[], Any]], float]:
     """Seconds of one call: process CPU time on CPU (robust to neighbours), synchronised wall time on CUDA."""
-    import torch
-
     if device.type == "cuda":
-
-        def wall(fn: Callable[[], Any]) -> float:
-            torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize(device)
-            return time.perf_counter() - t0
-
-        return wall
-
-    def cpu(fn: Callable[[], Any]) -> float:
-        t0 = time.process_time()
-        fn()
-        return time.process_time() - t0
-
-    return cpu
+        return lambda fn: timed(fn, device)
+    return lambda fn: cpu_timed(fn, device)[1]
 
 
 def repeated(fn: Callable[[], Any], n: int) -> Callable[[], None]:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lrvd_bench.errors import BenchError
+from lrvd_bench.trial_folder import atomic_write
 
 LOCK_FILE = "bench.lock"
 OWNER_FILE = "bench.lock.json"
@@ -49,9 +50,7 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
     owner = run_dir / OWNER_FILE
     try:
         record = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        tmp = owner.with_name(f"{OWNER_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, owner)
+        atomic_write(owner, json.dumps(record))
         yield
     finally:
         owner.unlink(missing_ok=True)

@@ -51,7 +51,7 @@ from lrvd.classifier import ClassifierModel, count_parameters, freeze_all_but
 from lrvd.errors import LRVDError, unknown_choice
 from lrvd.inject import inject_lrvd, lrvd_modules, mc_predict_proba, set_sampling
 from lrvd.layers import VARIANTS, total_kl
-from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan, head_groups, linear_warmup_decay
+from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan, head_groups
 
 #: What ``after_prune`` may be: how training goes on after a prune check.
 AFTER_PRUNE = ("rebuild-on-change", "rebuild-every-check", "keep-moments")
@@ -314,8 +314,8 @@ class BayesLoRA(MethodBase):
 
     def configure_optimizers(self, model: ClassifierModel, plan: TrainPlan):
         """The shared AdamW and schedule, the schedule read ``schedule_lag`` steps behind the loop."""
-        optimizer = torch.optim.AdamW(self.param_groups(model, plan), eps=plan.train.adam_eps)
-        factor = linear_warmup_decay(optimizer, plan.total_steps, plan.train.warmup_ratio).lr_lambdas[0]
+        optimizer, shared = super().configure_optimizers(model, plan)
+        factor = shared.lr_lambdas[0]
         return optimizer, torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: factor(max(0, step - self.schedule_lag))
         )
