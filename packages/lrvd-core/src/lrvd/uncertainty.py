@@ -195,12 +195,9 @@ def uncertainty_metrics(
     labels = np.asarray(labels)
     if labels.shape != (probs.shape[0],):
         raise ValueError(f"expected labels [N] for probs {probs.shape}, got {labels.shape}")
+    mi = _sampled_mi(probs, sample_probs, "sample_probs")  # checks the samples' shape first
     entropy = predictive_entropy(probs)
-    if sample_probs is None:
-        aleatoric = entropy
-    else:
-        aleatoric = expected_entropy(_samples(sample_probs))
-    mi = _sampled_mi(probs, sample_probs, "sample_probs")
+    aleatoric = entropy if sample_probs is None else expected_entropy(sample_probs)
     confidence = probs.max(-1)
     correct = probs.argmax(-1) == labels
     return {
