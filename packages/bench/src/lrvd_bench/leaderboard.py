@@ -218,7 +218,7 @@ def read_row(path: Path) -> dict[str, Any] | None:
 def _identity(trial_id: str, spec: Any) -> dict[str, Any]:
     if spec is None:
         return {"trial_id": trial_id}
-    from lrvd_bench.config import portable_model_name
+    from lrvd_bench.trial_spec import portable_model_name
 
     return {
         "trial_id": spec.trial_id,
