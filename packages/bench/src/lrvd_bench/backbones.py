@@ -70,7 +70,7 @@ def model_source(name: str) -> dict[str, str | None]:
     """A backbone as a portable record: ``hub_id`` (None for a local checkpoint), ``gguf_file``,
     ``package`` (``name==version`` of the installed package an alias came from) and ``local``
     (a local checkpoint by its folder name). Never a machine path."""
-    from lrvd_bench.config import portable_model_name
+    from lrvd_bench.trial_spec import portable_model_name
 
     source = MODEL_SOURCES.get(name)
     if source is not None:

@@ -265,11 +265,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     rows = board_rows(run_dir, gather_rows(run_dir))  # the final stage (selection trials have no eval metrics)
     if args.reference:
-        from lrvd_bench.config import available_methods
         from lrvd_bench.errors import unknown_choice
+        from lrvd_bench.method_checks import registered_methods
 
-        if args.reference not in available_methods():
-            raise unknown_choice("reference method", args.reference, available_methods())
+        if args.reference not in registered_methods():
+            raise unknown_choice("reference method", args.reference, registered_methods())
     board = write_leaderboard(rows, run_dir, csv_path=args.out, reference=args.reference)
     from lrvd_bench.sweep.finalize import append_selection
 

@@ -1,26 +1,18 @@
 """``ExperimentConfig``: the one validated description of a sweep, and its expansion into trials.
 
-Pydantic validates every value once, before anything starts: :class:`ExperimentConfig` is a pydantic
-dataclass whose annotations own types, ranges and unknown keys, down into the core's
-``AdapterConfig``/``TrainConfig`` (stdlib dataclasses, typed field by field, then checked by their own
-``__post_init__``). What stays here is what only the suite knows: registered method and task names,
-cross-key rules, search spaces, and each method's ``Params`` (:mod:`lrvd_bench.method_checks`); every
-failure is one line built from the library's ``ValidationError`` (:func:`lrvd_bench.errors.one_line`)::
-
-    raw YAML  ─┐
-    --set k=v ─┼─> load_config() ─> ExperimentConfig ─> expand() -> [TrialSpec]
-    --flags   ─┘                                        method × task × grid point × seed
-
-``grid_search`` points are expanded here; other search spaces are sampled by Ray Tune and applied in
-the trial with :meth:`TrialSpec.with_overrides`. The flags of ``bench run`` are derived from the
-fields (:mod:`lrvd_bench.run_flags`).
+A pydantic dataclass: its annotations own types, ranges and unknown keys, down into the core's
+``AdapterConfig``/``TrainConfig`` (typed field by field, then checked by their own ``__post_init__``),
+and every failure is one line built from the ``ValidationError`` (:func:`lrvd_bench.errors.one_line`).
+What stays here is what only the suite knows: registered names, rules across keys, dotted overrides and
+search spaces (``grid_search`` points expand here; Ray Tune samples the rest, applied in the trial by
+:meth:`TrialSpec.with_overrides`). Each method's ``Params`` are checked in :mod:`lrvd_bench.method_checks`;
+the flags of ``bench run`` derive from the fields (:mod:`lrvd_bench.run_flags`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,27 +23,11 @@ from pydantic.dataclasses import dataclass as validated_dataclass
 
 from lrvd.protocol import AdapterConfig, TrainConfig
 from lrvd_bench.errors import BenchError, one_line, unknown_choice
-from lrvd_bench.method_checks import (
-    check_method_params,
-    check_selection,
-    method_class,
-    registered_methods,
-    usable_methods,
-)
+from lrvd_bench.method_checks import check_methods, check_selection, registered_methods, usable_methods
 from lrvd_bench.targets import BY_ARCHITECTURE
-from lrvd_bench.trial_spec import (  # noqa: F401 - re-exported: the spec is part of the config's public face
-    DEFAULT_VALIDATION_FRACTION,
-    NESTED,
-    PER_TRIAL,
-    SWEEP_WIDE,
-    Count,
-    TrialSettings,
-    TrialSpec,
-    check_search_key,
-    portable_model_name,
-    setting,
-)
-from lrvd_bench.yaml_files import YAML12Loader, parse_set, read_yaml  # noqa: F401 - re-exported
+from lrvd_bench.tasks import list_tasks
+from lrvd_bench.trial_spec import NESTED, PER_TRIAL, Count, TrialSettings, TrialSpec, check_search_key, setting
+from lrvd_bench.yaml_files import parse_set, read_yaml  # noqa: F401 - parse_set re-exported with the loader
 
 #: Experiment trackers ``loggers:`` accepts (Ray Tune logger callbacks; see lrvd_bench.sweep.trackers).
 LOGGERS = ("csv", "json", "tensorboard", "mlflow", "wandb")
@@ -69,10 +45,6 @@ def as_list(value: Any) -> Any:
     return value if isinstance(value, (list, tuple)) else [value]
 
 
-def methods_list(value: Any) -> Any:
-    return usable_methods() if value in ("all", ["all"]) else as_list(value)
-
-
 def keep_ints(value: Any, handler: Any) -> Any:
     """Validate a core dataclass, keeping an int written for a float field (``alpha: 16``) as written,
     so spec hashes, and with them the trial ids of existing runs, stay what they were."""
@@ -82,6 +54,8 @@ def keep_ints(value: Any, handler: Any) -> Any:
 
 
 Names = Annotated[list[str], BeforeValidator(as_list)]
+Methods = Annotated[list[str], BeforeValidator(lambda v: usable_methods() if v in ("all", ["all"]) else as_list(v))]
+Seeds = Annotated[list[int], BeforeValidator(as_list), Field(min_length=1)]
 Mapping = Annotated[dict[str, Any], BeforeValidator(lambda value: {} if value is None else value)]
 Core = WrapValidator(keep_ints)
 
@@ -89,29 +63,21 @@ Core = WrapValidator(keep_ints)
 def by_architecture(value: Any) -> Any:
     """``adapter`` without ``target_modules`` targets the backbone's default modules (``auto``); a
     comma-separated string (``auto``, ``query,value``) is the list it names."""
-    if not isinstance(value, dict | None):
-        return value
-    value = {"target_modules": [BY_ARCHITECTURE], **(value or {})}
-    return {**value, "target_modules": as_list(value["target_modules"])}
+    if isinstance(value, dict | None):
+        value = {**(value or {}), "target_modules": as_list((value or {}).get("target_modules", [BY_ARCHITECTURE]))}
+    return value
 
 
 @validated_dataclass(config=ConfigDict(extra="forbid", validate_default=True))
 class ExperimentConfig(TrialSettings):
-    """A sweep: methods × tasks × seeds (× search-space points) on one backbone.
+    """A sweep: methods × tasks × seeds (× search-space points) on one backbone. ``adapter`` and ``train``
+    are shared by every method so the comparison is fair; ``method_params`` holds each method's own
+    hyper-parameters; the per-trial settings come from :class:`~lrvd_bench.trial_spec.TrialSettings`."""
 
-    ``adapter`` and ``train`` are shared by every method so the comparison is fair; ``method_params``
-    holds each method's own hyper-parameters (its ``Params`` dataclass). The per-trial settings come
-    from :class:`~lrvd_bench.trial_spec.TrialSettings`.
-    """
-
-    methods: Annotated[list[str], BeforeValidator(methods_list)] = setting(
-        "all", "comma-separated method names, or all"
-    )
+    methods: Methods = setting("all", "comma-separated method names, or all")
     tasks: Names = setting(lambda: ["arc-e"], "comma-separated task names")
     model: str = setting("minilm", "backbone alias (minilm, smollm2-135m), HF id or local dir")
-    seeds: Annotated[list[int], BeforeValidator(as_list), Field(min_length=1)] = setting(
-        lambda: [0], "comma-separated seeds, e.g. 0,1,2"
-    )
+    seeds: Seeds = setting(lambda: [0], "comma-separated seeds, e.g. 0,1,2")
     adapter: Annotated[AdapterConfig, BeforeValidator(by_architecture), Core] = setting(
         lambda: AdapterConfig(target_modules=[BY_ARCHITECTURE]), "adapter placement and rank", flag=False
     )
@@ -159,28 +125,20 @@ class ExperimentConfig(TrialSettings):
 
     def __post_init__(self) -> None:
         """What types cannot say: registered names, rules across keys, each method's hyper-parameters."""
-        from lrvd_bench.tasks import list_tasks
-
         valid = registered_methods()
         for kind, names, choices in (
             ("method", self.methods, valid),
             ("task", self.tasks, list(list_tasks())),
             ("method in method_params:", self.method_params, valid),
             ("logger", self.loggers, LOGGERS),
+            ("reference method", [self.reference], valid),
         ):
             if not names and kind in ("method", "task"):
                 raise BenchError(f"no {kind}s selected; valid choices: " + ", ".join(choices))
             for name in names:
                 if name not in choices:
                     raise unknown_choice(kind, name, choices)
-        if self.reference not in valid:
-            raise unknown_choice("reference method", self.reference, valid)
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise unknown_choice("device", self.device, ["auto", "cpu", "cuda", "cuda:N"])
-        if self.load_in_8bit and self.device == "cpu":
-            raise BenchError(
-                "load_in_8bit needs a CUDA device (bitsandbytes int8 kernels); set device: cuda or load_in_8bit: false"
-            )
+        super().__post_init__()  # the per-trial settings' own rules (device, 8-bit weights)
         for name in ("lr", "head_lr"):  # the core allows 0 (a frozen step); a sweep that trains nothing is a mistake
             if getattr(self.train, name) == 0:
                 raise BenchError(f"train.{name} must be > 0, got {getattr(self.train, name)!r}")
@@ -205,32 +163,17 @@ class ExperimentConfig(TrialSettings):
             )
         if self.selection and self.validation_fraction <= 0:
             raise BenchError("selection scores on the validation split: set validation_fraction > 0 (got 0)")
-        # every selected method is built once here, so a bad or a broken one fails before anything starts
-        typed = {name: check_method_params(name, self.method_params.get(name, {})) for name in self.methods}
-        self.method_params = {
-            name: typed[name] if name in typed else check_method_params(name, raw)
-            for name, raw in self.method_params.items()
-        }
+        self.method_params = check_methods(self.methods, self.method_params, self.validation_fraction)
         if self.selection:
-            check_selection(self.selection, self.methods, self.method_params, check_search_key)
-        for name in self.methods if self.validation_fraction == 0.0 else []:
-            if method_class(name)(**self.method_params.get(name, {})).needs_validation:
-                raise BenchError(
-                    f"method {name!r} fits on the validation split; set validation_fraction > 0 (got 0) "
-                    "or drop the method"
-                )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+            check_selection(self.selection, self.methods, self.method_params)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
 
     def grid_points(self) -> list[dict[str, Any]]:
         """The Cartesian product of the ``grid_search`` entries (``[{}]`` when there are none)."""
-        grid = {k: v["grid_search"] for k, v in self.search_space.items() if "grid_search" in v}
-        keys = sorted(grid)
-        return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+        grid = dict(sorted((k, v["grid_search"]) for k, v in self.search_space.items() if "grid_search" in v))
+        return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
     def random_space(self) -> dict[str, dict[str, Any]]:
         """Search-space entries Ray Tune samples (everything but ``grid_search``)."""
@@ -238,32 +181,22 @@ class ExperimentConfig(TrialSettings):
 
     def expand(self) -> list[TrialSpec]:
         """One :class:`TrialSpec` per method × task × grid point × seed, in a stable order."""
+        shared = {"model": self.model, **{name: getattr(self, name) for name in PER_TRIAL}}
         specs = []
         for method, task, point, seed in itertools.product(self.methods, self.tasks, self.grid_points(), self.seeds):
+            adapter, train = dataclasses.asdict(self.adapter), {**dataclasses.asdict(self.train), "seed": seed}
+            params = dict(self.method_params.get(method, {}))
             spec = TrialSpec(
-                method=method,
-                task=task,
-                model=self.model,
-                seed=seed,
-                adapter=dataclasses.asdict(self.adapter),
-                train={**dataclasses.asdict(self.train), "seed": seed},
-                method_params=dict(self.method_params.get(method, {})),
-                **{name: getattr(self, name) for name in PER_TRIAL},
+                method=method, task=task, seed=seed, adapter=adapter, train=train, method_params=params, **shared
             )
             specs.append(spec.with_overrides(point) if point else spec)
         return specs
 
 
-TOP_KEYS = [f.name for f in dataclasses.fields(ExperimentConfig)]
-
-
-def available_methods() -> list[str]:
-    return registered_methods()
-
-
 def valid_keys(parent: str) -> list[str]:
     """The keys an unknown key under ``parent`` (``""``: top level, ``train``, ``adapter``) could be."""
-    return [f"{parent}.{f.name}" for f in dataclasses.fields(NESTED[parent])] if parent in NESTED else TOP_KEYS
+    fields = dataclasses.fields(NESTED.get(parent, ExperimentConfig))
+    return [f"{parent}.{f.name}" if parent in NESTED else f.name for f in fields]
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -14,13 +14,12 @@ from __future__ import annotations
 import math
 import re
 import typing
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from lrvd_bench.errors import BenchError, LRVDError, one_line, unknown_choice
-from lrvd_bench.trial_spec import TrialSpec
+from lrvd_bench.trial_spec import TrialSpec, check_search_key
 
 #: A hyper-parameter name that is a learning rate or a multiplier of one.
 LR_NAME = re.compile(r"(^|_)lr(_|$)")
@@ -88,6 +87,19 @@ def check_method_params(method: str, values: dict[str, Any], where: str = "") ->
     return typed
 
 
+def check_methods(methods: list[str], params: dict[str, Any], validation_fraction: float) -> dict[str, Any]:
+    """``params`` (``method_params:``) typed; every selected method is built once, so a bad or a broken
+    one fails before anything starts, and one that fits on the validation split needs that split."""
+    typed = {name: check_method_params(name, params.get(name, {})) for name in methods}
+    typed = {name: typed[name] if name in typed else check_method_params(name, raw) for name, raw in params.items()}
+    for name in methods if validation_fraction == 0.0 else []:
+        if method_class(name)(**typed.get(name, {})).needs_validation:
+            raise BenchError(
+                f"method {name!r} fits on the validation split; set validation_fraction > 0 (got 0) or drop the method"
+            )
+    return typed
+
+
 def selection_dotted_key(method: str, key: str) -> str:
     """A selection KEY as the dotted key :meth:`TrialSpec.with_overrides` applies."""
     head = key.partition(".")[0]
@@ -97,10 +109,7 @@ def selection_dotted_key(method: str, key: str) -> str:
 
 
 def check_selection(
-    block: dict[str, Any],
-    methods: list[str],
-    method_params: dict[str, dict[str, Any]],
-    check_search_key: Callable[[str, str], None],
+    block: dict[str, Any], methods: list[str], method_params: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """Check a ``selection:`` block, the method hyper-parameters at every grid value included."""
     for key in block:

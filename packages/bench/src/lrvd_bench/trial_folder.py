@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lrvd_bench.config import TrialSpec, portable_model_name
+from lrvd_bench.trial_spec import TrialSpec, portable_model_name
 
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"

@@ -2,9 +2,10 @@
 
 The per-trial settings (data rows, lengths, prediction samples, device, what to save) are declared
 once, on :class:`TrialSettings`: :class:`~lrvd_bench.config.ExperimentConfig` inherits them (and
-validates them with pydantic, reading the ``Field`` constraints in their annotations), and
-:meth:`~lrvd_bench.config.ExperimentConfig.expand` copies them into each spec. A spec hashes to the
-``config_hash`` stored in its result row, so a trial can run on any node and be re-run exactly.
+validates them with pydantic, reading the ``Field`` constraints in their annotations, then the rules
+of :meth:`TrialSettings.__post_init__`), and :meth:`~lrvd_bench.config.ExperimentConfig.expand`
+copies them into each spec. A spec hashes to the ``config_hash`` stored in its result row, so a
+trial can run on any node and be re-run exactly.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +21,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from lrvd.protocol import AdapterConfig, TrainConfig
-from lrvd_bench.errors import BenchError
+from lrvd_bench.errors import BenchError, unknown_choice
 
 #: The 10 % the temperature-scaling baseline held out before the split became sweep-wide (40 of the
 #: quickstart's 400 training questions, 225 of ARC-Easy's 2251).
@@ -76,6 +78,15 @@ class TrialSettings:
     )
     save_adapter: bool = per_trial(True, "save each trial's adapter (safetensors)", flag=False)
     save_predictions: bool = per_trial(True, "save each trial's eval probabilities (npz)", flag=False)
+
+    def __post_init__(self) -> None:
+        """What the annotations cannot say: the device's form, and 8-bit weights only where CUDA runs."""
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise unknown_choice("device", self.device, ["auto", "cpu", "cuda", "cuda:N"])
+        if self.load_in_8bit and self.device == "cpu":
+            raise BenchError(
+                "load_in_8bit needs a CUDA device (bitsandbytes int8 kernels); set device: cuda or load_in_8bit: false"
+            )
 
 
 PER_TRIAL: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialSettings))
