@@ -49,6 +49,25 @@ def test_adalora_schedule_defaults_are_the_cola_script_as_fractions():
     }
 
 
+@pytest.mark.parametrize(("name", "steps"), [("adalora", 2), ("adalora", 3), ("adalora-ivon", 3)])
+def test_a_schedule_without_a_scored_step_before_the_final_mask_is_refused(name, steps):
+    """At 2 and 3 steps the defaults round to tinit 0 and total − tfinal = 1: the final mask would come
+    after step 1, before any importance was scored (peft's allocator then raised a KeyError)."""
+    method, *_ = attached(name, steps=4)
+    plan = TrainPlan(total_steps=steps, n_train=N_TRAIN, train=TrainConfig(max_steps=steps))
+    with pytest.raises(LRVDError, match=f"no budgeting phase at {steps} steps: max\\(tinit, 1\\) = 1 must be < "):
+        method.schedule(SPEC, plan)
+
+
+def test_the_shortest_feasible_schedule_trains():
+    """4 steps: importance scored after step 1, the final mask after step 2."""
+    method, model, loader, plan = attached("adalora", steps=4)
+    assert method.schedule(SPEC, plan) == {"tinit": 0, "tfinal": 2, "deltaT": 1, "total_step": 4}
+    fit(method, model, loader, plan, device="cpu", progress=False)
+    ranks = method.rank_report(model)  # the final budget applied: target_r triplets per module on average
+    assert sum(ranks.values()) == method.target_rank(SPEC) * len(ranks) < SPEC.r * len(ranks)
+
+
 @pytest.mark.parametrize("key, value", [("tinit", 800), ("tfinal", 1.0), ("deltaT", 0.0)])
 def test_adalora_schedule_knobs_are_fractions(key, value):
     with pytest.raises(LRVDError, match=f"{key} is a fraction of the run"):

@@ -167,13 +167,18 @@ class AdaLoRA(PeftMethod):
     adaptive_rank = svd_triplets = True
 
     def schedule(self, spec: AdapterConfig, plan: TrainPlan) -> dict[str, int]:
-        """Steps ``tinit``, ``tfinal``, ``deltaT`` of ``plan.total_steps``; an LRVDError if no budgeting phase."""
+        """Steps ``tinit``, ``tfinal``, ``deltaT`` of ``plan.total_steps``; an LRVDError if no budgeting phase.
+
+        peft scores importance after steps 1 … ``total − tfinal − 1`` and masks to the final budget after
+        step ``total − tfinal``: that step must come after ``tinit`` and after at least one scored step,
+        or the mask reads importance that was never computed.
+        """
         p, total = self.params, plan.total_steps
         tinit, tfinal = int(round(p.tinit * total)), int(round(p.tfinal * total))
-        if not tinit < total - tfinal:
+        if not max(tinit, 1) < total - tfinal:
             raise LRVDError(
-                f"AdaLoRA schedule has no budgeting phase at {total} steps: tinit={tinit} must be < "
-                f"total_steps - tfinal = {total} - {tfinal}; lower the tinit/tfinal fractions or train longer"
+                f"AdaLoRA schedule has no budgeting phase at {total} steps: max(tinit, 1) = {max(tinit, 1)} must be "
+                f"< total_steps - tfinal = {total} - {tfinal}; lower the tinit/tfinal fractions or train longer"
             )
         delta = max(1, int(round(p.deltaT * total)))
         return {"tinit": tinit, "tfinal": tfinal, "deltaT": delta, "total_step": total}
