@@ -225,5 +225,10 @@ def test_sigterm_reaches_the_current_sigint_handler_and_else_unwinds_with_143(mo
         raise AssertionError("SIGTERM did not stop the command")
 
     monkeypatch.setitem(cli.COMMANDS, "run", run_killed_before_tune)
-    assert cli.main(["run"]) == 143
+    # outside Tune SIGINT is Python's handler (an earlier in-process Tune run in this session may have left its own)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert cli.main(["run"]) == 143
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err.strip().splitlines() == ["bench: terminated (SIGTERM)"]
