@@ -143,6 +143,23 @@ def test_the_loss_is_the_methods_objective_with_its_kl_warmup():
             assert logs["beta"] == beta
 
 
+def test_a_loss_the_method_does_not_cover_gets_the_scaled_kl_once():
+    """Multi-label targets (float labels, the model's own BCE loss): loss + β(step) · kl_scale · KL, with
+    the KL logged unscaled; β = 1 past a zero warm-up."""
+    model = hf_model(kl_scale=1e-2, kl_warmup=0.0, kl_ramp=0.0)
+    lrvd.hf.start_training(model, total_steps=8, lr=1e-3)
+    x = inputs()
+    x["labels"] = torch.nn.functional.one_hot(x["labels"], 2).float()
+    model.eval()
+    with torch.no_grad():
+        out = model(**x)
+        loss, logs = lrvd.hf.bayeslora_loss(model, x, out, 3)
+        kl = total_kl(model)
+    assert float(kl) > 0
+    torch.testing.assert_close(loss, out.loss + 1e-2 * kl)
+    assert logs == {"nll": pytest.approx(float(out.loss)), "kl": pytest.approx(float(kl))}
+
+
 def test_trainer_adds_the_kl_prunes_and_logs_ranks(tmp_path):
     from transformers import TrainingArguments
 
