@@ -38,7 +38,12 @@ def test_figures_are_written_as_png(tmp_path):
     rows.append({"trial_id": "x", "method": "lora", "task": "arc-e", "seed": 2, "status": "failed"})
     paths = make_figures(tmp_path, rows)
     names = sorted(p.name for p in paths)
-    assert names == ["accuracy_vs_ece_arc-e.png", "effective_rank_arc-e.png", "reliability_arc-e.png"]
+    assert names == [
+        "accuracy_vs_ece_arc-e.png",
+        "effective_rank_arc-e.png",
+        "reliability_arc-e.png",
+        "risk_coverage_arc-e.png",
+    ]
     for path in paths:
         assert path.parent == tmp_path / "figures"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
@@ -47,7 +52,7 @@ def test_figures_are_written_as_png(tmp_path):
 def test_figures_from_the_run_directory_alone(tmp_path):
     rng = np.random.default_rng(1)
     fake_trial(tmp_path, "lora", 0, rng)
-    assert len(make_figures(tmp_path)) == 3
+    assert len(make_figures(tmp_path)) == 4
 
 
 def test_reliability_grid_has_at_most_three_per_row_and_the_per_bin_counts():

@@ -41,6 +41,7 @@ import torch
 
 from lrvd.errors import LRVDError, check_each, unknown_choice
 from lrvd.protocol import linear_warmup_decay
+from lrvd.sample_record import record_samples
 from lrvd_baselines.adalora import COLA_TOTAL_STEPS, AdaLoRA, AdaLoRAParams, ExactBudgetRankAllocator
 from lrvd_baselines.peft_adapters import (
     ADAPTER_NAME,
@@ -319,8 +320,9 @@ class AdaLoRAIVON(AdaLoRA):
         if n == 0:
             return super().predict_proba(model, batch)
         if mode == "mc-logits":
-            logits = self.logit_samples(model, batch, n, noise_on_masked=True)
-            return torch.softmax(torch.stack(logits).mean(dim=0), dim=-1)
+            logits = torch.stack(self.logit_samples(model, batch, n, noise_on_masked=True))
+            record_samples(torch.softmax(logits, dim=-1))  # the draws; the predictive softmaxes their mean logit
+            return torch.softmax(logits.mean(dim=0), dim=-1)
         samples = iter(self.logit_samples(model, batch, n, noise_on_masked=False))
         return mean_softmax(lambda: next(samples), n)
 

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from lrvd.errors import LRVDError, check_each, unknown_choice
+from lrvd.sample_record import record_samples
 from lrvd.training import move_batch
 from lrvd_baselines.lora import LoRA
 from lrvd_baselines.peft_adapters import model_device, seeded
@@ -421,7 +422,9 @@ class LaplaceLoRA(LoRA):
                 with seeded(self.next_sample_seed(), device):
                     return joint_logit_mc(f_mu, f_var, self.params.logit_samples).float()
             with seeded(self.next_sample_seed(), device):
-                return la(batch, pred_type="nn", link_approx="mc", n_samples=n).float()
+                draws = la.predictive_samples(batch, pred_type="nn", n_samples=n).float()  # [n, B, C]
+            record_samples(draws)
+            return draws.mean(dim=0)
 
     def parameter_counts(self, model) -> dict[str, int]:
         """``variational``: entries of the Kronecker factors (d_out² + d_in² per LoRA matrix)."""

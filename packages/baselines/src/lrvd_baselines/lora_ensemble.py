@@ -35,6 +35,7 @@ from torch import nn
 from lrvd.classifier import ClassifierModel, count_parameters, freeze_all_but
 from lrvd.errors import LRVDError, unknown_choice
 from lrvd.protocol import AdapterConfig, TrainPlan
+from lrvd.sample_record import is_recording, record_samples
 from lrvd_baselines.lora import LoRA, LoRAParams
 from lrvd_baselines.peft_adapters import adapter_layers, model_device, seeded
 
@@ -245,6 +246,8 @@ class LoRAEnsemble(LoRA):
 
     @torch.no_grad()
     def predict_proba(self, model, batch, n_samples=None) -> torch.Tensor:
+        if is_recording():  # the members are the predictive's draws (one extra forward, only when asked)
+            record_samples(self.member_probs(model, batch))
         return torch.softmax(model(batch), dim=-1)
 
     def peft_export(self, model):

@@ -22,6 +22,7 @@ from torch import nn
 from lrvd.classifier import ClassifierModel, freeze_all_but
 from lrvd.errors import LRVDError
 from lrvd.protocol import AdapterConfig, MethodBase, TrainPlan
+from lrvd.sample_record import record_samples
 
 ADAPTER_NAME = "default"
 
@@ -94,6 +95,7 @@ def mean_softmax(sample_logits: Callable[[], torch.Tensor], n_samples: int) -> t
     total = None
     for _ in range(n_samples):
         p = torch.softmax(sample_logits().float(), dim=-1)
+        record_samples(p)
         total = p if total is None else total + p
     return total / n_samples
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -377,3 +379,28 @@ class CausalLetterClassifier(ClassifierModel):
             next_token = out.logits[rows, last]  # [B, V]
         logits = next_token[:, self.option_token_ids]  # [B, n_classes]
         return mask_and_pad(logits, batch.get("choice_mask"), self.n_classes)
+
+
+@contextmanager
+def scoring_task(model: nn.Module, task: Task, tokenizer: Any, kind: str) -> Iterator[None]:
+    """Score ``task``'s options with a model trained on another task, weights untouched (``eval_tasks``).
+
+    A multiple-choice encoder scores each (question, choice) pair, so only the padded class count changes;
+    a causal LM reads the next-token logits of the evaluation task's option letters (BLoB's evaluation of
+    an OBQA adapter on ARC reads five letters where training read four). Every :class:`ClassifierModel`
+    inside ``model`` (an ensemble wraps one) is switched and restored after.
+    """
+    wrappers = [m for m in model.modules() if isinstance(m, ClassifierModel)]
+    saved = [(m, m.n_classes, getattr(m, "option_token_ids", None)) for m in wrappers]
+    option_ids = option_token_ids(tokenizer, task.option_words()) if kind == "causal-lm" else None
+    try:
+        for m in wrappers:
+            m.n_classes = task.n_classes
+            if isinstance(m, CausalLetterClassifier) and option_ids is not None:
+                m.option_token_ids = torch.tensor(option_ids, dtype=torch.long, device=m.option_token_ids.device)
+        yield
+    finally:
+        for m, n_classes, ids in saved:
+            m.n_classes = n_classes
+            if ids is not None:
+                m.option_token_ids = ids

@@ -234,6 +234,7 @@ def board_text(board) -> str:
         c
         for c in (
             "task",
+            *(["eval_task"] if "shift" in board.columns and (board["shift"] == "ood").any() else []),
             "method",
             "search_point",
             "n_seeds",

@@ -23,10 +23,21 @@ from pydantic.dataclasses import dataclass as validated_dataclass
 
 from lrvd.protocol import AdapterConfig, TrainConfig
 from lrvd_bench.errors import BenchError, one_line, unknown_choice
+from lrvd_bench.evaluation import check_eval_tasks
 from lrvd_bench.method_checks import check_methods, check_selection, registered_methods, usable_methods
 from lrvd_bench.targets import BY_ARCHITECTURE
 from lrvd_bench.tasks import list_tasks
-from lrvd_bench.trial_spec import NESTED, PER_TRIAL, Count, TrialSettings, TrialSpec, check_search_key, setting
+from lrvd_bench.trial_spec import (
+    NESTED,
+    PER_TRIAL,
+    Count,
+    Names,
+    TrialSettings,
+    TrialSpec,
+    as_list,
+    check_search_key,
+    setting,
+)
 from lrvd_bench.yaml_files import parse_set, read_yaml  # noqa: F401 - parse_set re-exported with the loader
 
 #: Experiment trackers ``loggers:`` accepts (Ray Tune logger callbacks; see lrvd_bench.sweep.trackers).
@@ -38,13 +49,6 @@ SAMPLERS = ("grid_search", "choice", "uniform", "loguniform", "quniform", "qlogu
 ALIASES = {"task": "tasks", "method": "methods", "seed": "seeds"}
 
 
-def as_list(value: Any) -> Any:
-    """``"a, b"`` (a flag or ``--set``) -> ``["a", "b"]``; a lone scalar -> ``[scalar]``."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value if isinstance(value, (list, tuple)) else [value]
-
-
 def keep_ints(value: Any, handler: Any) -> Any:
     """Validate a core dataclass, keeping an int written for a float field (``alpha: 16``) as written,
     so spec hashes, and with them the trial ids of existing runs, stay what they were."""
@@ -53,7 +57,6 @@ def keep_ints(value: Any, handler: Any) -> Any:
     return dataclasses.replace(typed, **{k: v for k, v in ints.items() if getattr(typed, k) == v})
 
 
-Names = Annotated[list[str], BeforeValidator(as_list)]
 Methods = Annotated[list[str], BeforeValidator(lambda v: usable_methods() if v in ("all", ["all"]) else as_list(v))]
 Seeds = Annotated[list[int], BeforeValidator(as_list), Field(min_length=1)]
 Mapping = Annotated[dict[str, Any], BeforeValidator(lambda value: {} if value is None else value)]
@@ -129,6 +132,7 @@ class ExperimentConfig(TrialSettings):
         for kind, names, choices in (
             ("method", self.methods, valid),
             ("task", self.tasks, list(list_tasks())),
+            ("evaluation task", self.eval_tasks or [], list(list_tasks())),
             ("method in method_params:", self.method_params, valid),
             ("logger", self.loggers, LOGGERS),
             ("reference method", [self.reference], valid),
@@ -138,6 +142,7 @@ class ExperimentConfig(TrialSettings):
             for name in names:
                 if name not in choices:
                     raise unknown_choice(kind, name, choices)
+        check_eval_tasks(self.tasks, self.eval_tasks or [])
         super().__post_init__()  # the per-trial settings' own rules (device, 8-bit weights)
         for name in ("lr", "head_lr"):  # the core allows 0 (a frozen step); a sweep that trains nothing is a mistake
             if getattr(self.train, name) == 0:

@@ -77,10 +77,9 @@ def plan_reuse(specs: list[TrialSpec]) -> tuple[list[TrialSpec], dict[str, list[
 def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, list[str]]) -> None:
     """Write result.json (or error.json) for each reused ensemble from its members' files."""
     import numpy as np
-    import torch
 
     from lrvd.metrics import classification_metrics
-    from lrvd_baselines.lora_ensemble import ensemble_probs
+    from lrvd_bench.predictions import read_predictions, write_predictions
     from lrvd_bench.trial import learned_flag
 
     trials = Path(run_dir) / "trials"
@@ -94,11 +93,10 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
         (folder / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
         rows, preds = [], []
         for mid in member_ids:
-            result, npz = trials / mid / RESULT_FILE, trials / mid / "predictions.npz"
-            if result.is_file() and npz.is_file():
+            result, saved = trials / mid / RESULT_FILE, read_predictions(trials / mid, spec.task)
+            if result.is_file() and saved is not None:
                 rows.append(json.loads(result.read_text()))
-                with np.load(npz) as f:
-                    preds.append((torch.as_tensor(f["probs"]), torch.as_tensor(f["labels"])))
+                preds.append(saved)
         if len(rows) < len(member_ids):
             error = {
                 **identity(spec),
@@ -107,12 +105,25 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
             }
             write_row(folder / ERROR_FILE, error)
             continue
-        probs, labels = ensemble_probs([p for p, _ in preds]), preds[0][1]
+        probs, labels, members = ensemble_set(preds)
         metrics = classification_metrics(probs, labels)
         final_loss = float(np.mean([r["final_train_loss"] for r in rows]))
         final_nll = float(np.mean([r.get("final_train_nll", r["final_train_loss"]) for r in rows]))
         learned, uniform_loss, majority = learned_flag(final_nll, probs, labels, metrics["accuracy"])
-        np.savez_compressed(folder / "predictions.npz", probs=probs.numpy(), labels=labels.numpy())
+        write_predictions(folder, spec.task, spec.task, probs, labels, list(preds[0].ids), members)
+        evaluations = {}
+        for name in rows[0].get("eval_tasks") or []:  # the members' scores on the other evaluation tasks
+            shifted = [read_predictions(trials / mid, spec.task, name) for mid in member_ids]
+            if any(s is None for s in shifted):
+                continue
+            p, y, draws = ensemble_set(shifted)
+            write_predictions(folder, spec.task, name, p, y, list(shifted[0].ids), draws)
+            evaluations[name] = {
+                **classification_metrics(p, y),
+                "n_eval": len(y),
+                "eval_time_s": sum(r["evaluations"][name]["eval_time_s"] for r in rows),
+                "predictive": "sampled",
+            }
         ranks: dict[str, int] = {}
         for r in rows:
             for module, rank in (r.get("rank_per_module") or {}).items():
@@ -137,6 +148,20 @@ def materialize(run_dir: str | Path, specs: list[TrialSpec], reused: dict[str, l
             "posthoc_time_s": sum(r.get("posthoc_time_s") or 0.0 for r in rows),
             "eval_time_s": sum(r["eval_time_s"] for r in rows),
             "peak_memory_mb": max(r["peak_memory_mb"] for r in rows),
+            "predictive": "sampled",  # its draws are the members
+            "eval_tasks": list(evaluations),
+            "evaluations": evaluations,
             "reused_members": ",".join(member_ids),
         }
         write_row(folder / RESULT_FILE, row)
+
+
+def ensemble_set(members: list) -> tuple:
+    """(ensemble probabilities, labels, member probabilities ``[M, N, C]``) of one evaluation set from its
+    members' saved :class:`~lrvd_bench.predictions.Predictions`: the members are the ensemble's draws."""
+    import torch
+
+    from lrvd_baselines.lora_ensemble import ensemble_probs
+
+    draws = [torch.as_tensor(m.probs) for m in members]
+    return ensemble_probs(draws), torch.as_tensor(members[0].labels), torch.stack(draws)

@@ -26,6 +26,7 @@ from typing import Any
 
 from lrvd.errors import first_line
 from lrvd_bench.config import DEFAULT_REFERENCE
+from lrvd_bench.evaluation_rows import OOD_METRICS, evaluation_rows
 from lrvd_bench.trial_folder import ERROR_FILE, RESULT_FILE, STOPPED_FILE, identity
 
 #: Metrics aggregated as ``<name>_mean`` and ``<name>_std`` over seeds, with higher_is_better.
@@ -44,11 +45,21 @@ METRICS: dict[str, bool | None] = {
     "eval_time_s": False,
     "peak_memory_mb": False,
     "final_train_loss": False,
+    "entropy": None,
+    "expected_entropy": None,
+    "mi": None,
+    "aurc": False,
+    "acc_at_80": True,
+    "misclf_auroc": True,
+    **{name: name.startswith("ood_auroc") for name in OOD_METRICS},
 }
 
 #: Every leaderboard column and what it means.
 COLUMNS: dict[str, str] = {
-    "task": "task name (bench list-tasks)",
+    "task": "the task the adapters trained on (bench list-tasks)",
+    "eval_task": "the task whose evaluation split the row scores: the training task itself, or one of eval_tasks "
+    "(the same adapters, posterior and predictive, nothing retrained or refitted)",
+    "shift": "id (eval_task = task) or ood (another task: distribution shift)",
     "method": "adapter method (bench list-methods)",
     "model": "backbone alias, hub id or local path",
     "search_point": "search-space values of this row (JSON; empty without a search space)",
@@ -73,6 +84,19 @@ COLUMNS: dict[str, str] = {
     "peak_memory_mb_mean": "peak CUDA memory allocated, or on CPU the peak RSS above the trial start "
     "(after imports), MiB",
     "final_train_loss_mean": "smoothed training loss at the last step",
+    "entropy_mean": "mean predictive entropy H[p̄] (nats) on the evaluation split",
+    "expected_entropy_mean": "mean expected entropy over the posterior draws, E_s H[p_s] (aleatoric); equals "
+    "entropy for a deterministic predictive; empty for a closed-form predictive (Laplace probit: no draws)",
+    "mi_mean": "mean mutual information H[p̄] − E_s H[p_s] (epistemic); 0 for a deterministic predictive, "
+    "empty for a closed-form one (see predictive in trials.csv)",
+    "aurc_mean": "area under the risk–coverage curve (selective risk of the k most confident, mean over "
+    "k = 1..N); lower is better",
+    "acc_at_80_mean": "accuracy on the ⌈0.8 N⌉ most confident examples (selective prediction at 80 % coverage)",
+    "misclf_auroc_mean": "AUROC of the confidence max p̄ for correct against wrong predictions",
+    "ood_auroc_maxprob_mean": "ood rows: AUROC of the score −max p̄ for this evaluation set (positive) against the "
+    "training task's evaluation set, per seed; ood_auroc_entropy / ood_auroc_mi: scored by H[p̄] / MI",
+    "ood_fpr95_maxprob_mean": "ood rows: fraction of this set accepted as in-distribution at the threshold that "
+    "keeps 95 % of the in-distribution set (FPR at 95 % TPR); _entropy / _mi likewise",
     "reference": "the method the delta_* columns compare with (config key reference, default lora)",
     "delta_accuracy": "paired difference method − reference in accuracy: mean over the seeds both ran of the "
     "per-seed difference on the same evaluation questions (a one-trial row such as lora-ensemble: against the "
@@ -105,7 +129,8 @@ COLUMNS: dict[str, str] = {
     "delta_resamples": "bootstrap resamples behind the row's intervals (doubled from 10000 until every interval "
     "end's Monte-Carlo standard error < 0.001 and no * decision is within 3 of them of the threshold; at most "
     "160000)",
-    "delta_family": "number of tests in the Holm family of the row's task (rows × 4 metrics)",
+    "delta_family": "number of tests in the Holm family of the row's table: its training task and evaluation "
+    "task (rows × 4 metrics)",
     "delta_unclear": "* decisions of the run whose Holm-adjusted p lies within 3 Monte-Carlo standard errors of "
     "0.05 at the resamples used (resamples are doubled while any does, up to 160000)",
     "n_eval": "evaluation examples (the task's evaluation split, after limit_eval)",
@@ -247,10 +272,16 @@ def build_leaderboard(
     """
     import pandas as pd
 
-    frame = rows_frame(rows) if rows else rows_frame([])
+    frame = rows_frame(evaluation_rows(rows, run_dir)) if rows else rows_frame([])
     frame["search_point"] = frame["search_point"].fillna("").astype(str)
     frame["model"] = frame["model"].fillna("").astype(str)
-    keys = ["task", "method", "model", "search_point"]
+    if "eval_task" not in frame.columns:
+        frame["eval_task"] = frame["task"]
+        frame["shift"] = "id"
+    for metric in METRICS:  # the uncertainty columns exist only where predictions were saved
+        if metric not in frame.columns:
+            frame[metric] = math.nan
+    keys = ["task", "eval_task", "shift", "method", "model", "search_point"]
     out = []
     for key, group in frame.dropna(subset=["task", "method"]).groupby(keys, sort=True, dropna=False):
         ok = group[group["status"] == "ok"]
@@ -278,9 +309,17 @@ def build_leaderboard(
 
     board = add_paired_deltas(board, frame, run_dir, reference)
     if not board.empty:
-        board = board.sort_values(
-            ["task", "accuracy_mean", "method"], ascending=[True, False, True], na_position="last"
-        ).reset_index(drop=True)
+        id_first = board["shift"] != "id"
+        board = (
+            board.assign(_ood=id_first)
+            .sort_values(
+                ["task", "_ood", "eval_task", "accuracy_mean", "method"],
+                ascending=[True, True, True, False, True],
+                na_position="last",
+            )
+            .drop(columns="_ood")
+            .reset_index(drop=True)
+        )
     if not (board["search_point"] != "").any():
         board = board.drop(columns=["search_point"])
     return board
@@ -312,7 +351,11 @@ MARKDOWN_COLUMNS = [
 def to_markdown(board) -> str:
     """A GitHub-flavoured table: mean ± std per metric and accuracy's standard error; ``†`` marks rows
     with seeds that did not learn. Below it, the paired differences from the reference method."""
-    header = ["task", "method"] + (["search point"] if "search_point" in board.columns else []) + ["seeds"]
+    from lrvd_bench.paired_table import paired_markdown, table_label
+
+    shifted = any(table_label(r) != r["task"] for _, r in board.iterrows())
+    header = ["task → evaluated on" if shifted else "task", "method"]
+    header += (["search point"] if "search_point" in board.columns else []) + ["seeds"]
     header += [label for _, label, _ in MARKDOWN_COLUMNS]
     header.insert(header.index("acc") + 1, "acc SE")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -322,7 +365,7 @@ def to_markdown(board) -> str:
             seeds += f" ({row['n_seeds'] - row['n_learned']} †)"
         if row["n_failed"]:
             seeds += f" +{row['n_failed']} failed"
-        cells = [row["task"], row["method"]] + ([row["search_point"]] if "search_point" in board.columns else [])
+        cells = [table_label(row), row["method"]] + ([row["search_point"]] if "search_point" in board.columns else [])
         cells.append(seeds)
         cells += [_pm(row[f"{m}_mean"], row[f"{m}_std"], d) for m, _, d in MARKDOWN_COLUMNS]
         cells.insert(header.index("acc SE"), _pm(row.get("accuracy_se_eval", math.nan), None, 3))
@@ -335,21 +378,66 @@ def to_markdown(board) -> str:
         "class m by 2 standard errors, m + 2·√(m(1−m)/n_eval). ECE: 15 bins, 0-1 scale.",
     ]
     notes += [
-        f"Rows per stage, {task}: {n_train} training / {n_val} validation / {n_eval} evaluation."
-        for task, n_train, n_val, n_eval in _stage_sizes(board)
+        f"Rows per stage, {table}: {n_train} training / {n_val} validation / {n_eval} evaluation."
+        for table, n_train, n_val, n_eval in _stage_sizes(board)
     ]
-    from lrvd_bench.paired_table import paired_markdown
+    return "\n".join(lines + notes + uncertainty_markdown(board) + paired_markdown(board)) + "\n"
 
-    return "\n".join(lines + notes + paired_markdown(board)) + "\n"
+
+#: The uncertainty table's columns: (metric, label, digits); OOD columns are filled on ood rows only.
+UNCERTAINTY_COLUMNS = [
+    ("entropy", "entropy", 3),
+    ("mi", "MI", 4),
+    ("aurc", "AURC", 3),
+    ("acc_at_80", "acc@80%", 3),
+    ("misclf_auroc", "misclf AUROC", 3),
+    ("ood_auroc_maxprob", "OOD AUROC maxprob", 3),
+    ("ood_auroc_entropy", "OOD AUROC entropy", 3),
+    ("ood_auroc_mi", "OOD AUROC MI", 3),
+    ("ood_fpr95_entropy", "FPR95 entropy", 3),
+]
+
+
+def uncertainty_markdown(board) -> list[str]:
+    """Uncertainty judged by what it is for (lines led by a blank line; empty when no row has the columns)."""
+    from lrvd_bench.paired_table import table_label
+
+    if "aurc_mean" not in board.columns or board["aurc_mean"].isna().all():
+        return []
+    shifted = "shift" in board.columns and (board["shift"] == "ood").any()
+    columns = [c for c in UNCERTAINTY_COLUMNS if shifted or not c[0].startswith("ood_")]
+    header = ["task → evaluated on" if shifted else "task", "method", "seeds"] + [label for _, label, _ in columns]
+    lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in board.iterrows():
+        cells = [table_label(row), row["method"], str(row["n_seeds"])]
+        cells += [_pm(row.get(f"{m}_mean", math.nan), row.get(f"{m}_std", math.nan), d) for m, _, d in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Mean ± std over seeds. Entropy and MI (mutual information, epistemic) in nats: MI 0 for a deterministic "
+        "predictive, – for a closed-form one (Laplace probit: no posterior draws). AURC: area under the "
+        "risk–coverage curve (lower is better); acc@80%: accuracy on the 80 % most confident questions; misclf "
+        "AUROC: confidence separating correct from wrong answers."
+        + (
+            " OOD AUROC / FPR95 (rows evaluated on another task): that set against the training task's evaluation "
+            "set, scored by −max p, entropy or MI (AUROC 0.5 = no detection; FPR95: share of OOD questions kept at "
+            "95 % in-distribution recall)."
+            if shifted
+            else ""
+        ),
+    ]
+    return lines
 
 
 def _stage_sizes(board) -> list[tuple[str, int, int, int]]:
     """(task, n_train, n_val, n_eval) per distinct combination (one per task unless limit_train is searched)."""
+    from lrvd_bench.paired_table import table_label
+
     columns = ["task", "n_train", "n_val", "n_eval"]
     if board.empty or any(c not in board.columns for c in columns):
         return []
-    sizes = board[columns].drop_duplicates()
-    return [(r.task, int(r.n_train), int(r.n_val), int(r.n_eval)) for r in sizes.itertuples()]
+    sizes = board.assign(table=board.apply(table_label, axis=1))[["table", "n_train", "n_val", "n_eval"]]
+    return [(r.table, int(r.n_train), int(r.n_val), int(r.n_eval)) for r in sizes.drop_duplicates().itertuples()]
 
 
 def run_reference(run_dir: str | Path) -> str:

@@ -30,7 +30,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -60,6 +60,8 @@ class TaskData:
     #: Laplace grid search, checkpoint and hyper-parameter selection); never overlaps the evaluation split
     val_loader: DataLoader | None = None
     n_val: int = 0
+    #: question ids of the evaluation split, in ``eval_loader`` order (saved with the predictions)
+    eval_ids: list[str] = field(default_factory=list)
 
 
 class EncodedDataset(Dataset):
@@ -302,4 +304,23 @@ def make_loaders(
         tokenize_seconds=seconds,
         val_loader=val_loader,
         n_val=len(val_items),
+        eval_ids=[ex.id for ex in eval_] if with_eval else [],
     )
+
+
+def evaluation_split(task: Task, backbone: Backbone, spec: Any) -> tuple[DataLoader, list[str]]:
+    """The evaluation split of another task than the trial trained on (``eval_tasks``), tokenised for the
+    trial's backbone with the trial's ``max_length``, ``limit_eval`` and ``split_seed``: the loader and the
+    question ids in its order. No training rows are read, so an evaluation-only task works."""
+    examples = subsample(task.load("eval", spec.data_dir, spec.split_seed), spec.limit_eval, spec.split_seed)
+    if not examples:
+        raise LRVDError(f"task {task.name!r}: empty evaluation split")
+    items = encode_examples(task, backbone.kind, backbone.tokenizer, examples, spec.max_length)
+    pad_id = backbone.tokenizer.pad_token_id
+    loader = DataLoader(
+        EncodedDataset(items),
+        batch_size=spec.eval_batch_size,
+        shuffle=False,
+        collate_fn=Collator(backbone.kind, 0 if pad_id is None else pad_id, task.n_classes),
+    )
+    return loader, [ex.id for ex in examples]

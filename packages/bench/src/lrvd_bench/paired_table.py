@@ -35,6 +35,7 @@ from lrvd_bench.paired import (
     resample_questions,
     score_trial,
 )
+from lrvd_bench.predictions import read_predictions
 from lrvd_bench.seed_bootstrap import (
     ALPHA,
     MC_SE_TARGET,
@@ -60,6 +61,13 @@ SUFFIXES = (
     "_per_seed",
     "_better_seeds",
 )
+
+
+def table_label(row: Any) -> str:
+    """The table a leaderboard row belongs to: its training task, and ``→ eval task`` under shift. Each table
+    is one Holm family: the tests that answer "do the methods differ on this evaluation set?"."""
+    task, eval_task = str(row["task"]), row.get("eval_task")
+    return task if not isinstance(eval_task, str) or eval_task in ("", task) else f"{task} → {eval_task}"
 
 
 def pair(
@@ -210,27 +218,30 @@ def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
         ok = ok[ok["stage"].fillna("") != "selection"]
     seeds_of: dict[tuple, dict[int, str]] = {}
     for r in ok.itertuples():
-        seeds_of.setdefault((r.task, r.method, r.model, r.search_point), {})[int(r.seed)] = r.trial_id
-    predictions: dict[str, Any] = {}
+        seeds_of.setdefault((r.task, r.eval_task, r.method, r.model, r.search_point), {})[int(r.seed)] = (
+            r.trial_id,
+            r.task,
+            r.eval_task,
+        )
+    predictions: dict[tuple, Any] = {}
 
-    def loaded(trial_id: str):
-        if trial_id not in predictions:
-            file = trials / trial_id / "predictions.npz"
-            predictions[trial_id] = None
-            if file.is_file():
-                with np.load(file) as data:
-                    predictions[trial_id] = (data["probs"], data["labels"])
-        return predictions[trial_id]
+    def loaded(key: tuple[str, str, str]):
+        if key not in predictions:
+            trial_id, task, eval_task = key
+            saved = read_predictions(trials / trial_id, task, eval_task)
+            predictions[key] = None if saved is None else (saved.probs, saved.labels)
+        return predictions[key]
 
     pairs: dict[int, tuple[dict, dict]] = {}
     for i, row in board.iterrows():
         if row["method"] == reference:
             continue
-        ref_points = {k[3]: v for k, v in seeds_of.items() if k[:3] == (row["task"], reference, row["model"])}
+        table = (row["task"], row["eval_task"])
+        ref_points = {k[4]: v for k, v in seeds_of.items() if k[:4] == (*table, reference, row["model"])}
         ref_ids = ref_points.get(row["search_point"]) or (
             next(iter(ref_points.values())) if len(ref_points) == 1 else None
         )
-        own_ids = seeds_of.get((row["task"], row["method"], row["model"], row["search_point"]), {})
+        own_ids = seeds_of.get((*table, row["method"], row["model"], row["search_point"]), {})
         own = {s: t for s, t in own_ids.items() if loaded(t) is not None}
         ref = {s: t for s, t in (ref_ids or {}).items() if loaded(t) is not None}
         if own and ref:
@@ -241,7 +252,7 @@ def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
         paired = score_pairs(pairs, loaded, n_resamples)
         levels = {i: two_levels(p[2], p[3]) for i, p in paired.items()}
         p_values = {(i, m): tl.p_value() for i, lv in levels.items() for m, tl in lv.items()}
-        adjusted = holm_by_task(p_values, {i: board.at[i, "task"] for i in levels})
+        adjusted = holm_by_task(p_values, {i: table_label(board.loc[i]) for i in levels})
         worst = max([worst_mc_se(lv) for lv in levels.values()], default=0.0)
         unclear = unclear_decisions(p_values, adjusted, n_resamples)
         if (worst < MC_SE_TARGET and not unclear) or n_resamples >= MAX_RESAMPLES:
@@ -256,19 +267,20 @@ def add_paired_deltas(board, frame, run_dir: str | Path | None, reference: str):
     for (i, m), p in adjusted.items():
         board.at[i, f"delta_{m}_p_holm"] = p
         board.at[i, f"delta_{m}_significant"] = bool(p < ALPHA)
-    family = Counter(board.at[i, "task"] for i, _ in adjusted)
-    for task, group in board.groupby("task"):
-        board.loc[group.index, "delta_family"] = family[task]
+    family = Counter(table_label(board.loc[i]) for i, _ in adjusted)
+    tables = board.apply(table_label, axis=1)
+    for table, group in board.groupby(tables):
+        board.loc[group.index, "delta_family"] = family[table]
     return board
 
 
 def score_pairs(pairs: dict[int, tuple[dict, dict]], loaded, n_resamples: int) -> dict[int, tuple]:
     """Row index → :func:`pair` of its trials scored on ``n_resamples`` question resamples (rows that
     cannot be paired are left out). Trials with as many questions share one resample draw."""
-    scores: dict[str, TrialScores] = {}
+    scores: dict[Any, TrialScores] = {}
     resamples: dict[int, np.ndarray] = {}
 
-    def scored(trial_id: str) -> TrialScores:
+    def scored(trial_id: Any) -> TrialScores:
         if trial_id not in scores:
             probs, labels = loaded(trial_id)
             if len(labels) not in resamples:
@@ -317,12 +329,13 @@ def _question_cell(row, metric: str) -> str:
 
 def _table(board, reference: str, header_tail: list[str], cell) -> list[str]:
     search = "search_point" in board.columns
-    header = ["task", "method"] + (["search point"] if search else []) + ["seeds"] + header_tail
+    header = ["task" if all(table_label(r) == r["task"] for _, r in board.iterrows()) else "task → evaluated on"]
+    header += ["method"] + (["search point"] if search else []) + ["seeds"] + header_tail
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in board.iterrows():
         if row["method"] == reference or not _num(row["delta_accuracy"]):
             continue
-        cells = [row["task"], row["method"]] + ([row["search_point"]] if search else [])
+        cells = [table_label(row), row["method"]] + ([row["search_point"]] if search else [])
         cells += [str(int(row["delta_n_seeds"]))] + [cell(row, m) for m in PAIRED_METRICS]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
@@ -337,7 +350,7 @@ def paired_markdown(board) -> list[str]:
     labels = [LABELS[m] for m in PAIRED_METRICS]
     resamples = int(rows["delta_resamples"].max()) if "delta_resamples" in rows else 0
     mc = rows[[f"delta_{m}_mc_se" for m in PAIRED_METRICS]].max().max() if "delta_accuracy_mc_se" in rows else math.nan
-    family = {str(t): int(n) for t, n in rows.groupby("task")["delta_family"].max().items()}
+    family = {str(t): int(n) for t, n in rows.groupby(rows.apply(table_label, axis=1))["delta_family"].max().items()}
     lines = [
         "",
         f"Paired differences from {reference} (method − {reference}), seed-aware: Δ = mean over paired seeds of "
@@ -359,7 +372,7 @@ def paired_markdown(board) -> list[str]:
             f"{unclear} * decision(s) lie within 3 Monte-Carlo standard errors of the 0.05 threshold even at "
             f"{resamples} resamples: read them as borderline."
         )
-    mean_rows = rows[rows["delta_pairing"] == SEED_MEAN]
+    mean_rows = rows[rows["delta_pairing"] == SEED_MEAN].drop_duplicates(["method", "delta_n_seeds"])
     for _, row in mean_rows.iterrows():
         lines.append(
             f"{row['method']} has one trial: it is compared with {reference}'s seed mean over "

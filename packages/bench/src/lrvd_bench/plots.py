@@ -10,7 +10,9 @@
 - ``paired_differences_<task>.png``: a forest plot, one panel per metric (accuracy, ECE, NLL, Brier),
   each method's paired difference from the reference with its seed-aware 95 % interval (the leaderboard's
   ``delta_*`` columns, :mod:`lrvd_bench.paired_table`); filled markers where the difference is
-  significant (Holm-adjusted, ``delta_<metric>_significant``).
+  significant (Holm-adjusted, ``delta_<metric>_significant``);
+- the selective-prediction and distribution-shift figures of :mod:`lrvd_bench.shift_plots`
+  (``risk_coverage_*``, ``ood_histograms_*``, ``shift_*``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lrvd_bench.figures import pyplot, rank_curve_grid, reliability_grid, safe, save_figure
+from lrvd_bench.shift_plots import shift_figures
 
 N_BINS = 15
 
@@ -144,7 +147,8 @@ def effective_rank_curves(run_dir: Path, rows: list[dict[str, Any]], out_dir: Pa
 
 
 def paired_forest(board: Any, out_dir: Path) -> list[Path]:
-    """Forest plot of the ``delta_*`` columns per task: methods down, Δ with its interval across."""
+    """Forest plot of the ``delta_*`` columns per table (training task, and evaluation task under shift):
+    methods down, Δ with its interval across."""
     import math
 
     from lrvd_bench.paired import PAIRED_METRICS
@@ -158,8 +162,11 @@ def paired_forest(board: Any, out_dir: Path) -> list[Path]:
         "nll": "Δ NLL (lower is better)",
         "brier": "Δ Brier (lower is better)",
     }
+    from lrvd_bench.paired_table import table_label
+
     paths = []
-    for task, group in board.groupby("task", sort=True):
+    tables = board.apply(table_label, axis=1) if len(board) else board.get("task")
+    for task, group in board.groupby(tables, sort=False):
         group = group[group["delta_accuracy"].notna()]
         if group.empty:
             continue
@@ -199,7 +206,8 @@ def paired_forest(board: Any, out_dir: Path) -> list[Path]:
             f"Paired differences from {reference}, {task} (seed-aware 95 % interval; filled: significant after Holm)",
             fontsize=9,
         )
-        paths.append(save_figure(fig, out_dir / f"paired_differences_{safe(task)}.png"))
+        name = safe(str(task).replace(" → ", "_"))
+        paths.append(save_figure(fig, out_dir / f"paired_differences_{name}.png"))
     return paths
 
 
@@ -224,4 +232,5 @@ def make_figures(run_dir: str | Path, rows: list[dict[str, Any]] | None = None, 
         + accuracy_vs_ece(rows, out_dir)
         + effective_rank_curves(run_dir, rows, out_dir)
         + (paired_forest(board, out_dir) if board is not None else [])
+        + shift_figures(run_dir, rows, board)
     )

@@ -4,7 +4,8 @@
 task of ``eval_tasks`` gets ``predictions-<eval task>.npz``, scored by the same adapter, posterior and
 predictive without retraining. Keys:
 
-    probs         float32 [N, C]     the predictive (MC-averaged for sampled methods)
+    probs         float   [N, C]     the predictive (MC-averaged for sampled methods), in the dtype it was
+                                     computed in (float32; float64 for an ensemble's mean)
     labels        int64   [N]        gold indices
     ids           str     [N]        question ids, in evaluation order (pairing checks them)
     task          str     []         the training task
@@ -64,7 +65,7 @@ def write_predictions(
     """Save one evaluation set (compressed); ``probs``/``labels``/``sample_probs`` may be tensors or arrays."""
     path = predictions_path(trial_dir, task, eval_task)
     arrays: dict[str, Any] = {
-        "probs": np.asarray(probs, dtype=np.float32),
+        "probs": np.asarray(probs),  # as computed: float32, float64 for an ensemble's mean of members
         "labels": np.asarray(labels, dtype=np.int64),
         "ids": np.asarray(ids, dtype=str),
         "task": np.asarray(task),

@@ -19,7 +19,9 @@ unfinished trial that ``--resume`` re-runs; a failure writes ``error.json`` inst
     ranks.csv         long format: step, module, rank (the method's rank_report over training)
     log_alpha.csv     methods with the ``per_rank_log_alpha`` capability (BayesLoRA): step, module,
                       rank_index, log_alpha
-    predictions.npz   probs [N, C] and labels [N] on the evaluation split
+    predictions.npz   probs [N, C], labels [N], question ids and, for a sampled predictive, the
+                      per-sample probabilities on the evaluation split (lrvd_bench.predictions);
+                      predictions-<task>.npz the same for each other task of ``eval_tasks``
     adapter/          method.save_adapter: a peft adapter + the lrvd sidecar (lrvd.adapter_io)
     log.txt           phase timings
     result.json       the row that goes into trials.csv and the leaderboard
@@ -320,13 +322,14 @@ def _run(
     report: Reporter | None = None,
     reuse_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    import numpy as np
     import torch
 
     from lrvd.metrics import classification_metrics
     from lrvd.registry import get_method
-    from lrvd.training import fit, predict, resolve_device, seed_everything
+    from lrvd.training import fit, predict_with_samples, resolve_device, seed_everything
+    from lrvd_bench.evaluation import other_eval_tasks, predictive_kind, score_task
     from lrvd_bench.memory import peak_memory_mb, reset_peak_memory
+    from lrvd_bench.predictions import write_predictions
     from lrvd_bench.trial_inputs import trial_inputs
 
     log = (trial_dir / "log.txt").open("w")
@@ -410,12 +413,17 @@ def _run(
         phase("predict")
         eval_start = time.perf_counter()
         # Seeded from the trial seed: a reloaded adapter reproduces these predictions (lrvd_bench.reload).
-        probs, labels = predict(
+        probs, labels, samples = predict_with_samples(
             method, model, data.eval_loader, n_samples=spec.n_samples, device=device, progress=progress, seed=spec.seed
         )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         eval_time = time.perf_counter() - eval_start
+        n_evaluated = evaluated_n_samples(method, spec.n_samples)
+        evaluations = {}
+        for name in other_eval_tasks(spec):  # the same adapter and posterior on other tasks (no refitting)
+            phase(f"predict {name}")
+            evaluations[name] = score_task(method, model, backbone, spec, name, n_evaluated, device, trial_dir)
         metrics = classification_metrics(probs, labels)
         ranks = {k: int(v) for k, v in method.rank_report(model).items()}
         learned, uniform_loss, majority = learned_flag(training["final_train_nll"], probs, labels, metrics["accuracy"])
@@ -426,14 +434,14 @@ def _run(
         if method.per_rank_log_alpha:  # BayesLoRA: per-rank log α at every rank_report
             write_log_alpha_csv(method.log_alpha_history, trial_dir / "log_alpha.csv")
         if spec.save_predictions:
-            np.savez_compressed(trial_dir / "predictions.npz", probs=probs.numpy(), labels=labels.numpy())
+            write_predictions(trial_dir, spec.task, spec.task, probs, labels, data.eval_ids, samples)
         if spec.save_adapter:
             from lrvd.adapter_io import record_evaluation
 
             method.save_adapter(model, trial_dir / "adapter")
             record_evaluation(
                 trial_dir / "adapter",
-                n_samples=evaluated_n_samples(method, spec.n_samples),
+                n_samples=n_evaluated,
                 seed=spec.seed,
                 eval_batch_size=spec.eval_batch_size,
                 device=str(device),
@@ -461,6 +469,9 @@ def _run(
             "data_source": source,
             "data_sha256": source_sha256,
             "n_samples": spec.n_samples,
+            "predictive": predictive_kind(method, n_evaluated, samples),
+            "eval_tasks": list(evaluations),
+            "evaluations": evaluations,
             "device": str(device),
             "device_name": device_name(device),
             **node_info(),

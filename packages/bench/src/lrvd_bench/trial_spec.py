@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from lrvd.protocol import AdapterConfig, TrainConfig
 from lrvd_bench.errors import BenchError, unknown_choice
@@ -33,6 +33,16 @@ SWEEP_WIDE = ("validation_fraction", "split_seed", "data_dir", "limit_eval")
 NESTED = {"adapter": AdapterConfig, "train": TrainConfig}
 
 Count = Annotated[int, Field(ge=1)]
+
+
+def as_list(value: Any) -> Any:
+    """``"a, b"`` (a flag or ``--set``) -> ``["a", "b"]``; a lone scalar -> ``[scalar]``."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value if isinstance(value, (list, tuple)) else [value]
+
+
+Names = Annotated[list[str], BeforeValidator(as_list)]
 SampleCount = Annotated[int, Field(ge=0)]
 
 
@@ -55,7 +65,13 @@ class TrialSettings:
 
     data_dir: str | None = per_trial(None, "directory with task data (default: bundled slices / HF cache)")
     limit_train: Count | None = per_trial(None, "use at most N training examples")
-    limit_eval: Count | None = per_trial(None, "evaluate on at most N examples")
+    limit_eval: Count | None = per_trial(None, "evaluate on at most N examples (of each evaluation task)")
+    eval_tasks: Names | None = per_trial(
+        None,
+        "comma-separated tasks whose evaluation splits every trained adapter is also scored on, without "
+        "retraining (distribution shift: train on obqa, evaluate on arc-c,arc-e,mmlu-chem,mmlu-phy); the "
+        "training task is always scored",
+    )
     validation_fraction: float = per_trial(
         DEFAULT_VALIDATION_FRACTION,
         "fraction of the training examples held out once as the validation split every method shares "
@@ -135,6 +151,8 @@ class TrialSpec(FrozenTrialSettings):
         data = {k: v for k, v in self.to_dict().items() if k not in self.UNHASHED}
         if data.get("stage") == "final":  # the usual stage leaves hashes as they were before stages existed
             data.pop("stage")
+        if not data.get("eval_tasks"):  # likewise a trial scored on its own task only
+            data.pop("eval_tasks", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     @property

@@ -22,6 +22,7 @@ from torch import nn
 
 from lrvd.errors import LRVDError
 from lrvd.layers import LRVDLinear, is_conv1d
+from lrvd.sample_record import record_samples
 
 
 def matches_target(name: str, targets: list[str]) -> bool:
@@ -224,6 +225,7 @@ def mc_predict_proba(
     if chunk <= 0:
         with sampling(model, True, n_weight_samples=1), ActivationProbe(model) as probe:
             total = torch.softmax(model(batch).float(), dim=-1)
+        record_samples(total)
         done = 1
         chunk = auto_chunk(n_samples, resident_bytes(model), probe.peak, memory_budget)
     chunk = min(chunk, n_samples)
@@ -231,7 +233,9 @@ def mc_predict_proba(
         s = min(chunk, n_samples - done)
         with sampling(model, True, n_weight_samples=s):
             logits = model(replicate_batch(batch, s) if s > 1 else batch).float()
-        probs = torch.softmax(logits, dim=-1).reshape(s, size, -1).sum(0)
+        draws = torch.softmax(logits, dim=-1).reshape(s, size, -1)
+        record_samples(draws)
+        probs = draws.sum(0)
         total = probs if total is None else total + probs
         done += s
     assert total is not None

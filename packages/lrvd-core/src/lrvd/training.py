@@ -24,6 +24,7 @@ from lrvd.classifier import ClassifierModel
 from lrvd.errors import LRVDError
 from lrvd.metrics import classification_metrics
 from lrvd.protocol import AdapterMethod, TrainConfig, TrainPlan
+from lrvd.sample_record import recording, stacked
 
 
 def seed_everything(seed: int) -> None:
@@ -302,20 +303,59 @@ def predict(
     whenever the same model predicts the same data: a reloaded adapter reproduces the trial's
     predictions exactly on CPU. The bench passes the trial seed.
     """
+    probs, labels, _ = _predict(method, model, loader, n_samples, device, progress, seed, keep_samples=False)
+    return probs, labels
+
+
+@torch.no_grad()
+def predict_with_samples(
+    method: AdapterMethod,
+    model: ClassifierModel,
+    loader: Iterable[dict[str, torch.Tensor]],
+    *,
+    n_samples: int | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`predict` plus the predictive's per-sample probabilities ``[S, N, n_classes]`` (``None`` for a
+    predictive that averages no draws: deterministic or closed form), from the same draws
+    (:mod:`lrvd.sample_record`); the probabilities equal :func:`predict`'s at the same ``seed``."""
+    return _predict(method, model, loader, n_samples, device, progress, seed, keep_samples=True)
+
+
+def _predict(
+    method: AdapterMethod,
+    model: ClassifierModel,
+    loader: Iterable[dict[str, torch.Tensor]],
+    n_samples: int | None,
+    device: torch.device | str | None,
+    progress: bool,
+    seed: int | None,
+    keep_samples: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     if seed is not None:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            return predict(method, model, loader, n_samples=n_samples, device=device, progress=progress)
+            return _predict(method, model, loader, n_samples, device, progress, None, keep_samples)
     model.to(device)
     model.eval()
-    probs, labels = [], []
+    probs, labels, samples = [], [], []
     total = len(loader) if hasattr(loader, "__len__") else None
     for batch in progress_bar(loader, total, f"predict {method.name}", progress):
         batch = move_batch(batch, device)
-        p = method.predict_proba(model, batch, n_samples)
+        if keep_samples:
+            with recording() as draws:
+                p = method.predict_proba(model, batch, n_samples)
+            samples.append(stacked(draws))
+        else:
+            p = method.predict_proba(model, batch, n_samples)
         probs.append(p.float().cpu())
         labels.append(batch["labels"].cpu())
     if not probs:
         raise LRVDError("the evaluation loader yielded no batches (empty evaluation set?)")
-    return torch.cat(probs), torch.cat(labels)
+    kept = [s for s in samples if s is not None]
+    if kept and (len(kept) < len(samples) or len({s.shape[0] for s in kept}) > 1):
+        raise LRVDError(f"{method.name}: its predictive recorded a different number of draws per batch")
+    return torch.cat(probs), torch.cat(labels), torch.cat(kept, dim=1) if kept else None

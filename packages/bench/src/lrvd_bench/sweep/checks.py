@@ -73,6 +73,11 @@ def check_inputs(config: ExperimentConfig) -> None:
         source = task.resolve_source(config.data_dir)  # a missing data dir / file raises LRVDError
         if source.kind == "hub":
             task.load("train", config.data_dir)  # from the datasets cache, or a one-line "offline" error
+    for name in config.eval_tasks or []:  # only their evaluation split is read
+        task = get_task(name)
+        source = task.resolve_source(config.data_dir)
+        if source.kind == "hub":
+            task.load("eval", config.data_dir)
     model = config.model
     if model in ("minilm", "smollm2-135m") or Path(model).expanduser().exists():
         return
