@@ -87,6 +87,14 @@ def config_file(tmp_path: Path, body: bytes) -> str:
             "bad value for seeds[1] in the command line: 'one' (input should be a valid integer, unable to parse string as an integer)",
         ),
         (["--data-dir", "/no/such/dir"], "data dir /no/such/dir does not exist"),
+        (
+            ["--task", "mmlu-chem"],
+            "task 'mmlu-chem' is evaluation-only (no training split); train on one of: arc-c, arc-e, boolq, cola, obqa, wg-m, wg-s",
+        ),
+        (
+            ["--config", b"tasks: [obqa, mmlu-phy]\n"],
+            "task 'mmlu-phy' is evaluation-only (no training split); train on one of: arc-c, arc-e, boolq, cola, obqa, wg-m, wg-s",
+        ),
     ],
 )
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])

@@ -260,9 +260,9 @@ def test_encoder_and_causal_formatting_per_task():
 
 def test_bundled_files_match_the_checksums_and_counts_in_data_md():
     data_md = (BUNDLED_DATA_DIR.parent / "DATA.md").read_text()
-    rows = re.findall(r"^\| `([\w-]+/\w+\.jsonl)` \| (\d+) \| (\d+) \| `([0-9a-f]{64})` \|$", data_md, re.M)
+    rows = re.findall(r"^\| `((?:[\w-]+/)+\w+\.jsonl)` \| (\d+) \| (\d+) \| `([0-9a-f]{64})` \|$", data_md, re.M)
     files = sorted(str(p.relative_to(BUNDLED_DATA_DIR)) for p in BUNDLED_DATA_DIR.rglob("*.jsonl"))
-    assert sorted(r[0] for r in rows) == files and len(files) == 13
+    assert sorted(r[0] for r in rows) == files and len(files) == 19
     for name, records, size, digest in rows:
         blob = (BUNDLED_DATA_DIR / name).read_bytes()
         assert (blob.count(b"\n"), len(blob), hashlib.sha256(blob).hexdigest()) == (int(records), int(size), digest)

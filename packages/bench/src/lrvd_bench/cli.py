@@ -337,10 +337,12 @@ def cmd_list_methods(args: argparse.Namespace) -> int:
 def cmd_list_tasks(args: argparse.Namespace) -> int:
     from lrvd_bench.tasks import get_task, list_tasks
 
-    names, describe = list(list_tasks()), (lambda n: getattr(get_task(n), "description", ""))
+    names = list(list_tasks())
     width = max((len(n) for n in names), default=0)
     for name in names:
-        print(f"{name:<{width}}  {describe(name)}")
+        task = get_task(name)
+        mark = " [evaluation only]" if task.eval_only else ""
+        print(f"{name:<{width}}  {task.description}{mark}")
     return 0
 
 

@@ -26,7 +26,7 @@ from lrvd_bench.errors import BenchError, one_line, unknown_choice
 from lrvd_bench.evaluation import check_eval_tasks
 from lrvd_bench.method_checks import check_methods, check_selection, registered_methods, usable_methods
 from lrvd_bench.targets import BY_ARCHITECTURE
-from lrvd_bench.tasks import list_tasks
+from lrvd_bench.tasks import get_task, list_tasks, trainable_tasks
 from lrvd_bench.trial_spec import (
     NESTED,
     PER_TRIAL,
@@ -142,6 +142,12 @@ class ExperimentConfig(TrialSettings):
             for name in names:
                 if name not in choices:
                     raise unknown_choice(kind, name, choices)
+        for name in self.tasks:  # every task in ``tasks`` is trained on
+            if get_task(name).eval_only:
+                raise BenchError(
+                    f"task {name!r} is evaluation-only (no training split); train on one of: "
+                    + ", ".join(trainable_tasks())
+                )
         check_eval_tasks(self.tasks, self.eval_tasks or [])
         super().__post_init__()  # the per-trial settings' own rules (device, 8-bit weights)
         for name in ("lr", "head_lr"):  # the core allows 0 (a frozen step); a sweep that trains nothing is a mistake

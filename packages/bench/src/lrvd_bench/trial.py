@@ -188,7 +188,7 @@ def data_fingerprint(task: Any, data_dir: str | None) -> tuple[str, str]:
     if src.kind == "hub":
         return src.describe(), ""
     digest = hashlib.sha256()
-    for split in ("train", "eval"):
+    for split in (s for s in ("train", "eval") if s in task.splits):  # an evaluation-only task has no train
         path = Path(src.location) / task.file_name(split)
         if path.is_file():
             digest.update(path.read_bytes())

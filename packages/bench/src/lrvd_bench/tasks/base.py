@@ -34,6 +34,9 @@ disjoint train and eval parts (60 % / 40 % by default; WG-S keeps at most 640 tr
 protocol size, so offline WG-S ⊂ WG-M like the real nested training sets, and both share one eval
 part). :meth:`Task.split_note` then returns e.g. ``"carved from dev: 760 train / 507 eval (seed 0)"``
 so leaderboards can flag the run as not the paper's split.
+
+Evaluation-only tasks (MMLU college chemistry / physics) have no "train" split: a local copy needs only
+their eval file, ``load("train")`` is a one-line error, and a sweep cannot name them as training tasks.
 """
 
 from __future__ import annotations
@@ -105,6 +108,8 @@ class Task:
 
     ``splits`` maps the bench's split names ("train", "eval", optionally "test") to the dataset's
     split names, which are also the local file stems (``validation`` -> ``validation.jsonl``).
+    A task without a "train" split is evaluation-only (:attr:`eval_only`): it scores adapters trained
+    on another task, and only its eval file is needed locally.
     """
 
     name: str
@@ -118,6 +123,11 @@ class Task:
     metric: str = "accuracy"
     carve: Carve | None = None
     paper_sizes: tuple[int, int] | None = None  # (train, eval) of the BLoB protocol (BLoB paper)
+
+    @property
+    def eval_only(self) -> bool:
+        """No training split: the task only evaluates adapters trained on other tasks."""
+        return "train" not in self.splits
 
     # -- records -> examples -----------------------------------------------------------------
     def convert(self, record: dict[str, Any], fallback_id: str) -> Example:
@@ -152,7 +162,7 @@ class Task:
         """Decide once where the examples come from (see the module docstring for the order)."""
         if source not in SOURCES:
             raise unknown_choice("data source", source, SOURCES)
-        needed = [self.file_name("train"), self.file_name("eval")]
+        needed = [self.file_name(s) for s in ("train", "eval") if s in self.splits]
         if data_dir is not None:
             root = Path(data_dir).expanduser()
             if not root.is_dir():
@@ -160,7 +170,7 @@ class Task:
             folder = root / self.folder if (root / self.folder).is_dir() else root
             found = self._local_source("data_dir", folder)
             if found is None:
-                alt = f", or {needed[1]} alone to carve it" if self.carve else ""
+                alt = f", or {needed[-1]} alone to carve it" if self.carve else ""
                 raise LRVDError(f"task {self.name!r}: {folder} lacks {' and '.join(needed)}{alt}")
             return found
         if source in ("auto", "local"):
@@ -174,7 +184,10 @@ class Task:
         return DataSource("hub", self.hub_id + (f"/{self.hub_config}" if self.hub_config else ""))
 
     def _local_source(self, kind: str, folder: Path) -> DataSource | None:
-        train, eval_ = (folder / self.file_name(s) for s in ("train", "eval"))
+        eval_ = folder / self.file_name("eval")
+        if self.eval_only:
+            return DataSource(kind, str(folder)) if eval_.is_file() else None
+        train = folder / self.file_name("train")
         if train.is_file() and eval_.is_file():
             return DataSource(kind, str(folder))
         if eval_.is_file() and self.carve is not None:
@@ -204,6 +217,8 @@ class Task:
 
         ``seed`` only seeds the carve of a dev-only copy; keep it fixed across a comparison.
         """
+        if split == "train" and self.eval_only:
+            raise LRVDError(f"task {self.name!r} is evaluation-only (no training split)")
         if split not in self.splits:
             raise unknown_choice(f"split for task {self.name!r}:", split, self.splits)
         src = self.resolve_source(data_dir, source)
