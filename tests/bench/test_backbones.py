@@ -249,3 +249,26 @@ def test_load_in_8bit_on_a_cpu_config_is_refused():
     with pytest.raises(BenchError, match="load_in_8bit needs a CUDA device"):
         config_from_dict({"load_in_8bit": True, "device": "cpu"})
     assert config_from_dict({"load_in_8bit": True, "device": "cuda"}).expand()[0].load_in_8bit is True
+
+
+@pytest.mark.parametrize("config_fn", [llama_config, bert_config], ids=["causal", "encoder-mc"])
+def test_scoring_another_task_reads_its_options_and_restores_the_head(tokenizer, config_fn):
+    """A model built for OBQA (4 options) scoring ARC-C (up to 5) inside ``scoring_task`` gives the logits of
+    the same weights built for ARC-C directly; the OBQA head is back afterwards."""
+    from lrvd_bench.backbones import scoring_task
+
+    obqa, arc = get_task("obqa"), get_task("arc-c")
+    trained = build_backbone_from_config(config_fn(tokenizer.vocab_size), obqa, tokenizer, seed=3)
+    direct = build_backbone_from_config(config_fn(tokenizer.vocab_size), arc, tokenizer, seed=3)
+    for backbone in (trained, direct):
+        backbone.model.eval()
+    batch = batch_for(arc, direct, [FIVE_CHOICES, THREE_CHOICES], max_length=96)
+    with torch.no_grad():
+        expected = direct.model(batch)
+        with scoring_task(trained.model, arc, tokenizer, trained.kind):
+            got = trained.model(batch)
+        assert trained.model.n_classes == 4
+        if trained.kind == "causal-lm":
+            assert trained.model.option_token_ids.tolist() == option_token_ids(tokenizer, list("ABCD"))
+    assert got.shape == (2, 5)
+    torch.testing.assert_close(got, expected)

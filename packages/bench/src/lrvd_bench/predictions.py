@@ -64,6 +64,7 @@ def write_predictions(
 ) -> Path:
     """Save one evaluation set (compressed); ``probs``/``labels``/``sample_probs`` may be tensors or arrays."""
     path = predictions_path(trial_dir, task, eval_task)
+    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {
         "probs": np.asarray(probs),  # as computed: float32, float64 for an ensemble's mean of members
         "labels": np.asarray(labels, dtype=np.int64),
