@@ -88,6 +88,21 @@ def config_file(tmp_path: Path, body: bytes) -> str:
         ),
         (["--data-dir", "/no/such/dir"], "data dir /no/such/dir does not exist"),
         (
+            ["--task", "obqa", "--eval-tasks", "arc-c,arc-x"],
+            "unknown evaluation task 'arc-x'; valid choices: arc-c, arc-e, boolq, cola, mmlu-chem, mmlu-phy, obqa, "
+            "wg-m, wg-s",
+        ),
+        (
+            ["--task", "obqa", "--eval-tasks", "boolq"],
+            "evaluation task 'boolq' is classification but 'obqa' trains a multiple-choice head; evaluate on tasks "
+            "of the same kind",
+        ),
+        (
+            ["--task", "boolq", "--eval-tasks", "cola"],
+            "evaluation task 'cola' has 2 classes ['No', 'Yes'] but the head trained on 'boolq' has "
+            "2 ['False', 'True']",
+        ),
+        (
             ["--task", "mmlu-chem"],
             "task 'mmlu-chem' is evaluation-only (no training split); train on one of: arc-c, arc-e, boolq, cola, obqa, wg-m, wg-s",
         ),
@@ -189,3 +204,21 @@ def test_run_help_shows_the_quickstart_values_and_reaches_every_top_level_key(ca
         has_flag = f"--{f.name.replace('_', '-')} " in flags
         in_set_list = any(line.split()[:1] == [f.name] for line in listed.splitlines())
         assert has_flag or in_set_list, f.name
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_an_evaluation_task_missing_from_the_data_dir_is_named(capsys, tmp_path, dry_run):
+    """Offline, with --data-dir holding the training task only: the evaluation task's missing files are named."""
+    from lrvd_bench.tasks import BUNDLED_DATA_DIR
+
+    data = tmp_path / "data"
+    (data / "openbookqa").mkdir(parents=True)
+    for name in ("train.jsonl", "validation.jsonl"):
+        lines = (BUNDLED_DATA_DIR / "openbookqa" / name).read_text().splitlines()[:20]
+        (data / "openbookqa" / name).write_text("\n".join(lines) + "\n")
+    output = tmp_path / "run"
+    argv = ["run", "--task", "obqa", "--eval-tasks", "arc-c", "--data-dir", str(data), "--output", str(output)]
+    code, out, err = run(capsys, *argv, *(["--dry-run"] if dry_run else []))
+    expected = f"bench: error: task 'arc-c': {data} lacks train.jsonl and validation.jsonl"
+    assert (code, err.strip().splitlines(), out) == (2, [expected], "")
+    assert not output.exists()

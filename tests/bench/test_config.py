@@ -115,7 +115,7 @@ def test_search_point_applies_only_to_its_method():
     assert moved.search_point == {"method_params.bayeslora.tau": 2.0, "max_length": 32}
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "paper_llama2_commonsense.yaml", "paper_glue_deberta.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
     config = load_config(REPO / "configs" / name)
     assert config.expand()

@@ -96,7 +96,9 @@ def test_leaderboard_has_a_row_per_evaluation_task_with_columns_from_the_files(s
     run_dir, _, _, _ = shifted_run
     board = write_leaderboard(gather_rows(run_dir), run_dir)
     assert sorted(zip(board["eval_task"], board["shift"], board["method"])) == [
-        (t, s, m) for t, s in (("arc-c", "ood"), ("mmlu-chem", "ood"), ("obqa", "id")) for m in ("lora", "mc-dropout-lora")
+        (t, s, m)
+        for t, s in (("arc-c", "ood"), ("mmlu-chem", "ood"), ("obqa", "id"))
+        for m in ("lora", "mc-dropout-lora")
     ]
     row = board[(board["method"] == "mc-dropout-lora") & (board["eval_task"] == "arc-c")].iloc[0]
     aurocs, mis = [], []

@@ -14,6 +14,7 @@ NON_DEFAULT = {
     "data_dir": "/data",
     "limit_train": 7,
     "limit_eval": 5,
+    "eval_tasks": ["arc-c", "arc-e"],
     "validation_fraction": 0.25,
     "split_seed": 3,
     "max_length": 32,
