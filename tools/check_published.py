@@ -42,8 +42,10 @@ def tables(text: str) -> list[list[str]]:
 def printed_tables(run_dir: Path) -> list[list[str]]:
     """The tables ``bench leaderboard RUN_DIR`` would write into leaderboard.md, at this code."""
     from lrvd_bench.leaderboard import build_leaderboard, gather_rows, run_reference, to_markdown
+    from lrvd_bench.sweep.finalize import board_rows
 
-    board = build_leaderboard(gather_rows(run_dir), run_dir, run_reference(run_dir))
+    # the rows bench leaderboard aggregates: a run with a selection stage leaves its selection trials out
+    board = build_leaderboard(board_rows(run_dir, gather_rows(run_dir)), run_dir, run_reference(run_dir))
     return tables(to_markdown(board))
 
 

@@ -41,3 +41,26 @@ def test_published_tables_are_checked_against_the_run(tmp_path, capsys):
 
     assert check_published.main([str(tmp_path / "nowhere"), str(readme)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_a_run_with_a_selection_stage_is_checked_on_its_final_rows(tmp_path, capsys):
+    """Selection trials score the validation split only; bench leaderboard leaves them out, and so must the check
+    (counting them made every row of the 5-seed reference run read "6 (1 †)" seeds)."""
+    import json
+
+    from lrvd_bench.sweep.finalize import board_rows
+
+    run = tmp_path / "run"
+    rng = np.random.default_rng(2)
+    for seed in (0, 1):
+        write_trial(run, "lora", seed, rng.random(200) < 0.5, 0.7)
+    selection = run / "trials" / "lora-arc-e-s0-select"
+    selection.mkdir()
+    row = {"trial_id": selection.name, "method": "lora", "task": "arc-e", "model": "minilm", "seed": 0}
+    selection.joinpath("result.json").write_text(
+        json.dumps({**row, "status": "ok", "stage": "selection", "val_nll": 1.2, "train_time_s": 9.0})
+    )
+    write_leaderboard(board_rows(run, gather_rows(run)), run)
+    readme = tmp_path / "README.md"
+    readme.write_text((run / "leaderboard.md").read_text())
+    assert check_published.main([str(run), str(readme)]) == 0, capsys.readouterr().out
