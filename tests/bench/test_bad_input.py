@@ -88,6 +88,15 @@ def config_file(tmp_path: Path, body: bytes) -> str:
         ),
         (["--data-dir", "/no/such/dir"], "data dir /no/such/dir does not exist"),
         (
+            ["--methods", "adalora", "--max-steps", "3"],
+            "method 'adalora': AdaLoRA schedule has no budgeting phase at 3 steps: max(tinit, 1) = 1 must be < "
+            "total_steps - tfinal = 3 - 2; lower the tinit/tfinal fractions or train longer",
+        ),
+        (
+            ["--methods", "adalora-ivon", "--rank", "2", "--param", "adalora-ivon.target_r=2"],
+            "method 'adalora-ivon': AdaLoRA target_r (2) must be < the initial rank spec.r (2)",
+        ),
+        (
             ["--task", "obqa", "--eval-tasks", "arc-c,arc-x"],
             "unknown evaluation task 'arc-x'; valid choices: arc-c, arc-e, boolq, cola, mmlu-chem, mmlu-phy, obqa, "
             "wg-m, wg-s",

@@ -183,6 +183,12 @@ class AdaLoRA(PeftMethod):
         delta = max(1, int(round(p.deltaT * total)))
         return {"tinit": tinit, "tfinal": tfinal, "deltaT": delta, "total_step": total}
 
+    def check_plan(self, spec: AdapterConfig, plan: TrainPlan | None) -> None:
+        """A target rank below the initial one, and a budgeting phase at the plan's steps (:meth:`schedule`)."""
+        self.target_rank(spec)
+        if plan is not None:
+            self.schedule(spec, plan)
+
     def target_rank(self, spec: AdapterConfig) -> int:
         target = self.params.target_r if self.params.target_r is not None else max(1, round(2 * spec.r / 3))
         if target >= spec.r and self.params.budget_total_rank is None:

@@ -24,7 +24,7 @@ from pydantic.dataclasses import dataclass as validated_dataclass
 from lrvd.protocol import AdapterConfig, TrainConfig
 from lrvd_bench.errors import BenchError, one_line, unknown_choice
 from lrvd_bench.evaluation import check_eval_tasks
-from lrvd_bench.method_checks import check_methods, check_selection, registered_methods, usable_methods
+from lrvd_bench.method_checks import check_methods, check_plans, check_selection, registered_methods, usable_methods
 from lrvd_bench.targets import BY_ARCHITECTURE
 from lrvd_bench.tasks import get_task, list_tasks, trainable_tasks
 from lrvd_bench.trial_spec import (
@@ -175,6 +175,7 @@ class ExperimentConfig(TrialSettings):
         if self.selection and self.validation_fraction <= 0:
             raise BenchError("selection scores on the validation split: set validation_fraction > 0 (got 0)")
         self.method_params = check_methods(self.methods, self.method_params, self.validation_fraction)
+        check_plans(self.methods, self.method_params, self.adapter, self.train)
         if self.selection:
             check_selection(self.selection, self.methods, self.method_params)
 

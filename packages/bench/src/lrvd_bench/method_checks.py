@@ -100,6 +100,22 @@ def check_methods(methods: list[str], params: dict[str, Any], validation_fractio
     return typed
 
 
+def check_plans(methods: list[str], params: dict[str, Any], adapter: Any, train: Any) -> None:
+    """Each method accepts the sweep's adapter and step count (``MethodBase.check_plan``: AdaLoRA needs a
+    budgeting phase), so a plan it cannot train is one line before any trial instead of N failed trials. The step
+    count only with ``train.max_steps``: one from epochs depends on the data, and ``attach`` checks it then."""
+    from lrvd.protocol import TrainPlan
+
+    plan = TrainPlan(total_steps=int(train.max_steps), n_train=1, train=train) if train.max_steps else None
+    for name in methods:
+        method = method_class(name)(**params.get(name, {}))
+        try:
+            if hasattr(method, "check_plan"):
+                method.check_plan(adapter, plan)
+        except LRVDError as err:
+            raise BenchError(f"method {name!r}: {err}") from None
+
+
 def selection_dotted_key(method: str, key: str) -> str:
     """A selection KEY as the dotted key :meth:`TrialSpec.with_overrides` applies."""
     head = key.partition(".")[0]

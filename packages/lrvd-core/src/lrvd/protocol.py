@@ -301,6 +301,11 @@ class MethodBase:
         self.plan: TrainPlan | None = None
 
     # -- hooks ---------------------------------------------------------------------------------
+    def check_plan(self, spec: AdapterConfig, plan: TrainPlan | None) -> None:
+        """Refuse, with an ``LRVDError``, an adapter and step plan this method cannot train (``plan`` None: the
+        step count is not known yet, check the adapter alone). It needs no model, so a sweep calls it before any
+        trial starts; the default accepts everything, and ``attach`` checks again."""
+
     def attach(self, model: ClassifierModel, spec: AdapterConfig, plan: TrainPlan) -> ClassifierModel:
         raise NotImplementedError
 
