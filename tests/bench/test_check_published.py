@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_paired import write_trial
 
 from lrvd_bench.leaderboard import gather_rows, write_leaderboard
@@ -64,3 +65,24 @@ def test_a_run_with_a_selection_stage_is_checked_on_its_final_rows(tmp_path, cap
     readme = tmp_path / "README.md"
     readme.write_text((run / "leaderboard.md").read_text())
     assert check_published.main([str(run), str(readme)]) == 0, capsys.readouterr().out
+
+
+REPO = TOOL.parents[1]
+
+
+@pytest.mark.parametrize(
+    "run, files",
+    [
+        ("docs/quickstart_run", ["README.md", "docs/quickstart_leaderboard.md"]),
+        ("docs/reference/run", ["README.md", "docs/reference/README.md", "docs/reference/leaderboard.md"]),
+    ],
+    ids=["quickstart", "reference"],
+)
+def test_the_published_tables_are_what_the_committed_runs_print(run, files, capsys):
+    """The committed run folders (trial results and predictions, no adapters) rebuild, at this code, every table
+    the README and docs show from them: a change to the leaderboard's numbers or format turns this red."""
+    code = check_published.main([str(REPO / run), *(str(REPO / f) for f in files)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for name in files:
+        assert f"{name}: " in out and "0 table(s)" not in out
