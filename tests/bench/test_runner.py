@@ -615,6 +615,7 @@ def test_bench_run_end_to_end_writes_leaderboard_with_documented_columns(ray_ses
         "effective_rank_arc-c.png",
         "paired_differences_arc-c.png",
         "reliability_arc-c.png",
+        "risk_coverage_arc-c.png",
     ]
     assert board.set_index("method").loc["mc-dropout-lora", "delta_n_seeds"] == 2  # paired with lora's seeds
 
