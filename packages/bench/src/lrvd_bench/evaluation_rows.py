@@ -24,10 +24,21 @@ import math
 from pathlib import Path
 from typing import Any
 
-#: The columns this module adds (each aggregated as ``_mean`` / ``_std`` by the leaderboard).
-UNCERTAINTY_METRICS = ("entropy", "expected_entropy", "mi", "aurc", "acc_at_80", "misclf_auroc")
+#: The columns this module adds, each with higher_is_better (None: no direction), aggregated as
+#: ``_mean`` / ``_std`` by the leaderboard.
+UNCERTAINTY_METRICS: dict[str, bool | None] = {
+    "entropy": None,
+    "expected_entropy": None,
+    "mi": None,
+    "aurc": False,
+    "acc_at_80": True,
+    "misclf_auroc": True,
+}
 OOD_SCORES = ("maxprob", "entropy", "mi")
-OOD_METRICS = tuple(f"ood_{kind}_{score}" for kind in ("auroc", "fpr95") for score in OOD_SCORES)
+#: The OOD columns (``ood`` rows only): AUROC higher is better, FPR at 95 % TPR lower.
+OOD_METRICS: dict[str, bool] = {
+    f"ood_{kind}_{score}": kind == "auroc" for kind in ("auroc", "fpr95") for score in OOD_SCORES
+}
 #: What an ``evaluations`` entry of a trial row replaces in the copy of the row it becomes.
 SCORED = ("accuracy", "ece", "nll", "brier", "mcc", "n_eval", "eval_time_s", "predictive")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from lrvd.errors import first_line
 from lrvd_bench.config import DEFAULT_REFERENCE
-from lrvd_bench.evaluation_rows import OOD_METRICS, evaluation_rows
+from lrvd_bench.evaluation_rows import OOD_METRICS, UNCERTAINTY_METRICS, evaluation_rows
 from lrvd_bench.trial_folder import ERROR_FILE, RESULT_FILE, STOPPED_FILE, identity
 
 #: Metrics aggregated as ``<name>_mean`` and ``<name>_std`` over seeds, with higher_is_better.
@@ -45,13 +45,8 @@ METRICS: dict[str, bool | None] = {
     "eval_time_s": False,
     "peak_memory_mb": False,
     "final_train_loss": False,
-    "entropy": None,
-    "expected_entropy": None,
-    "mi": None,
-    "aurc": False,
-    "acc_at_80": True,
-    "misclf_auroc": True,
-    **{name: name.startswith("ood_auroc") for name in OOD_METRICS},
+    **UNCERTAINTY_METRICS,
+    **OOD_METRICS,
 }
 
 #: Every leaderboard column and what it means.
@@ -381,7 +376,10 @@ def to_markdown(board) -> str:
         f"Rows per stage, {table}: {n_train} training / {n_val} validation / {n_eval} evaluation."
         for table, n_train, n_val, n_eval in _stage_sizes(board)
     ]
-    return "\n".join(lines + notes + uncertainty_markdown(board) + paired_markdown(board)) + "\n"
+    from lrvd_bench.shift_table import shift_markdown
+
+    tables = lines + notes + shift_markdown(board) + uncertainty_markdown(board) + paired_markdown(board)
+    return "\n".join(tables) + "\n"
 
 
 #: The uncertainty table's columns: (metric, label, digits); OOD columns are filled on ood rows only.
