@@ -57,7 +57,9 @@ def shift_markdown(board) -> list[str]:
             lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for method in methods:
                 row = [method, str(seeds[method])]
-                row += [_cell(cells[(method, e)], metric, digits, paired) if (method, e) in cells else "–" for e in sets]
+                row += [
+                    _cell(cells[(method, e)], metric, digits, paired) if (method, e) in cells else "–" for e in sets
+                ]
                 lines.append("| " + " | ".join(row) + " |")
         lines += [
             "",
