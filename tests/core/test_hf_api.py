@@ -4,6 +4,7 @@ BayesLoraTrainer, and the example that uses them."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -203,32 +204,33 @@ def test_the_trainer_refuses_a_model_without_adapters(tmp_path):
         lrvd.BayesLoraTrainer(model=TinyBertClassifier().backbone, args=args)
 
 
-def test_the_example_matches_the_peft_lora_control_on_real_data_and_reloads_exactly():
-    """The example on the pretrained MiniLM and bundled ARC-Easy rows: BayesLoRA's accuracy is not
-    below the peft-LoRA control's (same Trainer settings) by more than one standard error, and the
-    saved adapter reloads to the same predictions. At this size the control itself does not beat the
-    majority class (docs/methods.md), so learning above it is not asserted here."""
+def test_the_example_learns_matches_the_peft_lora_control_on_real_data_and_reloads_exactly():
+    """The example on the pretrained MiniLM and bundled ARC-Easy rows: BayesLoRA (``BayesLoraTrainer``)
+    and the peft-LoRA control (plain ``Trainer``, same settings) both learn (accuracy above the majority
+    class by 2 binomial standard errors), BayesLoRA is not below the control by more than one standard
+    error, and the saved adapter reloads to the same predictions (docs/methods.md)."""
     done = subprocess.run(
         [sys.executable, str(REPO / "examples" / "hf_trainer_bayeslora.py"), *EXAMPLE_CI_ARGS],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1200,
         cwd=REPO,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     runs = {r["run"]: r for r in summary["results"]}
     bayes, control = runs["bayeslora"], runs["peft-lora"]
+    majority, n = summary["majority"], summary["n_eval"]
+    learned = majority + 2 * math.sqrt(majority * (1 - majority) / n)
+    assert control["accuracy"] > learned, summary  # the control learns: the comparison can tell
+    assert bayes["accuracy"] > learned, summary
+    assert bayes["accuracy"] >= control["accuracy"] - control["se"], summary
     assert summary["reload_max_logit_diff"] < 1e-6 and summary["reload_same_predictions"]
-    if bayes["accuracy"] < control["accuracy"] - control["se"]:
-        # An open defect, shown rather than hidden: at this budget the HF path's BayesLoRA scored 0.24
-        # against the control's 0.305 ± 0.033 (docs/methods.md). The reload above is still checked.
-        pytest.xfail(f"HF BayesLoRA below the peft-LoRA control by more than one SE: {summary}")
 
 
-#: CI-sized (the quickstart's budget, the run docs/methods.md reports): 400 training questions, 200 scored
-EXAMPLE_CI_ARGS = ["--task", "arc-e", "--limit-train", "400", "--limit-eval", "200", "--max-steps", "100"]
-EXAMPLE_CI_ARGS += ["--batch-size", "4", "--lr", "2e-3", "--head-lr", "1e-2"]
+#: The example's defaults, spelled out (the run docs/methods.md reports): 800 training questions, 200 scored
+EXAMPLE_CI_ARGS = ["--task", "arc-e", "--limit-train", "800", "--limit-eval", "200", "--max-steps", "100"]
+EXAMPLE_CI_ARGS += ["--batch-size", "8", "--max-length", "48", "--lr", "2e-3", "--head-lr", "1e-2"]
 
 
 def test_hf_config_defaults_are_the_bayeslora_methods_under_its_default_protocol():
