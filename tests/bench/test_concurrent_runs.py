@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -232,3 +233,138 @@ def test_sigterm_reaches_the_current_sigint_handler_and_else_unwinds_with_143(mo
     finally:
         signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err.strip().splitlines() == ["bench: terminated (SIGTERM)"]
+
+
+def _checkpoint_step(folder: Path) -> int:
+    from lrvd.resumable import checkpoint_step
+
+    with contextlib.suppress(OSError, RuntimeError):  # the folder is being replaced this instant
+        return checkpoint_step(folder)
+    return -1
+
+
+def _stop_after_checkpoint(driver: subprocess.Popen, folder: Path, after: int, sig: int) -> str:
+    """Send ``sig`` once ``folder`` holds a checkpoint later than step ``after``; the driver's output."""
+    try:
+        deadline = time.time() + 600
+        while _checkpoint_step(folder) <= after:
+            assert driver.poll() is None and time.time() < deadline, driver.communicate()[0][-3000:]
+            time.sleep(0.05)
+        if sig == signal.SIGKILL:
+            os.killpg(driver.pid, sig)  # the driver and Ray, as the OOM killer or a lost node leave it
+        else:
+            driver.send_signal(sig)  # the driver alone, as Kubernetes and Slurm send it
+        return driver.communicate(timeout=300)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_trial_stopped_mid_training_twice_resumes_from_its_checkpoints_to_the_uninterrupted_result(
+    tiny_mc_model, tmp_path
+):
+    """``train.checkpoint_every``: the sweep gets SIGTERM once its one trial has written a training
+    checkpoint; ``--resume`` continues the trial from it and gets SIGKILL (whole process group) after a
+    later checkpoint; a second ``--resume`` finishes it from there. The metrics, predictions and training
+    curve equal those of the same trial run in one go, and the trial records where it picked up."""
+    run_dir = tmp_path / "run"
+    steps, every = 600, 50
+    run = [
+        "run",
+        "--methods",
+        "bayeslora",
+        "--task",
+        "arc-c",
+        "--seeds",
+        "0",
+        "--model",
+        str(tiny_mc_model),
+        "--limit-train",
+        "64",
+        "--limit-eval",
+        "16",
+        "--max-steps",
+        str(steps),
+        "--max-length",
+        "32",
+        "--device",
+        "cpu",
+        "--num-cpus",
+        "1",
+        "--output",
+        str(run_dir),
+        "--set",
+        "train.batch_size=4",
+        f"train.checkpoint_every={every}",
+        "n_samples=3",
+    ]
+    folder = run_dir / "trials" / "*" / "checkpoint"
+    driver = _bench(*run)
+    deadline = time.time() + 600
+    while not list(run_dir.glob("trials/*/spec.json")):
+        assert driver.poll() is None and time.time() < deadline, driver.communicate()[0][-3000:]
+        time.sleep(0.05)
+    (trial,) = (run_dir / "trials").iterdir()
+    folder = trial / "checkpoint"
+    out = _stop_after_checkpoint(driver, folder, 0, signal.SIGTERM)
+    assert driver.returncode == 143 and "continue with: bench run --resume" in out, out[-3000:]
+    first_stop = _checkpoint_step(folder)
+    assert not (trial / "result.json").exists(), "the trial finished before the signal: make it longer"
+    assert 0 < first_stop < steps
+    # Ray Tune holds its copy (the one it hands a trial it restarts itself), the latest only
+    assert len(list(run_dir.glob("tune/*/checkpoint_*/train_state.pt"))) == 1
+
+    driver = _bench("run", "--resume", str(run_dir))
+    _stop_after_checkpoint(driver, folder, first_stop, signal.SIGKILL)
+    second_stop = _checkpoint_step(folder)
+    assert not (trial / "result.json").exists(), "the trial finished before the signal: make it longer"
+    assert first_stop < second_stop < steps
+
+    resumed = _bench("run", "--resume", str(run_dir))
+    out = resumed.communicate(timeout=900)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    row = json.loads((trial / "result.json").read_text())
+    assert row["status"] == "ok" and row["resumed_from_step"] is not None
+    assert second_stop <= row["resumed_from_step"] < steps
+    assert not folder.exists()  # removed once the result is written
+
+    from lrvd_bench.trial import run_trial
+
+    control = tmp_path / "control"
+    expected = run_trial(json.loads((trial / "spec.json").read_text()), control)
+    assert expected["resumed_from_step"] is None
+    for key in ("accuracy", "nll", "ece", "brier", "final_train_loss", "final_train_nll", "effective_rank", "steps"):
+        assert row[key] == expected[key], key
+    got, want = np.load(trial / "predictions.npz"), np.load(control / "predictions.npz")
+    assert np.array_equal(got["probs"], want["probs"])
+    columns = ["step", "epoch", "loss", "lr", "nll", "kl"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(trial / "train_log.csv")[columns], pd.read_csv(control / "train_log.csv")[columns]
+    )
+
+
+def test_a_checkpoint_ray_hands_back_replaces_only_an_older_one(tmp_path):
+    """A trial Ray restarts gets its checkpoint from ``tune.get_checkpoint()``: it goes to the trial
+    folder unless the folder already holds a later step (written after Ray's copy)."""
+    import torch
+    from ray import tune
+
+    from lrvd.resumable import STATE_FILE
+    from lrvd_bench.sweep.trainable import restore_ray_checkpoint
+
+    def checkpoint_at(step: int) -> Path:
+        folder = tmp_path / f"ray-{step}"
+        folder.mkdir()
+        torch.save({"step": step}, folder / STATE_FILE)
+        return folder
+
+    trial = tmp_path / "trial" / "checkpoint"
+    restore_ray_checkpoint(None, trial)
+    assert not trial.exists()
+    restore_ray_checkpoint(tune.Checkpoint.from_directory(str(checkpoint_at(20))), trial)
+    assert _checkpoint_step(trial) == 20
+    restore_ray_checkpoint(tune.Checkpoint.from_directory(str(checkpoint_at(10))), trial)
+    assert _checkpoint_step(trial) == 20
+    restore_ray_checkpoint(tune.Checkpoint.from_directory(str(checkpoint_at(30))), trial)
+    assert _checkpoint_step(trial) == 30 and not list(tmp_path.glob("trial/*.ray"))

@@ -108,6 +108,10 @@ def keep_top_budget(scores: torch.Tensor, budget: int) -> torch.Tensor:
     return keep
 
 
+#: peft RankAllocator attributes that carry state from step to step (name -> tensor dicts)
+ALLOCATOR_EMAS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+
 class ExactBudgetRankAllocator(RankAllocator):
     """peft's RankAllocator (same scores, schedule and EMAs) that keeps exactly ``b(t)`` triplets.
 
@@ -297,3 +301,16 @@ class AdaLoRA(PeftMethod):
     def load_extra_state(self, model, tensors, config) -> None:
         if config.get("rank_pattern"):
             peft_root(model).peft_config[ADAPTER_NAME].rank_pattern = config["rank_pattern"]
+
+    def training_state(self, model) -> dict[str, Any]:
+        """Plain attributes plus the allocator's sensitivity and uncertainty EMAs (the next allocation reads them)."""
+        allocator = peft_root(model).rankallocator
+        emas = {key: dict(getattr(allocator, key)) for key in ALLOCATOR_EMAS}
+        return {**super().training_state(model), "allocator": emas}
+
+    def load_training_state(self, model, state) -> None:
+        state = dict(state)
+        allocator = peft_root(model).rankallocator
+        for key, values in state.pop("allocator", {}).items():
+            setattr(allocator, key, dict(values))
+        super().load_training_state(model, state)

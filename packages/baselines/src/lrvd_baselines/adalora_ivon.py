@@ -355,6 +355,16 @@ class AdaLoRAIVON(AdaLoRA):
             return None
         return lora_export(model, modules)
 
+    def training_state(self, model):
+        """AdaLoRA's state plus IVON's step counter, which its momentum debiasing reads and which ivon-opt
+        keeps outside ``state_dict``."""
+        return {**super().training_state(model), "ivon_step": int(self.optimizer.current_step)}
+
+    def load_training_state(self, model, state) -> None:
+        state = dict(state)
+        self.optimizer.current_step = state.pop("ivon_step")
+        super().load_training_state(model, state)
+
     def extra_state(self, model):
         tensors, config = super().extra_state(model)
         tensors.update({STD_PREFIX + n: s for n, s in self.posterior_stds(model).items()})

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import socket
 import time
 import traceback
@@ -45,7 +46,7 @@ from typing import Any
 from lrvd.errors import LRVDError
 from lrvd_bench.config import TrialSpec
 from lrvd_bench.provenance import package_versions, suite_commit
-from lrvd_bench.trial_folder import ERROR_FILE, RESULT_FILE, atomic_write, identity, write_row
+from lrvd_bench.trial_folder import CHECKPOINT_DIR, ERROR_FILE, RESULT_FILE, atomic_write, identity, write_row
 
 #: A progress hook: receives one record (see :data:`PROGRESS_KEYS`) every ``log_every`` steps.
 Reporter = Callable[[dict[str, Any]], None]
@@ -231,6 +232,7 @@ def run_trial(
     body: Callable[[TrialSpec, Path, bool, Reporter | None], dict[str, Any]] | None = None,
     report: Reporter | None = None,
     reuse_from: str | Path | None = None,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run one trial and return its result row (also written to ``trial_dir/result.json``).
 
@@ -241,6 +243,9 @@ def run_trial(
     ``body(spec, trial_dir, progress, report)`` replaces the training flow (tests use a cheap one to
     exercise the sweep and the file protocol). ``reuse_from``: the finished trial folder of the method
     this one trains like, whose saved adapter replaces training (:mod:`lrvd_bench.posthoc_reuse`).
+    With ``train.checkpoint_every`` > 0 training writes a resumable checkpoint to ``trial_dir/checkpoint``
+    (``on_checkpoint(folder, step)`` follows each) and continues from one found there; it is removed
+    once the result is written.
     """
     spec = spec if isinstance(spec, TrialSpec) else TrialSpec.from_dict(spec)
     trial_dir = Path(trial_dir)
@@ -253,7 +258,7 @@ def run_trial(
         if body is not None:
             row = {**identity(spec), **body(spec, trial_dir, progress, report)}
         else:
-            row = {**identity(spec), **_run(spec, trial_dir, progress, report, reuse_from)}
+            row = {**identity(spec), **_run(spec, trial_dir, progress, report, reuse_from, on_checkpoint)}
     except (KeyboardInterrupt, SystemExit):
         raise  # interrupted, not failed: the folder stays unfinished and --resume runs it again
     except BaseException as err:
@@ -271,6 +276,7 @@ def run_trial(
         write_row(trial_dir / ERROR_FILE, error)
         raise
     write_row(trial_dir / RESULT_FILE, row)
+    shutil.rmtree(trial_dir / CHECKPOINT_DIR, ignore_errors=True)
     return row
 
 
@@ -306,6 +312,7 @@ def _selection_row(
         "steps": fitted.steps,
         "train_time_s": fitted.wall_time_s,
         "time_per_step_s": fitted.time_per_step_s,
+        "resumed_from_step": fitted.resumed_from,
         "posthoc_time_s": posthoc_time,
         "n_train": data.n_train,
         "n_val": data.n_val,
@@ -321,6 +328,7 @@ def _run(
     progress: bool,
     report: Reporter | None = None,
     reuse_from: str | Path | None = None,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -391,7 +399,11 @@ def _run(
                 progress=progress,
                 val_loader=data.val_loader,
                 on_log=live,
+                checkpoint_dir=trial_dir / CHECKPOINT_DIR,
+                on_checkpoint=(lambda step: on_checkpoint(trial_dir / CHECKPOINT_DIR, step)) if on_checkpoint else None,
             )
+            if fitted.resumed_from is not None:
+                phase(f"fit resumed from the checkpoint at step {fitted.resumed_from}")
             training = {
                 "final_train_loss": fitted.final_loss,
                 "final_train_nll": fitted.final_nll,
@@ -400,6 +412,7 @@ def _run(
                 **{f"checkpoint_{k}": v for k, v in fitted.best_scores.items()},
                 "train_time_s": fitted.wall_time_s,
                 "time_per_step_s": fitted.time_per_step_s,
+                "resumed_from_step": fitted.resumed_from,  # train.checkpoint_every: where a restart picked up
             }
         phase("after_training")
         # The same RNG state whether the adapter was trained here or reused (a sampled curvature,

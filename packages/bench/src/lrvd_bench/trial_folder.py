@@ -18,6 +18,8 @@ from lrvd_bench.trial_spec import TrialSpec, portable_model_name
 
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
+#: the resumable training checkpoint (``train.checkpoint_every``), removed once the trial has its result
+CHECKPOINT_DIR = "checkpoint"
 #: written by the driver into the folder of a trial the scheduler (ASHA) stopped early
 STOPPED_FILE = "stopped.json"
 

@@ -34,6 +34,7 @@ picked up by every analysis and test that applies to it by declaring them truthf
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -101,6 +102,13 @@ class TrainConfig:
             "best checkpoint is restored after training (0: off, keep the last state)"
         },
     )
+    checkpoint_every: int = field(
+        default=0,
+        metadata={
+            "help": "preemption: steps between resumable training checkpoints (weights, optimizer, scheduler, "
+            "RNG, data position, method state); an interrupted trial continues from the last one (0: off)"
+        },
+    )
     checkpoint_metric: str = field(
         default="val_accuracy",
         metadata={
@@ -115,6 +123,8 @@ class TrainConfig:
             raise unknown_choice("checkpoint_metric", self.checkpoint_metric, ["val_accuracy", "val_nll"])
         if self.eval_every < 0:
             raise LRVDError(f"eval_every must be >= 0 (0: no checkpoint selection), got {self.eval_every}")
+        if self.checkpoint_every < 0:
+            raise LRVDError(f"checkpoint_every must be >= 0 (0: no resumable checkpoints), got {self.checkpoint_every}")
         if self.grad_accum < 1 or self.batch_size < 1:
             raise LRVDError("batch_size and grad_accum must be >= 1")
         # A negative lr trains by gradient ascent and a NaN one fails only inside the loop (0 freezes: tests use it).
@@ -376,6 +386,18 @@ class MethodBase:
     ) -> None:
         return None
 
+    # -- resumable training (lrvd.resumable) ----------------------------------------------------
+    def training_state(self, model: ClassifierModel) -> dict[str, Any]:
+        """What a resumed run needs besides the adapter, the optimizer, the scheduler and the RNG: by default
+        every plain-data attribute (numbers, strings, lists and dicts of them: step counters, KL logs,
+        rank histories). A method with state in tensors or objects (AdaLoRA's importance EMAs) adds it."""
+        return {k: copy.deepcopy(v) for k, v in vars(self).items() if _plain(v)}
+
+    def load_training_state(self, model: ClassifierModel, state: dict[str, Any]) -> None:
+        """Restore :meth:`training_state` on a freshly attached method whose adapter is already loaded."""
+        for key, value in state.items():
+            setattr(self, key, copy.deepcopy(value))
+
     def peft_export(self, model: ClassifierModel) -> Any:
         """The adapter in peft's format (:class:`lrvd.adapter_io.PeftExport`); None: peft has none,
         and the whole native state goes to the sidecar."""
@@ -427,6 +449,17 @@ class MethodBase:
             raise LRVDError(f"adapter at {path} does not fit this model: {missing.unexpected_keys[:3]}")
         device = next(model.parameters()).device
         self.load_extra_state(model, {k: v.to(device) for k, v in extra.items()}, meta.get("extra", {}))
+
+
+def _plain(obj: Any) -> bool:
+    """Numbers, strings, None, and lists/tuples/dicts of them (what a training checkpoint keeps as is)."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return True
+    if isinstance(obj, (list, tuple)):
+        return all(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return all(isinstance(k, (str, int)) and _plain(v) for k, v in obj.items())
+    return False
 
 
 def _jsonable(obj: Any) -> Any:

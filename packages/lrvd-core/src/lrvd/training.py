@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lrvd import resumable
 from lrvd.checkpoint import BestCheckpoint
 from lrvd.classifier import ClassifierModel
 from lrvd.errors import LRVDError
@@ -99,6 +100,8 @@ class TrainResult:
     best_step: int | None = None
     best_scores: dict[str, float] = field(default_factory=dict)
     val_time_s: float = 0.0
+    #: the step a checkpoint restored this run at (``train.checkpoint_every``); None when it ran in one go
+    resumed_from: int | None = None
 
 
 @dataclass
@@ -186,6 +189,8 @@ def fit(
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     val_loader: Iterable[dict[str, torch.Tensor]] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (already ``attach``-ed) for ``plan.total_steps`` optimizer steps.
 
@@ -194,6 +199,12 @@ def fit(
     that many steps and at the last one, the scores join that step's log record (``val_accuracy``,
     ``val_nll``, ``val_ece``, ``val_brier``) and the best checkpoint is restored at the end
     (:mod:`lrvd.checkpoint`). Scoring runs under a forked RNG, so it leaves the training path unchanged.
+
+    With ``train.checkpoint_every`` > 0 and a ``checkpoint_dir``, the loop writes a resumable checkpoint
+    there every that many steps (:mod:`lrvd.resumable`) and then calls ``on_checkpoint(step)``; when the
+    folder already holds one, training continues from it, replaying the records logged before it
+    through ``on_log``, and ends with the weights, histories and final losses of an uninterrupted run
+    (``wall_time_s`` adds up the training time of every sitting).
     """
     cfg = plan.train
     if cfg.eval_every and val_loader is None:
@@ -202,6 +213,12 @@ def fit(
             "hold one out (validation_fraction > 0) or set eval_every to 0"
         )
     device = resolve_device(device) if not isinstance(device, torch.device) else device
+    saving = bool(cfg.checkpoint_every and checkpoint_dir is not None)
+    resumed = (
+        resumable.load_checkpoint(checkpoint_dir, method, model)
+        if saving and resumable.has_checkpoint(checkpoint_dir)
+        else None
+    )
     model.to(device)
     model.train()
     optimizer, scheduler = method.configure_optimizers(model, plan)
@@ -209,12 +226,23 @@ def fit(
     result = TrainResult()
     batches = _cycle(train_loader)
     rank_every = max(1, cfg.rank_log_interval)
-    result.rank_history.append({"step": 0, **method.rank_report(model)})
-    bar = progress_bar(range(plan.total_steps), plan.total_steps, f"train {method.name}", progress)
-    _synchronize(device)
-    start = time.perf_counter()
     running = running_nll = 0.0
     best = BestCheckpoint(cfg.checkpoint_metric) if cfg.eval_every else None
+    first = 0
+    if resumed is None:
+        result.rank_history.append({"step": 0, **method.rank_report(model)})
+    else:
+        first, running, running_nll = _restore_loop(resumed, method, model, optimizer, scheduler, scaler, result, best)
+        result.resumed_from = first
+        for _ in range(first * cfg.grad_accum):  # the batches already trained on (the loader's own seeded order)
+            next(batches)
+        resumable.set_rng_state(resumed["rng"], device)
+        if on_log:
+            for record in result.loss_history:
+                on_log(record)
+    bar = progress_bar(range(first, plan.total_steps), plan.total_steps - first, f"train {method.name}", progress)
+    _synchronize(device)
+    start = time.perf_counter() - result.wall_time_s - result.val_time_s  # a resumed run's earlier sittings count
     for step in bar:
         micro = [next(batches) for _ in range(cfg.grad_accum)]
         epoch = micro[-1][0]
@@ -249,6 +277,17 @@ def fit(
             result.rank_history.append({"step": step + 1, **method.rank_report(model)})
         if progress and hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{running:.4f}")
+        if saving and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < plan.total_steps:
+            _synchronize(device)
+            written = time.perf_counter()
+            result.wall_time_s = written - start - result.val_time_s  # training time so far
+            state = _loop_state(
+                step + 1, running, running_nll, method, model, optimizer, scheduler, scaler, result, best
+            )
+            resumable.save_checkpoint(checkpoint_dir, method, model, {**state, "rng": resumable.rng_state(device)})
+            start += time.perf_counter() - written  # writing is not training time
+            if on_checkpoint:
+                on_checkpoint(step + 1)
     _synchronize(device)
     result.steps = plan.total_steps
     result.wall_time_s = time.perf_counter() - start - result.val_time_s
@@ -259,6 +298,57 @@ def fit(
     result.final_loss = running
     result.final_nll = running_nll
     return result
+
+
+def _loop_state(
+    step: int,
+    running: float,
+    running_nll: float,
+    method: AdapterMethod,
+    model: ClassifierModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None,
+    result: TrainResult,
+    best: BestCheckpoint | None = None,
+) -> dict[str, Any]:
+    """Everything the loop carries from one step to the next, as :func:`resumable.save_checkpoint` stores it."""
+    return {
+        "step": step,
+        "running": running,
+        "running_nll": running_nll,
+        "method": method.training_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "result": {k: v for k, v in vars(result).items()},
+        "best": vars(best) if best is not None else None,
+    }
+
+
+def _restore_loop(
+    state: dict[str, Any],
+    method: AdapterMethod,
+    model: ClassifierModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None,
+    result: TrainResult,
+    best: BestCheckpoint | None,
+) -> tuple[int, float, float]:
+    """Put a checkpoint's loop state back; returns (steps done, running loss, running NLL)."""
+    method.load_training_state(model, state["method"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    for key, value in state["result"].items():
+        setattr(result, key, value)
+    if best is not None and state["best"] is not None:
+        for key, value in state["best"].items():
+            setattr(best, key, value)
+    return int(state["step"]), float(state["running"]), float(state["running_nll"])
 
 
 def _score_checkpoint(

@@ -252,6 +252,8 @@ def _run_tuner(
             name=TUNE_DIR,
             storage_path=str(run_dir),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            # train.checkpoint_every: Ray keeps each trial's latest training checkpoint only
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[ProgressLines(len(pending), stream, run_dir, live=live), *callbacks],
             verbose=0,
         ),

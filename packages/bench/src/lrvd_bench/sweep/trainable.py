@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from lrvd_bench.config import TrialSpec
 from lrvd_bench.posthoc_reuse import ready_source
-from lrvd_bench.trial_folder import finished_row
+from lrvd_bench.trial_folder import CHECKPOINT_DIR, finished_row
 
 #: ``trial_fn(spec, trial_dir, report=callable)`` -> result row; defaults to ``run_trial``.
 TrialFn = Callable[..., dict[str, Any]]
@@ -72,6 +73,7 @@ def make_trainable(run_dir: Path, trial_fn: TrialFn | None, threads: int) -> Cal
         source = ready_source(run_dir, spec)
         reuse = {"reuse_from": source} if source is not None else {}
 
+        restore_ray_checkpoint(tune.get_checkpoint(), trial_dir / CHECKPOINT_DIR)
         last_step = {"timesteps_total": None}
 
         def report(record: dict[str, Any]) -> None:
@@ -82,6 +84,14 @@ def make_trainable(run_dir: Path, trial_fn: TrialFn | None, threads: int) -> Cal
                 last_step["timesteps_total"] = int(record["step"])
             tune.report({**_scalars(record), **{k: v for k, v in last_step.items() if v}})
 
+        def checkpoint(folder: Path, step: int) -> None:
+            # Ray Tune keeps a copy in the trial's folder under tune/ (one, CheckpointConfig): a trial Ray
+            # restarts (FailureConfig, Tuner.restore) gets it back from tune.get_checkpoint()
+            tune.report(
+                {"checkpoint_step": step, **{k: v for k, v in last_step.items() if v}},
+                checkpoint=tune.Checkpoint.from_directory(str(folder)),
+            )
+
         # The trial's Python-level output (warnings, loading reports) goes to its own log file
         # rather than interleaving on the driver's console.
         with (
@@ -89,10 +99,29 @@ def make_trainable(run_dir: Path, trial_fn: TrialFn | None, threads: int) -> Cal
             contextlib.redirect_stdout(log),
             contextlib.redirect_stderr(log),
         ):
+            if spec.train.get("checkpoint_every"):
+                reuse["on_checkpoint"] = checkpoint
             row = fn(spec, trial_dir, report=report, **reuse)
         tune.report({**_scalars(row), **{k: v for k, v in last_step.items() if v}, "trial_done": True})
 
     return trainable
+
+
+def restore_ray_checkpoint(checkpoint: Any, folder: Path) -> None:
+    """Put the checkpoint Ray hands a restarted trial in the trial folder, where the training loop looks,
+    unless the folder already holds a later one (a ``bench run --resume`` after the driver died)."""
+    from lrvd.resumable import checkpoint_step
+
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as source:
+        if checkpoint_step(source) <= checkpoint_step(folder):
+            return
+        tmp = folder.with_name(folder.name + ".ray")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def trial_name(trial: Any) -> str:

@@ -414,6 +414,18 @@ class BayesLoRA(MethodBase):
         }
 
     # -- persistence -------------------------------------------------------------------------------
+    def training_state(self, model):
+        """Plain attributes (step, KL, schedule lag, log-α history) plus the tensors whose next gradient a
+        glue-bench rebuild drops, by name (a checkpoint can fall between that prune and the next step)."""
+        names = {id(p): n for n, p in model.named_parameters()}
+        return {**super().training_state(model), "no_grad_next": [names[id(p)] for p in self._no_grad_next]}
+
+    def load_training_state(self, model, state):
+        state = dict(state)
+        params = dict(model.named_parameters())
+        self._no_grad_next = [params[n] for n in state.pop("no_grad_next", [])]
+        super().load_training_state(model, state)
+
     def module_ranks(self, model: ClassifierModel) -> dict[str, int]:
         return {name: layer.r for name, layer in lrvd_modules(model.backbone).items()}
 
