@@ -330,6 +330,26 @@ def test_optional_trackers_get_every_progress_record_offline(ray_session, tmp_pa
         assert log.stat().st_size > 0
 
 
+def test_wandb_logs_each_record_at_its_optimizer_step(monkeypatch, tmp_path):
+    """W&B takes its step from ``training_iteration`` (Ray's report counter: 1, 2, 3); the suite's
+    callback hands it the optimizer step of each record (5, 10, 15) and keeps the counter aside."""
+    pytest.importorskip("wandb")
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    from lrvd_bench.sweep.trackers import tracker_callbacks
+
+    seen = []
+    monkeypatch.setattr(WandbLoggerCallback, "log_trial_result", lambda self, it, trial, result: seen.append(result))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    [callback] = tracker_callbacks(_config(tmp_path, loggers=["wandb"]), tmp_path)
+    assert isinstance(callback, WandbLoggerCallback)
+    for i, step in enumerate((5, 10, 15), start=1):
+        callback.log_trial_result(i, None, {"training_iteration": i, "timesteps_total": step, "loss": 1 / i})
+    callback.log_trial_result(4, None, {"training_iteration": 4, "accuracy": 0.5})  # a stored row: no step
+    assert [r["training_iteration"] for r in seen] == [5, 10, 15, 4]
+    assert [r.get("report_index") for r in seen] == [1, 2, 3, None]
+
+
 def test_a_tracker_without_its_extra_is_a_one_line_error(monkeypatch, tmp_path):
     import importlib.util
 

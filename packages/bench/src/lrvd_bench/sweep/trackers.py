@@ -39,13 +39,11 @@ def tracker_callbacks(config: ExperimentConfig, run_dir: Path) -> list[Any]:
             out.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=run_dir.name))
         elif name == "wandb":
             _need_extra("wandb")
-            from ray.air.integrations.wandb import WandbLoggerCallback
-
             # WANDB_MODE is read here and passed on: Ray starts the logging actor with only the API key
             # of the driver's environment, so a cluster's workers would otherwise try to go online.
             mode = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
             out.append(
-                WandbLoggerCallback(
+                wandb_callback_class()(
                     project=os.environ.get("WANDB_PROJECT", "lrvd-bench"),
                     group=run_dir.name,
                     log_config=False,
@@ -54,6 +52,26 @@ def tracker_callbacks(config: ExperimentConfig, run_dir: Path) -> list[Any]:
                 )
             )
     return out
+
+
+def wandb_callback_class() -> type:
+    """Ray's W&B callback, logging each record at its optimizer step as TensorBoard and MLflow do.
+
+    Ray's ``WandbLoggerCallback`` passes ``training_iteration`` (its report counter) to ``wandb.log`` as
+    the step; the records of a trial carry the optimizer step in ``timesteps_total`` (see
+    :mod:`lrvd_bench.sweep.trainable`), so each is logged there instead, with Ray's counter kept as
+    ``report_index``. A record without a step (a finished trial's stored row) keeps Ray's counter.
+    """
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    class OptimizerStepWandb(WandbLoggerCallback):
+        def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+            step = result.get("timesteps_total")
+            if isinstance(step, int) and step > 0:
+                result = {**result, "training_iteration": step, "report_index": result.get("training_iteration")}
+            super().log_trial_result(iteration, trial, result)
+
+    return OptimizerStepWandb
 
 
 def _need_extra(module: str) -> None:
