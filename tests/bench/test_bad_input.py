@@ -160,6 +160,48 @@ def test_read_only_output_directory_is_refused_before_ray_starts(capsys, tmp_pat
     assert not (locked / "bench-run").exists()
 
 
+def test_a_full_disk_is_refused_before_ray_starts_and_a_full_disk_mid_run_is_one_line(capsys, tmp_path, monkeypatch):
+    """The output's filesystem reports 100 MB free (``shutil.disk_usage``, what the check reads): a new
+    run, its dry run and a resume stop with one line naming the free space and the floor. A disk that
+    fills up while the driver writes (ENOSPC) is one line with the resume command, exit 2."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from lrvd_bench.sweep import checks
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 100 * 2**20, 100 * 2**20))
+    output = tmp_path / "run"
+    expected = (
+        f"bench: error: output {output}: only 100 MB free on its filesystem, below the {checks.MIN_FREE_MB} MB "
+        "a sweep needs (adapters, predictions, checkpoints); free space or choose another --output"
+    )
+    for extra in (["--dry-run"], []):
+        code, _, err = run(capsys, "run", "--methods", "lora", "--output", str(output), *extra)
+        assert (code, err.strip().splitlines()) == (2, [expected])
+    assert not output.exists()
+    (output / "trials").mkdir(parents=True)
+    (output / "specs.json").write_text("[]")
+    (output / "config.yaml").write_text("methods: [lora]\n")
+    code, _, err = run(capsys, "run", "--resume", str(output))
+    assert (code, err.strip().splitlines()) == (2, [expected])
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(output / "trials.csv"))
+
+    monkeypatch.setattr(cli, "cmd_run", full)
+    monkeypatch.setitem(cli.COMMANDS, "run", full)
+    code, _, err = run(capsys, "run", "--methods", "lora")
+    assert (code, err.strip().splitlines()) == (
+        2,
+        [
+            f"bench: error: no space left on the device writing {output / 'trials.csv'}; free space, then "
+            "continue with bench run --resume RUN"
+        ],
+    )
+
+
 def _creatable(folder: Path) -> bool:
     import tempfile
 

@@ -21,9 +21,7 @@ def imported_modules(argv: list[str]) -> tuple[subprocess.CompletedProcess, set[
         timeout=120,
         env=env,
     )
-    modules = {
-        line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
-    }
+    modules = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     return done, modules
 
 

@@ -12,6 +12,7 @@ run holds the run directory); 130 interrupted (Ctrl+C); 143 terminated (SIGTERM)
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -169,6 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `bench leaderboard RUN | head`
         sys.stderr.close()
         return 0
+    except OSError as err:  # the disk filled up (or a quota ran out) while the driver wrote
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(
+            f"bench: error: no space left on the device writing {err.filename or 'the run folder'}; "
+            "free space, then continue with bench run --resume RUN",
+            file=sys.stderr,
+        )
+        return 2
 
 
 # -- commands ------------------------------------------------------------------------------------

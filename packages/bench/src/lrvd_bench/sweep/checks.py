@@ -4,6 +4,7 @@ runs the same checks."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -39,8 +40,15 @@ def run_dir_of(config: ExperimentConfig, config_path: str | Path | None) -> Path
     return (Path(config.output) if config.output else default_run_dir(config_path)).expanduser().resolve()
 
 
+#: Free space (MB) the run folder's filesystem must have before trials start. The CPU reference run's folder
+#: holds ~95 MB (59 trials' adapters, predictions and logs); larger backbones' adapters and training
+#: checkpoints need more, so this is a floor that catches a full disk, not an estimate.
+MIN_FREE_MB = 512
+
+
 def check_output_dir(run_dir: Path) -> None:
-    """The run folder is a folder we may write: not an existing file, under a writable directory."""
+    """The run folder is a folder we may write: not an existing file, under a writable directory, on a
+    filesystem with at least :data:`MIN_FREE_MB` free."""
     if run_dir.exists() and not run_dir.is_dir():
         raise BenchError(f"output {run_dir} exists and is not a directory; choose another --output")
     existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
@@ -52,6 +60,18 @@ def check_output_dir(run_dir: Path) -> None:
         raise BenchError(
             f"output {run_dir} cannot be written: {existing} is read-only ({err.strerror}); choose another --output"
         ) from None
+    check_free_space(run_dir)
+
+
+def check_free_space(run_dir: Path) -> None:
+    """A new or resumed sweep starts only with :data:`MIN_FREE_MB` free where its folder is (or will be)."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    free_mb = shutil.disk_usage(existing).free / 2**20
+    if free_mb < MIN_FREE_MB:
+        raise BenchError(
+            f"output {run_dir}: only {free_mb:.0f} MB free on its filesystem, below the {MIN_FREE_MB} MB a sweep "
+            "needs (adapters, predictions, checkpoints); free space or choose another --output"
+        )
 
 
 def absolute_paths(config: ExperimentConfig) -> None:

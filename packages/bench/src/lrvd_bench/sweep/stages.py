@@ -23,7 +23,7 @@ from lrvd_bench.errors import BenchError
 from lrvd_bench.posthoc_reuse import write_plan as write_posthoc_plan
 from lrvd_bench.run_record import finish_record, start_record
 from lrvd_bench.stage_plan import plan_final
-from lrvd_bench.sweep.checks import absolute_paths, check_output_dir, preflight, run_dir_of
+from lrvd_bench.sweep.checks import absolute_paths, check_free_space, check_output_dir, preflight, run_dir_of
 from lrvd_bench.sweep.cluster import check_resources, init_ray, ray_log_to_file, resolve_gpus
 from lrvd_bench.sweep.finalize import SweepOutcome, finish
 from lrvd_bench.sweep.lock import hold_run_dir
@@ -93,6 +93,7 @@ def resume_sweep(
     config = load_run_config(run_dir)
     if not (run_dir / SPECS_FILE).is_file():
         raise BenchError(f"nothing to resume in {run_dir}: no specs.json (the sweep never started)")
+    check_free_space(run_dir)
     if address:
         config.address = address
     with hold_run_dir(run_dir), sigterm_as_sigint() as stop:
