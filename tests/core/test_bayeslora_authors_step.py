@@ -100,7 +100,7 @@ def authors_train(
     ``log_alphas``: a dict to fill with {global_step: {module: rank log α before the prune}}.
     """
     factor = hf_linear_schedule(warmup, steps, first_step_moves=True)
-    head = [p for p in model.parameters() if p.requires_grad]  # before any adapter tensor is rebuilt
+    head = list(model.head_parameters())  # the task head: its own rate; every other trainable tensor is an adapter
     head_ids = {id(p) for p in head}
 
     def build(last_epoch: int):
@@ -165,18 +165,26 @@ def authors_model(suite_init: dict[str, tuple[torch.Tensor, ...]], head: dict[st
     return model, authors_wrap(model, model.backbone, suite_init, SPEC.scaling)
 
 
-@pytest.mark.parametrize("warmup_ratio", [0.0, 0.1])
-def test_llm_scripts_prunes_the_same_ranks_as_the_authors_step(warmup_ratio):
+@pytest.mark.parametrize(
+    ("warmup_ratio", "head_lr_mult"),
+    [(0.0, None), (0.1, None), (0.1, 5.0)],
+    ids=["no-warmup", "warmup", "warmup-head-lr-x5"],
+)
+def test_llm_scripts_prunes_the_same_ranks_as_the_authors_step(warmup_ratio, head_lr_mult):
     """Same start, batches and noise: the same ranks removed at steps 10, 20, 30 and the same final
     weights (to 3e-8 on CPU). Each rebuild resets AdamW's moments; the step after it runs at the new
     schedule's λ(0) (1 without a warm-up; 0 with one, while the loop's own schedule is already past
     its warm-up), and the schedule stays one step behind after it. The authors' loop here keeps the
     suite's warm-up rate (t + 1)/w, a shared-loop deviation of every method (transformers: t/w).
     Every BayesLoRA difference breaks it: the KL without / B, log σ² at lr × 0.1, moments sliced
-    instead of reset, no lr-0 step, the schedule not one step behind."""
+    instead of reset, no lr-0 step, the schedule not one step behind. With a task-head rate of its own (the
+    bench's ``head_lr``; the scripts have no head), only the head runs at it."""
     steps, lr, kl_scale, every, tau = 30, 5e-3, 1e-2, 10, 3.0  # warm-up 0.1: 3 steps; KL weight 1e-2 / 8
     batches = list(make_toy_loader(n=32, batch_size=8, shuffle=False))
-    train = TrainConfig(lr=lr, max_grad_norm=1.0, weight_decay=0.0, warmup_ratio=warmup_ratio, max_steps=steps)
+    head_lr = lr * head_lr_mult if head_lr_mult else None
+    train = TrainConfig(
+        lr=lr, head_lr=head_lr, max_grad_norm=1.0, weight_decay=0.0, warmup_ratio=warmup_ratio, max_steps=steps
+    )
     method = BayesLoRA(kl_scale=kl_scale, prune_every=every, tau=tau)
     suite = method.attach(TinyBertClassifier(seed=0), SPEC, TrainPlan(steps, 32, train))
     layers = lrvd_modules(suite.backbone)
@@ -191,7 +199,16 @@ def test_llm_scripts_prunes_the_same_ranks_as_the_authors_step(warmup_ratio):
 
     torch.manual_seed(123)
     expected = authors_train(
-        reference, ref_layers, batches, steps, lr, kl_scale, every, tau, int(round(warmup_ratio * steps))
+        reference,
+        ref_layers,
+        batches,
+        steps,
+        lr,
+        kl_scale,
+        every,
+        tau,
+        int(round(warmup_ratio * steps)),
+        head_lr=head_lr,
     )
     assert len({tuple(len(k) for k in e.values()) for e in expected.values()}) > 1  # ranks go at some event
     assert all(len(k) > 0 for k in expected[steps].values())  # no module emptied (its noise draw would stop)
