@@ -27,6 +27,7 @@ from typing import Any
 from lrvd.errors import first_line
 from lrvd_bench.config import DEFAULT_REFERENCE
 from lrvd_bench.evaluation_rows import OOD_METRICS, UNCERTAINTY_METRICS, evaluation_rows
+from lrvd_bench.table_cells import mean_pm_std
 from lrvd_bench.trial_folder import ERROR_FILE, RESULT_FILE, STOPPED_FILE, identity
 
 #: Metrics aggregated as ``<name>_mean`` and ``<name>_std`` over seeds, with higher_is_better.
@@ -320,15 +321,6 @@ def build_leaderboard(
     return board
 
 
-def _pm(mean: float, std: float, digits: int) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    text = f"{mean:.{digits}f}"
-    if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        text += f" ± {std:.{digits}f}"
-    return text
-
-
 MARKDOWN_COLUMNS = [
     ("accuracy", "acc", 3),
     ("ece", "ECE", 3),
@@ -362,8 +354,8 @@ def to_markdown(board) -> str:
             seeds += f" +{row['n_failed']} failed"
         cells = [table_label(row), row["method"]] + ([row["search_point"]] if "search_point" in board.columns else [])
         cells.append(seeds)
-        cells += [_pm(row[f"{m}_mean"], row[f"{m}_std"], d) for m, _, d in MARKDOWN_COLUMNS]
-        cells.insert(header.index("acc SE"), _pm(row.get("accuracy_se_eval", math.nan), None, 3))
+        cells += [mean_pm_std(row[f"{m}_mean"], row[f"{m}_std"], d) for m, _, d in MARKDOWN_COLUMNS]
+        cells.insert(header.index("acc SE"), mean_pm_std(row.get("accuracy_se_eval", math.nan), None, 3))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     notes = [
         "",
@@ -408,7 +400,7 @@ def uncertainty_markdown(board) -> list[str]:
     lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in board.iterrows():
         cells = [table_label(row), row["method"], str(row["n_seeds"])]
-        cells += [_pm(row.get(f"{m}_mean", math.nan), row.get(f"{m}_std", math.nan), d) for m, _, d in columns]
+        cells += [mean_pm_std(row.get(f"{m}_mean", math.nan), row.get(f"{m}_std", math.nan), d) for m, _, d in columns]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -45,6 +45,7 @@ from lrvd_bench.seed_bootstrap import (
     probability_of_improvement,
     quantile_mc_se,
 )
+from lrvd_bench.table_cells import significant
 
 PER_SEED, SEED_MEAN = "per seed", "reference seed mean"
 LABELS = {"accuracy": "Δacc", "ece": "ΔECE", "nll": "ΔNLL", "brier": "ΔBrier"}
@@ -308,7 +309,7 @@ def _cell(row, metric: str) -> str:
     if not _num(delta):
         return "–"
     interval = f" [{lo:+.3f}, {hi:+.3f}]" if _num(lo) else " [one seed: –]"
-    star = " *" if row.get(f"{key}_significant") in (True, "True", 1) else ""
+    star = " *" if significant(row, metric) else ""
     better = f" ({int(row[f'{key}_better_seeds'])}/{int(row['delta_n_seeds'])})"
     return f"{delta:+.3f}{interval}{star}{better}"
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from lrvd_bench.figures import pyplot, rank_curve_grid, reliability_grid, safe, save_figure
 from lrvd_bench.shift_plots import shift_figures
+from lrvd_bench.table_cells import significant
 
 N_BINS = 15
 
@@ -188,7 +189,7 @@ def paired_forest(board: Any, out_dir: Path) -> list[Path]:
                     continue
                 if math.isnan(lo):  # one seed: no seed-aware interval
                     lo = hi = delta
-                excludes = row.get(f"delta_{metric}_significant") in (True, "True", 1)
+                excludes = significant(row, metric)
                 ax.errorbar(
                     delta,
                     yi,

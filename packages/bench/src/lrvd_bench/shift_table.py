@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lrvd_bench.table_cells import mean_pm_std, significant
+
 #: (metric, label, digits, paired): the tables, in order; ``paired`` metrics have a Δ test to mark.
 SHIFT_METRICS = [
     ("accuracy", "accuracy ↑", 3, True),
@@ -24,13 +26,8 @@ SHIFT_METRICS = [
 
 
 def _cell(row: Any, metric: str, digits: int, paired: bool) -> str:
-    mean, std = row.get(f"{metric}_mean", math.nan), row.get(f"{metric}_std", math.nan)
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    text = f"{mean:.{digits}f}"
-    if isinstance(std, float) and not math.isnan(std):
-        text += f" ± {std:.{digits}f}"
-    if paired and row.get(f"delta_{metric}_significant") in (True, "True", 1):
+    text = mean_pm_std(row.get(f"{metric}_mean", math.nan), row.get(f"{metric}_std", math.nan), digits)
+    if text != "–" and paired and significant(row, metric):
         text += " *"
     return text
 
